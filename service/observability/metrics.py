@@ -1,0 +1,176 @@
+"""Prometheus metrics: the one place that names every series /metrics exports.
+
+Labels are bounded: routes come from the route table, models and providers from the
+configuration (anything else is reported as "other"), reasons and limit kinds from fixed
+sets.  No raw tokens and no request ids ever become labels.
+
+With ``WEB_CONCURRENCY > 1`` the workers share a ``PROMETHEUS_MULTIPROC_DIR`` (set by the
+CLI before any worker starts) and /metrics aggregates every worker's files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess
+
+# Latency buckets: from tens of microseconds (gateway overhead) to minutes (long streams).
+_FAST_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)
+_SLOW_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Every metric of one process; built once at start-up and passed in."""
+
+    registry: CollectorRegistry
+    requests: Counter
+    request_duration: Histogram
+    upstream_duration: Histogram
+    time_to_first_token: Histogram
+    overhead: Histogram
+    tokens: Counter
+    failovers: Counter
+    cooldowns_active: Gauge
+    quota_rejections: Counter
+    auth_failures: Counter
+    in_flight: Gauge
+    store_errors: Counter
+    store_latency: Histogram
+    store_degraded: Gauge
+    config_reloads: Counter
+    models_routable: Gauge
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text of this process, or of every worker in multiprocess mode."""
+        if multiprocess_dir():
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def create_metrics() -> Metrics:
+    registry = CollectorRegistry(auto_describe=True)
+    gauge_mode = {"multiprocess_mode": "livesum"}
+    return Metrics(
+        registry=registry,
+        requests=Counter(
+            "best_requests",
+            "Requests answered, by route, HTTP status, served model and provider.",
+            ["route", "status", "model", "provider"],
+            registry=registry,
+        ),
+        request_duration=Histogram(
+            "best_request_duration_seconds",
+            "Time from request received to response finished, by route.",
+            ["route"],
+            buckets=_SLOW_BUCKETS,
+            registry=registry,
+        ),
+        upstream_duration=Histogram(
+            "best_upstream_duration_seconds",
+            "Duration of each upstream attempt, by provider, model and outcome.",
+            ["provider", "model", "outcome"],
+            buckets=_SLOW_BUCKETS,
+            registry=registry,
+        ),
+        time_to_first_token=Histogram(
+            "best_time_to_first_token_seconds",
+            "Streaming: time from request received to the first chunk sent to the client.",
+            ["provider", "model"],
+            buckets=_SLOW_BUCKETS,
+            registry=registry,
+        ),
+        overhead=Histogram(
+            "best_gateway_overhead_seconds",
+            "Time the gateway spent on a request that was not spent waiting on an upstream.",
+            ["route"],
+            buckets=_FAST_BUCKETS,
+            registry=registry,
+        ),
+        tokens=Counter(
+            "best_tokens",
+            "Tokens reported by upstream usage, by provider, model and type (prompt|completion).",
+            ["provider", "model", "type"],
+            registry=registry,
+        ),
+        failovers=Counter(
+            "best_failovers",
+            "Upstream attempts that failed and moved on to the next candidate, by reason.",
+            ["provider", "reason"],
+            registry=registry,
+        ),
+        cooldowns_active=Gauge(
+            "best_cooldowns_active",
+            "Cooldowns currently in force in the fleet, by provider (pairs and whole provider).",
+            ["provider"],
+            registry=registry,
+            multiprocess_mode="max",
+        ),
+        quota_rejections=Counter(
+            "best_quota_rejections",
+            "Requests refused by a token limit, by limit kind (rpm|tpm|concurrency|store).",
+            ["limit"],
+            registry=registry,
+        ),
+        auth_failures=Counter(
+            "best_auth_failures",
+            "Requests refused for a missing, unknown, revoked or expired token.",
+            ["reason"],
+            registry=registry,
+        ),
+        in_flight=Gauge(
+            "best_requests_in_flight",
+            "Requests being served right now, by route.",
+            ["route"],
+            registry=registry,
+            **gauge_mode,  # type: ignore[arg-type]
+        ),
+        store_errors=Counter(
+            "best_store_errors",
+            "Store (Redis) operations that failed, by operation.",
+            ["op"],
+            registry=registry,
+        ),
+        store_latency=Histogram(
+            "best_store_latency_seconds",
+            "Latency of store (Redis) operations, by operation.",
+            ["op"],
+            buckets=_FAST_BUCKETS,
+            registry=registry,
+        ),
+        store_degraded=Gauge(
+            "best_store_degraded",
+            "1 while the shared store is unreachable and the replica runs on local state.",
+            registry=registry,
+            multiprocess_mode="max",
+        ),
+        config_reloads=Counter(
+            "best_config_reloads",
+            "Configuration reloads, by result (ok|error).",
+            ["result"],
+            registry=registry,
+        ),
+        models_routable=Gauge(
+            "best_models_routable",
+            "Scored (provider, model) pairs that priority-auto may route to.",
+            registry=registry,
+            multiprocess_mode="max",
+        ),
+    )
