@@ -1,0 +1,5 @@
+"""Entry point: ``uv run python -m bench``."""
+
+from bench.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,171 @@
+"""Command line of the benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from bench import plot
+from bench.procs import HELPER_CORE, cpu_count, pin_self
+from bench.report import main_table, notes, ratio_table, sweep_table, write_outputs
+from bench.runner import Settings, log, run_all
+from bench.soak import run_soak, write_soak
+from bench.targets import setup_litellm, sync_project
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Side-by-side benchmark: nginx upstream directly, the BEST gateway "
+        "(embedded store and Redis), and LiteLLM's proxy when installed.",
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    parser.add_argument(
+        "--concurrency",
+        default="1,4,16,32,64",
+        help="comma-separated connection counts of the latency sweep (default 1,4,16,32,64)",
+    )
+    parser.add_argument(
+        "--throughput-concurrency", type=int, default=32, help="connections for req/s (32)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="short runs (2 s, sweep 1,8,32) for a smoke test"
+    )
+    parser.add_argument("--only", choices=["json", "sse"], help="measure one kind only")
+    parser.add_argument("--skip-litellm", action="store_true", help="leave LiteLLM out")
+    parser.add_argument(
+        "--setup-litellm",
+        action="store_true",
+        help="install litellm[proxy] into bench/.litellm-venv first",
+    )
+    parser.add_argument(
+        "--soak",
+        type=int,
+        nargs="?",
+        const=200_000,
+        metavar="N",
+        help="memory soak instead of the comparison: N requests (default 200000)",
+    )
+    parser.add_argument(
+        "--soak-store", choices=["redis", "embedded"], default="redis", help="store for --soak"
+    )
+    parser.add_argument(
+        "--soak-interval", type=float, default=5.0, help="seconds between RSS samples"
+    )
+    parser.add_argument("--no-plot", action="store_true", help="skip the matplotlib plot")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="re-render latest.md and the plot from latest.json without measuring",
+    )
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--keep-workdir", action="store_true", help="keep configs and logs")
+    return parser.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    concurrencies = sorted({int(c) for c in args.concurrency.split(",") if c.strip()})
+    duration = args.duration
+    warmup, validate = 2.0, 2.0
+    mode = "full run"
+    if args.quick:
+        concurrencies = [1, 8, args.throughput_concurrency]
+        duration = min(duration, 2.0)
+        warmup, validate = 1.0, 1.0
+        mode = "quick run"
+    if args.throughput_concurrency not in concurrencies:
+        concurrencies = sorted({*concurrencies, args.throughput_concurrency})
+    if 1 not in concurrencies:
+        concurrencies = [1, *concurrencies]
+    return Settings(
+        duration_s=duration,
+        concurrencies=concurrencies,
+        throughput_concurrency=args.throughput_concurrency,
+        kinds=[args.only] if args.only else ["json", "sse"],
+        warmup_s=warmup,
+        validate_s=validate,
+        litellm=not args.skip_litellm,
+        mode=mode,
+    )
+
+
+def _print_report(results: dict[str, object]) -> None:
+    print()
+    print("\n".join(main_table(results)))
+    print()
+    print("\n".join(ratio_table(results)))
+    print()
+    print("\n".join(sweep_table(results)))
+    extra = notes(results)
+    if extra:
+        print()
+        print("\n".join(extra))
+    print()
+
+
+def _plot(kind: str, data: Path, out: Path) -> None:
+    log(f"plotting {out}")
+    problem = plot.render(kind, data, out)
+    if problem:
+        log(problem)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    results_dir: Path = args.results_dir
+
+    if args.report_only:
+        results = json.loads((results_dir / "latest.json").read_text())
+        _print_report(results)
+        write_outputs(results, results_dir)
+        if not args.no_plot:
+            _plot("latency", results_dir / "latest.json", results_dir / "latency.png")
+        return 0
+
+    for tool in ("nginx", "wrk", "redis-server"):
+        if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
+            print(f"{tool} is required (Debian package {tool})", file=sys.stderr)
+            return 2
+    if cpu_count() < 2:
+        log("warning: fewer than 2 cores: processes cannot be pinned apart")
+
+    if args.setup_litellm:
+        log("installing litellm[proxy] into bench/.litellm-venv")
+        setup_litellm()
+    sync_project()
+    # The orchestrator waits on wrk; keep it off the core under test.
+    pin_self(HELPER_CORE)
+
+    workdir = Path(tempfile.mkdtemp(prefix="best-bench-"))
+    log(f"work dir {workdir}")
+    ok = False
+    try:
+        if args.soak is not None:
+            kinds = [args.only] if args.only else ["json", "sse"]
+            soak = run_soak(args.soak, args.soak_store, kinds, 32, args.soak_interval, workdir)
+            json_path, md_path = write_soak(soak, results_dir)
+            print()
+            print(md_path.read_text())
+            if not args.no_plot:
+                _plot("soak", json_path, results_dir / "soak.png")
+            ok = soak["crash"] is None
+        else:
+            results = run_all(settings_from(args), workdir)
+            _print_report(results)
+            json_path, md_path = write_outputs(results, results_dir)
+            log(f"wrote {json_path} and {md_path}")
+            if not args.no_plot:
+                _plot("latency", json_path, results_dir / "latency.png")
+            ok = True
+    finally:
+        if ok and not args.keep_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            log(f"logs and configs kept in {workdir}")
+    return 0

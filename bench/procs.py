@@ -1,0 +1,186 @@
+"""Child processes: free ports, CPU pinning, start/stop, readiness polling and RSS."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+# Core 0 runs the system under test; core 1 runs everything that serves or measures it.
+SUT_CORE = 0
+HELPER_CORE = 1
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def pinned(argv: Sequence[str], core: int) -> list[str]:
+    """Prefix ``argv`` with ``taskset -c core`` when taskset exists and the core does."""
+    if shutil.which("taskset") and core < cpu_count():
+        return ["taskset", "-c", str(core), *argv]
+    return list(argv)
+
+
+def pin_self(core: int) -> None:
+    """Keep the orchestrator itself off the core under test."""
+    if core < cpu_count():
+        os.sched_setaffinity(0, {core})
+
+
+class Proc:
+    """One started child process with its log file; stopped by its own pid only."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.popen = subprocess.Popen(
+            self.argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the process (it stops its own workers), then SIGKILL what is left."""
+        if self.alive():
+            tree = process_tree(self.pid)
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+            for pid in tree:
+                if pid != self.pid and _exists(pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+        self._log.close()
+
+
+def _exists(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name is in parentheses and may contain spaces: split after the last ')'.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    return children
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and all of its descendants."""
+    children = _children_map()
+    out: list[int] = []
+    stack = [root]
+    while stack:
+        pid = stack.pop()
+        out.append(pid)
+        stack.extend(children.get(pid, []))
+    return out
+
+
+def rss_bytes(pid: int) -> int:
+    """VmRSS of one process, in bytes (0 when it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return 0
+    return 0
+
+
+def tree_rss_bytes(root: int) -> int:
+    """VmRSS summed over ``root`` and its descendants."""
+    return sum(rss_bytes(pid) for pid in process_tree(root))
+
+
+def wait_until(
+    check: Callable[[], bool], timeout: float, what: str, proc: Proc | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and not proc.alive():
+            raise RuntimeError(
+                f"{proc.name} exited with {proc.popen.returncode} while waiting for {what}; "
+                f"log {proc.log_path}:\n{proc.log_tail()}"
+            )
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    tail = f"; log {proc.log_path}:\n{proc.log_tail()}" if proc is not None else ""
+    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}{tail}")
+
+
+def http_status(url: str, headers: Mapping[str, str] | None = None) -> int:
+    request = urllib.request.Request(url, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            status: int = response.status
+            return status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def http_post(
+    url: str, body: bytes, headers: Mapping[str, str], timeout: float = 30.0
+) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, data=body, headers=dict(headers), method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers.items()), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers.items()), exc.read()

@@ -1,0 +1,215 @@
+"""Tables from a results document: terminal text, markdown, and the derived figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+Results = dict[str, Any]
+KINDS = ("json", "sse")
+
+
+def _targets(results: Results) -> list[dict[str, Any]]:
+    targets: list[dict[str, Any]] = results["targets"]
+    return targets
+
+
+def _target(results: Results, name: str) -> dict[str, Any] | None:
+    for target in _targets(results):
+        if target["name"] == name:
+            return target
+    return None
+
+
+def run_at(target: dict[str, Any] | None, kind: str, connections: int) -> dict[str, Any] | None:
+    if target is None or target["status"] != "ok":
+        return None
+    kind_data = target["kinds"].get(kind)
+    if not kind_data:
+        return None
+    for run in kind_data["sweep"]:
+        if run["connections"] == connections:
+            found: dict[str, Any] = run
+            return found
+    return None
+
+
+def derive(results: Results) -> dict[str, dict[str, dict[str, float | None]]]:
+    """Per target and kind: req/s at the throughput concurrency, overhead, ratios."""
+    top = results["meta"]["throughput_concurrency"]
+    direct = _target(results, "direct")
+    litellm = _target(results, "litellm")
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    for target in _targets(results):
+        per_kind: dict[str, dict[str, float | None]] = {}
+        for kind in KINDS:
+            run = run_at(target, kind, top)
+            single = run_at(target, kind, 1)
+            direct_run = run_at(direct, kind, top)
+            direct_single = run_at(direct, kind, 1)
+            litellm_run = run_at(litellm, kind, top)
+            rps = run["rps"] if run else None
+            per_kind[kind] = {
+                "rps": rps,
+                "overhead_p50_ms": (
+                    single["p50_ms"] - direct_single["p50_ms"] if single and direct_single else None
+                ),
+                "vs_direct": rps / direct_run["rps"] if rps and direct_run else None,
+                "vs_litellm": rps / litellm_run["rps"] if rps and litellm_run else None,
+            }
+        out[target["name"]] = per_kind
+    return out
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+def _times(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}x"
+
+
+def _latencies(run: dict[str, Any] | None) -> str:
+    if run is None:
+        return "n/a"
+    return f"{run['p50_ms']:.2f} / {run['p90_ms']:.2f} / {run['p99_ms']:.2f}"
+
+
+def _errors(target: dict[str, Any]) -> str:
+    if target["status"] != "ok":
+        return "n/a"
+    total = sum(kind["errors"] for kind in target["kinds"].values())
+    failed_checks = sum(1 for kind in target["kinds"].values() if kind["check"])
+    return str(total) + (f" (+{failed_checks} failed check)" if failed_checks else "")
+
+
+def _rss(target: dict[str, Any]) -> str:
+    rss = target.get("rss_bytes")
+    return "n/a" if not rss else f"{rss / 2**20:.0f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def main_table(results: Results) -> list[str]:
+    top = results["meta"]["throughput_concurrency"]
+    derived = derive(results)
+    header = [
+        "",
+        f"JSON req/s (c={top})",
+        f"SSE req/s (c={top})",
+        f"JSON p50 / p90 / p99 ms (c={top})",
+        f"SSE p50 / p90 / p99 ms (c={top})",
+        "overhead p50 c=1 JSON / SSE ms",
+        "RSS MiB",
+        "errors",
+    ]
+    rows: list[list[str]] = []
+    for target in _targets(results):
+        name = target["name"]
+        figures = derived[name]
+        overhead = (
+            "baseline"
+            if name == "direct"
+            else f"{_num(figures['json']['overhead_p50_ms'], '.3f')} / "
+            f"{_num(figures['sse']['overhead_p50_ms'], '.3f')}"
+        )
+        rows.append(
+            [
+                target["label"],
+                _num(figures["json"]["rps"], ",.0f"),
+                _num(figures["sse"]["rps"], ",.0f"),
+                _latencies(run_at(target, "json", top)),
+                _latencies(run_at(target, "sse", top)),
+                overhead,
+                _rss(target) if name != "direct" else "-",
+                _errors(target),
+            ]
+        )
+    return _table(header, rows)
+
+
+def ratio_table(results: Results) -> list[str]:
+    derived = derive(results)
+    header = ["", "JSON vs direct", "SSE vs direct", "JSON vs LiteLLM", "SSE vs LiteLLM"]
+    rows: list[list[str]] = []
+    for target in _targets(results):
+        figures = derived[target["name"]]
+        if target["name"] == "direct":
+            continue
+        rows.append(
+            [
+                target["label"],
+                _num(figures["json"]["vs_direct"], ".1%"),
+                _num(figures["sse"]["vs_direct"], ".1%"),
+                _times(figures["json"]["vs_litellm"]),
+                _times(figures["sse"]["vs_litellm"]),
+            ]
+        )
+    return _table(header, rows)
+
+
+def sweep_table(results: Results) -> list[str]:
+    concurrencies: list[int] = results["meta"]["concurrencies"]
+    header = ["", "kind", *[f"c={c} p50 ms (req/s)" for c in concurrencies]]
+    rows: list[list[str]] = []
+    for target in _targets(results):
+        for kind in results["meta"]["kinds"]:
+            cells = []
+            for connections in concurrencies:
+                run = run_at(target, kind, connections)
+                cells.append("n/a" if run is None else f"{run['p50_ms']:.2f} ({run['rps']:,.0f})")
+            rows.append([target["label"], kind.upper(), *cells])
+    return _table(header, rows)
+
+
+def notes(results: Results) -> list[str]:
+    """Skipped or failed rows, failed checks, crashes and first wrong answers."""
+    out: list[str] = []
+    for target in _targets(results):
+        if target["status"] != "ok":
+            message = (target["message"] or "").strip().splitlines()
+            out.append(f"- {target['label']}: {target['status']}: {message[0] if message else ''}")
+        for kind, data in target["kinds"].items():
+            if data["check"]:
+                out.append(f"- {target['label']} {kind.upper()}: check failed: {data['check']}")
+            validation = data.get("validation") or {}
+            if validation.get("first_bad"):
+                out.append(
+                    f"- {target['label']} {kind.upper()}: first wrong answer under load: "
+                    f"`{validation['first_bad'][:200]}`"
+                )
+    return out
+
+
+def render_markdown(results: Results) -> str:
+    meta = results["meta"]
+    lines = [
+        f"Run {meta['started_at']} on commit `{meta['commit']}` ({meta['mode']}, "
+        f"{meta['duration_s']:g} s per point; {meta['cpu']}; {meta['pinning']}).",
+        "",
+        *main_table(results),
+        "",
+        *ratio_table(results),
+        "",
+        "Latency sweep (p50 ms, with req/s):",
+        "",
+        *sweep_table(results),
+    ]
+    extra = notes(results)
+    if extra:
+        lines += ["", "Notes:", "", *extra]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(results: Results, results_dir: Path) -> tuple[Path, Path]:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    json_path = results_dir / "latest.json"
+    md_path = results_dir / "latest.md"
+    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    md_path.write_text(render_markdown(results))
+    return json_path, md_path

@@ -1,0 +1,250 @@
+"""One side-by-side run: every target, JSON and SSE, a latency sweep each."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import platform
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.loadgen import WrkResult, render_script, request_body, run_wrk
+from bench.procs import Proc, free_port, tree_rss_bytes
+from bench.targets import (
+    ROOT,
+    Target,
+    check_target,
+    direct_target,
+    litellm_binary,
+    start_gateway,
+    start_litellm,
+    start_redis,
+)
+from bench.upstream import start_nginx
+
+
+@dataclass
+class Settings:
+    duration_s: float
+    concurrencies: list[int]
+    throughput_concurrency: int
+    kinds: list[str]
+    warmup_s: float
+    validate_s: float
+    litellm: bool
+    mode: str
+
+
+@dataclass
+class KindResult:
+    check: str | None = None
+    validation: WrkResult | None = None
+    sweep: list[WrkResult] = field(default_factory=list)
+    crash: str | None = None
+
+    def at(self, connections: int) -> WrkResult | None:
+        for result in self.sweep:
+            if result.connections == connections:
+                return result
+        return None
+
+    @property
+    def errors(self) -> int:
+        runs = [*self.sweep, *([self.validation] if self.validation else [])]
+        return sum(run.errors for run in runs)
+
+
+@dataclass
+class TargetResult:
+    name: str
+    label: str
+    status: str  # "ok", "skipped" or "failed"
+    message: str | None = None
+    rss_bytes: int | None = None
+    kinds: dict[str, KindResult] = field(default_factory=dict)
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def git_commit() -> str:
+    proc = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    )
+    return proc.stdout.strip() or "unknown"
+
+
+def _describe(result: WrkResult) -> str:
+    errors = f", {result.errors} errors" if result.errors else ""
+    return (
+        f"c={result.connections:<3} {result.rps:>10,.0f} req/s  p50 {result.p50_ms:.3f} "
+        f"p90 {result.p90_ms:.3f} p99 {result.p99_ms:.3f} ms{errors}"
+    )
+
+
+def measure(target: Target, settings: Settings, scripts_dir: Path) -> TargetResult:
+    """Check, warm up, validate and sweep one running target; RSS after the load."""
+    result = TargetResult(target.name, target.label, "ok")
+    for kind in settings.kinds:
+        kind_result = KindResult()
+        result.kinds[kind] = kind_result
+        problem = check_target(target, kind, request_body(kind))
+        if problem:
+            kind_result.check = problem
+            log(f"{target.name} {kind}: check failed, not measured: {problem}")
+            continue
+        url = target.urls[kind]
+        script = scripts_dir / f"{target.name}-{kind}.lua"
+        script.write_text(render_script(kind, target.token))
+        checked = scripts_dir / f"{target.name}-{kind}-validate.lua"
+        checked.write_text(render_script(kind, target.token, validate=True))
+        top = settings.throughput_concurrency
+        if settings.warmup_s > 0:
+            run_wrk(url, script, top, settings.warmup_s)
+        kind_result.validation = run_wrk(url, checked, top, settings.validate_s)
+        if kind_result.validation.errors:
+            log(
+                f"{target.name} {kind}: {kind_result.validation.errors} wrong answers at "
+                f"c={top}; first: {kind_result.validation.first_bad}"
+            )
+        for connections in settings.concurrencies:
+            run = run_wrk(url, script, connections, settings.duration_s)
+            kind_result.sweep.append(run)
+            log(f"{target.name:<16} {kind:<4} {_describe(run)}")
+            if target.proc is not None and not target.proc.alive():
+                kind_result.crash = (
+                    f"{target.name} exited with {target.proc.popen.returncode} during the "
+                    f"{kind} run at c={connections}; log {target.proc.log_path}:\n"
+                    f"{target.proc.log_tail()}"
+                )
+                log(kind_result.crash)
+                result.status = "failed"
+                result.message = kind_result.crash
+                return result
+    if target.proc is not None:
+        result.rss_bytes = tree_rss_bytes(target.proc.pid)
+        log(f"{target.name}: RSS after load {result.rss_bytes / 2**20:.1f} MiB")
+    return result
+
+
+@contextmanager
+def running(start: Callable[[], Target]) -> Iterator[Target]:
+    target = start()
+    try:
+        yield target
+    finally:
+        if target.proc is not None:
+            target.proc.stop()
+
+
+def run_all(settings: Settings, workdir: Path) -> dict[str, object]:
+    scripts = workdir / "scripts"
+    scripts.mkdir(parents=True, exist_ok=True)
+    started = dt.datetime.now(dt.UTC)
+    results: list[TargetResult] = []
+    upstream_port = free_port()
+    nginx = start_nginx(workdir / "nginx", upstream_port)
+    redis: Proc | None = None
+    try:
+        log(f"upstream alone (nginx on port {upstream_port}, pinned with wrk)")
+        direct = measure(direct_target(upstream_port), settings, scripts)
+        results.append(direct)
+
+        redis, redis_port = start_redis(workdir)
+        gateways = [
+            ("gateway-embedded", "BEST gateway, embedded store", None),
+            ("gateway-redis", "BEST gateway, Redis store", f"redis://127.0.0.1:{redis_port}/0"),
+        ]
+        for name, label, redis_url in gateways:
+            start = functools.partial(
+                start_gateway, workdir / name, upstream_port, redis_url, name, label
+            )
+            results.append(_measure_started(name, label, start, settings, scripts))
+
+        if not settings.litellm:
+            results.append(TargetResult("litellm", "LiteLLM proxy", "skipped", "--skip-litellm"))
+        elif litellm_binary() is None:
+            message = "LiteLLM is not installed; run `uv run python -m bench --setup-litellm`"
+            log(f"litellm: skipped: {message}")
+            results.append(TargetResult("litellm", "LiteLLM proxy", "skipped", message))
+        else:
+            results.append(
+                _measure_started(
+                    "litellm",
+                    "LiteLLM proxy",
+                    lambda: start_litellm(workdir / "litellm", upstream_port),
+                    settings,
+                    scripts,
+                )
+            )
+    finally:
+        if redis is not None:
+            redis.stop()
+        nginx.stop()
+    return {
+        "meta": {
+            "started_at": started.isoformat(timespec="seconds"),
+            "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "commit": git_commit(),
+            "mode": settings.mode,
+            "duration_s": settings.duration_s,
+            "concurrencies": settings.concurrencies,
+            "throughput_concurrency": settings.throughput_concurrency,
+            "kinds": settings.kinds,
+            "machine": f"{platform.machine()}, {platform.system()} {platform.release()}",
+            "cpu": _cpu_model(),
+            "pinning": "system under test on core 0; nginx, redis, wrk (1 thread) on core 1",
+        },
+        "targets": [_target_dict(result) for result in results],
+    }
+
+
+def _measure_started(
+    name: str,
+    label: str,
+    start: Callable[[], Target],
+    settings: Settings,
+    scripts: Path,
+) -> TargetResult:
+    log(f"starting {name}")
+    try:
+        with running(start) as target:
+            return measure(target, settings, scripts)
+    except RuntimeError as exc:
+        log(f"{name}: failed: {exc}")
+        return TargetResult(name, label, "failed", str(exc))
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _target_dict(result: TargetResult) -> dict[str, object]:
+    return {
+        "name": result.name,
+        "label": result.label,
+        "status": result.status,
+        "message": result.message,
+        "rss_bytes": result.rss_bytes,
+        "kinds": {
+            kind: {
+                "check": kind_result.check,
+                "crash": kind_result.crash,
+                "errors": kind_result.errors,
+                "validation": kind_result.validation.to_dict() if kind_result.validation else None,
+                "sweep": [run.to_dict() for run in kind_result.sweep],
+            }
+            for kind, kind_result in result.kinds.items()
+        },
+    }

@@ -1,0 +1,96 @@
+"""Smoke test of the benchmark harness: the nginx upstream, the wrk scripts and the report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench.loadgen import parse_output, render_script, run_wrk
+from bench.procs import free_port, http_post
+from bench.report import render_markdown
+from bench.upstream import chat_completion_body, sse_body, start_nginx
+
+NGINX = "/usr/sbin/nginx"
+
+
+def test_fixed_bodies_are_valid() -> None:
+    assert json.loads(chat_completion_body())["object"] == "chat.completion"
+    events = [line[6:] for line in sse_body().splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert all(chunk["object"] == "chat.completion.chunk" for chunk in chunks)
+    assert any("usage" in chunk for chunk in chunks)
+
+
+def test_parse_output() -> None:
+    line = (
+        'BENCH_RESULT {"requests":1000,"duration_us":2000000,"bytes":1,"connect":0,"read":1,'
+        '"write":0,"status":2,"timeout":0,"p50":1500,"p90":2000,"p99":3000,"mean":1600.0,'
+        '"max":4000}'
+    )
+    result = parse_output(f"Running 2s test\n{line}\n", 32)
+    assert result.rps == 500.0
+    assert result.p50_ms == 1.5
+    assert result.errors == 3
+
+
+@pytest.mark.skipif(
+    not (Path(NGINX).exists() and shutil.which("wrk")), reason="needs nginx and wrk"
+)
+def test_upstream_answers_and_wrk_validates(tmp_path: Path) -> None:
+    port = free_port()
+    nginx = start_nginx(tmp_path / "nginx", port)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        status, headers, body = http_post(f"{base}/sse/v1/chat/completions", b"{}", {})
+        assert status == 200
+        assert headers["Content-Type"] == "text/event-stream"
+        assert body.endswith(b"data: [DONE]\n\n")
+        for kind in ("json", "sse"):
+            script = tmp_path / f"{kind}.lua"
+            script.write_text(render_script(kind, "token", validate=True))
+            result = run_wrk(f"{base}/{kind}/v1/chat/completions", script, 2, 1)
+            assert result.requests > 0
+            assert result.errors == 0
+            assert result.good == result.requests
+    finally:
+        nginx.stop()
+
+
+def test_markdown_handles_missing_rows() -> None:
+    results = {
+        "meta": {
+            "started_at": "2026-01-01T00:00:00+00:00",
+            "commit": "abc",
+            "mode": "quick run",
+            "duration_s": 2,
+            "concurrencies": [1, 32],
+            "throughput_concurrency": 32,
+            "kinds": ["json"],
+            "cpu": "cpu",
+            "pinning": "pinned",
+        },
+        "targets": [
+            {
+                "name": "direct",
+                "label": "direct",
+                "status": "ok",
+                "message": None,
+                "rss_bytes": None,
+                "kinds": {"json": {"check": None, "errors": 0, "sweep": []}},
+            },
+            {
+                "name": "litellm",
+                "label": "LiteLLM",
+                "status": "skipped",
+                "message": "not installed",
+                "rss_bytes": None,
+                "kinds": {},
+            },
+        ],
+    }
+    text = render_markdown(results)
+    assert "LiteLLM: skipped: not installed" in text
