@@ -1,0 +1,112 @@
+"""POST /v1/chat/completions and /v1/embeddings: validate, admit, route, relay.
+
+The hot path, top to bottom: read and parse the body, resolve candidates (a dict lookup),
+one admission call to the store, the upstream call(s), the response.  Settlement runs after.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service import errors
+from service.api.auth import caller_id
+from service.api.http import SSE_HEADERS, Request, Response, StreamResponse, parse_json
+from service.gateway import Gateway
+from service.quotas.limits import estimate_cost
+from service.routing.router import Call
+
+
+def _int_field(body: dict[str, Any], name: str) -> None:
+    value = body.get(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise errors.bad_request(f"'{name}' must be a non-negative integer.", param=name)
+
+
+def validate_chat(body: Any) -> tuple[str, bool, bool]:
+    """Checks the gateway can make; returns (model, stream, client asked for usage)."""
+    if not isinstance(body, dict):
+        raise errors.bad_request("Request body must be a JSON object.")
+    model = body.get("model", "")
+    if model is None:
+        model = ""
+    if not isinstance(model, str):
+        raise errors.bad_request("'model' must be a string.", param="model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise errors.bad_request("'messages' must be a non-empty array.", param="messages")
+    if not all(isinstance(m, dict) for m in messages):
+        raise errors.bad_request("Each entry of 'messages' must be an object.", param="messages")
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise errors.bad_request("'stream' must be a boolean.", param="stream")
+    _int_field(body, "max_tokens")
+    _int_field(body, "max_completion_tokens")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise errors.bad_request("'stream_options' must be an object.", param="stream_options")
+    wants_usage = bool(options and options.get("include_usage"))
+    return model.strip(), stream, wants_usage
+
+
+def validate_embeddings(body: Any) -> str:
+    if not isinstance(body, dict):
+        raise errors.bad_request("Request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise errors.bad_request("'model' is required and must be a string.", param="model")
+    data = body.get("input")
+    if not isinstance(data, str | list) or not data:
+        raise errors.bad_request("'input' must be a non-empty string or array.", param="input")
+    return model.strip()
+
+
+def _served_headers(call: Call) -> list[tuple[bytes, bytes]]:
+    c = call.candidate
+    served = (
+        [(b"x-best-provider", c.provider.encode()), (b"x-best-model", c.model.encode())]
+        if c
+        else []
+    )
+    return served + call.headers
+
+
+async def chat_completions(gw: Gateway, request: Request) -> Response | StreamResponse:
+    limit = gw.settings.max_body_bytes
+    raw = await request.body(limit)
+    body = parse_json(raw)
+    model, stream, wants_usage = validate_chat(body)
+    token = caller_id(gw, request)
+    router = gw.router
+    candidates = router.candidates(model)
+    call = router.new_call(request.request_id, token)
+    available = await router.admit(call, estimate_cost(body, len(raw)), candidates)
+    if stream:
+        chunks = await router.stream(call, body, available, wants_usage)
+        return StreamResponse(200, chunks, [*SSE_HEADERS, *_served_headers(call)], call=call)
+    result = await router.complete(call, body, available, embeddings=False)
+    return Response(
+        result.status,
+        result.body,
+        [(b"content-type", result.content_type), *_served_headers(call)],
+        call=call,
+    )
+
+
+async def embeddings(gw: Gateway, request: Request) -> Response:
+    raw = await request.body(gw.settings.max_body_bytes)
+    body = parse_json(raw)
+    model = validate_embeddings(body)
+    token = caller_id(gw, request)
+    router = gw.router
+    candidates = router.candidates(model)
+    call = router.new_call(request.request_id, token)
+    available = await router.admit(call, len(raw) // 4 + 1, candidates)
+    result = await router.complete(call, body, available, embeddings=True)
+    return Response(
+        result.status,
+        result.body,
+        [(b"content-type", result.content_type), *_served_headers(call)],
+        call=call,
+    )

@@ -1,0 +1,124 @@
+"""Plain-ASGI request and response primitives: the HTTP edge without a framework.
+
+The hot path is a handful of dictionary lookups and two ``send`` calls; a framework's
+per-request objects would show in a profile at the throughput this gateway aims for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from service.errors import GatewayError, payload_too_large
+from service.types import Headers, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from service.routing.router import Call
+
+JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
+SSE_HEADERS: Headers = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+class Request:
+    """One HTTP request: scope fields the handlers need, and its body read with a limit."""
+
+    __slots__ = ("_headers", "method", "path", "query", "receive", "request_id", "scope")
+
+    def __init__(self, scope: Scope, receive: Receive, request_id: str) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.query: bytes = scope.get("query_string", b"")
+        self.request_id = request_id
+        self._headers: dict[bytes, bytes] | None = None
+
+    def header(self, name: bytes) -> bytes | None:
+        """A request header by lower-case name (the last one wins if repeated)."""
+        if self._headers is None:
+            self._headers = dict(self.scope["headers"])
+        return self._headers.get(name)
+
+    async def body(self, limit: int) -> bytes:
+        """The whole body; raises 413 as soon as it is known to exceed ``limit`` bytes."""
+        declared = self.header(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise payload_too_large(limit)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk: bytes = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise payload_too_large(limit)
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def json_body(self, limit: int) -> Any:
+        return parse_json(await self.body(limit))
+
+
+def parse_json(raw: bytes) -> Any:
+    """The JSON document of a request body; 400 when it is empty or not JSON."""
+    if not raw.strip():
+        raise GatewayError(400, "Request body is empty; a JSON object is required.")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise GatewayError(
+            400, f"Request body is not valid JSON: {exc}", code="invalid_json"
+        ) from None
+
+
+class ClientGone(Exception):
+    """The client closed the connection before the request was answered."""
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    body: bytes
+    headers: Headers = field(default_factory=list)
+    call: Call | None = None  # the routed call, when an upstream was involved
+
+
+@dataclass(slots=True)
+class StreamResponse:
+    """A response whose body is produced as it is sent (server-sent events)."""
+
+    status: int
+    chunks: AsyncIterator[bytes]
+    headers: Headers = field(default_factory=list)
+    call: Call | None = None
+
+
+def json_response(data: Any, status: int = 200, headers: Headers | None = None) -> Response:
+    return Response(status, orjson.dumps(data), [*JSON_HEADERS, *(headers or [])])
+
+
+def error_response(error: GatewayError) -> Response:
+    return Response(error.status, error.body(), [*JSON_HEADERS, *error.headers])
+
+
+async def send_response(send: Send, response: Response, extra: Headers) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": response.headers + extra if extra else response.headers,
+        }
+    )
+    await send({"type": "http.response.body", "body": response.body})

@@ -1,0 +1,219 @@
+"""The ASGI application: the route table, request ids, error rendering, response sending,
+per-request metrics and the lifespan of the gateway's long-lived objects."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import Counter
+
+from service import errors
+from service.api import admin, chat, health, models, stats
+from service.api.http import (
+    ClientGone,
+    Request,
+    Response,
+    StreamResponse,
+    error_response,
+    send_response,
+)
+from service.errors import GatewayError
+from service.gateway import Gateway
+from service.settings import Settings, settings_from_env
+from service.types import Receive, Scope, Send
+
+log = logging.getLogger("best.http")
+
+Handler = Callable[[Gateway, Request], Awaitable[Response | StreamResponse]]
+
+# path -> (route label, {method: handler})
+Route = tuple[str, dict[str, Handler]]
+_CHAT: Route = ("chat", {"POST": chat.chat_completions})
+_EMBEDDINGS: Route = ("embeddings", {"POST": chat.embeddings})
+_MODELS: Route = ("models", {"GET": models.list_models})
+ROUTES: dict[str, Route] = {
+    "/v1/chat/completions": _CHAT,
+    "/chat/completions": _CHAT,
+    "/v1/embeddings": _EMBEDDINGS,
+    "/embeddings": _EMBEDDINGS,
+    "/v1/models": _MODELS,
+    "/models": _MODELS,
+    "/health": ("health", {"GET": health.health}),
+    "/ok": ("health", {"GET": health.ok}),
+    "/ready": ("ready", {"GET": health.ready}),
+    "/metrics": ("metrics", {"GET": health.metrics}),
+    "/stats": ("stats", {"GET": stats.stats}),
+    "/admin/tokens": ("admin", {"GET": admin.tokens, "POST": admin.tokens}),
+}
+_TOKEN_PATH = re.compile(r"^/admin/tokens/([0-9a-f]{1,64})$")
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,64}$")
+
+
+class App:
+    """Plain ASGI: ``App(gateway)`` is the whole HTTP edge."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self._metrics = gateway.metrics
+        self._counters: dict[tuple[str, int, str, str], Counter] = {}
+        self._in_flight = {
+            route: self._metrics.in_flight.labels(route) for route, _ in ROUTES.values()
+        }
+        self._durations = {
+            route: self._metrics.request_duration.labels(route) for route, _ in ROUTES.values()
+        }
+        self._overhead = {
+            route: self._metrics.overhead.labels(route) for route in ("chat", "embeddings")
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.gateway.start()
+                except Exception as exc:  # report, do not hang the server
+                    log.exception("start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.gateway.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        incoming = dict(scope["headers"]).get(b"x-request-id")
+        request_id = (
+            incoming.decode() if incoming and _REQUEST_ID.match(incoming) else os.urandom(8).hex()
+        )
+        request = Request(scope, receive, request_id)
+        route, handler = self._route(request)
+        gauge = self._in_flight.get(route)
+        if gauge is not None:
+            gauge.inc()
+        try:
+            try:
+                if isinstance(handler, GatewayError):
+                    raise handler
+                response: Response | StreamResponse = await handler(self.gateway, request)
+            except GatewayError as exc:
+                response = error_response(exc)
+            except ClientGone:
+                return
+            except Exception:
+                log.exception("request %s: unexpected error", request_id)
+                response = error_response(
+                    GatewayError(
+                        500, "Internal gateway error.", type="api_error", code="internal_error"
+                    )
+                )
+            extra = [(b"x-request-id", request_id.encode())]
+            if isinstance(response, StreamResponse):
+                await self._stream(response, receive, send, extra, started)
+            else:
+                await send_response(send, response, extra)
+            self._observe(route, response, started)
+        finally:
+            if gauge is not None:
+                gauge.dec()
+
+    def _route(self, request: Request) -> tuple[str, Handler | GatewayError]:
+        """(route label, the handler or the error to answer)."""
+        entry = ROUTES.get(request.path)
+        if entry is None:
+            match = _TOKEN_PATH.match(request.path)
+            if match is None:
+                return "other", errors.not_found(f"No route {request.method} {request.path}.")
+            if request.method not in ("GET", "PATCH", "DELETE"):
+                return "admin", errors.method_not_allowed(request.method)
+            token_id = match.group(1)
+            return "admin", lambda gw, req: admin.token(gw, req, token_id)
+        route, methods = entry
+        return route, methods.get(request.method) or errors.method_not_allowed(request.method)
+
+    async def _stream(
+        self,
+        response: StreamResponse,
+        receive: Receive,
+        send: Send,
+        extra: list[tuple[bytes, bytes]],
+        started: float,
+    ) -> None:
+        """Send SSE frames as they come; a client that leaves cancels the upstream at once."""
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": response.headers + extra,
+            }
+        )
+        pump = asyncio.ensure_future(self._pump(response, send, started))
+        watcher = asyncio.ensure_future(_wait_disconnect(receive))
+        done, _ = await asyncio.wait({pump, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if pump not in done:
+            pump.cancel()
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pump
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+    async def _pump(self, response: StreamResponse, send: Send, started: float) -> None:
+        first = True
+        call = response.call
+        async for chunk in response.chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if first and call is not None and call.candidate is not None:
+                first = False
+                elapsed = time.perf_counter() - started
+                c = call.candidate
+                self._metrics.time_to_first_token.labels(c.provider, c.model).observe(elapsed)
+                self._overhead["chat"].observe(max(0.0, elapsed - call.upstream_s))
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _observe(self, route: str, response: Response | StreamResponse, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        call = response.call
+        candidate = call.candidate if call is not None else None
+        provider = candidate.provider if candidate is not None else ""
+        model = candidate.model if candidate is not None else ""
+        key = (route, response.status, model, provider)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._metrics.requests.labels(route, str(response.status), model, provider)
+            if len(self._counters) < 10000:
+                self._counters[key] = counter
+        counter.inc()
+        duration = self._durations.get(route)
+        if duration is not None:
+            duration.observe(elapsed)
+        if call is not None and isinstance(response, Response):
+            overhead = self._overhead.get(route)
+            if overhead is not None:
+                overhead.observe(max(0.0, elapsed - call.upstream_s))
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def create_app(settings: Settings | None = None) -> App:
+    """The ASGI app for ``settings`` (default: from the environment)."""
+    return App(Gateway.build(settings or settings_from_env()))

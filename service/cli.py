@@ -1,0 +1,181 @@
+"""The ``best`` command: ``serve``, ``check-config`` and ``tokens``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+from service.config import ConfigError, load_config
+from service.observability.logging import configure_logging
+from service.settings import Settings, SettingsError, settings_from_env
+
+
+def _settings() -> Settings:
+    try:
+        return settings_from_env()
+    except SettingsError as exc:
+        print(f"best: invalid environment: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings()
+    configure_logging(settings.log_level)
+    try:
+        load_config(settings.config_dir)
+    except ConfigError as exc:
+        print(f"best: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    from service.server import serve
+
+    serve(settings)
+    return 0
+
+
+async def _scored_table(settings: Settings, offline: bool) -> list[dict[str, Any]]:
+    from service.gateway import Gateway
+
+    gateway = Gateway.build(Settings(**{**settings.__dict__, "redis_url": None}))
+    await gateway.client.start()
+    try:
+        if not offline:
+            await gateway.catalog.refresh_now()
+        return [
+            {
+                "provider": c.provider,
+                "model": c.model,
+                "score": round(c.score.total, 3),
+                "leaderboard": round(c.score.leaderboard, 3),
+                "params_b": c.score.params_b,
+                "context": c.score.context,
+                "adjustment": c.score.adjustment,
+            }
+            for c in gateway.catalog.table.pairs
+        ]
+    finally:
+        await gateway.client.close()
+        await gateway.store.close()
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _settings()
+    configure_logging("error")
+    try:
+        config = load_config(settings.config_dir)
+    except ConfigError as exc:
+        print(f"best: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    for warning in config.warnings:
+        print(f"warning: {warning}")
+    for p in config.providers:
+        state = (
+            "disabled (base_priority <= 0)"
+            if p.base_priority <= 0
+            else (
+                "ok" if settings.provider_key(p.api_key_env_var) else f"{p.api_key_env_var} unset"
+            )
+        )
+        print(f"provider {p.name:<14} {state}")
+    rows = asyncio.run(_scored_table(settings, args.offline))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(
+        f"\n{'score':>9}  {'provider':<14} {'model':<48} {'lb':>5} {'params':>7} {'context':>8} adj"
+    )
+    for r in rows:
+        print(
+            f"{r['score']:>9.2f}  {r['provider']:<14} {r['model']:<48} {r['leaderboard']:>5.2f} "
+            f"{r['params_b']:>7g} {r['context']:>8} {r['adjustment']:g}"
+        )
+    print(f"\n{sum(1 for r in rows if r['score'] > 0)} routable of {len(rows)} scored pairs")
+    return 0
+
+
+def _admin_call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+    token = args.admin_token or next(
+        (t.strip() for t in os.environ.get("ADMIN_TOKENS", "").split(",") if t.strip()), None
+    )
+    if not token:
+        raise SystemExit("best tokens: pass --admin-token or set ADMIN_TOKENS")
+    url = args.url.rstrip("/") + path
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Authorization", f"Bearer {token}")
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode("utf-8", "replace")
+        raise SystemExit(f"best tokens: {method} {url} -> {exc.code}: {detail}") from None
+    except urllib.error.URLError as exc:
+        raise SystemExit(f"best tokens: cannot reach {url}: {exc.reason}") from None
+
+
+def _limits(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    for name in ("rpm", "tpm", "max_concurrency", "expires_at", "name"):
+        value = getattr(args, name, None)
+        if value is not None:
+            body[name] = None if value in (0, "none") else value
+    return body
+
+
+def cmd_tokens(args: argparse.Namespace) -> int:
+    if args.action == "create":
+        result = _admin_call(args, "POST", "/admin/tokens", _limits(args))
+    elif args.action == "list":
+        result = _admin_call(args, "GET", "/admin/tokens")
+    elif args.action == "update":
+        result = _admin_call(args, "PATCH", f"/admin/tokens/{args.id}", _limits(args))
+    else:
+        result = _admin_call(args, "DELETE", f"/admin/tokens/{args.id}")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="best", description="BEST LLM gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the gateway").set_defaults(func=cmd_serve)
+    check = sub.add_parser("check-config", help="validate config/ and print the scored models")
+    check.add_argument("--offline", action="store_true", help="skip model discovery")
+    check.add_argument("--json", action="store_true", help="print the table as JSON")
+    check.set_defaults(func=cmd_check_config)
+
+    tokens = sub.add_parser("tokens", help="manage tokens through a running gateway")
+    tokens.add_argument(
+        "--url",
+        default=f"http://127.0.0.1:{os.environ.get('PORT') or 12345}",
+        help="the gateway's base URL",
+    )
+    tokens.add_argument("--admin-token", help="an ADMIN_TOKENS bearer (default: $ADMIN_TOKENS)")
+    actions = tokens.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create")
+    create.add_argument("--name", required=True)
+    actions.add_parser("list")
+    update = actions.add_parser("update")
+    update.add_argument("id")
+    update.add_argument("--name")
+    revoke = actions.add_parser("revoke")
+    revoke.add_argument("id")
+    for p in (create, update):
+        p.add_argument("--rpm", type=int)
+        p.add_argument("--tpm", type=int)
+        p.add_argument("--max-concurrency", dest="max_concurrency", type=int)
+        p.add_argument("--expires-at", dest="expires_at")
+    tokens.set_defaults(func=cmd_tokens)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result

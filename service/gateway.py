@@ -1,0 +1,75 @@
+"""The long-lived objects of one process, built once at start-up and passed to the handlers."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from service.observability.metrics import Metrics, create_metrics
+from service.observability.stats import FleetStats
+from service.quotas.tokens import TokenRegistry
+from service.routing.catalog import Catalog
+from service.routing.router import Router
+from service.settings import Settings
+from service.store.client import Store
+from service.upstream.client import UpstreamClient
+
+log = logging.getLogger("best")
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    metrics: Metrics
+    store: Store
+    client: UpstreamClient
+    catalog: Catalog
+    stats: FleetStats
+    tokens: TokenRegistry
+    router: Router
+    draining: bool = False
+    started: bool = False
+
+    @classmethod
+    def build(cls, settings: Settings, metrics: Metrics | None = None) -> Gateway:
+        """Wire every component; raises ConfigError for an unusable configuration."""
+        metrics = metrics or create_metrics()
+        store = Store(
+            url=settings.redis_url,
+            prefix=settings.redis_prefix,
+            refuse_quotas_when_degraded=settings.on_store_failure == "closed",
+            metrics=metrics,
+        )
+        client = UpstreamClient()
+        catalog = Catalog(settings, store, client, metrics)
+        stats = FleetStats(store, on_health=catalog.apply_health)
+        tokens = TokenRegistry(settings, store)
+        router = Router(settings, store, catalog, client, stats, metrics)
+        return cls(settings, metrics, store, client, catalog, stats, tokens, router)
+
+    async def start(self) -> None:
+        await self.store.start()
+        await self.client.start()
+        await self.tokens.start()
+        await self.catalog.start()
+        await self.stats.start()
+        self.started = True
+        if not self.tokens.auth_enabled:
+            log.warning(
+                "auth is DISABLED: AUTH_TOKENS and ADMIN_TOKENS are unset and no managed token "
+                "exists; anyone who can reach this port can use every provider"
+            )
+        log.info(
+            "store: %s; %d providers active, %d routable pairs",
+            "redis" if self.store.shared else "embedded",
+            len(self.catalog.active_providers()),
+            self.catalog.table.routable,
+        )
+
+    async def close(self) -> None:
+        await self.router.drain()
+        await self.catalog.close()
+        await self.stats.close()
+        await self.tokens.close()
+        await self.client.close()
+        await self.store.close()

@@ -1,0 +1,182 @@
+"""Fleet-wide statistics per (provider, model): counted locally, flushed to the store about
+once a second, read back by every replica.  They feed ``/stats`` and the live health that
+lowers the score of a pair that keeps failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from service.store.client import Store, StoreError
+
+log = logging.getLogger("best.stats")
+
+LATENCY_BUCKETS_MS = (25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000)
+FLUSH_S = 1.0
+HEALTH_WINDOW_S = 30.0
+HEALTH_MIN_ATTEMPTS = 5
+
+HealthCallback = Callable[[Mapping[tuple[str, str], float]], None]
+
+
+def percentile(buckets: list[int], q: float) -> float | None:
+    """Upper bound (ms) of the bucket holding quantile ``q`` of a bucketed distribution."""
+    total = sum(buckets)
+    if total == 0:
+        return None
+    rank = q * total
+    seen = 0
+    for index, count in enumerate(buckets):
+        seen += count
+        if seen >= rank:
+            return float(
+                LATENCY_BUCKETS_MS[index]
+                if index < len(LATENCY_BUCKETS_MS)
+                else LATENCY_BUCKETS_MS[-1]
+            )
+    return float(LATENCY_BUCKETS_MS[-1])
+
+
+class FleetStats:
+    def __init__(self, store: Store, on_health: HealthCallback | None = None) -> None:
+        self._store = store
+        self._pending: dict[str, int] = {}
+        self._on_health = on_health
+        self._history: deque[tuple[float, dict[str, int]]] = deque()
+        self._task: asyncio.Task[None] | None = None
+
+    def record(
+        self,
+        provider: str,
+        model: str,
+        *,
+        ok: bool,
+        latency_s: float,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+    ) -> None:
+        """Count one upstream attempt (cheap: a few dict updates)."""
+        pending = self._pending
+        pair = f"{provider}|{model}"
+        key = "req|" + pair
+        pending[key] = pending.get(key, 0) + 1
+        if not ok:
+            key = "fail|" + pair
+            pending[key] = pending.get(key, 0) + 1
+        if prompt_tokens:
+            key = "pt|" + pair
+            pending[key] = pending.get(key, 0) + prompt_tokens
+        if completion_tokens:
+            key = "ct|" + pair
+            pending[key] = pending.get(key, 0) + completion_tokens
+        bucket = bisect.bisect_left(LATENCY_BUCKETS_MS, latency_s * 1000.0)
+        key = f"lat|{pair}|{bucket}"
+        pending[key] = pending.get(key, 0) + 1
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        await self.flush()
+
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        try:
+            await self._store.add_stats(pending)
+        except StoreError as exc:
+            log.warning("stats flush failed: %s", exc)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            await self.flush()
+            try:
+                totals = await self._store.read_stats()
+            except StoreError as exc:
+                log.warning("stats read failed: %s", exc)
+                continue
+            self._update_health(totals)
+
+    def _update_health(self, totals: dict[str, int]) -> None:
+        now = time.monotonic()
+        self._history.append((now, totals))
+        while len(self._history) > 2 and now - self._history[1][0] >= HEALTH_WINDOW_S:
+            self._history.popleft()
+        if self._on_health is None:
+            return
+        _, old = self._history[0]
+        health: dict[tuple[str, str], float] = {}
+        for key, value in totals.items():
+            if not key.startswith("req|"):
+                continue
+            attempts = value - old.get(key, 0)
+            if attempts < HEALTH_MIN_ATTEMPTS:
+                continue
+            pair = key[4:]
+            failures = totals.get("fail|" + pair, 0) - old.get("fail|" + pair, 0)
+            if failures > 0:
+                provider, _, model = pair.partition("|")
+                health[(provider, model)] = failures / attempts
+        self._on_health(health)
+
+    async def snapshot(self) -> dict[str, Any]:
+        """The ``/stats`` document: fleet totals and per-pair figures, with cooldowns."""
+        await self.flush()
+        totals = await self._store.read_stats()
+        cooldowns, now_ms = await self._store.cooldowns()
+        pairs: dict[str, dict[str, Any]] = {}
+        for key, value in totals.items():
+            kind, _, rest = key.partition("|")
+            if kind == "lat":
+                pair, _, bucket = rest.rpartition("|")
+                entry = pairs.setdefault(pair, _empty())
+                entry["buckets"][int(bucket)] += value
+            elif kind in ("req", "fail", "pt", "ct"):
+                pairs.setdefault(rest, _empty())[kind] += value
+        rows = []
+        for pair, entry in sorted(pairs.items()):
+            provider, _, model = pair.partition("|")
+            until = max(
+                cooldowns.get(f"p|{provider}", 0), cooldowns.get(f"m|{provider}|{model}", 0)
+            )
+            rows.append(
+                {
+                    "provider": provider,
+                    "model": model,
+                    "requests": entry["req"],
+                    "failures": entry["fail"],
+                    "prompt_tokens": entry["pt"],
+                    "completion_tokens": entry["ct"],
+                    "latency_ms": {
+                        "p50": percentile(entry["buckets"], 0.5),
+                        "p95": percentile(entry["buckets"], 0.95),
+                    },
+                    "cooldown_remaining_s": round(max(0, until - now_ms) / 1000.0, 3),
+                }
+            )
+        return {
+            "totals": {
+                "requests": sum(r["requests"] for r in rows),
+                "failures": sum(r["failures"] for r in rows),
+                "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
+                "completion_tokens": sum(r["completion_tokens"] for r in rows),
+            },
+            "providers": rows,
+            "cooldowns": [
+                {"scope": field, "remaining_s": round((until - now_ms) / 1000.0, 3)}
+                for field, until in sorted(cooldowns.items())
+            ],
+            "store": {"shared": self._store.shared, "degraded": self._store.degraded},
+        }
+
+
+def _empty() -> dict[str, Any]:
+    return {"req": 0, "fail": 0, "pt": 0, "ct": 0, "buckets": [0] * (len(LATENCY_BUCKETS_MS) + 1)}

@@ -1,0 +1,172 @@
+"""Upstream failures: what went wrong with one attempt, translated once at the boundary.
+
+``classify`` turns an upstream answer into either nothing (a usable success), a
+``ClientFault`` (the request itself is wrong: relay it untouched) or an ``UpstreamFailure``
+(try the next candidate).  The reason decides what cools down: the whole provider, the
+(provider, model) pair, or nothing.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from typing import Any, Literal
+
+import orjson
+
+Scope = Literal["provider", "pair", "none"]
+
+# Failover reasons; also the bounded label set of the failover metric.
+CONNECT = "connect"
+TIMEOUT = "timeout"
+SERVER_ERROR = "server_error"
+RATE_LIMITED = "rate_limited"
+AUTH = "auth"
+MODEL_NOT_FOUND = "model_not_found"
+BAD_BODY = "bad_body"
+IN_BAND_ERROR = "in_band_error"
+CONTEXT_LENGTH = "context_length"
+STREAM_BROKEN = "stream_broken"
+
+_SCOPES: dict[str, Scope] = {
+    CONNECT: "pair",
+    TIMEOUT: "pair",
+    SERVER_ERROR: "pair",
+    RATE_LIMITED: "provider",
+    AUTH: "provider",
+    MODEL_NOT_FOUND: "pair",
+    BAD_BODY: "pair",
+    IN_BAND_ERROR: "pair",
+    CONTEXT_LENGTH: "none",
+    STREAM_BROKEN: "pair",
+}
+
+
+class UpstreamFailure(Exception):
+    """One attempt failed in a way that moves on to the next candidate."""
+
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+    @property
+    def scope(self) -> Scope:
+        return _SCOPES[self.reason]
+
+
+class ClientFault(Exception):
+    """The upstream refused the request itself (a 4xx that is the client's fault)."""
+
+    def __init__(self, status: int, body: bytes, content_type: bytes) -> None:
+        super().__init__(f"upstream answered {status}")
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` value: integer or fractional seconds, or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds:  # NaN
+        return None
+    return max(0.0, seconds)
+
+
+def error_message(body: bytes, fallback: str) -> str:
+    """The ``error.message`` of an OpenAI-shaped body, else a short excerpt of the body."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        text = body[:200].decode("utf-8", "replace").strip()
+        return f"{fallback}: {text}" if text else fallback
+    if isinstance(parsed, dict):
+        err = parsed.get("error")
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return f"{fallback}: {err['message']}"
+        if isinstance(err, str):
+            return f"{fallback}: {err}"
+    return fallback
+
+
+def _error_code(body: bytes) -> str | None:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+        err: dict[str, Any] = parsed["error"]
+        code = err.get("code") or err.get("type")
+        return code if isinstance(code, str) else None
+    return None
+
+
+def failure_for_status(
+    status: int, body: bytes, retry_after: str | None, content_type: bytes
+) -> UpstreamFailure | ClientFault:
+    """Classify a non-2xx upstream answer."""
+    message = error_message(body, f"upstream answered HTTP {status}")
+    if status == 429:
+        return UpstreamFailure(
+            RATE_LIMITED, message, status=status, retry_after_s=parse_retry_after(retry_after)
+        )
+    if status in (401, 403):
+        return UpstreamFailure(AUTH, message, status=status)
+    if status == 404:
+        return UpstreamFailure(MODEL_NOT_FOUND, message, status=status)
+    if status >= 500:
+        return UpstreamFailure(
+            SERVER_ERROR, message, status=status, retry_after_s=parse_retry_after(retry_after)
+        )
+    code = _error_code(body) if status in (400, 413, 422) else None
+    if code is not None and "context_length" in code:
+        return UpstreamFailure(CONTEXT_LENGTH, message, status=status)
+    if status == 408:
+        return UpstreamFailure(TIMEOUT, message, status=status)
+    return ClientFault(status, body, content_type)
+
+
+def check_completion(parsed: Any) -> UpstreamFailure | None:
+    """A 200 body that is not a usable completion (in-band error, no choices) is a failure."""
+    if not isinstance(parsed, dict):
+        return UpstreamFailure(BAD_BODY, "upstream answered a body that is not a JSON object")
+    if parsed.get("error"):
+        err = parsed["error"]
+        detail = err.get("message") if isinstance(err, dict) else err
+        return UpstreamFailure(IN_BAND_ERROR, f"upstream answered an error: {detail}")
+    choices = parsed.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return UpstreamFailure(BAD_BODY, "upstream answered a completion with no choices")
+    return None
+
+
+def check_embeddings(parsed: Any) -> UpstreamFailure | None:
+    if not isinstance(parsed, dict):
+        return UpstreamFailure(BAD_BODY, "upstream answered a body that is not a JSON object")
+    if parsed.get("error"):
+        return UpstreamFailure(IN_BAND_ERROR, "upstream answered an error object")
+    data = parsed.get("data")
+    if not isinstance(data, list) or not data:
+        return UpstreamFailure(BAD_BODY, "upstream answered embeddings with no data")
+    return None
