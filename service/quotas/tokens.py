@@ -13,9 +13,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import secrets
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+
+import orjson
 
 from service.settings import Settings
 from service.store.client import Store, StoreError
@@ -32,6 +36,13 @@ class TokenError(ValueError):
 
 class TokenNotFound(LookupError):
     pass
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
 
 
 def token_id(raw: str) -> str:
@@ -92,11 +103,23 @@ class TokenRegistry:
 
     async def start(self) -> None:
         try:
+            if not self._store.shared:
+                await self._load_file()
             await self.seed_static()
             await self.refresh()
         except StoreError as exc:
             log.warning("token registry: %s", exc)
         self._task = asyncio.create_task(self._refresh_loop())
+        self._store.subscribe(self._on_change)
+
+    async def _on_change(self, tid: str) -> None:
+        """Another replica changed a token: refresh it in the local snapshot at once."""
+        try:
+            fields = await self._store.get_token(tid)
+        except StoreError:
+            return
+        if fields is not None:
+            self._snapshot[tid] = fields
 
     async def close(self) -> None:
         if self._task is not None:
@@ -140,6 +163,37 @@ class TokenRegistry:
             row.get("kind") == "managed" and row.get("revoked") != "1" for row in rows
         )
 
+    # -- durability of the embedded store ---------------------------------------------------
+
+    @property
+    def _file(self) -> Path:
+        return self._settings.data_dir / "tokens.json"
+
+    async def _load_file(self) -> None:
+        """The embedded store keeps the registry in DATA_DIR/tokens.json across restarts."""
+        try:
+            raw = await asyncio.to_thread(self._file.read_bytes)
+        except FileNotFoundError:
+            return
+        try:
+            rows = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            log.error("token registry file %s is not valid JSON; ignored", self._file)
+            return
+        for row in rows:
+            if isinstance(row, dict) and isinstance(row.get("id"), str):
+                await self._store.put_token(row["id"], {k: str(v) for k, v in row.items()}, False)
+        log.info("token registry: loaded %d tokens from %s", len(rows), self._file)
+
+    async def _changed(self, tid: str) -> None:
+        """Announce a change to the fleet; persist the registry when the store is embedded
+        (Redis persists itself)."""
+        if self._store.shared:
+            await self._store.publish(tid)
+            return
+        rows = await self._store.all_tokens()
+        await asyncio.to_thread(_write_atomically, self._file, orjson.dumps(rows))
+
     async def _refresh_loop(self) -> None:
         while True:
             await asyncio.sleep(SNAPSHOT_REFRESH_S)
@@ -181,6 +235,7 @@ class TokenRegistry:
         await self._store.put_token(tid, fields, create=True)
         self._snapshot[tid] = fields
         self.auth_enabled = True
+        await self._changed(tid)
         return {**to_record(fields), "token": raw}
 
     async def get(self, tid: str) -> dict[str, str]:
@@ -210,6 +265,7 @@ class TokenRegistry:
             await self._store.put_token(tid, changes, create=False)
             fields.update(changes)
         self._snapshot[tid] = fields
+        await self._changed(tid)
         return to_record(fields)
 
     async def revoke(self, tid: str) -> dict[str, Any]:
@@ -217,6 +273,7 @@ class TokenRegistry:
         await self._store.put_token(tid, {"revoked": "1"}, create=False)
         fields["revoked"] = "1"
         self._snapshot[tid] = fields
+        await self._changed(tid)
         return to_record(fields)
 
     async def list(self) -> list[dict[str, Any]]:

@@ -87,6 +87,7 @@ class Store:
         }
         self._degraded = False
         self._probe: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
         self._on_recover: list[Callable[[], Awaitable[None]]] = []
         self._on_degrade: list[Callable[[], Awaitable[None]]] = []
         self._latency = {
@@ -122,8 +123,9 @@ class Store:
             await self._enter_degraded()
 
     async def close(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
+        for task in (self._probe, self._listener):
+            if task is not None:
+                task.cancel()
         if self.shared:
             await self._primary.aclose()
         await self._local.aclose()
@@ -177,6 +179,9 @@ class Store:
             except RedisError:
                 continue
             log.warning("store: Redis at %s is reachable again; leaving degraded mode", self.url)
+            # Pooled connections from before the outage are dead; do not let them fail over
+            # the next requests again.
+            await self._primary.connection_pool.disconnect()
             self._degraded = False
             self._metrics.store_degraded.set(0)
             for callback in self._on_recover:
@@ -383,3 +388,32 @@ class Store:
 
         rpm, tpm, conc = await self._run("other", call)
         return int(rpm), int(tpm or 0), int(conc)
+
+    # -- change notifications ----------------------------------------------------------------
+
+    async def publish(self, message: str) -> None:
+        """Tell every replica something changed (no-op for the embedded store)."""
+        if not self.shared:
+            return
+
+        async def call(client: Client) -> None:
+            await client.publish(self.keys.channel, message)
+
+        await self._run("other", call)
+
+    def subscribe(self, handler: Callable[[str], Awaitable[None]]) -> None:
+        """Call ``handler(message)`` for every published message, reconnecting as needed."""
+        if self.shared:
+            self._listener = asyncio.create_task(self._listen(handler))
+
+    async def _listen(self, handler: Callable[[str], Awaitable[None]]) -> None:
+        while True:
+            try:
+                async with self._primary.pubsub() as pubsub:
+                    await pubsub.subscribe(self.keys.channel)
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            await handler(message["data"].decode())
+            except (RedisError, *_UNREACHABLE) as exc:
+                log.debug("store: subscription lost (%r); retrying", exc)
+            await asyncio.sleep(1.0)

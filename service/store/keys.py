@@ -8,7 +8,7 @@ from __future__ import annotations
 
 
 class Keys:
-    __slots__ = ("cooldowns", "failures", "prefix", "stats", "tag", "tokens")
+    __slots__ = ("channel", "cooldowns", "failures", "prefix", "stats", "tag", "tokens")
 
     def __init__(self, prefix: str = "best") -> None:
         self.prefix = prefix
@@ -17,6 +17,7 @@ class Keys:
         self.cooldowns = f"{self.tag}:cooldowns"
         self.failures = f"{self.tag}:failures"
         self.stats = f"{self.tag}:stats"
+        self.channel = f"{self.tag}:tokens-changed"
 
     def token(self, token_id: str) -> str:
         return f"{self.tag}:token:{token_id}"
