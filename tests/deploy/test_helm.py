@@ -111,7 +111,9 @@ def test_gateway_pod_is_non_root_and_read_only(fixture: str, request: Any) -> No
     # Everything the gateway writes lives on emptyDirs.
     writable = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
     env = env_of(container)
-    assert {"/tmp", env["DATA_DIR"], env["PROMETHEUS_MULTIPROC_DIR"]} <= writable
+    assert {"/tmp", env["DATA_DIR"]} <= writable
+    # The server makes a fresh multiprocess metrics dir under /tmp per start.
+    assert "PROMETHEUS_MULTIPROC_DIR" not in env
     empty_dirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
     mounted = {m["name"] for m in container["volumeMounts"] if m["mountPath"] in writable}
     assert mounted <= empty_dirs
