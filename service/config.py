@@ -200,7 +200,10 @@ def _parse_scoring(
         }
     )
     sources: list[LeaderboardSource] = []
-    for i, src in enumerate(raw.get("leaderboards") or []):
+    sources_raw = raw.get("leaderboards") or []
+    if not isinstance(sources_raw, list):
+        raise ConfigError(f"{path}: leaderboards must be a list of sources")
+    for i, src in enumerate(sources_raw):
         where = f"{path}: leaderboards[{i}]"
         if not isinstance(src, dict):
             raise ConfigError(f"{where} must be a mapping")
@@ -221,6 +224,8 @@ def _parse_scoring(
     if not isinstance(aliases, dict):
         raise ConfigError(f"{path}: aliases must map model ids to leaderboard names")
     discovery = raw.get("discovery") or {}
+    if not isinstance(discovery, dict):
+        raise ConfigError(f"{path}: discovery must be a mapping")
     return (
         weights,
         tuple(sources),
