@@ -1,0 +1,104 @@
+"""Graceful shutdown, as the chart's preStop/terminationGracePeriodSeconds assume it: on SIGTERM
+a replica stops taking requests but lets a stream in flight finish, then exits cleanly."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.deploy.gateway_setup import GATEWAY_ENV, MODEL, TOKEN, require_gateway, write_config
+from tests.deploy.tools import load_local_fleet
+from tests.fakes.behaviors import Behavior
+from tests.fakes.upstream import FakeProvider
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def provider() -> Iterator[FakeProvider]:
+    with FakeProvider(models=[MODEL]) as fake:
+        yield fake
+
+
+@pytest.fixture
+def gateway(
+    provider: FakeProvider, tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    require_gateway()
+    port = load_local_fleet().free_port()
+    env = {
+        **os.environ,
+        **GATEWAY_ENV,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "CONFIG_DIR": str(write_config(tmp_path / "config", provider.base_url)),
+        "DATA_DIR": str(tmp_path / "data"),
+        "SHUTDOWN_GRACE_S": "30",
+    }
+    env.pop("REDIS_URL", None)
+    log = (tmp_path / "gateway.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service"], env=env, cwd=tmp_path, stdout=log, stderr=log
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while not _ready(url):
+            assert process.poll() is None, (tmp_path / "gateway.log").read_text()
+            assert time.monotonic() < deadline, "gateway never became ready"
+            time.sleep(0.1)
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        log.close()
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/ready", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_sigterm_lets_a_running_stream_finish(
+    provider: FakeProvider, gateway: tuple[subprocess.Popen[bytes], str]
+) -> None:
+    process, url = gateway
+    # ~9 events, 0.3 s apart: the stream is still running for seconds after SIGTERM.
+    provider.set_behavior(Behavior.slow_stream(chunk_delay_s=0.3))
+    body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "a b c d e"}]}
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with (
+        httpx.Client(base_url=url, headers=headers, timeout=30) as client,
+        client.stream("POST", "/v1/chat/completions", json=body) as stream,
+    ):
+        assert stream.status_code == 200
+        lines = stream.iter_lines()
+        events = [next(line for line in lines if line.startswith("data: "))]
+        process.send_signal(signal.SIGTERM)
+
+        # The replica takes nothing new while it drains: refused, or 503 from /ready.
+        with contextlib.suppress(httpx.TransportError):
+            assert httpx.get(f"{url}/ready", timeout=2).status_code == 503
+
+        after_sigterm = [line for line in lines if line.startswith("data: ")]
+    events += after_sigterm
+    assert len(after_sigterm) >= 5, "the stream was not in flight when SIGTERM arrived"
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(event.removeprefix("data: ")) for event in events[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == "echo: a b c d e"
+    # uvicorn re-raises the signal it handled once it has shut down cleanly.
+    assert process.wait(timeout=30) in (0, -signal.SIGTERM)
