@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import email.utils
+import math
 import time
 from typing import Any, Literal
 
@@ -89,7 +90,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         if when is None:
             return None
         seconds = when.timestamp() - (time.time() if now is None else now)
-    if seconds != seconds:  # NaN
+    if not math.isfinite(seconds):  # "nan", "inf", "1e999": int(seconds * 1000) would raise
         return None
     return max(0.0, seconds)
 

@@ -11,12 +11,20 @@ class SSEDecoder:
     Multi-line data fields are joined with newlines; comments and other fields are dropped.
     """
 
-    __slots__ = ("_buffer",)
+    __slots__ = ("_after_cr", "_buffer")
 
     def __init__(self) -> None:
         self._buffer = b""
+        self._after_cr = False
 
     def feed(self, chunk: bytes) -> list[bytes]:
+        if not chunk:
+            return []
+        if self._after_cr and chunk.startswith(b"\n"):
+            # The "\r" that ended the previous chunk already ended this line: "\r\n" is one
+            # line ending even when a chunk boundary falls between its two bytes.
+            chunk = chunk[1:]
+        self._after_cr = chunk.endswith(b"\r")
         if b"\r" in chunk:
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         buffer = self._buffer + chunk if self._buffer else chunk
