@@ -157,6 +157,8 @@ def test_configmap_holds_both_files_and_is_the_config_dir(all_on: list[Obj]) -> 
     assert providers[0]["api_key_env_var"] == "GROQ_API_KEY"
     adjustments = yaml.safe_load(config["data"]["model-adjustments.yaml"])["adjustments"]
     assert adjustments["embeddings"]["priority"] == -100
+    assert "weights" in yaml.safe_load(config["data"]["scoring.yaml"])
+    assert "scoring.yaml" not in named(render(), "ConfigMap", "rel-best")["data"]
     container = gateway_container(all_on)
     (mount,) = [m for m in container["volumeMounts"] if m["name"] == "config"]
     assert mount["mountPath"] == env_of(container)["CONFIG_DIR"]
