@@ -14,6 +14,7 @@ from service.api.http import SSE_HEADERS, Request, Response, StreamResponse, par
 from service.gateway import Gateway
 from service.quotas.limits import estimate_cost
 from service.routing.router import Call
+from service.upstream.errors import ClientFault
 
 
 def _int_field(body: dict[str, Any], name: str) -> None:
@@ -83,7 +84,12 @@ async def chat_completions(gw: Gateway, request: Request) -> Response | StreamRe
     call = router.new_call(request.request_id, token)
     available = await router.admit(call, estimate_cost(body, len(raw)), candidates)
     if stream:
-        chunks = await router.stream(call, body, available, wants_usage)
+        try:
+            chunks = await router.stream(call, body, available, wants_usage)
+        except ClientFault as fault:
+            content_type = fault.content_type or b"application/json"
+            headers = [(b"content-type", content_type), *_served_headers(call)]
+            return Response(fault.status, fault.body, headers, call=call)
         return StreamResponse(200, chunks, [*SSE_HEADERS, *_served_headers(call)], call=call)
     result = await router.complete(call, body, available, embeddings=False)
     return Response(

@@ -29,7 +29,6 @@ from service.settings import Settings
 from service.store import client as store_status
 from service.store.client import Admission, Store, StoreError
 from service.types import Headers
-from service.upstream import errors as upstream_errors
 from service.upstream.client import UpstreamClient, UpstreamResponse, UpstreamStream
 from service.upstream.errors import (
     BAD_BODY,
@@ -275,7 +274,9 @@ class Router:
         candidates: list[Candidate],
         client_wants_usage: bool,
     ) -> AsyncIterator[bytes]:
-        """Open a stream with failover until its first event; returns the SSE frames to send."""
+        """Open a stream with failover until its first event; returns the SSE frames to send.
+
+        Raises ``ClientFault`` when the upstream refused the request itself."""
         if not client_wants_usage:
             options = body.get("stream_options")
             body["stream_options"] = {
@@ -307,16 +308,13 @@ class Router:
                 plan.failed(candidate, failure)
                 await self._failed(call, candidate, failure, elapsed)
                 continue
-            except ClientFault as fault:
+            except ClientFault:
+                # The client's own fault: the caller relays it untouched, as for JSON.
                 if upstream is not None:
                     upstream.close()
                 call.candidate = candidate
                 self.release(call, tokens_used=0, success=None)
-                raise GatewayError(
-                    fault.status,
-                    upstream_errors.error_message(fault.body, "upstream refused the request"),
-                    code="upstream_rejected",
-                ) from None
+                raise
             call.upstream_s += time.monotonic() - started
             call.candidate = candidate
             return self._relay(call, candidate, relay, first, started)
