@@ -125,6 +125,9 @@ if tpm > 0 then
 end
 if max_conc > 0 then
   redis.call("ZADD", KEYS[6], now + lease_ms, request_id)
-  redis.call("PEXPIRE", KEYS[6], lease_ms + 1000)
+  -- Only ever extend the key's life: a short lease must not expire longer ones.
+  if redis.call("PTTL", KEYS[6]) < lease_ms + 1000 then
+    redis.call("PEXPIRE", KEYS[6], lease_ms + 1000)
+  end
 end
 return finish(0, 0)
