@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -98,7 +97,7 @@ class App:
         started = time.perf_counter()
         incoming = dict(scope["headers"]).get(b"x-request-id")
         request_id = (
-            incoming.decode() if incoming and _REQUEST_ID.match(incoming) else os.urandom(8).hex()
+            incoming.decode() if incoming and _REQUEST_ID.match(incoming) else self.gateway.ids()
         )
         request = Request(scope, receive, request_id)
         route, handler = self._route(request)

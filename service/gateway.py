@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from service.ids import IdGenerator
 from service.observability.metrics import Metrics, create_metrics
 from service.observability.stats import FleetStats
 from service.quotas.tokens import TokenRegistry
@@ -27,6 +28,7 @@ class Gateway:
     stats: FleetStats
     tokens: TokenRegistry
     router: Router
+    ids: IdGenerator
     draining: bool = False
     started: bool = False
 
@@ -44,8 +46,9 @@ class Gateway:
         catalog = Catalog(settings, store, client, metrics)
         stats = FleetStats(store, on_health=catalog.apply_health)
         tokens = TokenRegistry(settings, store)
-        router = Router(settings, store, catalog, client, stats, metrics)
-        return cls(settings, metrics, store, client, catalog, stats, tokens, router)
+        ids = IdGenerator()
+        router = Router(settings, store, catalog, client, stats, metrics, ids)
+        return cls(settings, metrics, store, client, catalog, stats, tokens, router, ids)
 
     async def start(self) -> None:
         await self.store.start()

@@ -19,6 +19,7 @@ import orjson
 
 from service import errors
 from service.errors import GatewayError
+from service.ids import IdGenerator
 from service.observability.metrics import Metrics
 from service.observability.stats import FleetStats
 from service.quotas.limits import rate_limit_headers
@@ -53,7 +54,8 @@ Checker = Callable[[Any], UpstreamFailure | None]
 class Call:
     """One client request as it moves through the router."""
 
-    request_id: str
+    request_id: str  # the id the client sees (x-request-id), for logs
+    entry_id: str  # unique across the fleet: names this request's quota entries
     token_id: str | None
     started: float
     deadline: float
@@ -62,6 +64,7 @@ class Call:
     admission: Admission | None = None
     headers: Headers = field(default_factory=list)
     settled: bool = False
+    recovering: set[str] = field(default_factory=set)  # failure counts a success resets
 
 
 @dataclass(slots=True)
@@ -82,7 +85,9 @@ class Router:
         client: UpstreamClient,
         stats: FleetStats,
         metrics: Metrics,
+        ids: IdGenerator,
     ) -> None:
+        self._ids = ids
         self._settings = settings
         self._store = store
         self._catalog = catalog
@@ -94,7 +99,8 @@ class Router:
 
     def new_call(self, request_id: str, token_id: str | None) -> Call:
         now = time.monotonic()
-        return Call(request_id, token_id, now, now + self._settings.request_timeout_s)
+        deadline = now + self._settings.request_timeout_s
+        return Call(request_id, self._ids(), token_id, now, deadline)
 
     def candidates(self, model: str) -> list[Candidate]:
         found = self._catalog.table.resolve(model)
@@ -112,7 +118,7 @@ class Router:
             fields.append(c.pair_field)
         try:
             admission = await self._store.admit(
-                call.token_id, call.request_id, cost, self._lease_ms, fields
+                call.token_id, call.entry_id, cost, self._lease_ms, fields
             )
         except StoreError as exc:
             raise errors.unavailable(f"The gateway's store failed: {exc}") from None
@@ -121,16 +127,19 @@ class Router:
         if status != store_status.ADMITTED:
             self._refuse(status, admission)
         call.headers = rate_limit_headers(admission)
-        until = admission.cooling_until_ms
-        available = [c for i, c in enumerate(candidates) if not (until[2 * i] or until[2 * i + 1])]
+        states = admission.field_states
+        available = [
+            c for i, c in enumerate(candidates) if states[2 * i] <= 0 and states[2 * i + 1] <= 0
+        ]
         if not available:
             self.release(call, tokens_used=0, success=None)
-            earliest = min(max(until[2 * i], until[2 * i + 1]) for i in range(len(candidates)))
+            earliest = min(max(states[2 * i], states[2 * i + 1]) for i in range(len(candidates)))
             raise errors.rate_limited(
                 "Every provider for this model is cooling down after failures; retry later.",
                 (earliest - admission.now_ms) / 1000.0,
                 call.headers,
             )
+        call.recovering = {field for field, state in zip(fields, states, strict=True) if state < 0}
         return available
 
     def _refuse(self, status: int, admission: Admission) -> None:
@@ -165,10 +174,15 @@ class Router:
         if call.settled or call.admission is None:
             return
         call.settled = True
+        # rpm entries simply age out; tpm reservations and concurrency leases need settling.
         needs_quota = call.token_id is not None and (
-            call.admission.tpm_limit >= 0 or call.admission.rpm_limit >= 0
+            call.admission.tpm_limit >= 0 or call.admission.concurrency_limit >= 0
         )
-        reset = [success.pair_field, success.provider_field] if success is not None else []
+        reset = (
+            [f for f in (success.pair_field, success.provider_field) if f in call.recovering]
+            if success is not None
+            else []
+        )
         if not needs_quota and not reset:
             return
         task = asyncio.create_task(self._settle(call, tokens_used, reset))
@@ -177,7 +191,7 @@ class Router:
 
     async def _settle(self, call: Call, tokens_used: int, reset: list[str]) -> None:
         try:
-            await self._store.settle(call.token_id, call.request_id, tokens_used, reset)
+            await self._store.settle(call.token_id, call.entry_id, tokens_used, reset)
         except StoreError as exc:
             log.warning("settlement of %s failed: %s", call.request_id, exc)
 

@@ -19,12 +19,12 @@ from typing import Any, TypeVar
 
 import fakeredis
 import redis.asyncio as redis_asyncio
-from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.observability.metrics import Metrics
+from service.store.batching import ScriptBatcher
 from service.store.keys import Keys
 from service.store.scripts import load_sources
 
@@ -51,8 +51,10 @@ class Admission:
     tpm_limit: int
     tpm_remaining: int
     tpm_reset_ms: int
+    concurrency_limit: int
     now_ms: int
-    cooling_until_ms: list[int]
+    # Per cooldown field asked: cooling until (ms), -1 = not cooling but recently failed, 0.
+    field_states: list[int]
 
 
 ADMITTED, UNKNOWN, REVOKED, EXPIRED, OVER_RPM, OVER_TPM, OVER_CONCURRENCY, QUOTA_UNAVAILABLE = (
@@ -82,8 +84,8 @@ class Store:
             else self._local
         )
         sources = load_sources()
-        self._scripts: dict[str, AsyncScript] = {
-            name: self._primary.register_script(source) for name, source in sources.items()
+        self._batchers = {
+            id(client): ScriptBatcher(client, sources) for client in (self._primary, self._local)
         }
         self._degraded = False
         self._probe: asyncio.Task[None] | None = None
@@ -192,7 +194,7 @@ class Store:
             return
 
     async def _script(self, name: str, client: Client, keys: list[str], args: list[Any]) -> Any:
-        return await self._scripts[name](keys=keys, args=args, client=client)
+        return await self._batchers[id(client)].call(name, keys, args)
 
     # -- hot path ----------------------------------------------------------------------------
 
@@ -207,6 +209,7 @@ class Store:
         """Token check, quotas and the candidates' cooldowns, in one round trip."""
         keys = self.keys.quota_keys(token_id or "-")
         keys.append(self.keys.cooldowns)
+        keys.append(self.keys.failures)
 
         async def call(client: Client) -> Any:
             refuse = "1" if (self._degraded and self._refuse_quotas_when_degraded) else "0"
@@ -224,8 +227,9 @@ class Store:
             tpm_limit=values[5],
             tpm_remaining=values[6],
             tpm_reset_ms=values[7],
-            now_ms=values[8],
-            cooling_until_ms=values[9:],
+            concurrency_limit=values[8],
+            now_ms=values[9],
+            field_states=values[10:],
         )
 
     async def settle(

@@ -6,12 +6,16 @@
 -- KEYS[3] tpm window (zset)        KEYS[4] tpm amounts (hash: request id -> tokens)
 -- KEYS[5] tpm sum (string)         KEYS[6] concurrency leases (zset: score = lease expiry ms)
 -- KEYS[7] cooldowns (hash: field -> cooling until, ms since epoch)
+-- KEYS[8] consecutive failures (hash: field -> count)
 -- ARGV[1] request id   ARGV[2] tpm cost (tokens)   ARGV[3] lease ms
 -- ARGV[4] "1" to check the token, "0" when auth is off
 -- ARGV[5] "1" when quotas must refuse (store failover in closed mode), else "0"
 -- ARGV[6..] cooldown fields of the candidates
 -- Returns {status, retry_after_ms, rpm_limit, rpm_remaining, rpm_reset_ms,
---          tpm_limit, tpm_remaining, tpm_reset_ms, now_ms, until_1, until_2, ...}
+--          tpm_limit, tpm_remaining, tpm_reset_ms, concurrency_limit, now_ms,
+--          state_1, state_2, ...}
+-- where state_i of a cooldown field is the time it cools until (ms), or -1 when it is not
+-- cooling but has recent failures (a success must reset them), or 0.
 -- status: 0 admitted, 1 unknown token, 2 revoked, 3 expired, 4 rpm, 5 tpm,
 --         6 concurrency, 7 quota store unavailable.  Limits are -1 when the token has none.
 local request_id = ARGV[1]
@@ -24,14 +28,16 @@ local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window_start = now - 60000
 
-local result = {0, 0, -1, -1, 0, -1, -1, 0, now}
+local result = {0, 0, -1, -1, 0, -1, -1, 0, -1, now}
 local function finish(status, retry_ms)
   result[1] = status
   result[2] = retry_ms
   for i = 6, #ARGV do
-    local until_ms = tonumber(redis.call("HGET", KEYS[7], ARGV[i]) or "0")
-    if until_ms <= now then until_ms = 0 end
-    result[#result + 1] = until_ms
+    local state = tonumber(redis.call("HGET", KEYS[7], ARGV[i]) or "0")
+    if state <= now then
+      state = redis.call("HEXISTS", KEYS[8], ARGV[i]) == 1 and -1 or 0
+    end
+    result[#result + 1] = state
   end
   return result
 end
@@ -103,6 +109,7 @@ end
 
 -- max_concurrency: leases that expire on their own if a replica dies holding them.
 if max_conc > 0 then
+  result[9] = max_conc
   redis.call("ZREMRANGEBYSCORE", KEYS[6], "-inf", now)
   if redis.call("ZCARD", KEYS[6]) >= max_conc then return finish(6, 1000) end
 end
