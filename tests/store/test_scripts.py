@@ -99,7 +99,7 @@ class TestAdmission:
             )
             result = await store.admit(None, "r1", 100, LEASE_MS, ["p|groq", "m|groq|llama", "x"])
             assert result.status == ADMITTED
-            assert result.cooling_until_ms == [until, 0, 0]
+            assert result.field_states == [until, 0, 0]
             assert until - result.now_ms > 29_000
             assert (result.rpm_limit, result.tpm_limit) == (-1, -1)
             assert abs(result.now_ms - time.time() * 1000) < 5_000
@@ -124,7 +124,7 @@ class TestAdmission:
             await cool(store, "p|groq", retry_after_ms=5_000)
             result = await store.admit("nobody", "r1", 0, LEASE_MS, ["p|groq"])
             assert result.status == UNKNOWN
-            assert result.cooling_until_ms[0] > result.now_ms
+            assert result.field_states[0] > result.now_ms
 
         run_store(body)
 
@@ -383,8 +383,23 @@ class TestCool:
             active, now_ms = await store.cooldowns()
             assert set(active) == {"p|short", "p|long"}
             result = await store.admit(None, "r", 0, LEASE_MS, ["p|short", "p|long"])
-            assert all(until > result.now_ms for until in result.cooling_until_ms)
+            assert all(until > result.now_ms for until in result.field_states)
             assert now_ms <= result.now_ms
+
+        run_store(body)
+
+    def test_a_recent_failure_without_cooldown_is_reported_until_a_success(
+        self, run_store: StoreRunner
+    ) -> None:
+        async def body(store: Store) -> None:
+            await cool(store, "m|p|x", retry_after_ms=0)  # the 1 s floor
+            await asyncio.sleep(1.05)  # a cooldown ends with time itself: nothing to wait on
+            result = await store.admit(None, "r1", 0, LEASE_MS, ["m|p|x", "m|p|never"])
+            # Not cooling any more, but its failure count must be reset by the next success.
+            assert result.field_states == [-1, 0]
+            await store.settle(None, "r1", -1, ["m|p|x"])
+            result = await store.admit(None, "r2", 0, LEASE_MS, ["m|p|x"])
+            assert result.field_states == [0]
 
         run_store(body)
 
