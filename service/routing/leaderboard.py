@@ -24,10 +24,10 @@ class LeaderboardError(ValueError):
     pass
 
 
-def _unit(value: Any) -> float | None:
+def _unit(value: Any, percent: bool = False) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) / 100.0 if value > 1 else float(value)
+    return float(value) / 100.0 if percent or value > 1 else float(value)
 
 
 def parse_leaderboard(data: Any, fmt: str) -> dict[str, float]:
@@ -40,7 +40,8 @@ def parse_leaderboard(data: Any, fmt: str) -> dict[str, float]:
                 continue
             pass1 = entry.get("pass@1")
             values = (
-                [v for v in (_unit(x) for x in pass1.values()) if v is not None]
+                # Always percentages: a weak model's 1.0 (%) is not a perfect score.
+                [v for v in (_unit(x, percent=True) for x in pass1.values()) if v is not None]
                 if isinstance(pass1, dict)
                 else []
             )

@@ -33,6 +33,14 @@ def test_bigcodebench_results_average_known_pass_at_1_values() -> None:
     }
 
 
+def test_bigcodebench_values_are_always_percentages() -> None:
+    # A weak model's 1% must not read as a perfect score of 1.0.
+    scores = parse_leaderboard(
+        {"tiny-0.5b": {"pass@1": {"instruct": 0.8, "complete": 1.0}}}, "bigcodebench"
+    )
+    assert scores == {"tiny-0.5b": pytest.approx(0.009)}
+
+
 def test_bigcodebench_results_must_be_a_mapping() -> None:
     with pytest.raises(LeaderboardError):
         parse_leaderboard([1, 2], "bigcodebench")
