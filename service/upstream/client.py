@@ -6,6 +6,7 @@ nowhere else.  Policy (which provider, retries, cooldowns) lives in ``routing``.
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +63,7 @@ class UpstreamClient:
     def __init__(self, connect_timeout_s: float = 10.0) -> None:
         self._connect_timeout_s = connect_timeout_s
         self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[str, str | None] = {}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -71,13 +73,28 @@ class UpstreamClient:
             connector=connector,
             skip_auto_headers=("User-Agent",),
             auto_decompress=True,
-            trust_env=True,
+            # aiohttp's trust_env looks proxies up in a worker thread on every request;
+            # _proxy_for does it once per host instead.
+            trust_env=False,
         )
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def _proxy_for(self, url: str) -> str | None:
+        """The HTTP(S)_PROXY that applies to ``url`` (honouring NO_PROXY), cached per origin."""
+        origin = url.split("/", 3)[:3]
+        key = "/".join(origin)
+        if key not in self._proxies:
+            scheme, host = origin[0].rstrip(":"), origin[2]
+            proxies = urllib.request.getproxies_environment()
+            bypass = urllib.request.proxy_bypass_environment(  # type: ignore[attr-defined]
+                host.split(":")[0], proxies
+            )
+            self._proxies[key] = None if bypass else proxies.get(scheme)
+        return self._proxies[key]
 
     def _timeout(self, total_s: float | None, read_s: float | None) -> aiohttp.ClientTimeout:
         return aiohttp.ClientTimeout(
@@ -98,7 +115,11 @@ class UpstreamClient:
         session = self._require_session()
         try:
             response = await session.post(
-                url, data=body, headers=headers, timeout=self._timeout(None, idle_timeout_s)
+                url,
+                data=body,
+                headers=headers,
+                timeout=self._timeout(None, idle_timeout_s),
+                proxy=self._proxy_for(url),
             )
         except TimeoutError:
             raise UpstreamFailure(
@@ -131,7 +152,12 @@ class UpstreamClient:
         session = self._require_session()
         try:
             async with session.request(
-                method, url, data=body, headers=headers, timeout=self._timeout(timeout_s, None)
+                method,
+                url,
+                data=body,
+                headers=headers,
+                timeout=self._timeout(timeout_s, None),
+                proxy=self._proxy_for(url),
             ) as response:
                 return UpstreamResponse(
                     response.status,
