@@ -58,6 +58,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--soak-interval", type=float, default=5.0, help="seconds between RSS samples"
     )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=60.0,
+        help="before each run, wait up to this many seconds for other processes to leave "
+        "the two cores idle (default 60; 0 = never wait)",
+    )
     parser.add_argument("--no-plot", action="store_true", help="skip the matplotlib plot")
     parser.add_argument(
         "--report-only",
@@ -92,6 +99,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         validate_s=validate,
         litellm=not args.skip_litellm,
         mode=mode,
+        quiet_wait_s=args.quiet_wait,
     )
 
 

@@ -125,6 +125,9 @@ class WrkResult:
     good: int | None = None
     bad: int | None = None
     first_bad: str | None = None
+    # Filled by the runner: share of one core the system under test used during the run, and
+    # how busy its core was (busy well above the share = something else ran on that core).
+    cpu: dict[str, float] | None = None
 
     @property
     def errors(self) -> int:

@@ -74,6 +74,18 @@ class Proc:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
+    def exit_description(self) -> str:
+        code = self.popen.returncode
+        if code is None:
+            return "is running"
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return f"was killed by {name} (not sent by the benchmark)"
+        return f"exited with status {code}"
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
@@ -152,7 +164,7 @@ def wait_until(
     while time.monotonic() < deadline:
         if proc is not None and not proc.alive():
             raise RuntimeError(
-                f"{proc.name} exited with {proc.popen.returncode} while waiting for {what}; "
+                f"{proc.name} {proc.exit_description()} while waiting for {what}; "
                 f"log {proc.log_path}:\n{proc.log_tail()}"
             )
         try:
@@ -184,3 +196,45 @@ def http_post(
             return response.status, dict(response.headers.items()), response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers.items()), exc.read()
+
+
+def cpu_seconds(root: int) -> float:
+    """User plus system CPU time of ``root`` and its descendants."""
+    ticks = 0
+    for pid in process_tree(root):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def core_times(core: int) -> tuple[float, float]:
+    """(busy, total) seconds of one core since boot, from /proc/stat."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{core} "):
+            values = [int(v) for v in line.split()[1:]]
+            idle = values[3] + values[4]
+            return (sum(values) - idle) / ticks, sum(values) / ticks
+    return 0.0, 0.0
+
+
+class CpuMeter:
+    """Share of one core used by a process tree, and how busy its core was, over a span."""
+
+    def __init__(self, root: int | None, core: int) -> None:
+        self.root = root
+        self.core = core
+        self._proc = cpu_seconds(root) if root else 0.0
+        self._busy, self._total = core_times(core)
+
+    def read(self) -> dict[str, float]:
+        busy, total = core_times(self.core)
+        span = max(total - self._total, 1e-9)
+        out = {"core_busy": round((busy - self._busy) / span, 3)}
+        if self.root:
+            out["proc_cpu"] = round((cpu_seconds(self.root) - self._proc) / span, 3)
+        return out

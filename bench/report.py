@@ -170,7 +170,24 @@ def sweep_table(results: Results) -> list[str]:
 def notes(results: Results) -> list[str]:
     """Skipped or failed rows, failed checks, crashes and first wrong answers."""
     out: list[str] = []
+    derived = derive(results)
     for target in _targets(results):
+        for kind in KINDS:
+            share = derived[target["name"]][kind]["vs_direct"]
+            if target["name"] != "direct" and share is not None and share > 0.5:
+                out.append(
+                    f"- {target['label']} {kind.upper()}: {share:.0%} of the direct upstream's "
+                    "req/s: the upstream or wrk may be limiting this figure."
+                )
+        for kind, data in target["kinds"].items():
+            for run in data["sweep"]:
+                cpu = run.get("cpu") or {}
+                foreign = cpu.get("core_busy", 0.0) - cpu.get("proc_cpu", 0.0)
+                if foreign > 0.1:
+                    out.append(
+                        f"- {target['label']} {kind.upper()} c={run['connections']}: other "
+                        f"processes used {foreign:.0%} of the measured core during the run."
+                    )
         if target["status"] != "ok":
             message = (target["message"] or "").strip().splitlines()
             out.append(f"- {target['label']}: {target['status']}: {message[0] if message else ''}")

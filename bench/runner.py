@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.loadgen import WrkResult, render_script, request_body, run_wrk
-from bench.procs import Proc, free_port, tree_rss_bytes
+from bench.procs import HELPER_CORE, SUT_CORE, CpuMeter, Proc, free_port, tree_rss_bytes
 from bench.targets import (
     ROOT,
     Target,
@@ -37,6 +37,7 @@ class Settings:
     validate_s: float
     litellm: bool
     mode: str
+    quiet_wait_s: float = 60.0
 
 
 @dataclass
@@ -81,9 +82,13 @@ def git_commit() -> str:
 
 def _describe(result: WrkResult) -> str:
     errors = f", {result.errors} errors" if result.errors else ""
+    cpu = result.cpu or {}
+    usage = f"  core0 {cpu['core_busy']:.0%}" if "core_busy" in cpu else ""
+    if "proc_cpu" in cpu:
+        usage += f" (target {cpu['proc_cpu']:.0%})"
     return (
         f"c={result.connections:<3} {result.rps:>10,.0f} req/s  p50 {result.p50_ms:.3f} "
-        f"p90 {result.p90_ms:.3f} p99 {result.p99_ms:.3f} ms{errors}"
+        f"p90 {result.p90_ms:.3f} p99 {result.p99_ms:.3f} ms{usage}{errors}"
     )
 
 
@@ -113,12 +118,16 @@ def measure(target: Target, settings: Settings, scripts_dir: Path) -> TargetResu
                 f"c={top}; first: {kind_result.validation.first_bad}"
             )
         for connections in settings.concurrencies:
+            pid = target.proc.pid if target.proc else None
+            _wait_quiet(pid, settings.quiet_wait_s)
+            meter = CpuMeter(pid, SUT_CORE)
             run = run_wrk(url, script, connections, settings.duration_s)
+            run.cpu = meter.read()
             kind_result.sweep.append(run)
             log(f"{target.name:<16} {kind:<4} {_describe(run)}")
             if target.proc is not None and not target.proc.alive():
                 kind_result.crash = (
-                    f"{target.name} exited with {target.proc.popen.returncode} during the "
+                    f"{target.name} {target.proc.exit_description()} during the "
                     f"{kind} run at c={connections}; log {target.proc.log_path}:\n"
                     f"{target.proc.log_tail()}"
                 )
@@ -130,6 +139,30 @@ def measure(target: Target, settings: Settings, scripts_dir: Path) -> TargetResu
         result.rss_bytes = tree_rss_bytes(target.proc.pid)
         log(f"{target.name}: RSS after load {result.rss_bytes / 2**20:.1f} MiB")
     return result
+
+
+def _foreign_load(pid: int | None, seconds: float = 0.5) -> float:
+    """Share of the measured cores busy with processes other than the target (0..1)."""
+    sut = CpuMeter(pid, SUT_CORE)
+    helper = CpuMeter(None, HELPER_CORE)
+    time.sleep(seconds)
+    sut_use, helper_use = sut.read(), helper.read()
+    return max(sut_use["core_busy"] - sut_use.get("proc_cpu", 0.0), helper_use["core_busy"])
+
+
+def _wait_quiet(pid: int | None, max_wait_s: float, threshold: float = 0.1) -> None:
+    """Hold the next run while something else keeps the cores busy (up to ``max_wait_s``)."""
+    deadline = time.monotonic() + max_wait_s
+    load = _foreign_load(pid)
+    if load <= threshold:
+        return
+    log(f"other processes keep the cores {load:.0%} busy: waiting up to {max_wait_s:.0f}s")
+    while time.monotonic() < deadline:
+        load = _foreign_load(pid, 1.0)
+        if load <= threshold:
+            log("cores quiet again")
+            return
+    log(f"still {load:.0%} busy with other processes: measuring anyway (see the notes)")
 
 
 @contextmanager
@@ -146,6 +179,7 @@ def run_all(settings: Settings, workdir: Path) -> dict[str, object]:
     scripts = workdir / "scripts"
     scripts.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now(dt.UTC)
+    load_before = _loadavg()
     results: list[TargetResult] = []
     upstream_port = free_port()
     nginx = start_nginx(workdir / "nginx", upstream_port)
@@ -199,6 +233,8 @@ def run_all(settings: Settings, workdir: Path) -> dict[str, object]:
             "machine": f"{platform.machine()}, {platform.system()} {platform.release()}",
             "cpu": _cpu_model(),
             "pinning": "system under test on core 0; nginx, redis, wrk (1 thread) on core 1",
+            "loadavg_before": load_before,
+            "loadavg_after": _loadavg(),
         },
         "targets": [_target_dict(result) for result in results],
     }
@@ -218,6 +254,14 @@ def _measure_started(
     except RuntimeError as exc:
         log(f"{name}: failed: {exc}")
         return TargetResult(name, label, "failed", str(exc))
+
+
+def _loadavg() -> str:
+    """1, 5 and 15 minute load averages: anything else running skews the figures."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
 
 
 def _cpu_model() -> str:

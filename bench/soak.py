@@ -82,7 +82,7 @@ def run_soak(
                 )
                 if not target.proc.alive():
                     crash = (
-                        f"gateway exited with {target.proc.popen.returncode} after {served} "
+                        f"gateway {target.proc.exit_description()} after {served} "
                         f"requests; log {target.proc.log_path}:\n{target.proc.log_tail()}"
                     )
                     log(crash)
