@@ -14,6 +14,8 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
+LAZY_S = 0.002
+
 
 class ScriptBatcher:
     def __init__(self, client: Any, sources: dict[str, str]) -> None:
@@ -21,14 +23,30 @@ class ScriptBatcher:
         self._sources = sources
         self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in sources.items()}
         self._queue: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
-    def call(self, name: str, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    def call(
+        self, name: str, keys: list[str], args: list[Any], urgent: bool = True
+    ) -> asyncio.Future[Any]:
+        """Queue a script call.  A call that is not urgent (settlement after a response) may
+        wait up to LAZY_S for an urgent one to travel with, saving a round trip."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         self._queue.append((name, keys, args, future))
         if self._flusher is None:
-            self._flusher = asyncio.ensure_future(self._flush())
+            if urgent:
+                self._start()
+            elif self._timer is None:
+                self._timer = loop.call_later(LAZY_S, self._start)
         return future
+
+    def _start(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._flusher is None:
+            self._flusher = asyncio.ensure_future(self._flush())
 
     async def _flush(self) -> None:
         await asyncio.sleep(0)  # let the rest of this loop turn queue its calls

@@ -193,8 +193,10 @@ class Store:
                     log.warning("store: recovery step failed: %r", exc)
             return
 
-    async def _script(self, name: str, client: Client, keys: list[str], args: list[Any]) -> Any:
-        return await self._batchers[id(client)].call(name, keys, args)
+    async def _script(
+        self, name: str, client: Client, keys: list[str], args: list[Any], urgent: bool = True
+    ) -> Any:
+        return await self._batchers[id(client)].call(name, keys, args, urgent)
 
     # -- hot path ----------------------------------------------------------------------------
 
@@ -247,7 +249,7 @@ class Store:
 
         async def call(client: Client) -> Any:
             return await self._script(
-                "settle", client, keys, [request_id, tokens_used, *reset_fields]
+                "settle", client, keys, [request_id, tokens_used, *reset_fields], urgent=False
             )
 
         await self._run("settle", call)
