@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import openai
@@ -310,6 +311,23 @@ def test_every_attempt_timing_out_is_504(fleet: Fleet) -> None:
     assert time.monotonic() - started < 2 * HANG_TIMEOUT_S + 2
     assert "timed out" in error["message"]
     assert [f.chat_requests for f in ln.fakes] == [1, 1]
+
+
+def test_overall_deadline_bounds_every_attempt_together(
+    tmp_path: Path, fleet_guard: list[Fleet]
+) -> None:
+    """REQUEST_TIMEOUT_S is one deadline for the whole request, not per attempt."""
+    specs = [ProviderSpec("slow1", ["dl-m"], priority=2), ProviderSpec("slow2", ["dl-m"])]
+    deadline_fleet = start_fleet(tmp_path, specs, env={"REQUEST_TIMEOUT_S": "1"})
+    fleet_guard.append(deadline_fleet)
+    for fake in deadline_fleet.fakes.values():
+        fake.set_behavior(Behavior.hang())
+    started = time.monotonic()
+    response = ask(deadline_fleet, "dl-m")
+    elapsed = time.monotonic() - started
+    assert_openai_error(response, 504, "upstream_timeout")
+    assert 0.9 < elapsed < 1.8
+    assert deadline_fleet["slow1"].chat_requests == 1
 
 
 def test_mixed_failures_are_502_with_the_last_upstream_message(fleet: Fleet) -> None:

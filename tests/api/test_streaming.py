@@ -25,6 +25,7 @@ MODELS = [
     "s-fail-dies",
     "s-fail-empty",
     "s-fail-garbage",
+    "s-fail-ctx",
     "s-mid",
     "s-slow",
     "s-cancel",
@@ -101,8 +102,16 @@ def test_openai_client_streams_the_whole_answer(fleet: Fleet) -> None:
         ("s-fail-dies", Behavior.stream_dies(after_chunks=0)),
         ("s-fail-empty", Behavior.empty()),
         ("s-fail-garbage", Behavior.garbage()),
+        ("s-fail-ctx", Behavior.context_length_exceeded()),
     ],
-    ids=["500", "in-band-error", "dies-before-first-chunk", "empty-stream", "garbage"],
+    ids=[
+        "500",
+        "in-band-error",
+        "dies-before-first-chunk",
+        "empty-stream",
+        "garbage",
+        "context-length",
+    ],
 )
 def test_failover_before_the_first_chunk(fleet: Fleet, model: str, behavior: Behavior) -> None:
     fleet["first"].queue(behavior, model=model)
