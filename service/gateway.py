@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from service.ids import IdGenerator
-from service.observability.metrics import Metrics, create_metrics
+from service.observability.metrics import Metrics, create_metrics, prime
 from service.observability.stats import FleetStats
 from service.quotas.tokens import TokenRegistry
 from service.routing.catalog import Catalog
@@ -14,6 +14,7 @@ from service.routing.router import Router
 from service.settings import Settings
 from service.store.client import Store
 from service.upstream.client import UpstreamClient
+from service.upstream.errors import REASONS
 
 log = logging.getLogger("best")
 
@@ -44,13 +45,19 @@ class Gateway:
         )
         client = UpstreamClient()
         catalog = Catalog(settings, store, client, metrics)
-        stats = FleetStats(store, on_health=catalog.apply_health)
+        stats = FleetStats(
+            store,
+            metrics,
+            providers=lambda: [p.name for p in catalog.active_providers()],
+            on_health=catalog.apply_health,
+        )
         tokens = TokenRegistry(settings, store)
         ids = IdGenerator()
         router = Router(settings, store, catalog, client, stats, metrics, ids)
         return cls(settings, metrics, store, client, catalog, stats, tokens, router, ids)
 
     async def start(self) -> None:
+        prime(self.metrics, [p.name for p in self.catalog.active_providers()], REASONS)
         await self.store.start()
         await self.client.start()
         await self.tokens.start()

@@ -186,3 +186,26 @@ def create_metrics() -> Metrics:
             multiprocess_mode="max",
         ),
     )
+
+
+AUTH_FAILURE_REASONS = ("missing", "unknown", "revoked", "expired", "admin")
+QUOTA_LIMITS = ("rpm", "tpm", "concurrency", "store")
+STORE_OPS = ("admit", "settle", "cool", "other")
+
+
+def prime(metrics: Metrics, providers: list[str], failover_reasons: tuple[str, ...]) -> None:
+    """Create the known label sets at zero, so every series exists before its first event
+    (in multiprocess mode a series with no sample is not exported at all)."""
+    for reason in AUTH_FAILURE_REASONS:
+        metrics.auth_failures.labels(reason)
+    for limit in QUOTA_LIMITS:
+        metrics.quota_rejections.labels(limit)
+    for result in ("ok", "error"):
+        metrics.config_reloads.labels(result)
+    for op in STORE_OPS:
+        metrics.store_errors.labels(op)
+    metrics.store_degraded.set(0)
+    for provider in providers:
+        metrics.cooldowns_active.labels(provider).set(0)
+        for reason in failover_reasons:
+            metrics.failovers.labels(provider, reason)

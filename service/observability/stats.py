@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from service.observability.metrics import Metrics
 from service.store.client import Store, StoreError
 
 log = logging.getLogger("best.stats")
@@ -44,8 +45,16 @@ def percentile(buckets: list[int], q: float) -> float | None:
 
 
 class FleetStats:
-    def __init__(self, store: Store, on_health: HealthCallback | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        metrics: Metrics,
+        providers: Callable[[], list[str]],
+        on_health: HealthCallback | None = None,
+    ) -> None:
         self._store = store
+        self._metrics = metrics
+        self._providers = providers
         self._pending: dict[str, int] = {}
         self._on_health = on_health
         self._history: deque[tuple[float, dict[str, int]]] = deque()
@@ -100,10 +109,21 @@ class FleetStats:
             await self.flush()
             try:
                 totals = await self._store.read_stats()
+                cooldowns, _ = await self._store.cooldowns()
             except StoreError as exc:
                 log.warning("stats read failed: %s", exc)
                 continue
             self._update_health(totals)
+            self._update_cooldowns(cooldowns)
+
+    def _update_cooldowns(self, cooldowns: Mapping[str, int]) -> None:
+        """Export the fleet's cooldowns per provider (whole provider and pairs)."""
+        counts = dict.fromkeys(self._providers(), 0)
+        for field in cooldowns:
+            provider = field.split("|", 2)[1]
+            counts[provider] = counts.get(provider, 0) + 1
+        for provider, count in counts.items():
+            self._metrics.cooldowns_active.labels(provider).set(count)
 
     def _update_health(self, totals: dict[str, int]) -> None:
         now = time.monotonic()

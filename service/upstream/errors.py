@@ -29,6 +29,19 @@ IN_BAND_ERROR = "in_band_error"
 CONTEXT_LENGTH = "context_length"
 STREAM_BROKEN = "stream_broken"
 
+REASONS = (
+    CONNECT,
+    TIMEOUT,
+    SERVER_ERROR,
+    RATE_LIMITED,
+    AUTH,
+    MODEL_NOT_FOUND,
+    BAD_BODY,
+    IN_BAND_ERROR,
+    CONTEXT_LENGTH,
+    STREAM_BROKEN,
+)
+
 _SCOPES: dict[str, Scope] = {
     CONNECT: "pair",
     TIMEOUT: "pair",

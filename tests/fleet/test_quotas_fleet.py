@@ -81,18 +81,32 @@ def test_max_concurrency_bounds_requests_in_flight_upstream(fleet: Fleet) -> Non
 def test_tpm_budget_is_never_overspent(fleet: Fleet) -> None:
     _, token = fleet.create_token(tpm=1000)
     body = {**CHAT, "max_tokens": 100}
-    responses = asyncio.run(_burst(fleet, token, 30, body))
+    fleet.primary.clear()
+    fleet.primary.set_behavior(Behavior.held(), model="chat-model")
+
+    async def scenario() -> tuple[int, list[httpx.Response]]:
+        # Hold admitted requests upstream so no settlement frees budget mid-burst.
+        task = asyncio.ensure_future(_burst(fleet, token, 30, body))
+        await asyncio.to_thread(fleet.primary.wait_until, lambda: fleet.primary.in_flight > 0)
+        await asyncio.sleep(0.5)
+        held = fleet.primary.in_flight
+        fleet.primary.release()
+        return held, await task
+
+    try:
+        held, responses = asyncio.run(scenario())
+    finally:
+        fleet.primary.clear_behaviors()
     admitted = [r for r in responses if r.status_code == 200]
     refused = [r for r in responses if r.status_code == 429]
-    assert admitted and refused
     # Each request reserves its prompt estimate + max_tokens (> 100): at most 9 fit in 1000.
-    assert len(admitted) <= 9
-    used = sum(r.json()["usage"]["total_tokens"] for r in admitted)
-    assert used <= 1000
+    assert 1 <= held <= 9
+    assert len(admitted) == held and len(refused) == 30 - held
+    assert sum(r.json()["usage"]["total_tokens"] for r in admitted) <= 1000
     assert refused[0].headers["x-ratelimit-limit-tokens"] == "1000"
-    # Settlement gave back what was reserved but not used: small requests fit again.
-    after = asyncio.run(_burst(fleet, token, 1, {**CHAT, "max_tokens": 5}))
-    assert after[0].status_code == 200
+    # Settlement gave back what was reserved but not used: requests fit again.
+    after = asyncio.run(_burst(fleet, token, 3, {**CHAT, "max_tokens": 5}))
+    assert [r.status_code for r in after] == [200, 200, 200]
 
 
 def test_revocation_is_refused_by_every_replica_within_a_second(fleet: Fleet) -> None:
