@@ -430,24 +430,28 @@ class _Relay:
         self.failure: UpstreamFailure | None = None
         self.done = False
         self.finished = False  # saw a finish_reason
+        self.has_choices = False  # saw a chunk with choices: the answer has begun
 
     async def first_frames(self) -> list[bytes]:
-        """Frames up to and including the first content; raises UpstreamFailure before it."""
+        """Frames up to and including the first chunk with choices; raises UpstreamFailure
+        before it."""
         if b"event-stream" not in self.upstream.content_type:
             return await self._from_json()
+        # Chunks without choices (usage, content-filter notes) are no answer yet: a stream
+        # made only of them is empty and fails over like an empty JSON body.
         frames: list[bytes] = []
-        while not frames:
+        while not self.has_choices:
             payloads = await self._next_payloads()
             if payloads is None:
-                raise UpstreamFailure(BAD_BODY, "upstream stream ended before any event")
+                raise UpstreamFailure(BAD_BODY, "upstream stream ended before any content")
             for i, payload in enumerate(payloads):
                 out = self._handle(payload)
                 if out is not None:
                     frames.append(out)
-                if frames or self.done:
+                if self.has_choices or self.done:
                     self._pending = payloads[i + 1 :]
                     break
-            if self.done and not frames:
+            if self.done and not self.has_choices:
                 raise UpstreamFailure(BAD_BODY, "upstream stream ended with no content")
         return frames
 
@@ -521,6 +525,7 @@ class _Relay:
             if not choices and not self._client_wants_usage:
                 return None
         if choices and isinstance(choices, list):
+            self.has_choices = True
             for choice in choices:
                 if isinstance(choice, dict) and choice.get("finish_reason"):
                     self.finished = True

@@ -26,6 +26,7 @@ MODELS = [
     "s-fail-empty",
     "s-fail-garbage",
     "s-fail-ctx",
+    "s-fail-nochoice",
     "s-mid",
     "s-slow",
     "s-cancel",
@@ -103,6 +104,7 @@ def test_openai_client_streams_the_whole_answer(fleet: Fleet) -> None:
         ("s-fail-empty", Behavior.empty()),
         ("s-fail-garbage", Behavior.garbage()),
         ("s-fail-ctx", Behavior.context_length_exceeded()),
+        ("s-fail-nochoice", Behavior.no_choices()),
     ],
     ids=[
         "500",
@@ -111,6 +113,7 @@ def test_openai_client_streams_the_whole_answer(fleet: Fleet) -> None:
         "empty-stream",
         "garbage",
         "context-length",
+        "only-empty-choices",
     ],
 )
 def test_failover_before_the_first_chunk(fleet: Fleet, model: str, behavior: Behavior) -> None:
