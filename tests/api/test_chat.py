@@ -23,8 +23,8 @@ from tests.fakes.upstream import Behavior, chat_usage, fake_embedding
 # alpha scores highest, then beta, then gamma (2 x base_priority each); embeddings and
 # "low-" models sit below zero.
 SPECS = [
-    ProviderSpec("alpha", ["chat-a", "shared-model", "comma-y"], priority=3),
-    ProviderSpec("beta", ["chat-b", "shared-model", "org/slash-model"], priority=2),
+    ProviderSpec("alpha", ["chat-a", "shared-model", "comma-y", "text-embed-2"], priority=3),
+    ProviderSpec("beta", ["chat-b", "shared-model", "org/slash-model", "text-embed-2"], priority=2),
     ProviderSpec("gamma", ["chat-c", "shared-model", "comma-x", "text-embed-1", "low-chat"]),
 ]
 ADJUSTMENTS = {
@@ -75,6 +75,17 @@ def test_incoming_request_id_is_echoed(fleet: Fleet) -> None:
         )
     assert response.status_code == 200
     assert response.headers["x-request-id"] == "trace-42.abc"
+
+
+def test_unusable_incoming_request_id_is_replaced(fleet: Fleet) -> None:
+    with fleet.http() as http:
+        response = http.post(
+            "/v1/chat/completions",
+            json=chat_body("chat-b"),
+            headers={"x-request-id": "has spaces and / slashes"},
+        )
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] not in ("", "has spaces and / slashes")
 
 
 def test_provider_gets_its_own_key_never_the_gateway_token(fleet: Fleet) -> None:
@@ -251,6 +262,19 @@ def test_embeddings_by_exact_id(fleet: Fleet) -> None:
     (request,) = fleet["gamma"].requests
     assert request.path == "/v1/embeddings"
     assert request.headers["Authorization"] == f"Bearer {provider_key('gamma')}"
+
+
+def test_embeddings_fail_over_too(fleet: Fleet) -> None:
+    client = fleet.client()
+    first = client.embeddings.with_raw_response.create(model="text-embed-2", input="x")
+    provider, _ = served_by(first)
+    other = "beta" if provider == "alpha" else "alpha"
+    fleet[provider].queue(Behavior.server_error(503), model="text-embed-2")
+    second = client.embeddings.with_raw_response.create(
+        model="text-embed-2", input="y", encoding_format="float"
+    )
+    assert served_by(second) == (other, "text-embed-2")
+    assert second.parse().data[0].embedding == fake_embedding("y")
 
 
 def test_embeddings_unknown_model_is_404(fleet: Fleet) -> None:

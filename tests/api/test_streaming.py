@@ -35,11 +35,16 @@ MODELS = [
     "s-all",
     "s-400",
 ]
+STALL_TIMEOUT_S = 0.5
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    specs = [ProviderSpec("first", MODELS, priority=2), ProviderSpec("second", MODELS)]
+    specs = [
+        ProviderSpec("first", MODELS, priority=2),
+        ProviderSpec("second", MODELS),
+        ProviderSpec("stall", ["s-stall"], timeout_s=STALL_TIMEOUT_S),
+    ]
     fleet = start_fleet(tmp_path_factory.mktemp("stream-config"), specs)
     yield fleet
     fleet.stop()
@@ -250,3 +255,21 @@ def test_client_fault_on_a_stream_is_relayed_untouched(fleet: Fleet) -> None:
     assert error["message"] == "Invalid value for 'temperature'."
     assert error["param"] == "temperature"
     assert fleet["second"].chat_requests == 0
+
+
+def test_upstream_that_stalls_mid_stream_ends_with_an_error_event(fleet: Fleet) -> None:
+    """A provider's timeout_s bounds each wait for the next chunk, not the whole stream."""
+    fake = fleet["stall"]
+    fake.set_behavior(Behavior.slow_stream(STALL_TIMEOUT_S / 5))
+    response, events = stream_events(fleet, chat_body("s-stall", text="a b c d e f", stream=True))
+    assert content_of(events) == "echo: a b c d e f"  # longer than timeout_s in total
+    assert events[-1] == "[DONE]"
+
+    fake.set_behavior(Behavior.slow_stream(STALL_TIMEOUT_S * 4))
+    started = time.monotonic()
+    response, events = stream_events(fleet, chat_body("s-stall", text="a b c", stream=True))
+    assert response.status_code == 200
+    assert time.monotonic() - started < STALL_TIMEOUT_S * 4
+    last = events[-1]
+    assert isinstance(last, dict) and set(last) == {"error"}, events
+    fake.wait_for_disconnects(1, timeout=3)  # the stalled upstream was let go
