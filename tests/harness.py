@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.tools import REPO, require_tool
 
 
 def free_port() -> int:
@@ -32,19 +31,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def require_tool(name: str) -> str:
-    """The path of a system tool; skip without it, or fail when running in CI."""
-    path = shutil.which(name) or (
-        f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None
-    )
-    if path is None:
-        message = f"{name} is not installed"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message + " (CI must check everything)")
-        pytest.skip(message)
-    return path
 
 
 def write_config(

@@ -184,7 +184,7 @@ def test_client_disconnect_cancels_the_upstream(fleet: Fleet) -> None:
         left_at = time.monotonic()
     # leaving the block closed the connection mid-stream
     fake.wait_for_disconnects(1, timeout=3)
-    assert time.monotonic() - left_at < 1.5  # well before the ~20 s the stream would take
+    assert time.monotonic() - left_at < 2.5  # well before the ~20 s the stream would take
     fake.wait_until(lambda: fake.in_flight == 0, timeout=3)
 
 

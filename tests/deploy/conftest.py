@@ -5,7 +5,7 @@ from types import ModuleType
 
 import pytest
 
-from tests.deploy.tools import REPO, load_local_fleet
+from tests.tools import REPO, load_local_fleet
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import yaml
 
 from service.observability.metrics import create_metrics
 from tests.deploy.metric_names import exported_names, referenced_names
-from tests.deploy.tools import REPO
+from tests.tools import REPO
 
 DASHBOARD = REPO / "grafana" / "best-dashboard.json"
 CHART_DASHBOARD = REPO / "helm" / "best" / "files" / "best-dashboard.json"

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.tools import REPO, require_tool, run
+from tests.tools import REPO, require_tool, run
 
 CHART = REPO / "helm" / "best"
 ALL_ON = CHART / "ci" / "all-on-values.yaml"

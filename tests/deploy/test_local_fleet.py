@@ -15,8 +15,8 @@ import pytest
 from tests.deploy.gateway_setup import GATEWAY_ENV, MODEL, TOKEN, require_gateway, write_config
 from tests.deploy.metric_names import exported_names, referenced_names
 from tests.deploy.test_dashboard import alert_expressions, dashboard_queries
-from tests.deploy.tools import require_tool, run
 from tests.fakes.upstream import FakeProvider
+from tests.tools import require_tool, run
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tests.deploy.tools import REPO, require_tool, run
+from tests.tools import REPO, require_tool, run
 
 CONF = (REPO / "deploy" / "nginx" / "nginx.conf").read_text()
 

