@@ -39,6 +39,8 @@ _FAST_BUCKETS = (
     0.5,
     1.0,
 )
+# OpenTelemetry's advice for gen_ai.client.token.usage: powers of 4.
+_TOKEN_BUCKETS = tuple(float(4**i) for i in range(14))
 _SLOW_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -52,7 +54,7 @@ class Metrics:
     upstream_duration: Histogram
     time_to_first_token: Histogram
     overhead: Histogram
-    tokens: Counter
+    tokens: Histogram
     failovers: Counter
     cooldowns_active: Gauge
     quota_rejections: Counter
@@ -95,17 +97,21 @@ def create_metrics() -> Metrics:
             buckets=_SLOW_BUCKETS,
             registry=registry,
         ),
+        # The three GenAI series follow the OpenTelemetry GenAI semantic conventions
+        # (gen_ai.client.operation.duration, gen_ai.client.token.usage,
+        # gen_ai.server.time_to_first_token), with their attributes as labels.
         upstream_duration=Histogram(
-            "best_upstream_duration_seconds",
-            "Duration of each upstream attempt, by provider, model and outcome.",
-            ["provider", "model", "outcome"],
+            "gen_ai_client_operation_duration_seconds",
+            "Duration of each upstream attempt, by operation, provider, model and outcome "
+            "(ok or the failure reason).",
+            ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "outcome"],
             buckets=_SLOW_BUCKETS,
             registry=registry,
         ),
         time_to_first_token=Histogram(
-            "best_time_to_first_token_seconds",
+            "gen_ai_server_time_to_first_token_seconds",
             "Streaming: time from request received to the first chunk sent to the client.",
-            ["provider", "model"],
+            ["gen_ai_provider_name", "gen_ai_request_model"],
             buckets=_SLOW_BUCKETS,
             registry=registry,
         ),
@@ -116,10 +122,17 @@ def create_metrics() -> Metrics:
             buckets=_FAST_BUCKETS,
             registry=registry,
         ),
-        tokens=Counter(
-            "best_tokens",
-            "Tokens reported by upstream usage, by provider, model and type (prompt|completion).",
-            ["provider", "model", "type"],
+        tokens=Histogram(
+            "gen_ai_client_token_usage",
+            "Tokens per request from upstream usage, by operation, provider, model and type "
+            "(input|output); rate(..._sum) is tokens per second.",
+            [
+                "gen_ai_operation_name",
+                "gen_ai_provider_name",
+                "gen_ai_request_model",
+                "gen_ai_token_type",
+            ],
+            buckets=_TOKEN_BUCKETS,
             registry=registry,
         ),
         failovers=Counter(

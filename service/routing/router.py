@@ -64,6 +64,7 @@ class Call:
     admission: Admission | None = None
     headers: Headers = field(default_factory=list)
     settled: bool = False
+    operation: str = "chat"  # or "embeddings"
     recovering: set[str] = field(default_factory=set)  # failure counts a success resets
 
 
@@ -206,7 +207,7 @@ class Router:
     ) -> None:
         self._stats.record(candidate.provider, candidate.model, ok=False, latency_s=elapsed)
         self._metrics.upstream_duration.labels(
-            candidate.provider, candidate.model, failure.reason
+            call.operation, candidate.provider, candidate.model, failure.reason
         ).observe(elapsed)
         self._metrics.failovers.labels(candidate.provider, failure.reason).inc()
         log.info(
@@ -222,7 +223,7 @@ class Router:
         except StoreError as exc:
             log.warning("cooldown of %s not recorded: %s", candidate.pair_field, exc)
 
-    def _succeeded(self, candidate: Candidate, elapsed: float, usage: Any) -> int:
+    def _succeeded(self, call: Call, candidate: Candidate, elapsed: float, usage: Any) -> int:
         """Record a success; returns the tokens used (-1 when the upstream did not say)."""
         prompt, completion = _usage(usage)
         self._stats.record(
@@ -233,15 +234,12 @@ class Router:
             prompt_tokens=prompt,
             completion_tokens=completion,
         )
-        self._metrics.upstream_duration.labels(candidate.provider, candidate.model, "ok").observe(
-            elapsed
-        )
-        if prompt:
-            self._metrics.tokens.labels(candidate.provider, candidate.model, "prompt").inc(prompt)
-        if completion:
-            self._metrics.tokens.labels(candidate.provider, candidate.model, "completion").inc(
-                completion
-            )
+        labels = (call.operation, candidate.provider, candidate.model)
+        self._metrics.upstream_duration.labels(*labels, "ok").observe(elapsed)
+        if usage:
+            self._metrics.tokens.labels(*labels, "input").observe(prompt)
+            if call.operation == "chat":
+                self._metrics.tokens.labels(*labels, "output").observe(completion)
         return prompt + completion if usage else -1
 
     async def complete(
@@ -249,6 +247,7 @@ class Router:
     ) -> Completion:
         """Non-streaming chat completion or embeddings with failover."""
         check: Checker = check_embeddings if embeddings else check_completion
+        call.operation = "embeddings" if embeddings else "chat"
         plan = _Plan(call, candidates, self._settings.max_attempts)
         async for candidate in plan:
             url = candidate.embeddings_url if embeddings else candidate.chat_url
@@ -275,7 +274,7 @@ class Router:
                     fault.status, fault.body, fault.content_type or b"application/json"
                 )
             call.candidate = candidate
-            used = self._succeeded(candidate, elapsed, parsed.get("usage"))
+            used = self._succeeded(call, candidate, elapsed, parsed.get("usage"))
             self.release(call, tokens_used=used, success=candidate)
             return Completion(response.status, response.body, b"application/json")
         self.release(call, tokens_used=0, success=None)
@@ -354,7 +353,7 @@ class Router:
             relay.upstream.close()
             elapsed = time.monotonic() - started
             if ok or relay.usage is not None:
-                used = self._succeeded(candidate, elapsed, relay.usage)
+                used = self._succeeded(call, candidate, elapsed, relay.usage)
             else:
                 used = -1
                 if relay.failure is not None:

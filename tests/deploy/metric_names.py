@@ -15,8 +15,13 @@ _SUFFIXES = {
 }
 _TYPE_LINE = re.compile(r"^# TYPE (\S+) (\S+)$", re.MULTILINE)
 _SAMPLE_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]", re.MULTILINE)
-# Every BEST series starts with best_; label names never do.
-_BEST_NAME = re.compile(r"\bbest_[a-z0-9_]+\b")
+# BEST's own series start with best_, the OpenTelemetry GenAI ones with gen_ai_ (as do some
+# label names: those are removed first, with every label matcher and grouping clause).
+_BEST_NAME = re.compile(r"\b(?:best|gen_ai)_[a-z0-9_]+\b")
+_LABEL_PARTS = re.compile(
+    r"\{[^}]*\}|\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)"
+    r"|\{\{[^}]*\}\}"
+)
 
 
 def exported_names(exposition: str) -> set[str]:
@@ -31,4 +36,4 @@ def exported_names(exposition: str) -> set[str]:
 
 def referenced_names(promql: str) -> set[str]:
     """The BEST metric names a PromQL expression reads."""
-    return set(_BEST_NAME.findall(promql))
+    return set(_BEST_NAME.findall(_LABEL_PARTS.sub(" ", promql)))
