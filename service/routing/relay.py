@@ -1,0 +1,172 @@
+"""Relaying an upstream SSE stream to the client.
+
+Before the first frame is sent a failure raises ``UpstreamFailure`` so the router can fail
+over; after it, a failure becomes a terminal ``data: {"error": ...}`` event.  Every relayed
+stream ends with ``data: [DONE]`` or such an event, never silently.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from service import errors
+from service.upstream.client import UpstreamStream
+from service.upstream.errors import (
+    BAD_BODY,
+    IN_BAND_ERROR,
+    STREAM_BROKEN,
+    TIMEOUT,
+    UpstreamFailure,
+    check_completion,
+)
+from service.upstream.sse import DONE, DONE_FRAME, SSEDecoder, frame
+
+
+class StreamRelay:
+    """Reads an upstream SSE stream and turns it into frames for the client."""
+
+    def __init__(self, upstream: UpstreamStream, client_wants_usage: bool) -> None:
+        self.upstream = upstream
+        self._client_wants_usage = client_wants_usage
+        self._decoder = SSEDecoder()
+        self._chunks = upstream.chunks().__aiter__()
+        self._pending: list[bytes] = []
+        self.usage: Any = None
+        self.failure: UpstreamFailure | None = None
+        self.done = False
+        self.finished = False  # saw a finish_reason
+        self.has_choices = False  # saw a chunk with choices: the answer has begun
+
+    async def first_frames(self) -> list[bytes]:
+        """Frames up to and including the first chunk with choices; raises UpstreamFailure
+        before it."""
+        if b"event-stream" not in self.upstream.content_type:
+            return await self._from_json()
+        # Chunks without choices (usage, content-filter notes) are no answer yet: a stream
+        # made only of them is empty and fails over like an empty JSON body.
+        frames: list[bytes] = []
+        while not self.has_choices:
+            payloads = await self._next_payloads()
+            if payloads is None:
+                raise UpstreamFailure(BAD_BODY, "upstream stream ended before any content")
+            for i, payload in enumerate(payloads):
+                out = self._handle(payload)
+                if out is not None:
+                    frames.append(out)
+                if self.has_choices or self.done:
+                    self._pending = payloads[i + 1 :]
+                    break
+            if self.done and not self.has_choices:
+                raise UpstreamFailure(BAD_BODY, "upstream stream ended with no content")
+        return frames
+
+    async def _from_json(self) -> list[bytes]:
+        raw = await self.upstream.read()
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise UpstreamFailure(
+                BAD_BODY, "upstream answered a stream with invalid JSON"
+            ) from None
+        failure = check_completion(parsed)
+        if failure is not None:
+            raise failure
+        self.usage = parsed.get("usage")
+        self.done = self.finished = True
+        chunk = {
+            "id": parsed.get("id"),
+            "object": "chat.completion.chunk",
+            "created": parsed.get("created"),
+            "model": parsed.get("model"),
+            "choices": [
+                {
+                    "index": c.get("index", i),
+                    "delta": c.get("message") or {},
+                    "finish_reason": c.get("finish_reason"),
+                }
+                for i, c in enumerate(parsed["choices"])
+                if isinstance(c, dict)
+            ],
+        }
+        frames = [frame(orjson.dumps(chunk))]
+        if self._client_wants_usage and self.usage is not None:
+            usage_chunk = {**chunk, "choices": [], "usage": self.usage}
+            frames.append(frame(orjson.dumps(usage_chunk)))
+        frames.append(DONE_FRAME)
+        return frames
+
+    async def _next_payloads(self) -> list[bytes] | None:
+        if self._pending:
+            pending, self._pending = self._pending, []
+            return pending
+        while True:
+            try:
+                chunk = await self._chunks.__anext__()
+            except StopAsyncIteration:
+                rest = self._decoder.flush()
+                return rest or None
+            payloads = self._decoder.feed(chunk)
+            if payloads:
+                return payloads
+
+    def _handle(self, payload: bytes) -> bytes | None:
+        """The frame to forward for one upstream event, or None; raises on an error event."""
+        if payload == DONE:
+            self.done = True
+            return None
+        try:
+            event = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            raise UpstreamFailure(BAD_BODY, "upstream sent an event that is not JSON") from None
+        if not isinstance(event, dict):
+            raise UpstreamFailure(BAD_BODY, "upstream sent an event that is not a JSON object")
+        if event.get("error"):
+            err = event["error"]
+            detail = err.get("message") if isinstance(err, dict) else err
+            raise UpstreamFailure(IN_BAND_ERROR, f"upstream stream error: {detail}")
+        choices = event.get("choices")
+        if event.get("usage"):
+            self.usage = event["usage"]
+            if not choices and not self._client_wants_usage:
+                return None
+        if choices and isinstance(choices, list):
+            self.has_choices = True
+            for choice in choices:
+                if isinstance(choice, dict) and choice.get("finish_reason"):
+                    self.finished = True
+        return frame(payload)
+
+    async def rest(self, deadline: float) -> AsyncIterator[bytes]:
+        """Every frame after the first ones, ending with [DONE] or an error event."""
+        if self.done:
+            if b"event-stream" in self.upstream.content_type:
+                yield DONE_FRAME
+            return
+        try:
+            while not self.done:
+                if time.monotonic() > deadline:
+                    raise UpstreamFailure(TIMEOUT, "the request deadline passed mid-stream")
+                payloads = await self._next_payloads()
+                if payloads is None:
+                    if self.finished:
+                        break  # some providers end without [DONE]; the answer is complete
+                    raise UpstreamFailure(
+                        STREAM_BROKEN, "upstream stream ended before the answer was complete"
+                    )
+                for payload in payloads:
+                    out = self._handle(payload)
+                    if out is not None:
+                        yield out
+                    if self.done:
+                        break
+        except UpstreamFailure as failure:
+            self.failure = failure
+            yield frame(
+                errors.error_body(failure.message, "api_error", f"upstream_{failure.reason}")
+            )
+            return
+        yield DONE_FRAME
