@@ -13,8 +13,8 @@ from service.api.auth import caller_id
 from service.api.http import SSE_HEADERS, Request, Response, StreamResponse, parse_json
 from service.gateway import Gateway
 from service.quotas.limits import estimate_cost
-from service.routing.router import Call
-from service.upstream.errors import ClientFault
+from service.routing.router import Call, Completion
+from service.routing.table import Candidate
 
 
 def _int_field(body: dict[str, Any], name: str) -> None:
@@ -74,45 +74,36 @@ def _served_headers(call: Call) -> list[tuple[bytes, bytes]]:
 
 
 async def chat_completions(gw: Gateway, request: Request) -> Response | StreamResponse:
-    limit = gw.settings.max_body_bytes
-    raw = await request.body(limit)
+    raw = await request.body(gw.settings.max_body_bytes)
     body = parse_json(raw)
     model, stream, wants_usage = validate_chat(body)
-    token = caller_id(gw, request)
-    router = gw.router
-    candidates = router.candidates(model)
-    call = router.new_call(request.request_id, token)
-    available = await router.admit(call, estimate_cost(body, len(raw)), candidates)
+    call, available = await _admit(gw, request, model, estimate_cost(body, len(raw)))
     if stream:
-        try:
-            chunks = await router.stream(call, body, available, wants_usage)
-        except ClientFault as fault:
-            content_type = fault.content_type or b"application/json"
-            headers = [(b"content-type", content_type), *_served_headers(call)]
-            return Response(fault.status, fault.body, headers, call=call)
-        return StreamResponse(200, chunks, [*SSE_HEADERS, *_served_headers(call)], call=call)
-    result = await router.complete(call, body, available, embeddings=False)
-    return Response(
-        result.status,
-        result.body,
-        [(b"content-type", result.content_type), *_served_headers(call)],
-        call=call,
-    )
+        opened = await gw.router.stream(call, body, available, wants_usage)
+        if not isinstance(opened, Completion):
+            return StreamResponse(200, opened, [*SSE_HEADERS, *_served_headers(call)], call=call)
+        return _relayed(opened, call)
+    return _relayed(await gw.router.complete(call, body, available, embeddings=False), call)
 
 
 async def embeddings(gw: Gateway, request: Request) -> Response:
     raw = await request.body(gw.settings.max_body_bytes)
     body = parse_json(raw)
     model = validate_embeddings(body)
+    call, available = await _admit(gw, request, model, estimate_cost(body, len(raw), chat=False))
+    return _relayed(await gw.router.complete(call, body, available, embeddings=True), call)
+
+
+async def _admit(
+    gw: Gateway, request: Request, model: str, cost: int
+) -> tuple[Call, list[Candidate]]:
+    """Who is calling, which candidates, and the one store call that admits the request."""
     token = caller_id(gw, request)
-    router = gw.router
-    candidates = router.candidates(model)
-    call = router.new_call(request.request_id, token)
-    available = await router.admit(call, len(raw) // 4 + 1, candidates)
-    result = await router.complete(call, body, available, embeddings=True)
-    return Response(
-        result.status,
-        result.body,
-        [(b"content-type", result.content_type), *_served_headers(call)],
-        call=call,
-    )
+    candidates = gw.router.candidates(model)
+    call = gw.router.new_call(request.request_id, token)
+    return call, await gw.router.admit(call, cost, candidates)
+
+
+def _relayed(result: Completion, call: Call) -> Response:
+    headers = [(b"content-type", result.content_type), *_served_headers(call)]
+    return Response(result.status, result.body, headers, call=call)

@@ -14,15 +14,18 @@ DEFAULT_COMPLETION_ESTIMATE = 1024
 BYTES_PER_TOKEN = 4
 
 
-def estimate_cost(body: dict[str, Any], body_size: int) -> int:
-    """Tokens a request reserves: prompt estimate + its completion cap."""
+def estimate_cost(body: dict[str, Any], body_size: int, chat: bool = True) -> int:
+    """Tokens a request reserves: prompt estimate + (for chat) its completion cap."""
+    prompt = body_size // BYTES_PER_TOKEN + 1
+    if not chat:
+        return prompt
     cap = body.get("max_completion_tokens", body.get("max_tokens"))
     completion = (
         cap
         if isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0
         else DEFAULT_COMPLETION_ESTIMATE
     )
-    return body_size // BYTES_PER_TOKEN + 1 + completion
+    return prompt + completion
 
 
 def _duration(ms: int) -> bytes:

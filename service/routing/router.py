@@ -285,10 +285,9 @@ class Router:
         body: dict[str, Any],
         candidates: list[Candidate],
         client_wants_usage: bool,
-    ) -> AsyncIterator[bytes]:
-        """Open a stream with failover until its first event; returns the SSE frames to send.
-
-        Raises ``ClientFault`` when the upstream refused the request itself."""
+    ) -> AsyncIterator[bytes] | Completion:
+        """Open a stream with failover until its first event; returns the SSE frames to send,
+        or the upstream's own answer when it refused the request (the client's fault)."""
         if not client_wants_usage:
             options = body.get("stream_options")
             body["stream_options"] = {
@@ -320,13 +319,15 @@ class Router:
                 plan.failed(candidate, failure)
                 await self._failed(call, candidate, failure, elapsed)
                 continue
-            except ClientFault:
-                # The client's own fault: the caller relays it untouched, as for JSON.
+            except ClientFault as fault:
+                # The client's own fault: relayed untouched, as for JSON.
                 if upstream is not None:
                     upstream.close()
                 call.candidate = candidate
                 self.release(call, tokens_used=0, success=None)
-                raise
+                return Completion(
+                    fault.status, fault.body, fault.content_type or b"application/json"
+                )
             call.upstream_s += time.monotonic() - started
             call.candidate = candidate
             return self._relay(call, candidate, relay, first, started)
