@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.harness import RedisServer
+from tests.fakes.upstream import FakeProvider
+from tests.harness import RedisServer, write_config
 
 
 @pytest.fixture(scope="session")
@@ -13,3 +15,29 @@ def redis_server() -> Iterator[RedisServer]:
     server = RedisServer().start()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="module")
+def single_provider() -> Iterator[FakeProvider]:
+    """One fake provider serving model ``m``; it expects the key ``k``."""
+    with FakeProvider(["m"], api_key="k") as provider:
+        yield provider
+
+
+@pytest.fixture(scope="module")
+def single_provider_config(
+    single_provider: FakeProvider, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A CONFIG_DIR routing model ``m`` to ``single_provider`` (provider ``p``, key in P_KEY)."""
+    return write_config(
+        tmp_path_factory.mktemp("single-provider"),
+        [
+            {
+                "name": "p",
+                "api_key_env_var": "P_KEY",
+                "base_url": single_provider.base_url,
+                "base_priority": 1,
+                "models": ["m"],
+            }
+        ],
+    )

@@ -12,39 +12,16 @@ import httpx
 import pytest
 
 from service.quotas.tokens import token_id
-from tests.fakes.upstream import FakeProvider
-from tests.harness import REPO, GatewayProcess, write_config
+from tests.harness import REPO, GatewayProcess
 
 ADMIN = "admin-secret"
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeProvider]:
-    with FakeProvider(["m"], api_key="k") as provider:
-        yield provider
-
-
-@pytest.fixture(scope="module")
-def config(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_config(
-        tmp_path_factory.mktemp("admin-config"),
-        [
-            {
-                "name": "p",
-                "api_key_env_var": "P_KEY",
-                "base_url": fake.base_url,
-                "base_priority": 1,
-                "models": ["m"],
-            }
-        ],
-    )
-
-
-@pytest.fixture(scope="module")
-def gateway(config: Path) -> Iterator[GatewayProcess]:
+def gateway(single_provider_config: Path) -> Iterator[GatewayProcess]:
     env = {"P_KEY": "k", "ADMIN_TOKENS": f" ,{ADMIN}", "AUTH_TOKENS": "static-one"}
-    with GatewayProcess(config, env) as process:
+    with GatewayProcess(single_provider_config, env) as process:
         yield process
 
 
@@ -143,8 +120,8 @@ def test_admin_auth_and_unknown_ids(gateway: GatewayProcess) -> None:
         assert bad_field.status_code == 400
 
 
-def test_admin_api_is_off_without_admin_tokens(config: Path) -> None:
-    with GatewayProcess(config, {"P_KEY": "k", "AUTH_TOKENS": "t"}) as process:
+def test_admin_api_is_off_without_admin_tokens(single_provider_config: Path) -> None:
+    with GatewayProcess(single_provider_config, {"P_KEY": "k", "AUTH_TOKENS": "t"}) as process:
         response = httpx.get(f"{process.url}/admin/tokens", headers={"Authorization": "Bearer t"})
     assert response.status_code == 404
 
@@ -185,13 +162,15 @@ def test_cli_tokens_round_trip(gateway: GatewayProcess) -> None:
     assert revoked["revoked"] is True
 
 
-def test_registry_survives_a_restart_with_the_embedded_store(config: Path, tmp_path: Path) -> None:
+def test_registry_survives_a_restart_with_the_embedded_store(
+    single_provider_config: Path, tmp_path: Path
+) -> None:
     env = {"P_KEY": "k", "ADMIN_TOKENS": ADMIN, "DATA_DIR": str(tmp_path / "data")}
-    with GatewayProcess(config, env) as first, admin(first) as client:
+    with GatewayProcess(single_provider_config, env) as first, admin(first) as client:
         raw = client.post("/admin/tokens", json={"name": "durable", "rpm": 7}).json()["token"]
     assert (tmp_path / "data" / "tokens.json").exists()
     assert raw not in (tmp_path / "data" / "tokens.json").read_text()
-    with GatewayProcess(config, env) as second:
+    with GatewayProcess(single_provider_config, env) as second:
         response = httpx.post(
             f"{second.url}/v1/chat/completions",
             json=CHAT,
