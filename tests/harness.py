@@ -8,6 +8,7 @@ port.  ``require_tool`` skips a test when a system tool is missing, but fails it
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -132,8 +133,14 @@ class GatewayProcess:
 
     def start(self, wait_ready: bool = True, timeout: float = 20.0) -> GatewayProcess:
         log = self.log_path.open("ab")
+        # Its own process group: stop() also takes down workers (WEB_CONCURRENCY > 1).
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "service"], env=self.env, cwd=REPO, stdout=log, stderr=log
+            [sys.executable, "-m", "service"],
+            env=self.env,
+            cwd=REPO,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         path = "/ready" if wait_ready else "/ok"
@@ -163,8 +170,9 @@ class GatewayProcess:
         return self._process.wait(timeout=60)
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
+        if self._process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._process.pid, signal.SIGKILL)
             self._process.wait()
         self._process = None
 
