@@ -31,7 +31,7 @@ def latency_plot(results: dict[str, Any], out: Path) -> None:
     import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
 
     kinds: list[str] = results["meta"]["kinds"]
-    fig, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 5.2), squeeze=False)
     for axis, kind in zip(axes[0], kinds, strict=True):
         for target in results["targets"]:
             if target["status"] != "ok" or kind not in target["kinds"]:
@@ -64,14 +64,15 @@ def latency_plot(results: dict[str, Any], out: Path) -> None:
         axis.set_ylabel("latency ms (log)")
         axis.set_title(f"{'streaming (SSE)' if kind == 'sse' else 'non-streaming (JSON)'}")
         axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize=7)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
     meta = results["meta"]
     fig.suptitle(
         f"Latency against concurrency (p50 solid, p99 dotted), {meta['duration_s']:g} s per "
         f"point, commit {meta['commit']}",
         fontsize=10,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(out, dpi=110)
 
 

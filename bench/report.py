@@ -182,7 +182,9 @@ def notes(results: Results) -> list[str]:
         for kind, data in target["kinds"].items():
             for run in data["sweep"]:
                 cpu = run.get("cpu") or {}
-                foreign = cpu.get("core_busy", 0.0) - cpu.get("proc_cpu", 0.0)
+                if "proc_cpu" not in cpu:
+                    continue  # the direct row: nothing of ours runs on the measured core
+                foreign = cpu["core_busy"] - cpu["proc_cpu"]
                 if foreign > 0.1:
                     out.append(
                         f"- {target['label']} {kind.upper()} c={run['connections']}: other "

@@ -74,10 +74,15 @@ def log(message: str) -> None:
 
 
 def git_commit() -> str:
+    """HEAD, marked ``+dirty`` when service/ has uncommitted changes (what actually ran)."""
     proc = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
     )
-    return proc.stdout.strip() or "unknown"
+    commit = proc.stdout.strip() or "unknown"
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "service"], capture_output=True, text=True, cwd=ROOT
+    )
+    return commit + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def _describe(result: WrkResult) -> str:
