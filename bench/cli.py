@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             print()
             print(md_path.read_text())
             if not args.no_plot:
-                _plot("soak", json_path, results_dir / "soak.png")
+                _plot("soak", json_path, json_path.with_suffix(".png"))
             ok = soak["crash"] is None
         else:
             results = run_all(settings_from(args), workdir)

@@ -83,13 +83,13 @@ def soak_plot(soak: dict[str, Any], out: Path) -> None:
     import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
 
     samples = soak["samples"]
+    xs = [0.0, *[s["elapsed_s"] for s in samples]]
+    ys = [soak["idle_rss_bytes"] / 2**20, *[s["rss_bytes"] / 2**20 for s in samples]]
     fig, axis = plt.subplots(figsize=(7, 4))
-    axis.plot(
-        [s["elapsed_s"] for s in samples], [s["rss_bytes"] / 2**20 for s in samples], marker="."
-    )
-    axis.set_xlabel("seconds")
+    axis.plot(xs, ys, marker=".")
+    axis.set_xlabel("seconds (0 = idle, before the load)")
     axis.set_ylabel("gateway RSS MiB")
-    axis.set_ylim(bottom=0)
+    axis.set_ylim(0, max(ys) * 1.2)
     axis.set_title(
         f"Soak: {soak['requests']:,} requests ({soak['store']} store), "
         f"growth after warm-up {soak['growth_pct']:+.1f}%",

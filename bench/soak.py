@@ -27,9 +27,11 @@ def run_soak(
     """Drive the gateway in wrk runs of ``interval_s`` until ``total_requests`` are served.
 
     Warm-up is the first tenth of the requests (at least one interval); growth is measured
-    from the first sample after it to the last sample.
+    from the first sample after it to the last sample, and separately over the second half
+    of the samples (after the 60 s quota windows of the embedded store have filled).
     """
     warmup_requests = max(1, total_requests // 10)
+    started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     upstream_port = free_port()
     nginx = start_nginx(workdir / "nginx", upstream_port)
     redis: Proc | None = None
@@ -102,8 +104,11 @@ def run_soak(
     baseline = after[0]["rss_bytes"] if after else None
     final = samples[-1]["rss_bytes"] if samples else None
     growth = (final - baseline) / baseline * 100 if baseline and final else 0.0
+    # Flatness once every rolling window (quotas keep 60 s) is full: the second half alone.
+    half = samples[len(samples) // 2]["rss_bytes"] if samples else None
+    late_growth = (final - half) / half * 100 if half and final else 0.0
     return {
-        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "started_at": started_at,
         "commit": git_commit(),
         "requests": served,
         "requested": total_requests,
@@ -117,6 +122,7 @@ def run_soak(
         "final_rss_bytes": final,
         "max_rss_bytes": max((s["rss_bytes"] for s in samples), default=None),
         "growth_pct": round(growth, 2),
+        "second_half_growth_pct": round(late_growth, 2),
         "errors": errors,
         "first_bad": first_bad,
         "crash": crash,
@@ -128,16 +134,21 @@ def render_soak_markdown(soak: dict[str, Any]) -> str:
     def mib(value: int | None) -> str:
         return "n/a" if value is None else f"{value / 2**20:.1f} MiB"
 
+    samples = soak["samples"]
+    elapsed = samples[-1]["elapsed_s"] if samples else 0
+    rate = soak["requests"] / elapsed if elapsed else 0.0
     lines = [
         f"Soak {soak['started_at']} on commit `{soak['commit']}`: {soak['requests']:,} requests "
         f"({soak['kind']}, c={soak['concurrency']}, {soak['store']} store), RSS sampled every "
         f"{soak['interval_s']:g} s.",
         "",
-        "| idle RSS | RSS after warm-up | final RSS | max RSS | growth after warm-up | errors |",
-        "|---|---|---|---|---|---|",
+        "| idle RSS | RSS after warm-up | final RSS | max RSS | growth after warm-up "
+        "| growth over the second half | req/s | errors |",
+        "|---|---|---|---|---|---|---|---|",
         f"| {mib(soak['idle_rss_bytes'])} | {mib(soak['baseline_rss_bytes'])} | "
         f"{mib(soak['final_rss_bytes'])} | {mib(soak['max_rss_bytes'])} | "
-        f"{soak['growth_pct']:+.1f}% | {soak['errors']} |",
+        f"{soak['growth_pct']:+.1f}% | {soak.get('second_half_growth_pct', 0.0):+.1f}% | "
+        f"{rate:,.0f} | {soak['errors']} |",
     ]
     if soak["crash"]:
         lines += ["", f"Crash: {soak['crash'].splitlines()[0]}"]
@@ -148,8 +159,8 @@ def render_soak_markdown(soak: dict[str, Any]) -> str:
 
 def write_soak(soak: dict[str, Any], results_dir: Path) -> tuple[Path, Path]:
     results_dir.mkdir(parents=True, exist_ok=True)
-    json_path = results_dir / "soak.json"
-    md_path = results_dir / "soak.md"
+    json_path = results_dir / f"soak-{soak['store']}.json"
+    md_path = results_dir / f"soak-{soak['store']}.md"
     json_path.write_text(json.dumps(soak, indent=2) + "\n")
     md_path.write_text(render_soak_markdown(soak))
     return json_path, md_path
