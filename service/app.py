@@ -4,7 +4,6 @@ per-request metrics and the lifespan of the gateway's long-lived objects."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
@@ -160,16 +159,25 @@ class App:
                 "headers": response.headers + extra,
             }
         )
-        pump = asyncio.ensure_future(self._pump(response, send, started))
-        watcher = asyncio.ensure_future(_wait_disconnect(receive))
-        done, _ = await asyncio.wait({pump, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if pump not in done:
-            pump.cancel()
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pump
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        this = asyncio.current_task()
+        assert this is not None
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            await _wait_disconnect(receive)
+            gone = True
+            this.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await self._pump(response, send, started)
+        except asyncio.CancelledError:
+            if not gone:
+                raise  # a shutdown, not the client leaving
+            this.uncancel()
+        finally:
+            watcher.cancel()
 
     async def _pump(self, response: StreamResponse, send: Send, started: float) -> None:
         first = True

@@ -34,7 +34,6 @@ class StreamRelay:
         self._client_wants_usage = client_wants_usage
         self._decoder = SSEDecoder()
         self._chunks = upstream.chunks().__aiter__()
-        self._pending: list[bytes] = []
         self.usage: Any = None
         self.failure: UpstreamFailure | None = None
         self.done = False
@@ -42,8 +41,8 @@ class StreamRelay:
         self.has_choices = False  # saw a chunk with choices: the answer has begun
 
     async def first_frames(self) -> list[bytes]:
-        """Frames up to and including the first chunk with choices; raises UpstreamFailure
-        before it."""
+        """Frames up to the end of the upstream read holding the first chunk with choices
+        (with [DONE] when the stream already ended); raises UpstreamFailure before it."""
         if b"event-stream" not in self.upstream.content_type:
             return await self._from_json()
         # Chunks without choices (usage, content-filter notes) are no answer yet: a stream
@@ -53,15 +52,16 @@ class StreamRelay:
             payloads = await self._next_payloads()
             if payloads is None:
                 raise UpstreamFailure(BAD_BODY, "upstream stream ended before any content")
-            for i, payload in enumerate(payloads):
+            for payload in payloads:
                 out = self._handle(payload)
                 if out is not None:
                     frames.append(out)
-                if self.has_choices or self.done:
-                    self._pending = payloads[i + 1 :]
+                if self.done:
                     break
-            if self.done and not self.has_choices:
-                raise UpstreamFailure(BAD_BODY, "upstream stream ended with no content")
+            if self.done:
+                if not self.has_choices:
+                    raise UpstreamFailure(BAD_BODY, "upstream stream ended with no content")
+                frames.append(DONE_FRAME)
         return frames
 
     async def _from_json(self) -> list[bytes]:
@@ -100,9 +100,7 @@ class StreamRelay:
         return frames
 
     async def _next_payloads(self) -> list[bytes] | None:
-        if self._pending:
-            pending, self._pending = self._pending, []
-            return pending
+        """The events of the next upstream read(s); None when the stream has ended."""
         while True:
             try:
                 chunk = await self._chunks.__anext__()
@@ -141,11 +139,11 @@ class StreamRelay:
         return frame(payload)
 
     async def rest(self, deadline: float) -> AsyncIterator[bytes]:
-        """Every frame after the first ones, ending with [DONE] or an error event."""
-        if self.done:
-            if b"event-stream" in self.upstream.content_type:
-                yield DONE_FRAME
+        """Everything after the first frames, one piece per upstream read (fewer writes to
+        the client), ending with [DONE] or an error event."""
+        if self.done:  # the first frames already hold the whole answer and its [DONE]
             return
+        batch: list[bytes] = []
         try:
             while not self.done:
                 if time.monotonic() > deadline:
@@ -160,13 +158,18 @@ class StreamRelay:
                 for payload in payloads:
                     out = self._handle(payload)
                     if out is not None:
-                        yield out
+                        batch.append(out)
                     if self.done:
                         break
+                if batch and not self.done:
+                    yield b"".join(batch)
+                    batch = []
         except UpstreamFailure as failure:
             self.failure = failure
-            yield frame(
-                errors.error_body(failure.message, "api_error", f"upstream_{failure.reason}")
+            batch.append(
+                frame(errors.error_body(failure.message, "api_error", f"upstream_{failure.reason}"))
             )
+            yield b"".join(batch)
             return
-        yield DONE_FRAME
+        batch.append(DONE_FRAME)
+        yield b"".join(batch)

@@ -344,8 +344,7 @@ class Router:
     ) -> AsyncIterator[bytes]:
         ok = False
         try:
-            for chunk in first:
-                yield chunk
+            yield b"".join(first)
             async for chunk in relay.rest(call.deadline):
                 yield chunk
             ok = relay.failure is None
