@@ -94,11 +94,11 @@ class App:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        incoming = dict(scope["headers"]).get(b"x-request-id")
-        request_id = (
+        request = Request(scope, receive)
+        incoming = request.header(b"x-request-id")
+        request_id = request.request_id = (
             incoming.decode() if incoming and _REQUEST_ID.match(incoming) else self.gateway.ids()
         )
-        request = Request(scope, receive, request_id)
         route, handler = self._route(request)
         gauge = self._in_flight.get(route)
         if gauge is not None:

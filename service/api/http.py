@@ -31,7 +31,7 @@ class Request:
 
     __slots__ = ("_headers", "method", "path", "query", "receive", "request_id", "scope")
 
-    def __init__(self, scope: Scope, receive: Receive, request_id: str) -> None:
+    def __init__(self, scope: Scope, receive: Receive, request_id: str = "") -> None:
         self.scope = scope
         self.receive = receive
         self.method: str = scope["method"]
