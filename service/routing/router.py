@@ -64,7 +64,6 @@ class Call:
     headers: Headers = field(default_factory=list)
     settled: bool = False
     operation: str = "chat"  # or "embeddings"
-    recovering: set[str] = field(default_factory=set)  # failure counts a success resets
 
 
 @dataclass(slots=True)
@@ -112,14 +111,8 @@ class Router:
 
     async def admit(self, call: Call, cost: int, candidates: list[Candidate]) -> list[Candidate]:
         """Token, quotas and cooldowns in one store call; returns the candidates not cooling."""
-        fields: list[str] = []
-        for c in candidates:
-            fields.append(c.provider_field)
-            fields.append(c.pair_field)
         try:
-            admission = await self._store.admit(
-                call.token_id, call.entry_id, cost, self._lease_ms, fields
-            )
+            admission = await self._store.admit(call.token_id, call.entry_id, cost, self._lease_ms)
         except StoreError as exc:
             raise errors.unavailable(f"The gateway's store failed: {exc}") from None
         call.admission = admission
@@ -127,19 +120,23 @@ class Router:
         if status != store_status.ADMITTED:
             self._refuse(status, admission)
         call.headers = rate_limit_headers(admission)
-        states = admission.field_states
+        cooling = admission.cooling
+        if not cooling:
+            return candidates
         available = [
-            c for i, c in enumerate(candidates) if states[2 * i] <= 0 and states[2 * i + 1] <= 0
+            c for c in candidates if c.provider_field not in cooling and c.pair_field not in cooling
         ]
         if not available:
             self.release(call, tokens_used=0, success=None)
-            earliest = min(max(states[2 * i], states[2 * i + 1]) for i in range(len(candidates)))
+            earliest = min(
+                max(cooling.get(c.provider_field, 0), cooling.get(c.pair_field, 0))
+                for c in candidates
+            )
             raise errors.rate_limited(
                 "Every provider for this model is cooling down after failures; retry later.",
                 (earliest - admission.now_ms) / 1000.0,
                 call.headers,
             )
-        call.recovering = {field for field, state in zip(fields, states, strict=True) if state < 0}
         return available
 
     def _refuse(self, status: int, admission: Admission) -> None:
@@ -178,9 +175,10 @@ class Router:
         needs_quota = call.token_id is not None and (
             call.admission.tpm_limit >= 0 or call.admission.concurrency_limit >= 0
         )
+        failing = call.admission.failing
         reset = (
-            [f for f in (success.pair_field, success.provider_field) if f in call.recovering]
-            if success is not None
+            [f for f in (success.pair_field, success.provider_field) if f in failing]
+            if success is not None and failing
             else []
         )
         if not needs_quota and not reset:

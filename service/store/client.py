@@ -53,8 +53,13 @@ class Admission:
     tpm_reset_ms: int
     concurrency_limit: int
     now_ms: int
-    # Per cooldown field asked: cooling until (ms), -1 = not cooling but recently failed, 0.
-    field_states: list[int]
+    cooling: dict[str, int]  # cooldown field -> cooling until (ms), for those in force
+    failing: frozenset[str]  # fields with recent failures that a success resets
+
+    def state(self, field: str) -> int:
+        """Cooling until (ms); -1 when not cooling but recently failed; 0 when healthy."""
+        until = self.cooling.get(field, 0)
+        return until if until else (-1 if field in self.failing else 0)
 
 
 ADMITTED, UNKNOWN, REVOKED, EXPIRED, OVER_RPM, OVER_TPM, OVER_CONCURRENCY, QUOTA_UNAVAILABLE = (
@@ -201,14 +206,9 @@ class Store:
     # -- hot path ----------------------------------------------------------------------------
 
     async def admit(
-        self,
-        token_id: str | None,
-        request_id: str,
-        cost: int,
-        lease_ms: int,
-        cooldown_fields: list[str],
+        self, token_id: str | None, request_id: str, cost: int, lease_ms: int
     ) -> Admission:
-        """Token check, quotas and the candidates' cooldowns, in one round trip."""
+        """Token check, quotas and the fleet's cooldowns, in one round trip."""
         keys = self.keys.quota_keys(token_id or "-")
         keys.append(self.keys.cooldowns)
         keys.append(self.keys.failures)
@@ -216,10 +216,12 @@ class Store:
         async def call(client: Client) -> Any:
             refuse = "1" if (self._degraded and self._refuse_quotas_when_degraded) else "0"
             args = [request_id, cost, lease_ms, "1" if token_id else "0", refuse]
-            return await self._script("admit", client, keys, args + cooldown_fields)
+            return await self._script("admit", client, keys, args)
 
         raw = await self._run("admit", call)
-        values = [int(v) for v in raw]
+        values = [int(v) for v in raw[:10]]
+        n = int(raw[10])
+        cooling_raw = raw[11 : 11 + 2 * n]
         return Admission(
             status=values[0],
             retry_after_ms=values[1],
@@ -231,7 +233,11 @@ class Store:
             tpm_reset_ms=values[7],
             concurrency_limit=values[8],
             now_ms=values[9],
-            field_states=values[10:],
+            cooling={
+                cooling_raw[i].decode(): int(cooling_raw[i + 1])
+                for i in range(0, len(cooling_raw), 2)
+            },
+            failing=frozenset(f.decode() for f in raw[11 + 2 * n :]),
         )
 
     async def settle(

@@ -64,9 +64,9 @@ def test_unreachable_redis_at_start_serves_from_local_state() -> None:
         assert store.degraded
         assert not await store.ping()
         assert degraded_gauge(metrics) == 1.0
-        result = await store.admit(None, "r1", 0, 60_000, ["p|groq"])
+        result = await store.admit(None, "r1", 0, 60_000)
         assert result.status == ADMITTED
-        assert result.field_states == [0]
+        assert result.state("p|groq") == 0 and result.cooling == {}
         # Cooldowns go on locally.
         until, _ = await store.cool(
             "p|groq",
@@ -77,8 +77,8 @@ def test_unreachable_redis_at_start_serves_from_local_state() -> None:
             floor_ms=1_000,
             ceiling_ms=3_600_000,
         )
-        result = await store.admit(None, "r2", 0, 60_000, ["p|groq"])
-        assert result.field_states == [until]
+        result = await store.admit(None, "r2", 0, 60_000)
+        assert result.cooling == {"p|groq": until}
 
     with_degraded_store(dead_url(), body)
 
@@ -86,7 +86,7 @@ def test_unreachable_redis_at_start_serves_from_local_state() -> None:
 def test_open_mode_counts_quotas_locally() -> None:
     async def body(store: Store, metrics: Metrics) -> None:
         await store.put_local_tokens([LIMITED])
-        statuses = [(await store.admit("limited", f"r{i}", 0, 60_000, [])).status for i in range(3)]
+        statuses = [(await store.admit("limited", f"r{i}", 0, 60_000)).status for i in range(3)]
         assert statuses == [ADMITTED, ADMITTED, OVER_RPM]
 
     with_degraded_store(dead_url(), body, refuse=False)
@@ -95,12 +95,12 @@ def test_open_mode_counts_quotas_locally() -> None:
 def test_closed_mode_refuses_tokens_with_limits() -> None:
     async def body(store: Store, metrics: Metrics) -> None:
         await store.put_local_tokens([LIMITED, UNLIMITED])
-        refused = await store.admit("limited", "r1", 0, 60_000, [])
+        refused = await store.admit("limited", "r1", 0, 60_000)
         assert refused.status == QUOTA_UNAVAILABLE
         assert refused.retry_after_ms > 0
         # Tokens without limits need no shared counting, and auth still works locally.
-        assert (await store.admit("free", "r2", 0, 60_000, [])).status == ADMITTED
-        assert (await store.admit("stranger", "r3", 0, 60_000, [])).status == UNKNOWN
+        assert (await store.admit("free", "r2", 0, 60_000)).status == ADMITTED
+        assert (await store.admit("stranger", "r3", 0, 60_000)).status == UNKNOWN
 
     with_degraded_store(dead_url(), body, refuse=True)
 
@@ -123,11 +123,11 @@ def test_redis_lost_and_back_without_restart() -> None:
             store.on_recover(on_recover)
             assert not store.degraded
             await store.put_token("limited", LIMITED, create=False)
-            assert (await store.admit("limited", "r1", 0, 60_000, [])).status == ADMITTED
+            assert (await store.admit("limited", "r1", 0, 60_000)).status == ADMITTED
 
             server.stop()
             started = time.monotonic()
-            result = await store.admit(None, "r2", 0, 60_000, [])
+            result = await store.admit(None, "r2", 0, 60_000)
             assert result.status == ADMITTED
             assert time.monotonic() - started < 5  # failed over, did not hang
             assert degraded.is_set() and store.degraded
@@ -143,7 +143,7 @@ def test_redis_lost_and_back_without_restart() -> None:
             # Back on the shared Redis (a fresh one: this server keeps nothing on disk), where
             # another replica sees what this one counts.
             await store.put_token("limited", LIMITED, create=False)
-            assert (await store.admit("limited", "r3", 0, 60_000, [])).status == ADMITTED
+            assert (await store.admit("limited", "r3", 0, 60_000)).status == ADMITTED
             other = Store(
                 url=server.url,
                 prefix="degraded",
@@ -153,8 +153,8 @@ def test_redis_lost_and_back_without_restart() -> None:
             await other.start()
             try:
                 assert (await other.token_usage("limited"))[0] == 1
-                assert (await other.admit("limited", "r4", 0, 60_000, [])).status == ADMITTED
-                assert (await store.admit("limited", "r5", 0, 60_000, [])).status == OVER_RPM
+                assert (await other.admit("limited", "r4", 0, 60_000)).status == ADMITTED
+                assert (await store.admit("limited", "r5", 0, 60_000)).status == OVER_RPM
             finally:
                 await other.close()
 

@@ -61,7 +61,7 @@ def record(
 async def admit(
     store: Store, token: str | None, rid: str, cost: int = 0, lease_ms: int = LEASE_MS
 ) -> Admission:
-    return await store.admit(token, rid, cost, lease_ms, [])
+    return await store.admit(token, rid, cost, lease_ms)
 
 
 async def cool(
@@ -97,9 +97,10 @@ class TestAdmission:
                 floor_ms=RETRY_AFTER_FLOOR_MS,
                 ceiling_ms=RETRY_AFTER_CEILING_MS,
             )
-            result = await store.admit(None, "r1", 100, LEASE_MS, ["p|groq", "m|groq|llama", "x"])
+            result = await store.admit(None, "r1", 100, LEASE_MS)
             assert result.status == ADMITTED
-            assert result.field_states == [until, 0, 0]
+            assert [result.state(f) for f in ("p|groq", "m|groq|llama", "x")] == [until, 0, 0]
+            assert result.cooling == {"p|groq": until}
             assert until - result.now_ms > 29_000
             assert (result.rpm_limit, result.tpm_limit) == (-1, -1)
             assert abs(result.now_ms - time.time() * 1000) < 5_000
@@ -122,9 +123,9 @@ class TestAdmission:
     def test_refused_token_still_reads_cooldowns(self, run_store: StoreRunner) -> None:
         async def body(store: Store) -> None:
             await cool(store, "p|groq", retry_after_ms=5_000)
-            result = await store.admit("nobody", "r1", 0, LEASE_MS, ["p|groq"])
+            result = await store.admit("nobody", "r1", 0, LEASE_MS)
             assert result.status == UNKNOWN
-            assert result.field_states[0] > result.now_ms
+            assert result.cooling["p|groq"] > result.now_ms
 
         run_store(body)
 
@@ -382,9 +383,13 @@ class TestCool:
             await cool(store, "p|long", retry_after_ms=60_000)
             active, now_ms = await store.cooldowns()
             assert set(active) == {"p|short", "p|long"}
-            result = await store.admit(None, "r", 0, LEASE_MS, ["p|short", "p|long"])
-            assert all(until > result.now_ms for until in result.field_states)
+            result = await store.admit(None, "r", 0, LEASE_MS)
+            assert set(result.cooling) <= {"p|short", "p|long"}
+            assert all(until > result.now_ms for until in result.cooling.values())
             assert now_ms <= result.now_ms
+            await asyncio.sleep(1.05)  # the 1 s cooldown ends with time itself
+            later = await store.admit(None, "r2", 0, LEASE_MS)
+            assert set(later.cooling) == {"p|long"}
 
         run_store(body)
 
@@ -394,12 +399,12 @@ class TestCool:
         async def body(store: Store) -> None:
             await cool(store, "m|p|x", retry_after_ms=0)  # the 1 s floor
             await asyncio.sleep(1.05)  # a cooldown ends with time itself: nothing to wait on
-            result = await store.admit(None, "r1", 0, LEASE_MS, ["m|p|x", "m|p|never"])
+            result = await store.admit(None, "r1", 0, LEASE_MS)
             # Not cooling any more, but its failure count must be reset by the next success.
-            assert result.field_states == [-1, 0]
+            assert [result.state(f) for f in ("m|p|x", "m|p|never")] == [-1, 0]
             await store.settle(None, "r1", -1, ["m|p|x"])
-            result = await store.admit(None, "r2", 0, LEASE_MS, ["m|p|x"])
-            assert result.field_states == [0]
+            result = await store.admit(None, "r2", 0, LEASE_MS)
+            assert result.state("m|p|x") == 0 and not result.failing
 
         run_store(body)
 

@@ -10,12 +10,12 @@
 -- ARGV[1] request id   ARGV[2] tpm cost (tokens)   ARGV[3] lease ms
 -- ARGV[4] "1" to check the token, "0" when auth is off
 -- ARGV[5] "1" when quotas must refuse (store failover in closed mode), else "0"
--- ARGV[6..] cooldown fields of the candidates
 -- Returns {status, retry_after_ms, rpm_limit, rpm_remaining, rpm_reset_ms,
 --          tpm_limit, tpm_remaining, tpm_reset_ms, concurrency_limit, now_ms,
---          state_1, state_2, ...}
--- where state_i of a cooldown field is the time it cools until (ms), or -1 when it is not
--- cooling but has recent failures (a success must reset them), or 0.
+--          n, field_1, until_1, ..., field_n, until_n, failing_field, ...}
+-- with the n cooldowns in force, then every field with recent failures (a success must reset
+-- them).  Both hashes hold only what failed lately, so this stays small whatever the number
+-- of candidates.
 -- status: 0 admitted, 1 unknown token, 2 revoked, 3 expired, 4 rpm, 5 tpm,
 --         6 concurrency, 7 quota store unavailable.  Limits are -1 when the token has none.
 local request_id = ARGV[1]
@@ -32,13 +32,18 @@ local result = {0, 0, -1, -1, 0, -1, -1, 0, -1, now}
 local function finish(status, retry_ms)
   result[1] = status
   result[2] = retry_ms
-  for i = 6, #ARGV do
-    local state = tonumber(redis.call("HGET", KEYS[7], ARGV[i]) or "0")
-    if state <= now then
-      state = redis.call("HEXISTS", KEYS[8], ARGV[i]) == 1 and -1 or 0
+  local cooldowns = redis.call("HGETALL", KEYS[7])
+  local active = {}
+  for i = 1, #cooldowns, 2 do
+    if tonumber(cooldowns[i + 1]) > now then
+      active[#active + 1] = cooldowns[i]
+      active[#active + 1] = tonumber(cooldowns[i + 1])
     end
-    result[#result + 1] = state
   end
+  result[#result + 1] = #active / 2
+  for i = 1, #active do result[#result + 1] = active[i] end
+  local failing = redis.call("HKEYS", KEYS[8])
+  for i = 1, #failing do result[#result + 1] = failing[i] end
   return result
 end
 
