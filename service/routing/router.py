@@ -1,7 +1,7 @@
 """Failover: from a requested model to an answer.
 
 ``admit`` makes the one store round trip before any upstream call (token, quotas and the
-candidates' cooldowns together).  ``complete`` and ``stream`` then try the candidates in
+fleet's cooldowns together).  ``complete`` and ``stream`` then try the candidates in
 order, at most ``MAX_ATTEMPTS`` within one deadline, cooling what fails.  A stream can fail
 over until its first event is sent; after that a failure ends it with an error event.
 """
