@@ -91,6 +91,8 @@ def _describe(result: WrkResult) -> str:
     usage = f"  core0 {cpu['core_busy']:.0%}" if "core_busy" in cpu else ""
     if "proc_cpu" in cpu:
         usage += f" (target {cpu['proc_cpu']:.0%})"
+    if "helper_core_busy" in cpu:
+        usage += f", core1 {cpu['helper_core_busy']:.0%}"
     return (
         f"c={result.connections:<3} {result.rps:>10,.0f} req/s  p50 {result.p50_ms:.3f} "
         f"p90 {result.p90_ms:.3f} p99 {result.p99_ms:.3f} ms{usage}{errors}"
@@ -126,8 +128,10 @@ def measure(target: Target, settings: Settings, scripts_dir: Path) -> TargetResu
             pid = target.proc.pid if target.proc else None
             _wait_quiet(pid, settings.quiet_wait_s)
             meter = CpuMeter(pid, SUT_CORE)
+            helper = CpuMeter(None, HELPER_CORE)
             run = run_wrk(url, script, connections, settings.duration_s)
             run.cpu = meter.read()
+            run.cpu["helper_core_busy"] = helper.read()["core_busy"]
             kind_result.sweep.append(run)
             log(f"{target.name:<16} {kind:<4} {_describe(run)}")
             if target.proc is not None and not target.proc.alive():
@@ -185,6 +189,7 @@ def run_all(settings: Settings, workdir: Path) -> dict[str, object]:
     scripts.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now(dt.UTC)
     load_before = _loadavg()
+    commit = git_commit()
     results: list[TargetResult] = []
     upstream_port = free_port()
     nginx = start_nginx(workdir / "nginx", upstream_port)
@@ -229,7 +234,7 @@ def run_all(settings: Settings, workdir: Path) -> dict[str, object]:
         "meta": {
             "started_at": started.isoformat(timespec="seconds"),
             "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "commit": git_commit(),
+            "commit": commit,
             "mode": settings.mode,
             "duration_s": settings.duration_s,
             "concurrencies": settings.concurrencies,

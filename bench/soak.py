@@ -32,6 +32,7 @@ def run_soak(
     """
     warmup_requests = max(1, total_requests // 10)
     started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    commit = git_commit()
     upstream_port = free_port()
     nginx = start_nginx(workdir / "nginx", upstream_port)
     redis: Proc | None = None
@@ -109,7 +110,7 @@ def run_soak(
     late_growth = (final - half) / half * 100 if half and final else 0.0
     return {
         "started_at": started_at,
-        "commit": git_commit(),
+        "commit": commit,
         "requests": served,
         "requested": total_requests,
         "kind": kinds[0] if len(kinds) == 1 else "mixed JSON and SSE",
