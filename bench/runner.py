@@ -198,6 +198,14 @@ def run_all(settings: Settings, workdir: Path) -> dict[str, object]:
         log(f"upstream alone (nginx on port {upstream_port}, pinned with wrk)")
         direct = measure(direct_target(upstream_port), settings, scripts)
         results.append(direct)
+        top = settings.throughput_concurrency
+        alone = {
+            kind: run.rps
+            for kind, kind_result in direct.kinds.items()
+            if (run := kind_result.at(top)) is not None
+        }
+        figures = ", ".join(f"{kind.upper()} {rps:,.0f} req/s" for kind, rps in alone.items())
+        log(f"upstream alone at c={top}: {figures}; every other row must stay far below it")
 
         redis, redis_port = start_redis(workdir)
         gateways = [
