@@ -17,11 +17,11 @@ from service import errors
 from service.upstream.client import UpstreamStream
 from service.upstream.errors import (
     BAD_BODY,
-    IN_BAND_ERROR,
     STREAM_BROKEN,
     TIMEOUT,
     UpstreamFailure,
     check_completion,
+    in_band_failure,
 )
 from service.upstream.sse import DONE, DONE_FRAME, SSEDecoder, frame
 
@@ -120,12 +120,9 @@ class StreamRelay:
             event = orjson.loads(payload)
         except orjson.JSONDecodeError:
             raise UpstreamFailure(BAD_BODY, "upstream sent an event that is not JSON") from None
-        if not isinstance(event, dict):
-            raise UpstreamFailure(BAD_BODY, "upstream sent an event that is not a JSON object")
-        if event.get("error"):
-            err = event["error"]
-            detail = err.get("message") if isinstance(err, dict) else err
-            raise UpstreamFailure(IN_BAND_ERROR, f"upstream stream error: {detail}")
+        failure = in_band_failure(event, "stream event")
+        if failure is not None:
+            raise failure
         choices = event.get("choices")
         if event.get("usage"):
             self.usage = event["usage"]

@@ -161,14 +161,23 @@ def failure_for_status(
     return ClientFault(status, body, content_type)
 
 
+def in_band_failure(parsed: Any, what: str) -> UpstreamFailure | None:
+    """A decoded upstream ``what`` (answer, event) that is not an object or carries an
+    ``error`` object is a failure, whatever the HTTP status said."""
+    if not isinstance(parsed, dict):
+        return UpstreamFailure(BAD_BODY, f"upstream {what} is not a JSON object")
+    err = parsed.get("error")
+    if err:
+        detail = err.get("message") if isinstance(err, dict) else err
+        return UpstreamFailure(IN_BAND_ERROR, f"upstream {what} carries an error: {detail}")
+    return None
+
+
 def check_completion(parsed: Any) -> UpstreamFailure | None:
     """A 200 body that is not a usable completion (in-band error, no choices) is a failure."""
-    if not isinstance(parsed, dict):
-        return UpstreamFailure(BAD_BODY, "upstream answered a body that is not a JSON object")
-    if parsed.get("error"):
-        err = parsed["error"]
-        detail = err.get("message") if isinstance(err, dict) else err
-        return UpstreamFailure(IN_BAND_ERROR, f"upstream answered an error: {detail}")
+    failure = in_band_failure(parsed, "answer")
+    if failure is not None:
+        return failure
     choices = parsed.get("choices")
     if not isinstance(choices, list) or not choices:
         return UpstreamFailure(BAD_BODY, "upstream answered a completion with no choices")
@@ -176,10 +185,9 @@ def check_completion(parsed: Any) -> UpstreamFailure | None:
 
 
 def check_embeddings(parsed: Any) -> UpstreamFailure | None:
-    if not isinstance(parsed, dict):
-        return UpstreamFailure(BAD_BODY, "upstream answered a body that is not a JSON object")
-    if parsed.get("error"):
-        return UpstreamFailure(IN_BAND_ERROR, "upstream answered an error object")
+    failure = in_band_failure(parsed, "answer")
+    if failure is not None:
+        return failure
     data = parsed.get("data")
     if not isinstance(data, list) or not data:
         return UpstreamFailure(BAD_BODY, "upstream answered embeddings with no data")
