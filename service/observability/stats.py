@@ -59,6 +59,7 @@ class FleetStats:
         self._on_health = on_health
         self._history: deque[tuple[float, dict[str, int]]] = deque()
         self._task: asyncio.Task[None] | None = None
+        self._flushing = asyncio.Lock()
 
     def record(
         self,
@@ -97,11 +98,14 @@ class FleetStats:
         await self.flush()
 
     async def flush(self) -> None:
-        pending, self._pending = self._pending, {}
-        try:
-            await self._store.add_stats(pending)
-        except StoreError as exc:
-            log.warning("stats flush failed: %s", exc)
+        # Serialised: a reader that flushes first must also see what a concurrent flush of
+        # the background loop is still writing.
+        async with self._flushing:
+            pending, self._pending = self._pending, {}
+            try:
+                await self._store.add_stats(pending)
+            except StoreError as exc:
+                log.warning("stats flush failed: %s", exc)
 
     async def _loop(self) -> None:
         while True:
