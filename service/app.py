@@ -25,6 +25,7 @@ from service.errors import GatewayError
 from service.gateway import Gateway
 from service.settings import Settings, settings_from_env
 from service.types import Receive, Scope, Send
+from service.upstream.sse import DONE_FRAME
 
 log = logging.getLogger("best.http")
 
@@ -151,7 +152,7 @@ class App:
         extra: list[tuple[bytes, bytes]],
         started: float,
     ) -> None:
-        """Send SSE frames as they come; a client that leaves cancels the upstream at once."""
+        """Send SSE pieces as they come; a client that leaves cancels the upstream at once."""
         await send(
             {
                 "type": "http.response.start",
@@ -169,28 +170,37 @@ class App:
             gone = True
             this.cancel()
 
-        watcher = asyncio.ensure_future(watch())
+        watcher: asyncio.Future[None] | None = None
+        finished = False
         try:
-            await self._pump(response, send, started)
+            async for piece in response.chunks:
+                # A piece ending in [DONE] is the last: it also ends the response.
+                finished = piece.endswith(DONE_FRAME)
+                await send({"type": "http.response.body", "body": piece, "more_body": not finished})
+                if watcher is None:
+                    self._first_piece_sent(response, started)
+                    if not finished:
+                        # The first piece was in hand already; from now on the stream waits
+                        # on the upstream, so watch for the client leaving.
+                        watcher = asyncio.ensure_future(watch())
+            if not finished:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not gone:
                 raise  # a shutdown, not the client leaving
             this.uncancel()
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
 
-    async def _pump(self, response: StreamResponse, send: Send, started: float) -> None:
-        first = True
+    def _first_piece_sent(self, response: StreamResponse, started: float) -> None:
         call = response.call
-        async for chunk in response.chunks:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if first and call is not None and call.candidate is not None:
-                first = False
-                elapsed = time.perf_counter() - started
-                c = call.candidate
-                self._metrics.time_to_first_token.labels(c.provider, c.model).observe(elapsed)
-                self._overhead["chat"].observe(max(0.0, elapsed - call.upstream_s))
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if call is None or call.candidate is None:
+            return
+        elapsed = time.perf_counter() - started
+        c = call.candidate
+        self._metrics.time_to_first_token.labels(c.provider, c.model).observe(elapsed)
+        self._overhead["chat"].observe(max(0.0, elapsed - call.upstream_s))
 
     def _observe(self, route: str, response: Response | StreamResponse, started: float) -> None:
         elapsed = time.perf_counter() - started
