@@ -65,12 +65,7 @@ def validate_embeddings(body: Any) -> str:
 
 def _served_headers(call: Call) -> list[tuple[bytes, bytes]]:
     c = call.candidate
-    served = (
-        [(b"x-best-provider", c.provider.encode()), (b"x-best-model", c.model.encode())]
-        if c
-        else []
-    )
-    return served + call.headers
+    return [*c.served_headers, *call.headers] if c else call.headers
 
 
 async def chat_completions(gw: Gateway, request: Request) -> Response | StreamResponse:

@@ -25,6 +25,7 @@ class Candidate:
     timeout_s: float
     provider_field: str
     pair_field: str
+    served_headers: tuple[tuple[bytes, bytes], ...]  # x-best-provider, x-best-model
 
     @classmethod
     def build(
@@ -46,6 +47,10 @@ class Candidate:
             timeout_s=timeout_s,
             provider_field=provider_field(provider),
             pair_field=pair_field(provider, model),
+            served_headers=(
+                (b"x-best-provider", provider.encode()),
+                (b"x-best-model", model.encode()),
+            ),
         )
 
 
