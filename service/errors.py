@@ -52,10 +52,6 @@ def unauthorized(message: str) -> GatewayError:
     )
 
 
-def forbidden(message: str) -> GatewayError:
-    return GatewayError(403, message, type="permission_error", code="forbidden")
-
-
 def not_found(message: str, code: str = "not_found") -> GatewayError:
     return GatewayError(404, message, code=code)
 
