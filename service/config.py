@@ -1,8 +1,10 @@
 """The YAML configuration in ``CONFIG_DIR``: providers, model adjustments, scoring.
 
-Loading validates everything and raises ``ConfigError`` with one line naming the file (and
-line, for YAML syntax errors).  Recoverable problems (a bad regex, a provider without its key)
-are collected as warnings instead: they are logged, never fatal.
+Loading validates every file against its schema (``service.config_schema``) and raises
+``ConfigError`` listing every problem, each naming file, line and key; unknown keys are
+problems too.  Recoverable problems (a bad regex, a provider without its key) are collected as
+warnings instead: they are logged, never fatal.  What loading returns is plain frozen
+dataclasses: nothing of pydantic is left on the request path.
 """
 
 from __future__ import annotations
@@ -11,17 +13,31 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
-import yaml
+from pydantic import BaseModel, ValidationError
+
+from service.config_schema import (
+    AdjustmentsFile,
+    LeaderboardEntry,
+    ProvidersFile,
+    ScoringFile,
+    YamlDocument,
+    YamlSyntaxError,
+    read_yaml,
+)
+from service.validation import problems
 
 PROVIDERS_FILE = "meta-providers.yaml"
 ADJUSTMENTS_FILE = "model-adjustments.yaml"
 SCORING_FILE = "scoring.yaml"
 
+M = TypeVar("M", bound=BaseModel)
+
 
 class ConfigError(ValueError):
-    """The configuration cannot be used; the message is one line naming file and place."""
+    """The configuration cannot be used; the message is one line listing every problem, each
+    as ``FILE:LINE: key: what``, separated by ``; ``."""
 
 
 @dataclass(frozen=True)
@@ -91,198 +107,150 @@ class GatewayConfig:
     warnings: tuple[str, ...] = ()
 
 
-def _read_yaml(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot be read: {exc.strerror}") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
-
-
-def _number(value: Any, where: str, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{where} must be a number, got {value!r}")
-    if positive and value <= 0:
-        raise ConfigError(f"{where} must be > 0, got {value!r}")
-    return float(value)
-
-
-def _string(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{where} must be a non-empty string, got {value!r}")
-    return value.strip()
-
-
 def default_provider_name(api_key_env_var: str) -> str:
     name = api_key_env_var.lower()
     return name[: -len("_api_key")] if name.endswith("_api_key") else name
 
 
-def _parse_provider(raw: Any, where: str) -> ProviderConfig:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must be a mapping")
-    for key in ("api_key_env_var", "base_url", "base_priority"):
-        if key not in raw:
-            raise ConfigError(f"{where} is missing the required key {key!r}")
-    env_var = _string(raw["api_key_env_var"], f"{where}.api_key_env_var")
-    base_url = _string(raw["base_url"], f"{where}.base_url")
-    if not base_url.startswith(("http://", "https://")):
-        raise ConfigError(f"{where}.base_url must be an http(s) URL, got {base_url!r}")
-    models = raw.get("models")
-    if models is not None and (
-        not isinstance(models, list) or not all(isinstance(m, str) and m for m in models)
-    ):
-        raise ConfigError(f"{where}.models must be a list of model ids")
-    timeout = raw.get("timeout_s")
-    name = raw.get("name")
-    return ProviderConfig(
-        name=_string(name, f"{where}.name") if name is not None else default_provider_name(env_var),
-        api_key_env_var=env_var,
-        base_url=base_url.rstrip("/"),
-        base_priority=_number(raw["base_priority"], f"{where}.base_priority"),
-        model_url=_string(raw["model_url"], f"{where}.model_url") if raw.get("model_url") else None,
-        models=tuple(models) if models is not None else None,
-        timeout_s=_number(timeout, f"{where}.timeout_s", positive=True) if timeout else None,
+class _Errors:
+    """Every problem of every file, each as ``FILE:LINE: where: what``."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def add(self, path: Path, line: int, where: str, text: str) -> None:
+        place = f"{path}:{line}" if line else str(path)
+        self.lines.append(f"{place}: {where}: {text}" if where else f"{place}: {text}")
+
+    def raise_if_any(self) -> None:
+        if self.lines:
+            # One line (the CLI prints it as is), every problem in it.
+            raise ConfigError("; ".join(self.lines))
+
+
+def _validate(
+    schema: type[M], path: Path, errors: _Errors, *, optional: bool
+) -> tuple[M, YamlDocument] | None:
+    """The file at ``path`` validated by ``schema``; None (with errors added) if it is not
+    valid, or when an optional file is absent."""
+    if optional and not path.is_file():
+        return None
+    try:
+        document = read_yaml(path)
+    except FileNotFoundError:
+        errors.add(path, 0, "", "file not found (set CONFIG_DIR)")
+        return None
+    except OSError as exc:
+        errors.add(path, 0, "", f"cannot be read: {exc.strerror}")
+        return None
+    except YamlSyntaxError as exc:
+        errors.add(path, exc.line, "", f"invalid YAML: {exc.problem}")
+        return None
+    data = {} if document.data is None and optional else document.data
+    try:
+        return schema.model_validate(data), document
+    except ValidationError as exc:
+        found = [(document.line_of(p.loc), p) for p in problems(exc)]
+        for line, problem in sorted(found, key=lambda item: item[0]):
+            errors.add(path, line, problem.where, problem.text)
+        return None
+
+
+def _providers(
+    validated: tuple[ProvidersFile, YamlDocument], path: Path, errors: _Errors
+) -> tuple[ProviderConfig, ...]:
+    parsed, document = validated
+    providers = tuple(
+        ProviderConfig(
+            name=entry.name or default_provider_name(entry.api_key_env_var),
+            api_key_env_var=entry.api_key_env_var,
+            base_url=entry.base_url,
+            base_priority=entry.base_priority,
+            model_url=entry.model_url,
+            models=tuple(entry.models) if entry.models is not None else None,
+            timeout_s=entry.timeout_s,
+        )
+        for entry in parsed.providers
     )
+    seen: set[str] = set()
+    for i, provider in enumerate(providers):
+        if provider.name in seen:
+            loc = ("providers", i)
+            errors.add(
+                path,
+                document.line_of(loc),
+                f"providers[{i}]",
+                f"duplicate provider name {provider.name!r} (set a distinct name:)",
+            )
+        seen.add(provider.name)
+    return providers
 
 
-def _parse_adjustments(raw: Any, path: Path, warnings: list[str]) -> tuple[AdjustmentGroup, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, dict) or not isinstance(raw.get("adjustments", {}), dict | None):
-        raise ConfigError(f"{path}: expected a mapping 'adjustments: {{GROUP: ...}}'")
+def _adjustments(
+    validated: tuple[AdjustmentsFile, YamlDocument], path: Path, warnings: list[str]
+) -> tuple[AdjustmentGroup, ...]:
+    parsed, document = validated
     groups: list[AdjustmentGroup] = []
-    for name, spec in (raw.get("adjustments") or {}).items():
-        where = f"{path}: adjustments.{name}"
-        if not isinstance(spec, dict):
-            raise ConfigError(f"{where} must be a mapping with 'priority' and 'regex'")
-        priority = _number(spec.get("priority", 0), f"{where}.priority")
-        patterns_raw = spec.get("regex", [])
-        if isinstance(patterns_raw, str):
-            patterns_raw = [patterns_raw]
-        if not isinstance(patterns_raw, list):
-            raise ConfigError(f"{where}.regex must be a list of patterns")
+    for name, entry in parsed.adjustments.items():
         patterns: list[re.Pattern[str]] = []
-        for pattern in patterns_raw:
+        for i, pattern in enumerate(entry.regex):
             try:
-                patterns.append(re.compile(str(pattern), re.IGNORECASE))
+                patterns.append(re.compile(pattern, re.IGNORECASE))
             except re.error as exc:
-                warnings.append(f"{where}: regex {pattern!r} is invalid ({exc}); ignored")
-        groups.append(AdjustmentGroup(str(name), priority, tuple(patterns)))
+                line = document.line_of(("adjustments", name, "regex", i))
+                warnings.append(
+                    f"{path}:{line}: adjustments.{name}: regex {pattern!r} is invalid ({exc});"
+                    " ignored"
+                )
+        groups.append(AdjustmentGroup(name, entry.priority, tuple(patterns)))
     return tuple(groups)
 
 
-def _parse_scoring(
-    raw: Any, path: Path
-) -> tuple[Weights, tuple[LeaderboardSource, ...], dict[str, str], float, float]:
-    if raw is None:
-        return Weights(), (), {}, 600.0, 10.0
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping")
-    weights_raw = raw.get("weights") or {}
-    if not isinstance(weights_raw, dict):
-        raise ConfigError(f"{path}: weights must be a mapping")
-    defaults = Weights()
-    known = set(Weights.__dataclass_fields__)
-    for key in weights_raw:
-        if key not in known:
-            raise ConfigError(f"{path}: weights.{key} is not one of {sorted(known)}")
-    weights = Weights(
-        **{
-            key: _number(weights_raw.get(key, getattr(defaults, key)), f"{path}: weights.{key}")
-            for key in known
-        }
-    )
-    sources: list[LeaderboardSource] = []
-    sources_raw = raw.get("leaderboards") or []
-    if not isinstance(sources_raw, list):
-        raise ConfigError(f"{path}: leaderboards must be a list of sources")
-    for i, src in enumerate(sources_raw):
-        where = f"{path}: leaderboards[{i}]"
-        if not isinstance(src, dict):
-            raise ConfigError(f"{where} must be a mapping")
-        fmt = src.get("format", "scores")
-        if fmt not in ("bigcodebench", "scores"):
-            raise ConfigError(f"{where}.format must be 'bigcodebench' or 'scores'")
-        location = src.get("url") or src.get("file")
-        sources.append(
-            LeaderboardSource(
-                name=_string(src.get("name", f"source{i}"), f"{where}.name"),
-                location=_string(location, f"{where}.url"),
-                format=fmt,
-                timeout_s=_number(src.get("timeout_s", 10), f"{where}.timeout_s", positive=True),
-                refresh_s=_number(src.get("refresh_s", 3600), f"{where}.refresh_s", positive=True),
-            )
-        )
-    aliases = raw.get("aliases") or {}
-    if not isinstance(aliases, dict):
-        raise ConfigError(f"{path}: aliases must map model ids to leaderboard names")
-    discovery = raw.get("discovery") or {}
-    if not isinstance(discovery, dict):
-        raise ConfigError(f"{path}: discovery must be a mapping")
-    return (
-        weights,
-        tuple(sources),
-        {str(k).lower(): str(v).lower() for k, v in aliases.items()},
-        _number(discovery.get("refresh_s", 600), f"{path}: discovery.refresh_s", positive=True),
-        _number(discovery.get("timeout_s", 10), f"{path}: discovery.timeout_s", positive=True),
+def _leaderboard(entry: LeaderboardEntry, index: int, config_dir: Path) -> LeaderboardSource:
+    if entry.url is not None:
+        location = entry.url
+    else:
+        assert entry.file is not None  # the schema requires one of url and file
+        file = Path(entry.file)
+        location = str(file if file.is_absolute() else config_dir / file)
+    return LeaderboardSource(
+        name=entry.name or f"source{index}",
+        location=location,
+        format=entry.format,
+        timeout_s=entry.timeout_s,
+        refresh_s=entry.refresh_s,
     )
 
 
 def load_config(config_dir: Path) -> GatewayConfig:
-    """Load and validate every file of ``config_dir``."""
-    providers_path = config_dir / PROVIDERS_FILE
-    if not providers_path.is_file():
-        raise ConfigError(f"{providers_path}: file not found (set CONFIG_DIR)")
+    """Load and validate every file of ``config_dir``; ConfigError lists every problem of every
+    file, each with its file and line."""
+    errors = _Errors()
     warnings: list[str] = []
-    raw = _read_yaml(providers_path)
-    if not isinstance(raw, dict) or not isinstance(raw.get("providers"), list):
-        raise ConfigError(f"{providers_path}: expected a mapping with a 'providers' list")
-    providers = tuple(
-        _parse_provider(p, f"{providers_path}: providers[{i}]")
-        for i, p in enumerate(raw["providers"])
-    )
-    names = [p.name for p in providers]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ConfigError(f"{providers_path}: duplicate provider names {duplicates}")
-
+    providers_path = config_dir / PROVIDERS_FILE
     adjustments_path = config_dir / ADJUSTMENTS_FILE
-    adjustments = (
-        _parse_adjustments(_read_yaml(adjustments_path), adjustments_path, warnings)
-        if adjustments_path.is_file()
-        else ()
-    )
     scoring_path = config_dir / SCORING_FILE
-    weights, sources, aliases, refresh_s, timeout_s = _parse_scoring(
-        _read_yaml(scoring_path) if scoring_path.is_file() else None, scoring_path
+    providers_file = _validate(ProvidersFile, providers_path, errors, optional=False)
+    adjustments_file = _validate(AdjustmentsFile, adjustments_path, errors, optional=True)
+    scoring_file = _validate(ScoringFile, scoring_path, errors, optional=True)
+    providers = _providers(providers_file, providers_path, errors) if providers_file else ()
+    errors.raise_if_any()
+
+    adjustments = (
+        _adjustments(adjustments_file, adjustments_path, warnings) if adjustments_file else ()
     )
-    resolved = []
-    for src in sources:
-        if not src.location.startswith(("http://", "https://")):
-            location = Path(src.location)
-            src = LeaderboardSource(
-                src.name,
-                str(location if location.is_absolute() else config_dir / location),
-                src.format,
-                src.timeout_s,
-                src.refresh_s,
-            )
-        resolved.append(src)
+    scoring = scoring_file[0] if scoring_file else ScoringFile()
+    given = {k: v for k, v in scoring.weights.model_dump().items() if v is not None}
     return GatewayConfig(
         providers=providers,
         adjustments=adjustments,
-        weights=weights,
-        leaderboards=tuple(resolved),
-        aliases=aliases,
-        discovery_refresh_s=refresh_s,
-        discovery_timeout_s=timeout_s,
+        weights=Weights(**given),
+        leaderboards=tuple(
+            _leaderboard(entry, i, config_dir) for i, entry in enumerate(scoring.leaderboards)
+        ),
+        aliases={k.lower(): v.lower() for k, v in scoring.aliases.items()},
+        discovery_refresh_s=scoring.discovery.refresh_s,
+        discovery_timeout_s=scoring.discovery.timeout_s,
         fingerprint=config_fingerprint(config_dir),
         warnings=tuple(warnings),
     )

@@ -2,44 +2,80 @@
 for gateway settings.
 
 A ``.env`` file in the working directory is read first; a variable set in the real environment,
-even to an empty string, wins over it.
+even to an empty string, wins over it.  A blank value means "the default".
+
+The variables are validated by a pydantic model, once; every bad variable is reported (not only
+the first), by its name.  pydantic-settings is not used: the gateway needs the whole merged
+environment anyway (provider keys are named in the YAML files), and its "empty real variable
+wins over ``.env``" rule is the six lines of ``load_environment``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 from dotenv import dotenv_values
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from service.validation import problems
 
 
 class SettingsError(ValueError):
-    """An environment variable holds a value the gateway cannot use."""
+    """Environment variables hold values the gateway cannot use (the message names them all)."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    port: int = 12345
-    host: str = "127.0.0.1"
-    redis_url: str | None = None
-    config_dir: Path = Path("config")
-    auth_tokens: tuple[str, ...] = ()
-    admin_tokens: tuple[str, ...] = ()
-    default_rpm: int = 0
-    default_tpm: int = 0
-    default_max_concurrency: int = 0
-    web_concurrency: int = 1
-    max_attempts: int = 4
-    request_timeout_s: float = 300.0
-    max_body_bytes: int = 10 * 1024 * 1024
-    on_store_failure: str = "open"
-    log_level: str = "info"
-    data_dir: Path = Path("data")
-    redis_prefix: str = "best"
-    shutdown_grace_s: float = 30.0
-    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+def _var(name: str, **constraints: Any) -> Any:
+    return Field(alias=name, **constraints)
+
+
+class Settings(BaseModel):
+    """The gateway's settings; built by ``settings_from_env`` (fields are named like the
+    variables, lower-cased) or directly by field name in tests."""
+
+    model_config = ConfigDict(frozen=True, validate_by_name=True, extra="ignore")
+
+    port: Annotated[int, _var("PORT", ge=0, le=65535)] = 12345
+    host: Annotated[str, _var("HOST")] = "127.0.0.1"
+    redis_url: Annotated[str | None, _var("REDIS_URL")] = None
+    config_dir: Annotated[Path, _var("CONFIG_DIR")] = Path("config")
+    auth_tokens: Annotated[tuple[str, ...], _var("AUTH_TOKENS")] = ()
+    admin_tokens: Annotated[tuple[str, ...], _var("ADMIN_TOKENS")] = ()
+    default_rpm: Annotated[int, _var("DEFAULT_RPM", ge=0)] = 0
+    default_tpm: Annotated[int, _var("DEFAULT_TPM", ge=0)] = 0
+    default_max_concurrency: Annotated[int, _var("DEFAULT_MAX_CONCURRENCY", ge=0)] = 0
+    web_concurrency: Annotated[int, _var("WEB_CONCURRENCY", ge=1)] = 1
+    max_attempts: Annotated[int, _var("MAX_ATTEMPTS", ge=1)] = 4
+    request_timeout_s: Annotated[float, _var("REQUEST_TIMEOUT_S", gt=0)] = 300.0
+    max_body_bytes: Annotated[int, _var("MAX_BODY_BYTES", ge=1)] = 10 * 1024 * 1024
+    on_store_failure: Annotated[Literal["open", "closed"], _var("ON_STORE_FAILURE")] = "open"
+    log_level: Annotated[
+        Literal["debug", "info", "warning", "error", "critical"], _var("LOG_LEVEL")
+    ] = "info"
+    data_dir: Annotated[Path, _var("DATA_DIR")] = Path("data")
+    redis_prefix: Annotated[str, _var("REDIS_PREFIX")] = "best"
+    shutdown_grace_s: Annotated[float, _var("SHUTDOWN_GRACE_S", gt=0)] = 30.0
+    # The whole merged environment, for the provider keys the YAML files name.
+    env: dict[str, str] = Field(default_factory=dict, repr=False, exclude=True)
+
+    @field_validator("auth_tokens", "admin_tokens", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return _split(value) if isinstance(value, str) else value
+
+    @field_validator("on_store_failure", "log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _workers_need_redis(self) -> Settings:
+        if self.web_concurrency > 1 and not self.redis_url:
+            raise ValueError(
+                "WEB_CONCURRENCY > 1 needs REDIS_URL: the embedded store is per process"
+            )
+        return self
 
     @property
     def auth_disabled_by_env(self) -> bool:
@@ -48,6 +84,12 @@ class Settings:
     def provider_key(self, env_var: str) -> str | None:
         value = self.env.get(env_var, "").strip()
         return value or None
+
+
+# Variable name -> field name, for the variables Settings reads.
+VARIABLES = {
+    str(info.alias): name for name, info in Settings.model_fields.items() if info.alias is not None
+}
 
 
 def load_environment(cwd: Path | None = None) -> dict[str, str]:
@@ -64,63 +106,23 @@ def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not an integer") from None
-    if value < minimum:
-        raise SettingsError(f"{name}={value} must be >= {minimum}")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number") from None
-    if value <= 0:
-        raise SettingsError(f"{name}={value} must be > 0")
-    return value
-
-
-def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
+def settings_from_env(env: dict[str, str] | None = None) -> Settings:
+    """Settings from ``env`` (default: ``load_environment()``); SettingsError lists every bad
+    variable."""
     env = dict(load_environment() if env is None else env)
-    on_failure = env.get("ON_STORE_FAILURE", "").strip().lower() or "open"
-    if on_failure not in ("open", "closed"):
-        raise SettingsError(f"ON_STORE_FAILURE={on_failure!r} must be 'open' or 'closed'")
-    log_level = env.get("LOG_LEVEL", "").strip().lower() or "info"
-    if log_level not in ("debug", "info", "warning", "error", "critical"):
-        raise SettingsError(f"LOG_LEVEL={log_level!r} is not a log level")
-    settings = Settings(
-        port=_int(env, "PORT", 12345, minimum=0),
-        host=env.get("HOST", "").strip() or "127.0.0.1",
-        redis_url=env.get("REDIS_URL", "").strip() or None,
-        config_dir=Path(env.get("CONFIG_DIR", "").strip() or "config"),
-        auth_tokens=_split(env.get("AUTH_TOKENS", "")),
-        admin_tokens=_split(env.get("ADMIN_TOKENS", "")),
-        default_rpm=_int(env, "DEFAULT_RPM", 0),
-        default_tpm=_int(env, "DEFAULT_TPM", 0),
-        default_max_concurrency=_int(env, "DEFAULT_MAX_CONCURRENCY", 0),
-        web_concurrency=_int(env, "WEB_CONCURRENCY", 1, minimum=1),
-        max_attempts=_int(env, "MAX_ATTEMPTS", 4, minimum=1),
-        request_timeout_s=_float(env, "REQUEST_TIMEOUT_S", 300.0),
-        max_body_bytes=_int(env, "MAX_BODY_BYTES", 10 * 1024 * 1024, minimum=1),
-        on_store_failure=on_failure,
-        log_level=log_level,
-        data_dir=Path(env.get("DATA_DIR", "").strip() or "data"),
-        redis_prefix=env.get("REDIS_PREFIX", "").strip() or "best",
-        shutdown_grace_s=_float(env, "SHUTDOWN_GRACE_S", 30.0),
-        env=env,
-    )
-    if settings.web_concurrency > 1 and not settings.redis_url:
-        raise SettingsError(
-            "WEB_CONCURRENCY > 1 needs REDIS_URL: the embedded store is per process"
-        )
-    return settings
+    # Blank means default; AUTH_TOKENS/ADMIN_TOKENS of blanks are simply empty.
+    values: dict[str, Any] = {
+        name: env[name].strip() for name in VARIABLES if name in env and env[name].strip()
+    }
+    try:
+        return Settings.model_validate({**values, "env": env})
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for problem in problems(exc):
+        name = str(problem.loc[0]) if problem.loc else ""
+        parts.append(f"{name}: {problem.text}" if name else problem.text)
+    return "; ".join(parts)

@@ -117,6 +117,28 @@ def test_broken_yaml_is_reported_once_and_the_last_good_config_serves(fleet: Fle
     eventually(lambda: served_by(fleet, "rl-m") == other, "the fixed file is picked up")
 
 
+def test_unknown_key_on_reload_is_logged_with_file_line_and_key_and_changes_nothing(
+    fleet: Fleet,
+) -> None:
+    path = fleet.config_dir / "meta-providers.yaml"
+    top = served_by(fleet, "rl-m")
+    assert top is not None
+    entries = [spec.entry(fleet[spec.name]) for spec in fleet.specs]
+    other = "one" if top == "two" else "two"
+    for entry in entries:
+        # The change would reroute to `other`, but a misspelt key makes the file invalid.
+        entry["base_priority"] = 9 if entry["name"] == other else 1
+    entries[1]["timout_s"] = 5
+    path.write_text(yaml.safe_dump({"providers": entries}, sort_keys=False))
+    line = path.read_text().splitlines().index("  timout_s: 5") + 1
+
+    def reported() -> bool:
+        return f"{path}:{line}: providers[1].timout_s: unknown key" in fleet.gateway.logs()
+
+    eventually(reported, "the unknown key is reported")
+    assert served_by(fleet, "rl-m") == top
+
+
 def test_shipped_config_starts_without_keys_and_names_each_missing_one(tmp_path: Path) -> None:
     shipped = yaml.safe_load((REPO / "config" / "meta-providers.yaml").read_text())["providers"]
     # Blank every key, so a developer's real keys (environment or .env) are not used.

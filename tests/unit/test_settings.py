@@ -135,3 +135,24 @@ def test_settings_from_env_reads_the_working_directory(
     monkeypatch.delenv("MAX_ATTEMPTS", raising=False)
     monkeypatch.chdir(tmp_path)
     assert settings_from_env().max_attempts == 7
+
+
+def test_every_bad_variable_is_listed_by_name() -> None:
+    with pytest.raises(SettingsError) as excinfo:
+        settings_from_env({"PORT": "http", "MAX_ATTEMPTS": "0", "LOG_LEVEL": "loud"})
+    message = str(excinfo.value)
+    assert "\n" not in message
+    assert [part.split(":")[0] for part in message.split("; ")] == [
+        "PORT",
+        "MAX_ATTEMPTS",
+        "LOG_LEVEL",
+    ]
+    assert "'http'" in message and "'loud'" in message
+
+
+def test_an_empty_real_variable_means_the_default_even_over_dotenv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".env").write_text("MAX_ATTEMPTS=9\n")
+    monkeypatch.setenv("MAX_ATTEMPTS", "")
+    assert settings_from_env(load_environment(tmp_path)).max_attempts == 4

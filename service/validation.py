@@ -1,0 +1,64 @@
+"""How pydantic's validation errors read: one short sentence per error, with its location.
+
+Settings, the YAML files and the admin bodies are validated by pydantic models (at load time
+or on admin calls, never on the hot path); all three report every error the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
+Location = tuple[int | str, ...]
+
+
+@dataclass(frozen=True)
+class Problem:
+    loc: Location
+    text: str
+    input: Any
+
+    @property
+    def where(self) -> str:
+        return dotted(self.loc)
+
+
+def dotted(loc: Sequence[int | str]) -> str:
+    """``("providers", 0, "base_url")`` -> ``providers[0].base_url``."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def message(error: ErrorDetails) -> str:
+    """The sentence of one error, without pydantic's internal wording where it is unclear."""
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    # "... or instance of ProviderEntry" names a class of ours, not something of the file.
+    text = error["msg"].split(" or instance of ")[0]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if text.startswith(prefix):
+            text = text[len(prefix) :]
+    if isinstance(error.get("input"), str | int | float | bool) and "got " not in text:
+        text += f" (got {error['input']!r})"
+    return text
+
+
+def problems(exc: ValidationError) -> list[Problem]:
+    """Every error of ``exc``, deduplicated, in document order."""
+    seen: dict[tuple[Location, str], Problem] = {}
+    for error in exc.errors(include_url=False):
+        loc = tuple(error["loc"])
+        seen.setdefault((loc, message(error)), Problem(loc, message(error), error.get("input")))
+    return list(seen.values())
