@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from service.config import ConfigError, load_config
+from service.config import ConfigError, ProviderConfig, load_config
 from service.observability.logging import configure_logging
 from service.settings import Settings, SettingsError, settings_from_env
 
@@ -38,7 +38,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _scored_table(settings: Settings, offline: bool) -> list[dict[str, Any]]:
+async def _scored_table(
+    settings: Settings, offline: bool
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The scored pairs, and why each provider's discovery failed (by provider name)."""
     from service.gateway import Gateway
 
     gateway = Gateway.build(Settings(**{**settings.__dict__, "redis_url": None}))
@@ -46,7 +49,7 @@ async def _scored_table(settings: Settings, offline: bool) -> list[dict[str, Any
     try:
         if not offline:
             await gateway.catalog.refresh_now()
-        return [
+        rows = [
             {
                 "provider": c.provider,
                 "model": c.model,
@@ -58,12 +61,25 @@ async def _scored_table(settings: Settings, offline: bool) -> list[dict[str, Any
             }
             for c in gateway.catalog.table.pairs
         ]
+        return rows, dict(gateway.catalog.discovery_errors)
     finally:
         await gateway.client.close()
         await gateway.store.close()
 
 
+def _provider_state(settings: Settings, provider: ProviderConfig, errors: dict[str, str]) -> str:
+    if provider.base_priority <= 0:
+        return "disabled (base_priority <= 0)"
+    if not settings.provider_key(provider.api_key_env_var):
+        return f"{provider.api_key_env_var} unset"
+    if provider.name in errors:
+        return f"discovery failed: {errors[provider.name]}"
+    return "ok"
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Exit 0 when something is routable, 1 when nothing is, 2 for an invalid config.  With
+    ``--json`` stdout holds one JSON document and nothing else."""
     settings = _settings()
     configure_logging("error")
     try:
@@ -71,21 +87,27 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"best: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    rows, errors = asyncio.run(_scored_table(settings, args.offline))
+    providers = [
+        {"name": p.name, "state": _provider_state(settings, p, errors)} for p in config.providers
+    ]
+    routable = sum(1 for r in rows if r["score"] > 0)
+    # Offline, discovered providers have no models yet: only a missing key is conclusive.
+    keyed = any(p["state"] == "ok" for p in providers)
+    failed = routable == 0 and (not args.offline or not keyed)
+    if args.json:
+        document = {
+            "warnings": list(config.warnings),
+            "providers": providers,
+            "pairs": rows,
+            "routable": routable,
+        }
+        print(json.dumps(document, indent=2))
+        return 1 if failed else 0
     for warning in config.warnings:
         print(f"warning: {warning}")
-    for p in config.providers:
-        state = (
-            "disabled (base_priority <= 0)"
-            if p.base_priority <= 0
-            else (
-                "ok" if settings.provider_key(p.api_key_env_var) else f"{p.api_key_env_var} unset"
-            )
-        )
-        print(f"provider {p.name:<14} {state}")
-    rows = asyncio.run(_scored_table(settings, args.offline))
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
+    for p in providers:
+        print(f"provider {p['name']:<14} {p['state']}")
     print(
         f"\n{'score':>9}  {'provider':<14} {'model':<48} {'lb':>5} {'params':>7} {'context':>8} adj"
     )
@@ -94,8 +116,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             f"{r['score']:>9.2f}  {r['provider']:<14} {r['model']:<48} {r['leaderboard']:>5.2f} "
             f"{r['params_b']:>7g} {r['context']:>8} {r['adjustment']:g}"
         )
-    print(f"\n{sum(1 for r in rows if r['score'] > 0)} routable of {len(rows)} scored pairs")
-    return 0
+    print(f"\n{routable} routable of {len(rows)} scored pairs")
+    if failed:
+        print("best: nothing is routable", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _admin_call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:

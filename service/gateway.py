@@ -78,6 +78,9 @@ class Gateway:
                 "auth is DISABLED: AUTH_TOKENS and ADMIN_TOKENS are unset and no managed token "
                 "exists; anyone who can reach this port can use every provider"
             )
+        no_keys = self.catalog.no_keys_message()
+        if no_keys is not None:
+            log.warning("%s Until then every chat and embeddings request answers 503.", no_keys)
         log.info(
             "store: %s; %d providers active, %d routable pairs",
             "redis" if self.store.shared else "embedded",

@@ -71,16 +71,50 @@ class Request:
         return parse_json(await self.body(limit))
 
 
+# orjson reads documents nested up to 1024 levels but writes at most 254: a body deeper than
+# that could be parsed here and then fail when it is forwarded, so it is refused up front.
+MAX_JSON_DEPTH = 254
+
+
 def parse_json(raw: bytes) -> Any:
-    """The JSON document of a request body; 400 when it is empty or not JSON."""
+    """The JSON document of a request body; 400 when it is empty, not JSON, or nested deeper
+    than ``MAX_JSON_DEPTH`` levels."""
     if not raw.strip():
         raise GatewayError(400, "Request body is empty; a JSON object is required.")
     try:
-        return orjson.loads(raw)
+        document = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise GatewayError(
             400, f"Request body is not valid JSON: {exc}", code="invalid_json"
         ) from None
+    # Counting brackets is a C-speed upper bound on the depth: only a body with that many
+    # containers is walked.
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _depth(document) > MAX_JSON_DEPTH:
+        raise GatewayError(
+            400,
+            f"Request body is nested deeper than {MAX_JSON_DEPTH} levels.",
+            code="invalid_json",
+        )
+    return document
+
+
+def _depth(document: Any) -> int:
+    """How many containers deep ``document`` is nested (a scalar is 0)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_JSON_DEPTH:
+            break
+        stack.extend((child, level + 1) for child in children if isinstance(child, dict | list))
+    return deepest
 
 
 class ClientGone(Exception):

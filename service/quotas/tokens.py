@@ -49,11 +49,13 @@ def token_id(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def iso_utc(moment: datetime) -> str:
+    # isoformat, unlike strftime("%Y"), pads years below 1000 to the four digits ISO 8601 needs.
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
 
 
-def parse_expiry(value: Any) -> datetime | None:
+def parse_expiry(value: Any, now: datetime | None = None) -> datetime | None:
+    """An ``expires_at`` value as a UTC time in the future; TokenError (a 400) otherwise."""
     if value is None:
         return None
     if not isinstance(value, str):
@@ -62,7 +64,15 @@ def parse_expiry(value: Any) -> datetime | None:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise TokenError(f"expires_at {value!r} is not an ISO 8601 time") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    try:
+        # An offset at the calendar's edges (year 1 or 9999) moves the time out of range.
+        moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+        moment.timestamp()
+    except (OverflowError, ValueError):
+        raise TokenError(f"expires_at {value!r} is out of the supported range") from None
+    if moment <= (now or datetime.now(UTC)):
+        raise TokenError(f"expires_at {value!r} is already in the past")
+    return moment
 
 
 def parse_limit(name: str, value: Any) -> int | None:
@@ -142,7 +152,7 @@ class TokenRegistry:
                         "id": tid,
                         "name": f"static-{tid[:6]}",
                         "kind": "static",
-                        "created_at": _iso(datetime.now(UTC)),
+                        "created_at": iso_utc(datetime.now(UTC)),
                         "expires_at": "",
                         "expires_ms": "0",
                         "revoked": "0",
@@ -225,8 +235,8 @@ class TokenRegistry:
             "id": tid,
             "name": name.strip(),
             "kind": "managed",
-            "created_at": _iso(datetime.now(UTC)),
-            "expires_at": _iso(expires) if expires else "",
+            "created_at": iso_utc(datetime.now(UTC)),
+            "expires_at": iso_utc(expires) if expires else "",
             "expires_ms": str(int(expires.timestamp() * 1000)) if expires else "0",
             "revoked": "0",
             "limits_source": "custom",
@@ -257,7 +267,7 @@ class TokenRegistry:
                 changes["name"] = value.strip()
             elif key == "expires_at":
                 expires = parse_expiry(value)
-                changes["expires_at"] = _iso(expires) if expires else ""
+                changes["expires_at"] = iso_utc(expires) if expires else ""
                 changes["expires_ms"] = str(int(expires.timestamp() * 1000)) if expires else "0"
             else:
                 raise TokenError(f"{key} cannot be changed; allowed: name, expires_at, {LIMITS}")

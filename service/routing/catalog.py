@@ -42,26 +42,55 @@ RETRY_S = 15.0
 _CONTEXT_FIELDS = ("context_window", "context_length", "max_context_length", "max_model_len")
 
 
-def parse_model_list(data: Any) -> list[ModelInfo]:
-    """Model ids and context sizes from an OpenAI ``/models`` answer."""
+# Bounds of what discovery may report: an id a client can send back, and a context window
+# no real model has (an absurd one would take every priority-auto request).
+MAX_MODEL_ID_CHARS = 256
+MAX_CONTEXT_TOKENS = 100_000_000
+
+
+def parse_model_list(data: Any, dropped: list[str] | None = None) -> list[ModelInfo]:
+    """Model ids and context sizes from an OpenAI ``/models`` answer.  Entries without a
+    usable id are skipped and a context size out of bounds counts as unknown; each is
+    described in ``dropped`` when given."""
     items = data.get("data") if isinstance(data, dict) else data
     if not isinstance(items, list):
         raise ValueError("model list is not an OpenAI list")
+    notes = dropped if dropped is not None else []
     models: list[ModelInfo] = []
+    seen: set[str] = set()
     for item in items:
-        if isinstance(item, str):
-            models.append(ModelInfo(item))
+        model_id = (
+            item if isinstance(item, str) else item.get("id") if isinstance(item, dict) else None
+        )
+        if not _usable_id(model_id):
+            notes.append(f"entry with id {str(model_id)[:80]!r}: not a usable model id")
             continue
-        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+        assert isinstance(model_id, str)
+        if model_id in seen:
             continue
+        seen.add(model_id)
         context = 0
-        for name in _CONTEXT_FIELDS:
-            value = item.get(name)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                context = value
-                break
-        models.append(ModelInfo(item["id"], context))
+        if isinstance(item, dict):
+            for name in _CONTEXT_FIELDS:
+                value = item.get(name)
+                if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                    if value > MAX_CONTEXT_TOKENS:
+                        notes.append(f"{model_id}: {name} {value} is out of bounds; ignored")
+                    else:
+                        context = value
+                    break
+        models.append(ModelInfo(model_id, context))
     return models
+
+
+def _usable_id(value: Any) -> bool:
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_MODEL_ID_CHARS
+        and value.isprintable()
+        and value == value.strip()
+        and "," not in value  # a comma separates the ids of a fallback list
+    )
 
 
 class Catalog:
@@ -79,6 +108,7 @@ class Catalog:
         self._per_source: dict[str, dict[str, float]] = {}
         self._health: Mapping[tuple[str, str], float] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self.discovery_errors: dict[str, str] = {}  # provider -> why its last discovery failed
         self.table = ModelTable()
         self._announce(self.config)
         self._rebuild()
@@ -104,6 +134,15 @@ class Catalog:
         return [
             p for p in self.config.providers if p.base_priority > 0 and self.api_key(p) is not None
         ]
+
+    def no_keys_message(self) -> str | None:
+        """What to do when no enabled provider has its API key set (None when some has)."""
+        if self.active_providers():
+            return None
+        names = sorted({p.api_key_env_var for p in self.config.providers if p.base_priority > 0})
+        if not names:
+            return "No provider is enabled in the configuration (every base_priority is <= 0)."
+        return "No provider has an API key set; set at least one of: " + ", ".join(names) + "."
 
     def _announce(self, config: GatewayConfig) -> None:
         for warning in config.warnings:
@@ -204,7 +243,10 @@ class Catalog:
             if cached is not None:
                 self._discovered[provider.name] = [ModelInfo(**m) for m in orjson.loads(cached)]
                 return True
-            if not await self._store.try_lock(f"discovery:{provider.name}", self._owner, 60):
+            # The lock lasts as long as one attempt may: a provider that failed is tried again
+            # at the next retry, by this replica or another.
+            lock_s = self.config.discovery_timeout_s + 1
+            if not await self._store.try_lock(f"discovery:{provider.name}", self._owner, lock_s):
                 return provider.name in self._discovered
         except StoreError as exc:
             log.warning("discovery of %s: store error %s", provider.name, exc)
@@ -217,10 +259,19 @@ class Catalog:
                 {"Authorization": f"Bearer {api_key}"},
                 self.config.discovery_timeout_s,
             )
-            models = parse_model_list(data)
+            dropped: list[str] = []
+            models = parse_model_list(data, dropped)
         except (UpstreamFailure, ValueError) as exc:
             log.warning("discovery of %s at %s failed: %s", provider.name, provider.models_url, exc)
+            self.discovery_errors[provider.name] = str(exc)
             return False
+        for note in dropped[:20]:
+            log.warning("discovery of %s: dropped %s", provider.name, note)
+        if len(dropped) > 20:
+            log.warning(
+                "discovery of %s: %d more entries dropped", provider.name, len(dropped) - 20
+            )
+        self.discovery_errors.pop(provider.name, None)
         self._discovered[provider.name] = models
         log.info(
             "discovered %d models at %s in %.2fs",
@@ -251,7 +302,10 @@ class Catalog:
                 if cached is not None:
                     self._per_source[source.name] = orjson.loads(cached)
                     continue
-                if not await self._store.try_lock(f"leaderboard:{source.name}", self._owner, 60):
+                lock_s = source.timeout_s + 1
+                if not await self._store.try_lock(
+                    f"leaderboard:{source.name}", self._owner, lock_s
+                ):
                     continue
             except StoreError as exc:
                 log.warning("leaderboard %s: store error %s", source.name, exc)

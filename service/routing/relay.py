@@ -126,8 +126,13 @@ class StreamRelay:
         choices = event.get("choices")
         if event.get("usage"):
             self.usage = event["usage"]
-            if not choices and not self._client_wants_usage:
-                return None
+            if not self._client_wants_usage:
+                if not choices:
+                    return None
+                # Some upstreams (LiteLLM's proxy) put the usage on a chunk with choices:
+                # the client did not ask for it, so it gets the choices only.
+                del event["usage"]
+                payload = orjson.dumps(event)
         if choices and isinstance(choices, list):
             self.has_choices = True
             for choice in choices:

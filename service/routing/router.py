@@ -104,6 +104,9 @@ class Router:
     def candidates(self, model: str) -> list[Candidate]:
         found = self._catalog.table.resolve(model)
         if not found:
+            no_keys = self._catalog.no_keys_message()
+            if no_keys is not None:
+                raise errors.unavailable(no_keys)
             raise errors.model_not_found(model or AUTO)
         return found
 

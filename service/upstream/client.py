@@ -6,6 +6,7 @@ nowhere else.  Policy (which provider, retries, cooldowns) lives in ``routing``.
 
 from __future__ import annotations
 
+import asyncio
 import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -96,9 +97,13 @@ class UpstreamClient:
             self._proxies[key] = None if bypass else proxies.get(scheme)
         return self._proxies[key]
 
-    def _timeout(self, total_s: float | None, read_s: float | None) -> aiohttp.ClientTimeout:
+    def _timeout(
+        self, total_s: float | None, read_s: float | None, bound_s: float
+    ) -> aiohttp.ClientTimeout:
+        """A connect timeout never longer than the attempt's own bound ``bound_s``."""
+        connect = min(self._connect_timeout_s, bound_s)
         return aiohttp.ClientTimeout(
-            total=total_s, sock_connect=self._connect_timeout_s, sock_read=read_s
+            total=total_s, connect=connect, sock_connect=connect, sock_read=read_s
         )
 
     async def post(
@@ -114,13 +119,16 @@ class UpstreamClient:
         body may wait at most ``idle_timeout_s``."""
         session = self._require_session()
         try:
-            response = await session.post(
-                url,
-                data=body,
-                headers=headers,
-                timeout=self._timeout(None, idle_timeout_s),
-                proxy=self._proxy_for(url),
-            )
+            # Connecting, the TLS handshake and the headers together get the attempt's own
+            # bound, not the client's fixed connect timeout.
+            async with asyncio.timeout(idle_timeout_s):
+                response = await session.post(
+                    url,
+                    data=body,
+                    headers=headers,
+                    timeout=self._timeout(None, idle_timeout_s, idle_timeout_s),
+                    proxy=self._proxy_for(url),
+                )
         except TimeoutError:
             raise UpstreamFailure(
                 TIMEOUT, f"upstream did not answer within {idle_timeout_s:g}s"
@@ -156,7 +164,7 @@ class UpstreamClient:
                 url,
                 data=body,
                 headers=headers,
-                timeout=self._timeout(timeout_s, None),
+                timeout=self._timeout(timeout_s, None, timeout_s),
                 proxy=self._proxy_for(url),
             ) as response:
                 return UpstreamResponse(

@@ -162,3 +162,31 @@ def test_shipped_config_starts_without_keys_and_names_each_missing_one(tmp_path:
         assert "Traceback" not in logs
     finally:
         gateway.stop()
+
+
+def test_without_any_key_chat_answers_503_naming_the_keys_to_set(tmp_path: Path) -> None:
+    shipped = yaml.safe_load((REPO / "config" / "meta-providers.yaml").read_text())["providers"]
+    env = {p["api_key_env_var"]: "" for p in shipped}
+    enabled = {p["api_key_env_var"] for p in shipped if p.get("base_priority", 1) > 0}
+    gateway = GatewayProcess(REPO / "config", env)
+    try:
+        gateway.start(wait_ready=False)
+        for path, body in (
+            ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+            (
+                "/v1/chat/completions",
+                {"model": "priority-auto", "messages": [{"role": "user", "content": "hi"}]},
+            ),
+            ("/v1/embeddings", {"model": "text-embedding-3-small", "input": "hi"}),
+        ):
+            response = httpx.post(gateway.url + path, json=body, timeout=5)
+            assert response.status_code == 503, response.text
+            message = response.json()["error"]["message"]
+            assert "No provider has an API key" in message
+            assert all(var in message for var in enabled), message
+        startup = next(
+            line for line in gateway.logs().splitlines() if "No provider has an API key" in line
+        )
+        assert all(var in startup for var in enabled), startup
+    finally:
+        gateway.stop()

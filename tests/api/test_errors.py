@@ -78,6 +78,39 @@ def test_invalid_json_says_so(http: httpx.Client) -> None:
     assert "JSON" in error["message"]
 
 
+def _nested(levels: int) -> bytes:
+    """A JSON list ``levels`` deep, as a field of the body (the body itself is one level)."""
+    return b"[" * (levels - 1) + b"]" * (levels - 1)
+
+
+@pytest.mark.parametrize("levels", [255, 600, 1024])
+@pytest.mark.parametrize(
+    ("path", "template"),
+    [
+        pytest.param("/v1/chat/completions", b'{"model": "chat-1", "tools": %s}', id="chat"),
+        pytest.param(
+            "/v1/chat/completions",
+            b'{"model": "chat-1", "stream": true, "tools": %s}',
+            id="stream",
+        ),
+        pytest.param("/v1/embeddings", b'{"model": "embed-1", "input": %s}', id="embeddings"),
+    ],
+)
+def test_json_nested_deeper_than_the_limit_is_400_naming_it(
+    http: httpx.Client, path: str, template: bytes, levels: int
+) -> None:
+    error = assert_openai_error(post_raw(http, path, template % _nested(levels)), 400)
+    assert "254 levels" in error["message"]
+
+
+def test_json_nested_up_to_the_limit_is_served(fleet: Fleet) -> None:
+    fleet.reset()
+    body = b'{"model": "chat-1", "messages": [{"role": "user", "content": "hi"}], "x": %s}'
+    with fleet.http() as http:
+        response = post_raw(http, "/v1/chat/completions", body % _nested(254))
+    assert response.status_code == 200, response.text
+
+
 # -- well-formed JSON with fields of the wrong type ----------------------------------------
 
 WRONG_CHAT_FIELDS = [

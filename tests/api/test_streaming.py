@@ -201,6 +201,29 @@ def test_usage_is_requested_upstream_but_not_forwarded_unasked(fleet: Fleet) -> 
     assert events[-1] == "[DONE]"
 
 
+def test_usage_on_a_chunk_with_choices_is_stripped_unasked(fleet: Fleet) -> None:
+    fleet["first"].set_behavior(Behavior.usage_on_choices())
+    body = chat_body("s-usage", text="count me", stream=True)
+    response, events = stream_events(fleet, body)
+    assert response.status_code == 200
+    chunks = [e for e in events if isinstance(e, dict)]
+    assert all(e.get("usage") is None for e in chunks), chunks
+    # The chunk that carried the usage still brings its choice and finish_reason.
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert content_of(events) == "echo: count me"
+    assert events[-1] == "[DONE]"
+
+
+def test_usage_on_a_chunk_with_choices_is_kept_when_asked(fleet: Fleet) -> None:
+    fleet["first"].set_behavior(Behavior.usage_on_choices())
+    body = chat_body("s-usage", text="count me", stream=True)
+    body["stream_options"] = {"include_usage": True}
+    response, events = stream_events(fleet, body)
+    assert response.status_code == 200
+    assert events[-2]["usage"] == chat_usage(body)
+    assert events[-2]["choices"][0]["finish_reason"] == "stop"
+
+
 def test_usage_chunk_is_forwarded_when_the_client_asks(fleet: Fleet) -> None:
     body = chat_body("s-usage", text="count me", stream=True)
     body["stream_options"] = {"include_usage": True}

@@ -25,6 +25,7 @@ class Kind(StrEnum):
     INBAND_ERROR = "inband_error"
     STREAM_DIES = "stream_dies"
     JSON_FOR_STREAM = "json_for_stream"
+    USAGE_ON_CHOICES = "usage_on_choices"
 
 
 # status -> (error type, error code, message); "{model}" is replaced by the requested model.
@@ -184,6 +185,12 @@ class Behavior:
     def json_for_stream(cls) -> Behavior:
         """Answer a ``stream: true`` request with a plain ``chat.completion`` JSON body."""
         return cls(Kind.JSON_FOR_STREAM)
+
+    @classmethod
+    def usage_on_choices(cls) -> Behavior:
+        """Stream as LiteLLM's proxy does: the usage rides on the last chunk with choices
+        (its ``finish_reason`` chunk) instead of a usage-only chunk of its own."""
+        return cls(Kind.USAGE_ON_CHOICES)
 
 
 def format_retry_after(value: RetryAfter) -> str | None:

@@ -483,6 +483,9 @@ class FakeProvider:
                 return await self._stream(
                     exchange, events, done=False, abort=True, delay=behavior.chunk_delay_s
                 )
+            if kind is Kind.USAGE_ON_CHOICES and not events[-1]["choices"]:
+                usage_only = events.pop()
+                events[-1] = {**events[-1], "usage": usage_only["usage"]}
             return await self._stream(exchange, events, done=True, delay=behavior.chunk_delay_s)
         payload = self._success_payload(endpoint, body, model, completion_id)
         if kind is Kind.STREAM_DIES:

@@ -6,12 +6,13 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 
-from service.quotas.tokens import token_id
+from service.quotas.tokens import iso_utc, token_id
 from tests.harness import REPO, GatewayProcess
 
 ADMIN = "admin-secret"
@@ -90,6 +91,9 @@ def test_create_list_update_revoke(gateway: GatewayProcess) -> None:
         ({"name": "x", "tpm": "many"}, "tpm"),
         ({"name": "x", "max_concurrency": True}, "max_concurrency"),
         ({"name": "x", "expires_at": "tomorrow"}, "expires_at"),
+        ({"name": "x", "expires_at": "0001-01-01T00:00:00+01:00"}, "out of the supported range"),
+        ({"name": "x", "expires_at": "9999-12-31T23:59:59-01:00"}, "out of the supported range"),
+        ({"name": "x", "expires_at": "2001-01-01T00:00:00Z"}, "already in the past"),
     ],
 )
 def test_invalid_create_is_a_400(
@@ -101,6 +105,33 @@ def test_invalid_create_is_a_400(
     error = response.json()["error"]
     assert param_hint in error["message"]
     assert set(error) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize(
+    "expires_at",
+    ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "2001-01-01T00:00:00Z"],
+)
+def test_update_with_an_unusable_expiry_is_a_400(gateway: GatewayProcess, expires_at: str) -> None:
+    with admin(gateway) as client:
+        created = client.post("/admin/tokens", json={"name": "dates"}).json()
+        response = client.patch(f"/admin/tokens/{created['id']}", json={"expires_at": expires_at})
+        assert response.status_code == 400, response.text
+        assert "expires_at" in response.json()["error"]["message"]
+        # The token is unchanged: it still never expires.
+        assert client.get(f"/admin/tokens/{created['id']}").json()["expires_at"] is None
+
+
+def test_far_expiry_round_trips_in_iso_8601(gateway: GatewayProcess) -> None:
+    with admin(gateway) as client:
+        created = client.post(
+            "/admin/tokens", json={"name": "far", "expires_at": "9999-12-31T23:59:59Z"}
+        )
+    assert created.status_code == 201, created.text
+    assert created.json()["expires_at"] == "9999-12-31T23:59:59Z"
+
+
+def test_year_one_is_rendered_with_four_digits() -> None:
+    assert iso_utc(datetime(1, 1, 1, tzinfo=UTC)) == "0001-01-01T00:00:00Z"
 
 
 def test_admin_auth_and_unknown_ids(gateway: GatewayProcess) -> None:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import time
+
 import pytest
 
 from service.upstream.client import UpstreamClient
+from service.upstream.errors import TIMEOUT, UpstreamFailure
 
 
 def test_proxy_follows_the_environment_and_no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -31,3 +36,44 @@ def test_proxy_choice_is_cached_per_origin(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("HTTPS_PROXY", "http://late.proxy:1")
     assert client._proxy_for("https://api.example/v1/embeddings") is None
     assert client._proxy_for("https://other.example/v1/embeddings") == "http://late.proxy:1"
+
+
+class _SilentServer:
+    """A loopback TCP server that accepts connections and never says a word (a TLS
+    handshake or a response that never comes)."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self.port: int = self._sock.getsockname()[1]
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+@pytest.mark.parametrize("scheme", ["https", "http"])
+def test_a_stream_that_never_answers_gives_up_within_its_own_timeout(scheme: str) -> None:
+    server = _SilentServer()
+
+    async def attempt() -> UpstreamFailure:
+        client = UpstreamClient()
+        await client.start()
+        try:
+            with pytest.raises(UpstreamFailure) as caught:
+                await client.open_stream(
+                    f"{scheme}://127.0.0.1:{server.port}/v1/chat/completions", {}, b"{}", 0.5
+                )
+            return caught.value
+        finally:
+            await client.close()
+
+    try:
+        started = time.monotonic()
+        failure = asyncio.run(attempt())
+        elapsed = time.monotonic() - started
+    finally:
+        server.close()
+    assert failure.reason == TIMEOUT
+    # The client's own connect timeout is 10 s: the attempt's 0.5 s bound must win.
+    assert elapsed < 2.0, elapsed

@@ -1,0 +1,80 @@
+"""`best check-config`: discovery errors per provider, the exit status, and clean --json."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service.cli import main
+from tests.fakes.upstream import FakeProvider
+from tests.harness import write_config
+
+
+@pytest.fixture
+def provider() -> Iterator[FakeProvider]:
+    with FakeProvider(["m"], api_key="right") as fake:
+        yield fake
+
+
+def _configure(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, provider: FakeProvider, key: str
+) -> None:
+    config_dir = write_config(
+        tmp_path / "config",
+        [
+            {
+                "name": "p",
+                "api_key_env_var": "P_KEY",
+                "base_url": provider.base_url,
+                "base_priority": 1,
+            }
+        ],
+    )
+    monkeypatch.chdir(tmp_path)  # no developer .env
+    monkeypatch.setenv("CONFIG_DIR", str(config_dir))
+    monkeypatch.setenv("P_KEY", key)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+
+
+def test_a_rejected_discovery_is_shown_and_nothing_routable_exits_1(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    provider: FakeProvider,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _configure(monkeypatch, tmp_path, provider, key="wrong")
+    assert main(["check-config"]) == 1
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("provider p "))
+    assert "discovery failed" in line and "HTTP 401" in line, out
+    assert "0 routable" in out
+
+
+def test_json_holds_only_json_with_the_provider_states(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    provider: FakeProvider,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _configure(monkeypatch, tmp_path, provider, key="wrong")
+    assert main(["check-config", "--json"]) == 1
+    document = json.loads(capsys.readouterr().out)  # fails on any line that is not JSON
+    assert document["providers"][0]["state"].startswith("discovery failed")
+    assert document["routable"] == 0
+
+
+def test_a_working_provider_is_ok_and_exits_0(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    provider: FakeProvider,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _configure(monkeypatch, tmp_path, provider, key="right")
+    assert main(["check-config", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["providers"] == [{"name": "p", "state": "ok"}]
+    assert [(r["provider"], r["model"]) for r in document["pairs"]] == [("p", "m")]
+    assert document["routable"] == 1
