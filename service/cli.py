@@ -24,8 +24,22 @@ def _settings() -> Settings:
         raise SystemExit(2) from None
 
 
+def _check_redis_url(settings: Settings) -> None:
+    """An unusable REDIS_URL is one line and exit 2, before anything starts."""
+    if settings.redis_url is None:
+        return
+    from service.store.connection import RedisUrlError, parse_redis_url
+
+    try:
+        parse_redis_url(settings.redis_url)
+    except RedisUrlError as exc:
+        print(f"best: invalid environment: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings()
+    _check_redis_url(settings)
     configure_logging(settings.log_level)
     try:
         load_config(settings.config_dir)

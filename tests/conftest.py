@@ -7,6 +7,12 @@ import pytest
 
 from tests.fakes.upstream import FakeProvider
 from tests.harness import RedisServer, write_config
+from tests.topologies import (  # noqa: F401  (fixtures, shared by every test folder)
+    disposable_redis_cluster,
+    redis_cluster,
+    redis_sentinel_group,
+    tls_redis,
+)
 
 
 @pytest.fixture(scope="session")
