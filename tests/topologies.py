@@ -1,8 +1,9 @@
 """Real Redis topologies on loopback: a standalone node, a Cluster, a Sentinel group, TLS.
 
 Every process runs from the Debian ``redis-server`` binary on free loopback ports, with its data
-in a temporary folder, in its own process group, and is told by the kernel to die with the test
-session (``PR_SET_PDEATHSIG``), so a crashed pytest leaves nothing behind.  Start-up and failover
+in a temporary folder, in its own process group; fixtures kill them at teardown, and those started
+from the main thread are also told by the kernel to die with the test session
+(``PR_SET_PDEATHSIG``), so a crashed pytest leaves nothing behind.  Start-up and failover
 helpers poll the servers' own state (``cluster_state:ok``, ``role``, ``SENTINEL`` replies); none
 sleeps a fixed time.
 
@@ -28,6 +29,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -45,12 +47,23 @@ HOST = "127.0.0.1"
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: SIGKILL it when the test session dies, and give
-    # it a process group of its own so a kill takes down nothing else.
-    os.setpgrp()
+def _own_group() -> None:
+    os.setpgrp()  # a process group of its own: a kill takes down nothing else
+
+
+def _own_group_dying_with_parent() -> None:
+    # Runs in the child between fork and exec: SIGKILL it when the test session dies.
+    _own_group()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _preexec() -> Callable[[], None]:
+    # The kernel's "parent died" is the forking *thread* exiting: only the main thread's
+    # children can ask for it (a helper thread's children would die with the thread).
+    if threading.current_thread() is threading.main_thread():
+        return _own_group_dying_with_parent
+    return _own_group
 
 
 def wait_until(check: Callable[[], T | None], timeout: float = 15.0, what: str = "condition") -> T:
@@ -220,7 +233,7 @@ class RedisNode:
             self._command(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_preexec(),
         )
         if wait:
             wait_until(self.ping, timeout=10, what=f"redis on {self.address}")

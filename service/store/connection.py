@@ -50,6 +50,8 @@ loads the script and retries those calls.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -63,7 +65,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MasterDownError
+from redis.exceptions import MasterDownError, RedisError
 
 TopologyKind = Literal["standalone", "sentinel", "cluster"]
 
@@ -256,6 +258,23 @@ class _FailoverConnection(SentinelManagedConnection):
     means the same here: we reached a replica, not the master.
     """
 
+    _resolved = False  # set while connect_to() is connecting to an address it just looked up
+
+    async def connect_to(self, address: Any) -> None:
+        self._resolved = True
+        try:
+            await super().connect_to(address)  # type: ignore[no-untyped-call]
+        finally:
+            self._resolved = False
+
+    async def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        # redis-py 8.1 reconnects a dropped connection inside a command's retry through this
+        # method, to the address it had: after READONLY/MASTERDOWN that is the old master.
+        # Ask the sentinels first, as a fresh connection does.
+        if not self.is_connected and not self._resolved and self.connection_pool.is_master:
+            self.host, self.port = await self.connection_pool.get_master_address()
+        await super().connect_check_health(*args, **kwargs)
+
     async def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return await super().read_response(*args, **kwargs)
@@ -266,6 +285,53 @@ class _FailoverConnection(SentinelManagedConnection):
 
 class _FailoverSSLConnection(_FailoverConnection, SSLConnection):
     pass
+
+
+# How often, while commands flow, the sentinels are asked again who the master is.
+_SENTINEL_RECHECK_S = 0.5
+
+
+class _FollowingPool(SentinelConnectionPool):
+    """A Sentinel pool that notices a promotion even while its old master still answers.
+
+    redis-py asks the sentinels only when it opens a connection.  After a failover in which
+    the old master stays up (``SENTINEL FAILOVER``, a partition), pooled connections would keep
+    writing to it, as a master, until the sentinels demote it, which takes up to 10 s; those
+    writes are lost when it resyncs.  So at most every ``_SENTINEL_RECHECK_S`` a background
+    check asks again, off the command's path; on a change idle connections close at once and
+    busy ones when their command returns.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._checked_at = 0.0
+        self._check: asyncio.Task[None] | None = None
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        now = time.monotonic()
+        if now - self._checked_at >= _SENTINEL_RECHECK_S and (
+            self._check is None or self._check.done()
+        ):
+            self._checked_at = now
+            self._check = asyncio.create_task(self._recheck())
+        return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+    async def _recheck(self) -> None:
+        previous = self.master_address
+        try:
+            # Closes the idle connections when the address changed.
+            current = await self.get_master_address()  # type: ignore[no-untyped-call]
+        except RedisError:
+            return  # sentinels unreachable: commands will find out on their own
+        if previous is not None and current != previous:
+            await self.update_active_connections_for_reconnect()  # type: ignore[no-untyped-call]
+
+    async def aclose(self) -> None:
+        if self._check is not None:
+            self._check.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RedisError):
+                await self._check
+        await super().aclose()
 
 
 def _retry() -> Retry:
@@ -347,17 +413,23 @@ def _sentinel(target: RedisTarget) -> tuple[Sentinel, Redis]:
     elif target.sentinel_password:
         sentinel_options["password"] = target.sentinel_password
     sentinel = Sentinel(list(target.nodes), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+    return sentinel, sentinel_master_client(target, sentinel)
+
+
+def sentinel_master_client(target: RedisTarget, sentinels: Any) -> Redis:
+    """A client of the master ``sentinels`` name (anything with ``discover_master``)."""
+    assert target.master_name is not None
     connection_class = _FailoverSSLConnection if target.tls else _FailoverConnection
-    master_options = {k: v for k, v in common.items() if k != "ssl"}
-    pool = SentinelConnectionPool(  # type: ignore[no-untyped-call]
+    master_options = {k: v for k, v in _common(target).items() if k != "ssl"}
+    pool = _FollowingPool(
         target.master_name,
-        sentinel,
+        sentinels,
         connection_class=connection_class,
         db=target.db,
         retry=_retry(),
         **master_options,
     )
-    return sentinel, Redis.from_pool(pool)
+    return Redis.from_pool(pool)
 
 
 async def is_cluster_node(client: Redis, timeout_s: float) -> bool:
