@@ -38,13 +38,15 @@ over the Cluster bus to every node, so a subscriber on any node sees every messa
 slot and is what ``pubsub()`` returns on a Cluster.  ``client.publish`` works on all three.
 
 Pipelines on a Cluster (measured by ``tests/store/test_connection.py`` on a real 3-master
-Cluster, redis-py 8.1, Redis 7.0): a non-transactional ``RedisCluster.pipeline()`` accepts
-``EVALSHA`` calls whose keys hash to different slots, on different masters, in one pipeline;
-it groups them per node, sends one batch per node concurrently, and returns the results in call
-order.  Each single call's keys must still share one slot (else ``CROSSSLOT``).  A script not
-yet loaded on one node (e.g. a freshly promoted replica) fails only its own calls with
-``NoScriptError`` in the results (``raise_on_error=False``) or raises it (default); the caller
-loads the script and retries those calls.
+Cluster, redis-py 8.1, Redis 7.0): a non-transactional ``RedisCluster.pipeline()`` runs
+``EVALSHA`` calls whose keys hash to different slots, on different masters, in one pipeline,
+but only as ``pipe.execute_command("EVALSHA", sha, numkeys, *keys, *args)``: redis-py blocks the
+``pipe.evalsha()`` method (and so ``Script`` objects) on Cluster pipelines.  It routes each call
+by its first key's slot, sends one batch per node, and returns the results in call order.  Each
+call's keys must share one slot (else redis-py raises ``RedisClusterException`` before sending).
+A script missing on one node (e.g. a freshly promoted replica) fails only the calls on that node,
+each with ``NoScriptError`` in its place (``raise_on_error=False``) or raised (default); the
+caller loads the script (``SCRIPT LOAD`` on a Cluster client goes to every master) and retries.
 """
 
 from __future__ import annotations
