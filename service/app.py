@@ -13,6 +13,7 @@ from prometheus_client import Counter
 
 from service import errors
 from service.api import admin, chat, health, models, stats
+from service.api.errors import INTERNAL, sse_error_event
 from service.api.http import (
     ClientGone,
     Request,
@@ -25,7 +26,6 @@ from service.errors import GatewayError
 from service.gateway import Gateway
 from service.settings import Settings, settings_from_env
 from service.types import Receive, Scope, Send
-from service.upstream.sse import DONE_FRAME
 
 log = logging.getLogger("best.http")
 
@@ -115,16 +115,16 @@ class App:
                 return
             except Exception:
                 log.exception("request %s: unexpected error", request_id)
-                response = error_response(
-                    GatewayError(
-                        500, "Internal gateway error.", type="api_error", code="internal_error"
-                    )
-                )
+                response = error_response(INTERNAL)
             extra = [(b"x-request-id", request_id.encode())]
-            if isinstance(response, StreamResponse):
-                await self._stream(response, receive, send, extra, started)
-            else:
-                await send_response(send, response, extra)
+            try:
+                if isinstance(response, StreamResponse):
+                    await self._stream(response, receive, send, extra, started)
+                else:
+                    await send_response(send, response, extra)
+            finally:
+                if response.call is not None:
+                    response.call.finish(-1)  # settles quotas if nothing did (no-op otherwise)
             self._observe(route, response, started)
         finally:
             if gauge is not None:
@@ -172,10 +172,11 @@ class App:
 
         watcher: asyncio.Future[None] | None = None
         finished = False
+        final = response.final
         try:
             async for piece in response.chunks:
-                # A piece ending in [DONE] is the last: it also ends the response.
-                finished = piece.endswith(DONE_FRAME)
+                # A piece ending in the final marker is the last: it also ends the response.
+                finished = bool(final) and piece.endswith(final)
                 await send({"type": "http.response.body", "body": piece, "more_body": not finished})
                 if watcher is None:
                     self._first_piece_sent(response, started)
@@ -185,6 +186,9 @@ class App:
                         watcher = asyncio.ensure_future(watch())
             if not finished:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except GatewayError as exc:
+            # The stream broke after its first event: end it with the error's event.
+            await send({"type": "http.response.body", "body": sse_error_event(exc)})
         except asyncio.CancelledError:
             if not gone:
                 raise  # a shutdown, not the client leaving
@@ -195,19 +199,18 @@ class App:
 
     def _first_piece_sent(self, response: StreamResponse, started: float) -> None:
         call = response.call
-        if call is None or call.candidate is None:
+        served = call.served_by if call is not None else None
+        if call is None or served is None:
             return
         elapsed = time.perf_counter() - started
-        c = call.candidate
-        self._metrics.time_to_first_token.labels(c.provider, c.model).observe(elapsed)
+        self._metrics.time_to_first_token.labels(*served).observe(elapsed)
         self._overhead["chat"].observe(max(0.0, elapsed - call.upstream_s))
 
     def _observe(self, route: str, response: Response | StreamResponse, started: float) -> None:
         elapsed = time.perf_counter() - started
         call = response.call
-        candidate = call.candidate if call is not None else None
-        provider = candidate.provider if candidate is not None else ""
-        model = candidate.model if candidate is not None else ""
+        served = call.served_by if call is not None else None
+        provider, model = served if served is not None else ("", "")
         key = (route, response.status, model, provider)
         counter = self._counters.get(key)
         if counter is None:

@@ -1,97 +1,119 @@
-"""The gateway's client-facing errors and the one place that renders them.
+"""The gateway's own exceptions: what went wrong, in the gateway's terms.
 
-Every error leaves the gateway as an OpenAI error body:
-``{"error": {"message", "type", "param", "code"}}``.
+Routing, quotas, the registry and the request checks raise these; none of them knows an HTTP
+status.  The edge (``service/api/errors.py``) maps each class to a status and an OpenAI error
+body, in one table, for JSON answers and for the error event that ends a stream alike.
 """
 
 from __future__ import annotations
 
-import orjson
+from service.types import Headers
 
 
 class GatewayError(Exception):
-    """An error answered to the client; status, OpenAI type and code say what went wrong."""
+    """An error answered to the client.  ``code`` overrides the class's OpenAI code."""
 
     def __init__(
         self,
-        status: int,
         message: str,
         *,
-        type: str = "invalid_request_error",
-        code: str | None = None,
         param: str | None = None,
-        headers: list[tuple[bytes, bytes]] | None = None,
+        code: str | None = None,
+        retry_after_s: float | None = None,
+        headers: Headers | None = None,
     ) -> None:
         super().__init__(message)
-        self.status = status
         self.message = message
-        self.type = type
-        self.code = code
         self.param = param
-        self.headers = headers or []
-
-    def body(self) -> bytes:
-        return error_body(self.message, self.type, self.code, self.param)
-
-
-def error_body(message: str, type: str, code: str | None, param: str | None = None) -> bytes:
-    return orjson.dumps({"error": {"message": message, "type": type, "param": param, "code": code}})
+        self.code = code
+        self.retry_after_s = retry_after_s
+        self.headers: Headers = headers or []
 
 
-def bad_request(message: str, *, param: str | None = None, code: str | None = None) -> GatewayError:
-    return GatewayError(400, message, param=param, code=code)
+class BadRequest(GatewayError):
+    """The request is malformed in a way the gateway can tell."""
 
 
-def unauthorized(message: str) -> GatewayError:
-    return GatewayError(
-        401,
-        message,
-        type="authentication_error",
-        code="invalid_api_key",
-        headers=[(b"www-authenticate", b"Bearer")],
+class PayloadTooLarge(GatewayError):
+    pass
+
+
+class Unauthorized(GatewayError):
+    """Missing, unknown, revoked or expired token."""
+
+
+class NotFound(GatewayError):
+    """No such route or record."""
+
+
+class ModelNotFound(NotFound):
+    pass
+
+
+class MethodNotAllowed(GatewayError):
+    pass
+
+
+class QuotaExceeded(GatewayError):
+    """The caller's own rpm, tpm or concurrency limit (or its team's)."""
+
+
+class BudgetExceeded(GatewayError):
+    """The caller's spend budget (or its team's) is used up for this period."""
+
+
+class ProvidersRateLimited(GatewayError):
+    """Every candidate is rate limited by its provider (or cooling after providers' 429s)."""
+
+
+class Unavailable(GatewayError):
+    """The gateway cannot serve this now: no provider usable, breakers open, store down."""
+
+
+class UpstreamFailed(GatewayError):
+    """Every attempt failed (the last upstream error says why)."""
+
+
+class UpstreamTimeout(GatewayError):
+    """Every attempt timed out."""
+
+
+class StreamFailed(GatewayError):
+    """A stream broke after its first event: the stream ends with an error event."""
+
+
+class InternalError(GatewayError):
+    pass
+
+
+# Short constructors for the common cases.
+
+
+def bad_request(message: str, *, param: str | None = None, code: str | None = None) -> BadRequest:
+    return BadRequest(message, param=param, code=code)
+
+
+def unauthorized(message: str) -> Unauthorized:
+    return Unauthorized(message)
+
+
+def not_found(message: str, code: str | None = None) -> NotFound:
+    return NotFound(message, code=code)
+
+
+def model_not_found(model: str) -> ModelNotFound:
+    return ModelNotFound(
+        f"The model `{model}` does not exist or no configured provider serves it.", param="model"
     )
 
 
-def not_found(message: str, code: str = "not_found") -> GatewayError:
-    return GatewayError(404, message, code=code)
+def method_not_allowed(method: str) -> MethodNotAllowed:
+    return MethodNotAllowed(f"Method {method} is not allowed here.")
 
 
-def model_not_found(model: str) -> GatewayError:
-    return GatewayError(
-        404,
-        f"The model `{model}` does not exist or no configured provider serves it.",
-        code="model_not_found",
-        param="model",
-    )
+def payload_too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes.")
 
 
-def method_not_allowed(method: str) -> GatewayError:
-    return GatewayError(405, f"Method {method} is not allowed here.", code="method_not_allowed")
-
-
-def payload_too_large(limit: int) -> GatewayError:
-    return GatewayError(
-        413, f"Request body is larger than the limit of {limit} bytes.", code="payload_too_large"
-    )
-
-
-def rate_limited(
-    message: str, retry_after_s: float, headers: list[tuple[bytes, bytes]] | None = None
-) -> GatewayError:
-    seconds = max(1, int(retry_after_s + 0.999))
-    return GatewayError(
-        429,
-        message,
-        type="rate_limit_error",
-        code="rate_limit_exceeded",
-        headers=[(b"retry-after", str(seconds).encode()), *(headers or [])],
-    )
-
-
-def upstream_failed(status: int, message: str) -> GatewayError:
-    code = {502: "upstream_error", 503: "service_unavailable", 504: "upstream_timeout"}[status]
-    return GatewayError(status, message, type="api_error", code=code)
-
-
-def unavailable(message: str) -> GatewayError:
-    return GatewayError(503, message, type="api_error", code="service_unavailable")
+def unavailable(message: str, retry_after_s: float | None = None) -> Unavailable:
+    return Unavailable(message, retry_after_s=retry_after_s)

@@ -8,12 +8,15 @@ from dataclasses import dataclass
 
 from service.ids import IdGenerator
 from service.observability.metrics import Metrics, create_metrics, prime
-from service.observability.stats import FleetStats
+from service.quotas.admission import Quotas
 from service.quotas.tokens import TokenRegistry
 from service.routing.catalog import Catalog
+from service.routing.cooldowns import Cooldowns
+from service.routing.health import FleetStats
 from service.routing.router import Router
 from service.settings import Settings
 from service.store.client import Store
+from service.store.open import open_store
 from service.upstream.client import UpstreamClient
 from service.upstream.errors import REASONS
 
@@ -31,6 +34,8 @@ class Gateway:
     catalog: Catalog
     stats: FleetStats
     tokens: TokenRegistry
+    quotas: Quotas
+    cooldowns: Cooldowns
     router: Router
     ids: IdGenerator
     draining: bool = False
@@ -40,12 +45,7 @@ class Gateway:
     def build(cls, settings: Settings, metrics: Metrics | None = None) -> Gateway:
         """Wire every component; raises ConfigError for an unusable configuration."""
         metrics = metrics or create_metrics()
-        store = Store(
-            url=settings.redis_url,
-            prefix=settings.redis_prefix,
-            refuse_quotas_when_degraded=settings.on_store_failure == "closed",
-            metrics=metrics,
-        )
+        store = open_store(settings, metrics)
         client = UpstreamClient()
         catalog = Catalog(settings, store, client, metrics)
         stats = FleetStats(
@@ -55,15 +55,23 @@ class Gateway:
             on_health=catalog.apply_health,
         )
         tokens = TokenRegistry(settings, store)
+        quotas = Quotas(
+            tokens, store, metrics, refuse_degraded=settings.on_store_failure == "closed"
+        )
+        cooldowns = Cooldowns(store)
         ids = IdGenerator()
-        router = Router(settings, store, catalog, client, stats, metrics, ids)
-        return cls(settings, metrics, store, client, catalog, stats, tokens, router, ids)
+        router = Router(settings, catalog, cooldowns, client, stats, metrics, ids)
+        return cls(
+            settings, metrics, store, client, catalog, stats, tokens, quotas, cooldowns, router, ids
+        )
 
     async def start(self) -> None:
         prime(self.metrics, [p.name for p in self.catalog.active_providers()], REASONS)
         await self.store.start()
         await self.client.start()
         await self.tokens.start()
+        await self.quotas.start()
+        await self.cooldowns.start()
         await self.catalog.start()
         await self.stats.start()
         self.started = True
@@ -83,15 +91,16 @@ class Gateway:
             log.warning("%s Until then every chat and embeddings request answers 503.", no_keys)
         log.info(
             "store: %s; %d providers active, %d routable pairs",
-            "redis" if self.store.shared else "embedded",
+            self.store.kind,
             len(self.catalog.active_providers()),
             self.catalog.table.routable,
         )
 
     async def close(self) -> None:
-        await self.router.drain()
+        await self.quotas.close()
         await self.catalog.close()
         await self.stats.close()
+        await self.cooldowns.close()
         await self.tokens.close()
         await self.client.close()
         await self.store.close()

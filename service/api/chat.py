@@ -1,18 +1,21 @@
 """POST /v1/chat/completions and /v1/embeddings: validate, admit, route, relay.
 
-The hot path, top to bottom: read and parse the body, resolve candidates (a dict lookup),
-one admission call to the store, the upstream call(s), the response.  Settlement runs after.
+The hot path, top to bottom: the token (a dict lookup), read and parse the body, resolve
+candidates (a dict lookup), the admission (one store call, none for a token without limits),
+the upstream call(s), the response.  Settlement runs after, batched.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from service import errors
-from service.api.auth import caller_id
+from service.api.auth import require_token
 from service.api.http import SSE_HEADERS, Request, Response, StreamResponse, parse_json
 from service.gateway import Gateway
-from service.quotas.limits import estimate_cost
+from service.quotas.limits import Record, estimate_cost
+from service.routing.relay import DONE_FRAME
 from service.routing.router import Call, Completion
 from service.routing.table import Candidate
 
@@ -69,34 +72,49 @@ def _served_headers(call: Call) -> list[tuple[bytes, bytes]]:
 
 
 async def chat_completions(gw: Gateway, request: Request) -> Response | StreamResponse:
+    token = await require_token(gw, request)  # before anything about the request is read
     raw = await request.body(gw.settings.max_body_bytes)
     body = parse_json(raw)
     model, stream, wants_usage = validate_chat(body)
-    call, available = await _admit(gw, request, model, estimate_cost(body, len(raw)))
-    if stream:
-        opened = await gw.router.stream(call, body, available, wants_usage)
-        if not isinstance(opened, Completion):
-            return StreamResponse(200, opened, [*SSE_HEADERS, *_served_headers(call)], call=call)
-        return _relayed(opened, call)
-    return _relayed(await gw.router.complete(call, body, available, embeddings=False), call)
+    call, candidates = await _admit(gw, request, token, model, estimate_cost(body, len(raw)))
+    try:
+        if stream:
+            opened = await gw.router.stream(call, body, candidates, wants_usage)
+            if not isinstance(opened, Completion):
+                headers = [*SSE_HEADERS, *_served_headers(call)]
+                return StreamResponse(200, opened, headers, call=call, final=DONE_FRAME)
+            return _relayed(opened, call)
+        return _relayed(await gw.router.complete(call, body, candidates, embeddings=False), call)
+    except BaseException:
+        call.finish(-1)  # whatever went wrong, the quotas are settled (no-op if they were)
+        raise
 
 
 async def embeddings(gw: Gateway, request: Request) -> Response:
+    token = await require_token(gw, request)
     raw = await request.body(gw.settings.max_body_bytes)
     body = parse_json(raw)
     model = validate_embeddings(body)
-    call, available = await _admit(gw, request, model, estimate_cost(body, len(raw), chat=False))
-    return _relayed(await gw.router.complete(call, body, available, embeddings=True), call)
+    cost = estimate_cost(body, len(raw), chat=False)
+    call, candidates = await _admit(gw, request, token, model, cost)
+    try:
+        return _relayed(await gw.router.complete(call, body, candidates, embeddings=True), call)
+    except BaseException:
+        call.finish(-1)
+        raise
 
 
 async def _admit(
-    gw: Gateway, request: Request, model: str, cost: int
+    gw: Gateway, request: Request, token: Record | None, model: str, cost: int
 ) -> tuple[Call, list[Candidate]]:
-    """Who is calling, which candidates, and the one store call that admits the request."""
-    token = caller_id(gw, request)
+    """Which candidates, and the quota admission (no store call for a token without limits).
+    From here on the call must be finished, whatever happens: it settles the quotas."""
     candidates = gw.router.candidates(model)
-    call = gw.router.new_call(request.request_id, token)
-    return call, await gw.router.admit(call, cost, candidates)
+    call = gw.router.new_call(request.request_id)
+    admission = await gw.quotas.admit(token, call.entry_id, cost)
+    call.headers = admission.headers
+    call.settle = partial(gw.quotas.settle, admission)
+    return call, candidates
 
 
 def _relayed(result: Completion, call: Call) -> Response:

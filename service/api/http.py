@@ -8,15 +8,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 
-from service.errors import GatewayError, payload_too_large
+from service.api.errors import error_body, error_headers, status_of
+from service.errors import BadRequest, GatewayError, payload_too_large
 from service.types import Headers, Receive, Scope, Send
-
-if TYPE_CHECKING:
-    from service.routing.router import Call
 
 JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
 SSE_HEADERS: Headers = [
@@ -80,20 +78,16 @@ def parse_json(raw: bytes) -> Any:
     """The JSON document of a request body; 400 when it is empty, not JSON, or nested deeper
     than ``MAX_JSON_DEPTH`` levels."""
     if not raw.strip():
-        raise GatewayError(400, "Request body is empty; a JSON object is required.")
+        raise BadRequest("Request body is empty; a JSON object is required.")
     try:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise GatewayError(
-            400, f"Request body is not valid JSON: {exc}", code="invalid_json"
-        ) from None
+        raise BadRequest(f"Request body is not valid JSON: {exc}", code="invalid_json") from None
     # Counting brackets is a C-speed upper bound on the depth: only a body with that many
     # containers is walked.
     if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _depth(document) > MAX_JSON_DEPTH:
-        raise GatewayError(
-            400,
-            f"Request body is nested deeper than {MAX_JSON_DEPTH} levels.",
-            code="invalid_json",
+        raise BadRequest(
+            f"Request body is nested deeper than {MAX_JSON_DEPTH} levels.", code="invalid_json"
         )
     return document
 
@@ -121,12 +115,25 @@ class ClientGone(Exception):
     """The client closed the connection before the request was answered."""
 
 
+class Routed(Protocol):
+    """What the edge needs to know of a routed request (see routing/router.py ``Call``)."""
+
+    upstream_s: float
+
+    @property
+    def served_by(self) -> tuple[str, str] | None:
+        """(provider, model) that answered, if any."""
+        ...
+
+    def finish(self, tokens_used: int) -> None: ...
+
+
 @dataclass(slots=True)
 class Response:
     status: int
     body: bytes
     headers: Headers = field(default_factory=list)
-    call: Call | None = None  # the routed call, when an upstream was involved
+    call: Routed | None = None  # the routed call, when an upstream was involved
 
 
 @dataclass(slots=True)
@@ -136,7 +143,8 @@ class StreamResponse:
     status: int
     chunks: AsyncIterator[bytes]
     headers: Headers = field(default_factory=list)
-    call: Call | None = None
+    call: Routed | None = None
+    final: bytes = b""  # a piece ending with this is the last one (saves one empty send)
 
 
 def json_response(data: Any, status: int = 200, headers: Headers | None = None) -> Response:
@@ -144,7 +152,7 @@ def json_response(data: Any, status: int = 200, headers: Headers | None = None) 
 
 
 def error_response(error: GatewayError) -> Response:
-    return Response(error.status, error.body(), [*JSON_HEADERS, *error.headers])
+    return Response(status_of(error), error_body(error), error_headers(error))
 
 
 async def send_response(send: Send, response: Response, extra: Headers) -> None:

@@ -1,17 +1,72 @@
-"""Quota rules that need no store: the token cost of a request, and OpenAI's rate-limit
-headers from an admission."""
+"""Quota rules that need no store: who may call (the one validity rule of a token), what a
+request reserves, and OpenAI's rate-limit headers."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
-from service.store.client import Admission
 from service.types import Headers
 
 # Without max_tokens a request reserves this many completion tokens; settlement corrects it.
 DEFAULT_COMPLETION_ESTIMATE = 1024
 # Rough prompt estimate: OpenAI-family tokenizers average about four bytes per token.
 BYTES_PER_TOKEN = 4
+LIMITS = ("rpm", "tpm", "max_concurrency")
+
+
+def _int(value: str | None) -> int:
+    try:
+        return max(0, int(value or 0))
+    except ValueError:
+        return 0
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A token's or a team's stored record, parsed once when it enters the local cache."""
+
+    fields: dict[str, str] = field(repr=False)
+    id: str = ""
+    team: str | None = None
+    rpm: int = 0
+    tpm: int = 0
+    max_concurrency: int = 0
+    expires_ms: int = 0
+    revoked: bool = False
+    updated_ms: int = 0
+
+    @classmethod
+    def parse(cls, fields: dict[str, str]) -> Record:
+        return cls(
+            fields=fields,
+            id=fields.get("id", ""),
+            team=fields.get("team") or None,
+            rpm=_int(fields.get("rpm")),
+            tpm=_int(fields.get("tpm")),
+            max_concurrency=_int(fields.get("max_concurrency")),
+            expires_ms=_int(fields.get("expires_ms")),
+            revoked=fields.get("revoked") == "1",
+            updated_ms=_int(fields.get("updated_ms")),
+        )
+
+    @property
+    def limited(self) -> bool:
+        return self.rpm > 0 or self.tpm > 0 or self.max_concurrency > 0
+
+    def limits(self) -> tuple[int, int, int]:
+        return self.rpm, self.tpm, self.max_concurrency
+
+
+def refusal(record: Record | None, now_ms: int) -> str | None:
+    """Why a token may not call (``unknown``, ``revoked``, ``expired``), or None."""
+    if record is None:
+        return "unknown"
+    if record.revoked:
+        return "revoked"
+    if 0 < record.expires_ms <= now_ms:
+        return "expired"
+    return None
 
 
 def estimate_cost(body: dict[str, Any], body_size: int, chat: bool = True) -> int:
@@ -33,19 +88,21 @@ def _duration(ms: int) -> bytes:
     return (f"{seconds:.3f}".rstrip("0").rstrip(".") + "s").encode()
 
 
-def rate_limit_headers(admission: Admission) -> Headers:
-    """``x-ratelimit-*`` headers (OpenAI's names) for the limits the token has."""
+def rate_limit_headers(
+    rpm: int, rpm_left: int, tpm: int, tpm_left: int, reset_ms: int = 60_000
+) -> Headers:
+    """``x-ratelimit-*`` headers (OpenAI's names) for the limits that apply (> 0)."""
     headers: Headers = []
-    if admission.rpm_limit >= 0:
+    if rpm > 0:
         headers += [
-            (b"x-ratelimit-limit-requests", str(admission.rpm_limit).encode()),
-            (b"x-ratelimit-remaining-requests", str(admission.rpm_remaining).encode()),
-            (b"x-ratelimit-reset-requests", _duration(admission.rpm_reset_ms)),
+            (b"x-ratelimit-limit-requests", str(rpm).encode()),
+            (b"x-ratelimit-remaining-requests", str(max(0, rpm_left)).encode()),
+            (b"x-ratelimit-reset-requests", _duration(reset_ms)),
         ]
-    if admission.tpm_limit >= 0:
+    if tpm > 0:
         headers += [
-            (b"x-ratelimit-limit-tokens", str(admission.tpm_limit).encode()),
-            (b"x-ratelimit-remaining-tokens", str(admission.tpm_remaining).encode()),
-            (b"x-ratelimit-reset-tokens", _duration(admission.tpm_reset_ms)),
+            (b"x-ratelimit-limit-tokens", str(tpm).encode()),
+            (b"x-ratelimit-remaining-tokens", str(max(0, tpm_left)).encode()),
+            (b"x-ratelimit-reset-tokens", _duration(reset_ms)),
         ]
     return headers

@@ -2,10 +2,12 @@
 store (durable), addressed by id = first 16 hex characters of the token's SHA-256.  Raw tokens
 are never stored or logged.
 
-The admission script reads a token's record on every request, so a revocation or a limit
-change is in force on every replica at the next request.  The registry also keeps a local
-snapshot (refreshed every few seconds) used when the shared store is unreachable and to
-restore records after Redis lost its data.
+Every replica holds the whole registry in memory, so authenticating a request costs no store
+call.  It stays current through the store's change messages (at once) and a poll of the
+registry's version counter every second (the bound on staleness, also when a message is
+lost).  The cache is also what makes a Redis that restarted empty, or a promoted replica that
+missed writes, harmless: each replica writes back what it knew, the newest copy of each record
+winning, before it trusts the store's registry again.
 """
 
 from __future__ import annotations
@@ -13,36 +15,31 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import secrets
+import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import orjson
-
+from service.errors import BadRequest, NotFound
+from service.quotas.limits import LIMITS, Record
 from service.settings import Settings
-from service.store.client import Store, StoreError
+from service.store.backend import StoreError, WriteMode
+from service.store.client import Store
 
 log = logging.getLogger("best.tokens")
 
-SNAPSHOT_REFRESH_S = 5.0
-LIMITS = ("rpm", "tpm", "max_concurrency")
+POLL_S = 1.0
+MISS_TTL_MS = 1000  # an unknown token is looked up in the store at most once a second
+MAX_MISSES = 10_000
 
 
-class TokenError(ValueError):
+class TokenError(BadRequest):
     """A token operation was asked with invalid input (message says which field)."""
 
 
-class TokenNotFound(LookupError):
-    pass
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
+class TokenNotFound(NotFound):
+    def __init__(self, tid: str) -> None:
+        super().__init__(f"No token with id {tid!r}.", code="token_not_found")
 
 
 def token_id(raw: str) -> str:
@@ -59,19 +56,23 @@ def parse_expiry(value: Any, now: datetime | None = None) -> datetime | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise TokenError("expires_at must be an ISO 8601 time or null")
+        raise TokenError("expires_at must be an ISO 8601 time or null", param="expires_at")
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise TokenError(f"expires_at {value!r} is not an ISO 8601 time") from None
+        raise TokenError(
+            f"expires_at {value!r} is not an ISO 8601 time", param="expires_at"
+        ) from None
     try:
         # An offset at the calendar's edges (year 1 or 9999) moves the time out of range.
         moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
         moment.timestamp()
     except (OverflowError, ValueError):
-        raise TokenError(f"expires_at {value!r} is out of the supported range") from None
+        raise TokenError(
+            f"expires_at {value!r} is out of the supported range", param="expires_at"
+        ) from None
     if moment <= (now or datetime.now(UTC)):
-        raise TokenError(f"expires_at {value!r} is already in the past")
+        raise TokenError(f"expires_at {value!r} is already in the past", param="expires_at")
     return moment
 
 
@@ -79,7 +80,7 @@ def parse_limit(name: str, value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise TokenError(f"{name} must be a non-negative integer or null")
+        raise TokenError(f"{name} must be a non-negative integer or null", param=name)
     return value or None
 
 
@@ -93,6 +94,7 @@ def to_record(fields: dict[str, str]) -> dict[str, Any]:
         "id": fields["id"],
         "name": fields.get("name", ""),
         "kind": fields.get("kind", "managed"),
+        "team": fields.get("team") or None,
         **{limit: int(fields[limit]) if fields.get(limit) else None for limit in LIMITS},
         "created_at": fields.get("created_at") or None,
         "expires_at": fields.get("expires_at") or None,
@@ -100,40 +102,120 @@ def to_record(fields: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 class TokenRegistry:
     def __init__(self, settings: Settings, store: Store) -> None:
         self._settings = settings
         self._store = store
         self._static_ids = {token_id(raw) for raw in settings.auth_tokens}
-        self._snapshot: dict[str, dict[str, str]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._tokens: dict[str, Record] = {}
+        self._teams: dict[str, Record] = {}
+        self._misses: dict[str, int] = {}  # unknown id -> looked up until (ms)
+        self._version: int | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.auth_enabled = not settings.auth_disabled_by_env
-        store.on_degrade(self._mirror_to_local)
-        store.on_recover(self._restore)
+        store.on_recover(self.reconcile)
 
     async def start(self) -> None:
         try:
-            if not self._store.shared:
-                await self._load_file()
             await self.seed_static()
-            await self.refresh()
+            await self.reconcile()
         except StoreError as exc:
             log.warning("token registry: %s", exc)
-        self._task = asyncio.create_task(self._refresh_loop())
-        self._store.subscribe(self._on_change)
+        self._tasks = [asyncio.create_task(self._poll())]
+        self._store.subscribe("token", self._on_message)
 
-    async def _on_change(self, tid: str) -> None:
-        """Another replica changed a token: refresh it in the local snapshot at once."""
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+    # -- the local cache ---------------------------------------------------------------------
+
+    def _cache(self, fields: dict[str, str]) -> Record:
+        record = Record.parse(fields)
+        self._tokens[record.id] = record
+        self._misses.pop(record.id, None)
+        if record.fields.get("kind") == "managed" and not record.revoked:
+            self.auth_enabled = True
+        return record
+
+    async def find(self, tid: str) -> Record | None:
+        """A token's record: from the cache; from the store only if the id is unknown here
+        (a token created on another replica a moment ago)."""
+        record = self._tokens.get(tid)
+        return record if record is not None else await self._look_up(tid)
+
+    def team(self, team_id: str) -> Record | None:
+        return self._teams.get(team_id)
+
+    async def _look_up(self, tid: str) -> Record | None:
+        now = _now_ms()
+        if self._misses.get(tid, 0) > now or self._store.degraded:
+            return None
         try:
-            fields = await self._store.get_token(tid)
+            fields = await self._store.get_record("token", tid)
+        except StoreError:
+            return None
+        if fields is None:
+            if len(self._misses) >= MAX_MISSES:
+                self._misses.clear()
+            self._misses[tid] = now + MISS_TTL_MS
+            return None
+        return self._cache(fields)
+
+    async def _on_message(self, tid: str) -> None:
+        """Another replica changed a record: fetch it at once."""
+        try:
+            fields = await self._store.get_record("token", tid)
         except StoreError:
             return
         if fields is not None:
-            self._snapshot[tid] = fields
+            self._cache(fields)
 
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_S)
+            if self._store.degraded:
+                continue  # recovery reconciles before the store is used again
+            try:
+                if await self._store.registry_version() != self._version:
+                    await self.reconcile()
+            except StoreError as exc:
+                log.warning("token registry refresh failed: %s", exc)
+
+    async def reconcile(self) -> None:
+        """Merge the store's registry with this replica's: the newest copy of each record wins
+        on both sides, and records the store lacks are written back."""
+        version = await self._store.registry_version(primary=True)
+        stored = (
+            {}
+            if version is None
+            else {
+                r["id"]: r
+                for r in await self._store.all_records("token", primary=True)
+                if "id" in r
+            }
+        )
+        missing = []
+        for tid, record in self._tokens.items():
+            theirs = stored.get(tid)
+            if theirs is None or int(theirs.get("updated_ms") or 0) < record.updated_ms:
+                missing.append(record.fields)
+        if missing:
+            written = await self._store.reseed("token", missing)
+            log.warning("token registry: wrote back %d records the store lacked", written)
+            version = await self._store.registry_version(primary=True)
+        for fields in stored.values():
+            mine = self._tokens.get(fields["id"])
+            if mine is None or int(fields.get("updated_ms") or 0) >= mine.updated_ms:
+                self._cache(fields)
+        self._version = version
+        self.auth_enabled = not self._settings.auth_disabled_by_env or any(
+            r.fields.get("kind") == "managed" and not r.revoked for r in self._tokens.values()
+        )
 
     async def seed_static(self) -> None:
         """Create the records of static tokens; follow DEFAULT_* unless a PATCH set limits."""
@@ -144,89 +226,47 @@ class TokenRegistry:
             "max_concurrency": _limit_field(s.default_max_concurrency),
         }
         for tid in sorted(self._static_ids):
-            existing = await self._store.get_token(tid)
+            fields = {
+                "id": tid,
+                "name": f"static-{tid[:6]}",
+                "kind": "static",
+                "team": "",
+                "created_at": iso_utc(datetime.now(UTC)),
+                "expires_at": "",
+                "expires_ms": "0",
+                "revoked": "0",
+                "limits_source": "default",
+                "updated_ms": "0",  # any stored copy (a PATCH, a revocation) is newer
+                **defaults,
+            }
+            if tid not in self._tokens:
+                self._cache(fields)  # static tokens work even before the store answers
+            existing = await self._store.get_record("token", tid)
             if existing is None:
-                await self._store.put_token(
-                    tid,
-                    {
-                        "id": tid,
-                        "name": f"static-{tid[:6]}",
-                        "kind": "static",
-                        "created_at": iso_utc(datetime.now(UTC)),
-                        "expires_at": "",
-                        "expires_ms": "0",
-                        "revoked": "0",
-                        "limits_source": "default",
-                        **defaults,
-                    },
-                    create=True,
-                )
+                if await self._store.put_record("token", tid, fields, "create"):
+                    self._cache(fields)
             elif existing.get("limits_source") == "default" and any(
                 existing.get(k, "") != v for k, v in defaults.items()
             ):
-                await self._store.put_token(tid, defaults, create=False)
+                await self._write(tid, {**existing, **defaults})
+            else:
+                self._cache(existing)
 
-    async def refresh(self) -> None:
-        rows = await self._store.all_tokens()
-        self._snapshot = {row["id"]: row for row in rows if "id" in row}
-        self.auth_enabled = not self._settings.auth_disabled_by_env or any(
-            row.get("kind") == "managed" and row.get("revoked") != "1" for row in rows
-        )
-
-    # -- durability of the embedded store ---------------------------------------------------
-
-    @property
-    def _file(self) -> Path:
-        return self._settings.data_dir / "tokens.json"
-
-    async def _load_file(self) -> None:
-        """The embedded store keeps the registry in DATA_DIR/tokens.json across restarts."""
-        try:
-            raw = await asyncio.to_thread(self._file.read_bytes)
-        except FileNotFoundError:
-            return
-        try:
-            rows = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            log.error("token registry file %s is not valid JSON; ignored", self._file)
-            return
-        for row in rows:
-            if isinstance(row, dict) and isinstance(row.get("id"), str):
-                await self._store.put_token(row["id"], {k: str(v) for k, v in row.items()}, False)
-        log.info("token registry: loaded %d tokens from %s", len(rows), self._file)
-
-    async def _changed(self, tid: str) -> None:
-        """Announce a change to the fleet; persist the registry when the store is embedded
-        (Redis persists itself)."""
-        if self._store.shared:
-            await self._store.publish(tid)
-            return
-        rows = await self._store.all_tokens()
-        await asyncio.to_thread(_write_atomically, self._file, orjson.dumps(rows))
-
-    async def _refresh_loop(self) -> None:
-        while True:
-            await asyncio.sleep(SNAPSHOT_REFRESH_S)
-            try:
-                await self.refresh()
-            except StoreError as exc:
-                log.warning("token registry refresh failed: %s", exc)
-
-    async def _mirror_to_local(self) -> None:
-        await self._store.put_local_tokens(list(self._snapshot.values()))
-
-    async def _restore(self) -> None:
-        """After an outage: re-create records Redis lost (it may have restarted empty)."""
-        for tid, fields in self._snapshot.items():
-            await self._store.put_token(tid, fields, create=True)
-        await self.seed_static()
+    async def _write(self, tid: str, fields: dict[str, str], create: bool = False) -> Record:
+        fields = {**fields, "updated_ms": str(_now_ms())}
+        mode: WriteMode = "create" if create else "update"
+        if not await self._store.put_record("token", tid, fields, mode):
+            raise TokenNotFound(tid) if not create else TokenError("token id collision; retry")
+        record = self._cache(fields)
+        await self._store.publish(f"token:{tid}")
+        return record
 
     # -- admin operations --------------------------------------------------------------------
 
     async def create(self, body: dict[str, Any]) -> dict[str, Any]:
         name = body.get("name")
         if not isinstance(name, str) or not name.strip():
-            raise TokenError("name is required and must be a non-empty string")
+            raise TokenError("name is required and must be a non-empty string", param="name")
         limits = {k: parse_limit(k, body.get(k)) for k in LIMITS}
         expires = parse_expiry(body.get("expires_at"))
         raw = "sk-best-" + secrets.token_urlsafe(32)
@@ -235,6 +275,7 @@ class TokenRegistry:
             "id": tid,
             "name": name.strip(),
             "kind": "managed",
+            "team": "",
             "created_at": iso_utc(datetime.now(UTC)),
             "expires_at": iso_utc(expires) if expires else "",
             "expires_ms": str(int(expires.timestamp() * 1000)) if expires else "0",
@@ -242,14 +283,11 @@ class TokenRegistry:
             "limits_source": "custom",
             **{k: _limit_field(v) for k, v in limits.items()},
         }
-        await self._store.put_token(tid, fields, create=True)
-        self._snapshot[tid] = fields
-        self.auth_enabled = True
-        await self._changed(tid)
-        return {**to_record(fields), "token": raw}
+        record = await self._write(tid, fields, create=True)
+        return {**to_record(record.fields), "token": raw}
 
     async def get(self, tid: str) -> dict[str, str]:
-        fields = await self._store.get_token(tid)
+        fields = await self._store.get_record("token", tid)
         if fields is None:
             raise TokenNotFound(tid)
         return fields
@@ -263,35 +301,32 @@ class TokenRegistry:
                 changes["limits_source"] = "custom"
             elif key == "name":
                 if not isinstance(value, str) or not value.strip():
-                    raise TokenError("name must be a non-empty string")
+                    raise TokenError("name must be a non-empty string", param="name")
                 changes["name"] = value.strip()
             elif key == "expires_at":
                 expires = parse_expiry(value)
                 changes["expires_at"] = iso_utc(expires) if expires else ""
                 changes["expires_ms"] = str(int(expires.timestamp() * 1000)) if expires else "0"
             else:
-                raise TokenError(f"{key} cannot be changed; allowed: name, expires_at, {LIMITS}")
-        if changes:
-            await self._store.put_token(tid, changes, create=False)
-            fields.update(changes)
-        self._snapshot[tid] = fields
-        await self._changed(tid)
-        return to_record(fields)
+                raise TokenError(
+                    f"{key} cannot be changed; allowed: name, expires_at, {', '.join(LIMITS)}",
+                    param=key,
+                )
+        record = await self._write(tid, {**fields, **changes})
+        return to_record(record.fields)
 
     async def revoke(self, tid: str) -> dict[str, Any]:
         fields = await self.get(tid)
-        await self._store.put_token(tid, {"revoked": "1"}, create=False)
-        fields["revoked"] = "1"
-        self._snapshot[tid] = fields
-        await self._changed(tid)
-        return to_record(fields)
+        record = await self._write(tid, {**fields, "revoked": "1"})
+        return to_record(record.fields)
 
     async def list(self) -> list[dict[str, Any]]:
-        rows = await self._store.all_tokens()
+        rows = await self._store.all_records("token")
         records = []
         for row in rows:
             record = to_record(row)
-            requests, tokens, in_flight = await self._store.token_usage(row["id"])
+            keys = self._store.keys.quota(row["id"], row.get("team") or None)
+            requests, tokens, in_flight = await self._store.usage(keys)
             record["usage"] = {
                 "requests_last_minute": requests,
                 "tokens_last_minute": tokens,

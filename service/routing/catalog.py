@@ -31,7 +31,8 @@ from service.routing.leaderboard import fetch_leaderboard
 from service.routing.scoring import ModelInfo, score_pair
 from service.routing.table import Candidate, ModelTable
 from service.settings import Settings
-from service.store.client import Store, StoreError
+from service.store.backend import StoreError
+from service.store.client import Store
 from service.upstream.client import UpstreamClient
 from service.upstream.errors import UpstreamFailure
 

@@ -1,7 +1,8 @@
 """Relaying an upstream SSE stream to the client.
 
 Before the first frame is sent a failure raises ``UpstreamFailure`` so the router can fail
-over; after it, a failure becomes a terminal ``data: {"error": ...}`` event.  Every relayed
+over; after it, a failure raises ``StreamFailed``, which the edge turns into the terminal
+``data: {"error": ...}`` event.  Every relayed
 stream ends with ``data: [DONE]`` or such an event, never silently.
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from service import errors
+from service.errors import StreamFailed
 from service.upstream.client import UpstreamStream
 from service.upstream.errors import (
     BAD_BODY,
@@ -23,7 +24,8 @@ from service.upstream.errors import (
     check_completion,
     in_band_failure,
 )
-from service.upstream.sse import DONE, DONE_FRAME, SSEDecoder, frame
+from service.upstream.sse import DONE, SSEDecoder, frame
+from service.upstream.sse import DONE_FRAME as DONE_FRAME  # the edge ends streams on it
 
 
 class StreamRelay:
@@ -168,10 +170,9 @@ class StreamRelay:
                     batch = []
         except UpstreamFailure as failure:
             self.failure = failure
-            batch.append(
-                frame(errors.error_body(failure.message, "api_error", f"upstream_{failure.reason}"))
-            )
-            yield b"".join(batch)
-            return
+            if batch:
+                yield b"".join(batch)
+            # The edge ends the stream with this error's event.
+            raise StreamFailed(failure.message, code=f"upstream_{failure.reason}") from None
         batch.append(DONE_FRAME)
         yield b"".join(batch)

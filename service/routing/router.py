@@ -1,14 +1,14 @@
 """Failover: from a requested model to an answer.
 
-``admit`` makes the one store round trip before any upstream call (token, quotas and the
-fleet's cooldowns together).  ``complete`` and ``stream`` then try the candidates in
-order, at most ``MAX_ATTEMPTS`` within one deadline, cooling what fails.  A stream can fail
-over until its first event is sent; after that a failure ends it with an error event.
+``complete`` and ``stream`` try the candidates in order, at most ``MAX_ATTEMPTS`` within one
+deadline, cooling what fails.  A stream can fail over until its first event is sent; after
+that a failure ends it with an error event.  Quotas are not this module's business: the
+caller hands each ``Call`` a ``settle`` callback, and the router calls it exactly once, with
+the tokens really used, when the request is over.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,15 +21,12 @@ from service import errors
 from service.errors import GatewayError
 from service.ids import IdGenerator
 from service.observability.metrics import Metrics
-from service.observability.stats import FleetStats
-from service.quotas.limits import rate_limit_headers
 from service.routing.catalog import Catalog
-from service.routing.cooldowns import cool_down
+from service.routing.cooldowns import Cooldowns
+from service.routing.health import FleetStats
 from service.routing.relay import StreamRelay
 from service.routing.table import AUTO, Candidate
 from service.settings import Settings
-from service.store import client as store_status
-from service.store.client import Admission, Store, StoreError
 from service.types import Headers
 from service.upstream.client import UpstreamClient, UpstreamResponse, UpstreamStream
 from service.upstream.errors import (
@@ -49,21 +46,35 @@ log = logging.getLogger("best.router")
 Checker = Callable[[Any], UpstreamFailure | None]
 
 
+def _no_settlement(used: int) -> None:
+    return None
+
+
 @dataclass(slots=True)
 class Call:
     """One client request as it moves through the router."""
 
     request_id: str  # the id the client sees (x-request-id), for logs
-    entry_id: str  # unique across the fleet: names this request's quota entries
-    token_id: str | None
+    entry_id: str  # unique across the fleet: names this request's quota lease
     started: float
     deadline: float
     upstream_s: float = 0.0
     candidate: Candidate | None = None
-    admission: Admission | None = None
-    headers: Headers = field(default_factory=list)
-    settled: bool = False
+    headers: Headers = field(default_factory=list)  # quota headers for the client
     operation: str = "chat"  # or "embeddings"
+    settle: Callable[[int], None] = _no_settlement
+    finished: bool = False
+
+    @property
+    def served_by(self) -> tuple[str, str] | None:
+        c = self.candidate
+        return (c.provider, c.model) if c is not None else None
+
+    def finish(self, tokens_used: int) -> None:
+        """Settle the request's quotas once: ``tokens_used`` real tokens, -1 unknown."""
+        if not self.finished:
+            self.finished = True
+            self.settle(tokens_used)
 
 
 @dataclass(slots=True)
@@ -79,8 +90,8 @@ class Router:
     def __init__(
         self,
         settings: Settings,
-        store: Store,
         catalog: Catalog,
+        cooldowns: Cooldowns,
         client: UpstreamClient,
         stats: FleetStats,
         metrics: Metrics,
@@ -88,117 +99,38 @@ class Router:
     ) -> None:
         self._ids = ids
         self._settings = settings
-        self._store = store
         self._catalog = catalog
+        self._cooldowns = cooldowns
         self._client = client
         self._stats = stats
         self._metrics = metrics
-        self._background: set[asyncio.Task[None]] = set()
-        self._lease_ms = int((settings.request_timeout_s + 30) * 1000)
 
-    def new_call(self, request_id: str, token_id: str | None) -> Call:
+    def new_call(self, request_id: str) -> Call:
         now = time.monotonic()
         deadline = now + self._settings.request_timeout_s
-        return Call(request_id, self._ids(), token_id, now, deadline)
+        return Call(request_id, self._ids(), now, deadline)
 
     def candidates(self, model: str) -> list[Candidate]:
+        """The candidates to try for ``model``, best first, without those cooling down."""
         found = self._catalog.table.resolve(model)
         if not found:
             no_keys = self._catalog.no_keys_message()
             if no_keys is not None:
                 raise errors.unavailable(no_keys)
             raise errors.model_not_found(model or AUTO)
-        return found
-
-    # -- admission ---------------------------------------------------------------------------
-
-    async def admit(self, call: Call, cost: int, candidates: list[Candidate]) -> list[Candidate]:
-        """Token, quotas and cooldowns in one store call; returns the candidates not cooling."""
-        try:
-            admission = await self._store.admit(call.token_id, call.entry_id, cost, self._lease_ms)
-        except StoreError as exc:
-            raise errors.unavailable(f"The gateway's store failed: {exc}") from None
-        call.admission = admission
-        status = admission.status
-        if status != store_status.ADMITTED:
-            self._refuse(status, admission)
-        call.headers = rate_limit_headers(admission)
-        cooling = admission.cooling
-        if not cooling:
-            return candidates
-        available = [
-            c for c in candidates if c.provider_field not in cooling and c.pair_field not in cooling
-        ]
-        if not available:
-            self.release(call, tokens_used=0, success=None)
-            earliest = min(
-                max(cooling.get(c.provider_field, 0), cooling.get(c.pair_field, 0))
-                for c in candidates
+        available, wait_s = self._cooldowns.available(found)
+        if available:
+            return available
+        now = int(time.time() * 1000)
+        if all(self._cooldowns.until_provider(c, now) for c in found):
+            raise errors.ProvidersRateLimited(
+                "Every provider for this model is cooling down after its rate limits; retry later.",
+                retry_after_s=wait_s,
             )
-            raise errors.rate_limited(
-                "Every provider for this model is cooling down after failures; retry later.",
-                (earliest - admission.now_ms) / 1000.0,
-                call.headers,
-            )
-        return available
-
-    def _refuse(self, status: int, admission: Admission) -> None:
-        if status in (store_status.UNKNOWN, store_status.REVOKED, store_status.EXPIRED):
-            reason = {1: "unknown", 2: "revoked", 3: "expired"}[status]
-            self._metrics.auth_failures.labels(reason).inc()
-            raise errors.unauthorized(f"The API token is {reason}.")
-        if status == store_status.QUOTA_UNAVAILABLE:
-            self._metrics.quota_rejections.labels("store").inc()
-            raise errors.unavailable(
-                "Quotas cannot be checked while the shared store is unreachable."
-            )
-        kind = {
-            store_status.OVER_RPM: "rpm",
-            store_status.OVER_TPM: "tpm",
-            store_status.OVER_CONCURRENCY: "concurrency",
-        }[status]
-        self._metrics.quota_rejections.labels(kind).inc()
-        message = {
-            "rpm": "Rate limit reached: requests per minute of this token.",
-            "tpm": "Rate limit reached: tokens per minute of this token.",
-            "concurrency": "Rate limit reached: concurrent requests of this token.",
-        }[kind]
-        raise errors.rate_limited(
-            message, admission.retry_after_ms / 1000.0, rate_limit_headers(admission)
+        raise errors.unavailable(
+            "Every provider for this model is out of rotation after failures; retry later.",
+            retry_after_s=wait_s,
         )
-
-    # -- settlement (after the response; never awaited on the hot path) ----------------------
-
-    def release(self, call: Call, tokens_used: int, success: Candidate | None) -> None:
-        """Settle the tpm reservation, free the concurrency lease, reset failure counts."""
-        if call.settled or call.admission is None:
-            return
-        call.settled = True
-        # rpm entries simply age out; tpm reservations and concurrency leases need settling.
-        needs_quota = call.token_id is not None and (
-            call.admission.tpm_limit >= 0 or call.admission.concurrency_limit >= 0
-        )
-        failing = call.admission.failing
-        reset = (
-            [f for f in (success.pair_field, success.provider_field) if f in failing]
-            if success is not None and failing
-            else []
-        )
-        if not needs_quota and not reset:
-            return
-        task = asyncio.create_task(self._settle(call, tokens_used, reset))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _settle(self, call: Call, tokens_used: int, reset: list[str]) -> None:
-        try:
-            await self._store.settle(call.token_id, call.entry_id, tokens_used, reset)
-        except StoreError as exc:
-            log.warning("settlement of %s failed: %s", call.request_id, exc)
-
-    async def drain(self) -> None:
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
 
     # -- attempts ----------------------------------------------------------------------------
 
@@ -218,10 +150,7 @@ class Router:
             failure.reason,
             failure.message,
         )
-        try:
-            await cool_down(self._store, candidate, failure)
-        except StoreError as exc:
-            log.warning("cooldown of %s not recorded: %s", candidate.pair_field, exc)
+        await self._cooldowns.failed(candidate, failure)
 
     def _succeeded(self, call: Call, candidate: Candidate, elapsed: float, usage: Any) -> int:
         """Record a success; returns the tokens used (-1 when the upstream did not say)."""
@@ -234,6 +163,7 @@ class Router:
             prompt_tokens=prompt,
             completion_tokens=completion,
         )
+        self._cooldowns.succeeded(candidate)
         labels = (call.operation, candidate.provider, candidate.model)
         self._metrics.upstream_duration.labels(*labels, "ok").observe(elapsed)
         if usage:
@@ -269,15 +199,14 @@ class Router:
                 continue
             except ClientFault as fault:
                 call.candidate = candidate
-                self.release(call, tokens_used=0, success=None)
+                call.finish(0)
                 return Completion(
                     fault.status, fault.body, fault.content_type or b"application/json"
                 )
             call.candidate = candidate
-            used = self._succeeded(call, candidate, elapsed, parsed.get("usage"))
-            self.release(call, tokens_used=used, success=candidate)
+            call.finish(self._succeeded(call, candidate, elapsed, parsed.get("usage")))
             return Completion(response.status, response.body, b"application/json")
-        self.release(call, tokens_used=0, success=None)
+        call.finish(0)
         raise plan.give_up()
 
     async def stream(
@@ -325,14 +254,14 @@ class Router:
                 if upstream is not None:
                     upstream.close()
                 call.candidate = candidate
-                self.release(call, tokens_used=0, success=None)
+                call.finish(0)
                 return Completion(
                     fault.status, fault.body, fault.content_type or b"application/json"
                 )
             call.upstream_s += time.monotonic() - started
             call.candidate = candidate
             return self._relay(call, candidate, relay, first, started)
-        self.release(call, tokens_used=0, success=None)
+        call.finish(0)
         raise plan.give_up()
 
     async def _relay(
@@ -361,7 +290,7 @@ class Router:
                         candidate.provider, candidate.model, ok=False, latency_s=elapsed
                     )
                     self._metrics.failovers.labels(candidate.provider, STREAM_BROKEN).inc()
-            self.release(call, tokens_used=used, success=candidate if ok else None)
+            call.finish(used)
 
 
 class _Plan:
@@ -401,18 +330,17 @@ class _Plan:
     def give_up(self) -> GatewayError:
         failures = self._failures
         if not failures:
-            return errors.rate_limited("No provider could be tried for this model.", 1.0)
+            return errors.unavailable("No provider could be tried for this model.", 1.0)
+        last = failures[-1].message
         if all(f.reason == RATE_LIMITED for f in failures):
             wait = min((f.retry_after_s for f in failures if f.retry_after_s), default=1.0)
-            return errors.rate_limited(
-                f"Every provider tried is rate limited; last: {failures[-1].message}", wait
+            return errors.ProvidersRateLimited(
+                f"Every provider tried is rate limited; last: {last}", retry_after_s=wait
             )
         if all(f.reason == TIMEOUT for f in failures):
-            return errors.upstream_failed(
-                504, f"Every provider tried timed out; last: {failures[-1].message}"
-            )
-        return errors.upstream_failed(
-            502, f"No provider could answer ({len(failures)} tried); last: {failures[-1].message}"
+            return errors.UpstreamTimeout(f"Every provider tried timed out; last: {last}")
+        return errors.UpstreamFailed(
+            f"No provider could answer ({len(failures)} tried); last: {last}"
         )
 
 

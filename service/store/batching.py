@@ -12,13 +12,17 @@ import asyncio
 import hashlib
 from typing import Any
 
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
+
+RedisClient = Redis | RedisCluster
 
 LAZY_S = 0.002
 
 
 class ScriptBatcher:
-    def __init__(self, client: Any, sources: dict[str, str]) -> None:
+    def __init__(self, client: RedisClient, sources: dict[str, str]) -> None:
         self._client = client
         self._sources = sources
         self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in sources.items()}

@@ -1,61 +1,89 @@
-"""The single source of store key names.
+"""The single source of store key names, and the hash tags that place them on Cluster slots.
 
-Every key carries the ``{prefix}`` hash tag: the admission script touches a token's quota keys
-and the cooldowns in one call, so they must live in one Redis Cluster slot.
+- Quota state (rate windows, in-flight leases, budget spend) belongs to an *owner group*: a
+  token without a team, or a team and all its tokens.  The group's keys share the tag
+  ``{q:<group>}``, so one admission script can check a token and its team atomically, and
+  different groups spread over a Cluster's shards.
+- The registry (tokens, teams, their version counter) shares ``{registry}``: it is small,
+  changes rarely, and a re-seed writes it in one transaction.
+- Fleet-wide routing state (cooldowns, breakers, failure counts), statistics, catalog caches,
+  locks and response affinity each live under tags of their own.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaKeys:
+    """KEYS of one admission: the token's windows and leases, then its team's (if any)."""
+
+    token_windows: str
+    token_leases: str
+    team_windows: str | None
+    team_leases: str | None
+
+    def as_list(self) -> list[str]:
+        keys = [self.token_windows, self.token_leases]
+        if self.team_windows is not None and self.team_leases is not None:
+            keys += [self.team_windows, self.team_leases]
+        return keys
+
 
 class Keys:
-    __slots__ = ("channel", "cooldowns", "failures", "prefix", "stats", "tag", "tokens")
+    __slots__ = (
+        "channel",
+        "cooldowns",
+        "failures",
+        "prefix",
+        "stats",
+        "teams",
+        "tokens",
+        "version",
+    )
 
     def __init__(self, prefix: str = "best") -> None:
         self.prefix = prefix
-        self.tag = "{" + prefix + "}"
-        self.tokens = f"{self.tag}:tokens"
-        self.cooldowns = f"{self.tag}:cooldowns"
-        self.failures = f"{self.tag}:failures"
-        self.stats = f"{self.tag}:stats"
-        self.channel = f"{self.tag}:tokens-changed"
+        registry = f"{prefix}:{{registry}}"
+        self.tokens = f"{registry}:tokens"
+        self.teams = f"{registry}:teams"
+        self.version = f"{registry}:version"
+        routing = f"{prefix}:{{routing}}"
+        self.cooldowns = f"{routing}:cooldowns"
+        self.failures = f"{routing}:failures"
+        self.stats = f"{prefix}:{{stats}}:counters"
+        self.channel = f"{prefix}:events"
 
-    def token(self, token_id: str) -> str:
-        return f"{self.tag}:token:{token_id}"
+    # -- registry ----------------------------------------------------------------------------
 
-    def rpm(self, token_id: str) -> str:
-        return f"{self.tag}:rpm:{token_id}"
+    def record(self, kind: str, record_id: str) -> str:
+        """A token's or a team's record (hash); ``kind`` is "token" or "team"."""
+        return f"{self.prefix}:{{registry}}:{kind}:{record_id}"
 
-    def tpm(self, token_id: str) -> str:
-        return f"{self.tag}:tpm:{token_id}"
+    def index(self, kind: str) -> str:
+        return self.tokens if kind == "token" else self.teams
 
-    def tpm_amounts(self, token_id: str) -> str:
-        return f"{self.tag}:tpm-amounts:{token_id}"
+    # -- quotas ------------------------------------------------------------------------------
 
-    def tpm_sum(self, token_id: str) -> str:
-        return f"{self.tag}:tpm-sum:{token_id}"
+    def quota(self, token_id: str, team_id: str | None) -> QuotaKeys:
+        group = f"{self.prefix}:{{q:{team_id or token_id}}}"
+        token = f"{group}:token:{token_id}"
+        if team_id is None:
+            return QuotaKeys(f"{token}:windows", f"{token}:leases", None, None)
+        team = f"{group}:team"
+        return QuotaKeys(f"{token}:windows", f"{token}:leases", f"{team}:windows", f"{team}:leases")
 
-    def concurrency(self, token_id: str) -> str:
-        return f"{self.tag}:concurrency:{token_id}"
-
-    def quota_keys(self, token_id: str) -> list[str]:
-        """KEYS[1..6] of the admission script, in its order."""
-        return [
-            self.token(token_id),
-            self.rpm(token_id),
-            self.tpm(token_id),
-            self.tpm_amounts(token_id),
-            self.tpm_sum(token_id),
-            self.concurrency(token_id),
-        ]
+    # -- caches and locks --------------------------------------------------------------------
 
     def catalog(self, provider: str) -> str:
-        return f"{self.tag}:catalog:{provider}"
+        return f"{self.prefix}:{{catalog}}:{provider}"
 
     def leaderboard(self, source: str) -> str:
-        return f"{self.tag}:leaderboard:{source}"
+        return f"{self.prefix}:{{leaderboard}}:{source}"
 
     def lock(self, name: str) -> str:
-        return f"{self.tag}:lock:{name}"
+        return f"{self.prefix}:{{lock:{name}}}"
 
 
 def provider_field(provider: str) -> str:

@@ -1,10 +1,10 @@
-"""The Lua scripts, read once from ``lua/`` and called by SHA (redis-py reloads on NOSCRIPT)."""
+"""The Lua scripts, read once from ``lua/`` and called by SHA (reloaded after a NOSCRIPT)."""
 
 from __future__ import annotations
 
 from importlib import resources
 
-NAMES = ("admit", "settle", "cool")
+NAMES = ("quota", "cool", "put_record")
 
 
 def load_sources() -> dict[str, str]:

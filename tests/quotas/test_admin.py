@@ -199,8 +199,8 @@ def test_registry_survives_a_restart_with_the_embedded_store(
     env = {"P_KEY": "k", "ADMIN_TOKENS": ADMIN, "DATA_DIR": str(tmp_path / "data")}
     with GatewayProcess(single_provider_config, env) as first, admin(first) as client:
         raw = client.post("/admin/tokens", json={"name": "durable", "rpm": 7}).json()["token"]
-    assert (tmp_path / "data" / "tokens.json").exists()
-    assert raw not in (tmp_path / "data" / "tokens.json").read_text()
+    assert (tmp_path / "data" / "registry.json").exists()
+    assert raw not in (tmp_path / "data" / "registry.json").read_text()
     with GatewayProcess(single_provider_config, env) as second:
         response = httpx.post(
             f"{second.url}/v1/chat/completions",

@@ -1,4 +1,5 @@
-"""Every store test runs twice: on the embedded store (fakeredis + Lua) and on a real Redis."""
+"""Every contract test runs once per backend: the in-process memory backend and Redis (a
+real redis-server started for the session), as one test class over both."""
 
 from __future__ import annotations
 
@@ -8,60 +9,40 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
+from redis.asyncio import Redis
 
-from service.observability.metrics import create_metrics
-from service.store.client import Store
+from service.store.backend import Backend
+from service.store.keys import Keys
+from service.store.memory import MemoryBackend
+from service.store.redis_backend import RedisBackend
 
 T = TypeVar("T")
+BackendRunner = Callable[..., Any]
 
 
-@pytest.fixture(params=["embedded", "redis"])
-def store_url(request: pytest.FixtureRequest) -> str | None:
-    """``None`` for the embedded store, else the URL of the session's real Redis."""
-    if request.param == "embedded":
-        return None
-    server = request.getfixturevalue("redis_server")
-    url: str = server.url
-    return url
-
-
-StoreRunner = Callable[..., Any]
-
-
-def new_store(url: str | None, *, refuse_quotas_when_degraded: bool = False) -> Store:
-    # A prefix of its own per store: tests share one Redis server without interfering.
-    return Store(
-        url=url,
-        prefix=f"test-{uuid.uuid4().hex[:12]}",
-        refuse_quotas_when_degraded=refuse_quotas_when_degraded,
-        metrics=create_metrics(),
-    )
-
-
-def run_with_store(
-    url: str | None,
-    body: Callable[[Store], Awaitable[T]],
-    *,
-    refuse_quotas_when_degraded: bool = False,
-) -> T:
-    """Run ``body(store)`` on a started store in a fresh event loop; always close it."""
-
-    async def main() -> T:
-        store = new_store(url, refuse_quotas_when_degraded=refuse_quotas_when_degraded)
-        await store.start()
-        try:
-            return await body(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(main())
+@pytest.fixture(params=["memory", "redis"])
+def backend_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
 
 
 @pytest.fixture
-def run_store(store_url: str | None) -> StoreRunner:
-    """``run_store(body)`` runs ``async body(store)`` against the backend under test."""
+def run_backend(backend_kind: str, request: pytest.FixtureRequest) -> BackendRunner:
+    """``run_backend(body)`` runs ``async body(backend, keys)`` in a fresh event loop against
+    the backend under test; each call gets a key prefix of its own."""
+    url = request.getfixturevalue("redis_server").url if backend_kind == "redis" else None
 
-    def run(body: Callable[[Store], Awaitable[T]]) -> T:
-        return run_with_store(store_url, body)
+    def run(body: Callable[[Backend, Keys], Awaitable[T]]) -> T:
+        async def main() -> T:
+            keys = Keys(f"test-{uuid.uuid4().hex[:12]}")
+            backend: Backend = (
+                MemoryBackend() if url is None else RedisBackend(Redis.from_url(url), keys)
+            )
+            try:
+                return await body(backend, keys)
+            finally:
+                await backend.close()
+
+        return asyncio.run(main())
 
     return run

@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from service.observability.metrics import Metrics
-from service.store.client import Store, StoreError
+from service.store.backend import StoreError
+from service.store.client import Store
 
 log = logging.getLogger("best.stats")
 
@@ -113,7 +114,7 @@ class FleetStats:
             await self.flush()
             try:
                 totals = await self._store.read_stats()
-                cooldowns, _ = await self._store.cooldowns()
+                cooldowns = (await self._store.routing_state()).cooling
             except StoreError as exc:
                 log.warning("stats read failed: %s", exc)
                 continue
@@ -155,7 +156,8 @@ class FleetStats:
         """The ``/stats`` document: fleet totals and per-pair figures, with cooldowns."""
         await self.flush()
         totals = await self._store.read_stats()
-        cooldowns, now_ms = await self._store.cooldowns()
+        state = await self._store.routing_state()
+        cooldowns, now_ms = state.cooling, state.now_ms
         pairs: dict[str, dict[str, Any]] = {}
         for key, value in totals.items():
             kind, _, rest = key.partition("|")

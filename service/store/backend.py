@@ -1,0 +1,158 @@
+"""The store's seam: the operations the gateway needs from shared state, whatever holds it.
+
+Two backends implement ``Backend``: ``RedisBackend`` (standalone, Sentinel or Cluster; each
+atomic operation is one Lua script) and ``MemoryBackend`` (in-process, for one replica and for
+a replica whose Redis is unreachable).  The same contract tests run against both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from service.errors import Unavailable
+from service.store.keys import QuotaKeys
+
+# token rpm, tpm, max_concurrency, then the team's; 0 = no limit
+Limits6 = tuple[int, int, int, int, int, int]
+WriteMode = Literal["create", "update", "newest"]
+
+ADMITTED, OVER_RPM, OVER_TPM, OVER_CONCURRENCY = range(4)
+
+
+class StoreError(Unavailable):
+    """A store operation failed (the edge answers 503)."""
+
+
+class StoreUnreachable(StoreError):
+    """The store did not answer within ``STORE_TIMEOUT_MS``, or the connection failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """A finished request's correction: its lease is released, its reservation replaced."""
+
+    entry: str
+    second: int  # the store second of its admission (names its window bucket)
+    reserved: int  # tokens reserved at admission
+    used: int  # real tokens; -1 keeps the reservation
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitRequest:
+    entry: str  # unique across the fleet; names the lease
+    cost: int  # tokens to reserve
+    lease_ms: int  # 0: no lease (nothing to settle)
+    limits: Limits6
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaDecision:
+    status: int  # ADMITTED, OVER_RPM, OVER_TPM, OVER_CONCURRENCY
+    retry_ms: int
+    now_ms: int
+    team_side: bool  # the team's limit refused (or is the tighter one)
+    rpm_remaining: int  # -1 when unlimited
+    tpm_remaining: int
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingState:
+    cooling: dict[str, int]  # field -> cooling until (ms), those in force
+    failing: frozenset[str]  # fields with recent failures that a success resets
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class CoolRule:
+    """How long a failure cools its field (see routing/cooldowns.py)."""
+
+    retry_after_ms: int  # the upstream's Retry-After, or -1
+    fixed_ms: int  # a fixed duration, or -1
+    base_ms: int  # doubles per consecutive failure...
+    cap_ms: int  # ...up to this
+    floor_ms: int  # Retry-After is clamped to [floor, ceiling]
+    ceiling_ms: int
+
+
+Handler = Callable[[str], Awaitable[None]]
+
+
+class Backend(Protocol):
+    """Every operation is atomic on its own; none blocks the event loop."""
+
+    kind: str  # "embedded", "standalone", "sentinel" or "cluster"
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    # -- quotas (one owner group per call) ---------------------------------------------------
+
+    async def quota(
+        self, keys: QuotaKeys, settle: Sequence[Settlement], admit: AdmitRequest | None
+    ) -> QuotaDecision:
+        """Apply ``settle``, then admit or refuse ``admit`` (see lua/quota.lua)."""
+        ...
+
+    async def renew(self, leases: Mapping[str, Sequence[str]], until_ms: int) -> None:
+        """Extend held leases (key -> entry ids) to ``until_ms`` (store clock)."""
+        ...
+
+    async def usage(self, keys: QuotaKeys) -> tuple[int, int, int]:
+        """(requests, tokens, in flight) of the token side in the current window."""
+        ...
+
+    # -- fleet-wide routing state ------------------------------------------------------------
+
+    async def cool(self, field: str, rule: CoolRule) -> tuple[int, int]:
+        """Start or extend a cooldown; returns (cooling until ms, store now ms)."""
+        ...
+
+    async def routing_state(self) -> RoutingState: ...
+
+    async def reset_failures(self, fields: Sequence[str]) -> None: ...
+
+    # -- statistics, caches, locks -----------------------------------------------------------
+
+    async def add_stats(self, deltas: Mapping[str, int]) -> None: ...
+
+    async def read_stats(self) -> dict[str, int]: ...
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes, ttl_ms: int) -> None: ...
+
+    async def try_lock(self, key: str, owner: str, ttl_ms: int) -> bool: ...
+
+    async def unlock(self, key: str, owner: str) -> None: ...
+
+    # -- registry (durable) ------------------------------------------------------------------
+
+    async def put_record(
+        self, kind: str, record_id: str, fields: Mapping[str, str], mode: WriteMode
+    ) -> bool:
+        """Write a token's or team's record; returns whether it was written.
+
+        ``create``: only if absent.  ``update``: merge into an existing record.  ``newest``:
+        replace unless the stored record's ``updated_ms`` is newer (re-seeding converges on
+        the newest copy whichever replica writes first)."""
+        ...
+
+    async def get_record(self, kind: str, record_id: str) -> dict[str, str] | None: ...
+
+    async def all_records(self, kind: str) -> list[dict[str, str]]: ...
+
+    async def registry_version(self) -> int | None:
+        """Bumped by every registry write; None when the store has no registry (it restarted
+        empty, or was never seeded)."""
+        ...
+
+    # -- change notifications ----------------------------------------------------------------
+
+    async def publish(self, message: str) -> None: ...
+
+    async def listen(self, handler: Handler) -> None:
+        """Call ``handler`` for each message published by any replica, until cancelled."""
+        ...

@@ -1,0 +1,318 @@
+"""``Backend`` in process memory: the embedded store of a single replica, and the local state
+a replica falls back on while its Redis is unreachable.
+
+It implements the same operations with the same semantics as the Lua scripts (the contract
+tests in tests/store run against both), in plain Python: nothing here awaits, so each
+operation is atomic on the event loop.  With a ``data_dir`` the registry is durable: every
+change rewrites ``registry.json`` through a temporary file, fsync and rename, so a crash
+mid-write leaves the last good file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import orjson
+
+from service.store.backend import (
+    ADMITTED,
+    OVER_CONCURRENCY,
+    OVER_RPM,
+    OVER_TPM,
+    AdmitRequest,
+    CoolRule,
+    Handler,
+    QuotaDecision,
+    RoutingState,
+    Settlement,
+    WriteMode,
+)
+from service.store.keys import QuotaKeys
+
+log = logging.getLogger("best.store")
+
+WINDOW_S = 60
+REGISTRY_FILE = "registry.json"
+LEGACY_TOKENS_FILE = "tokens.json"  # the registry file of earlier versions
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+
+
+class _Window:
+    """Per-second request and token buckets of one owner over the last 60 s (see quota.lua)."""
+
+    __slots__ = ("requests", "tokens")
+
+    def __init__(self) -> None:
+        self.requests: dict[int, int] = {}
+        self.tokens: dict[int, int] = {}
+
+    def prune(self, now_s: int) -> tuple[int, int]:
+        limit = now_s - WINDOW_S
+        for buckets in (self.requests, self.tokens):
+            for second in [s for s in buckets if s < limit]:
+                del buckets[second]
+        return sum(self.requests.values()), sum(self.tokens.values())
+
+    def wait_ms(self, buckets: dict[int, int], used: int, need: int, limit: int, now: int) -> int:
+        if need > limit:
+            return 60_000
+        freed = 0
+        for second in sorted(buckets):
+            freed += buckets[second]
+            if used - freed + need <= limit:
+                return max(1, (second + WINDOW_S + 1) * 1000 - now)
+        return 60_000
+
+
+class MemoryBackend:
+    kind = "embedded"
+
+    def __init__(self, data_dir: Path | None = None) -> None:
+        self._data_dir = data_dir
+        self._windows: dict[str, _Window] = {}
+        self._leases: dict[str, dict[str, int]] = {}
+        self._cooldowns: dict[str, int] = {}
+        self._failures: dict[str, tuple[int, int]] = {}  # field -> (count, expires ms)
+        self._stats: dict[str, int] = {}
+        self._values: dict[str, tuple[bytes, int]] = {}  # key -> (value, expires ms)
+        self._records: dict[str, dict[str, dict[str, str]]] = {"token": {}, "team": {}}
+        self._version: int | None = None
+        if data_dir is not None:
+            self._load(data_dir)
+
+    # -- durability --------------------------------------------------------------------------
+
+    def _load(self, data_dir: Path) -> None:
+        path = data_dir / REGISTRY_FILE
+        legacy = data_dir / LEGACY_TOKENS_FILE
+        try:
+            if path.exists():
+                saved = orjson.loads(path.read_bytes())
+                for kind in self._records:
+                    self._records[kind] = {r["id"]: r for r in saved.get(kind, []) if "id" in r}
+            elif legacy.exists():
+                rows = orjson.loads(legacy.read_bytes())
+                self._records["token"] = {
+                    r["id"]: {k: str(v) for k, v in r.items()} for r in rows if "id" in r
+                }
+        except (OSError, orjson.JSONDecodeError, AttributeError, TypeError) as exc:
+            log.error("store: %s is unreadable (%s); starting with an empty registry", path, exc)
+            return
+        if any(self._records.values()):
+            self._version = 1
+            log.info(
+                "store: loaded %d tokens and %d teams from %s",
+                len(self._records["token"]),
+                len(self._records["team"]),
+                data_dir,
+            )
+
+    async def _save(self) -> None:
+        if self._data_dir is None:
+            return
+        data = orjson.dumps({kind: list(rows.values()) for kind, rows in self._records.items()})
+        await asyncio.to_thread(write_atomically, self._data_dir / REGISTRY_FILE, data)
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    # -- quotas ------------------------------------------------------------------------------
+
+    async def quota(
+        self, keys: QuotaKeys, settle: Sequence[Settlement], admit: AdmitRequest | None
+    ) -> QuotaDecision:
+        now = _now_ms()
+        now_s = now // 1000
+        in_team = keys.team_windows is not None and keys.team_leases is not None
+        token_leases = self._leases.setdefault(keys.token_leases, {})
+        for s in settle:
+            if token_leases.pop(s.entry, None) is None:
+                continue
+            if in_team and keys.team_leases is not None:
+                self._leases.get(keys.team_leases, {}).pop(s.entry, None)
+            if s.used < 0 or s.used == s.reserved:
+                continue
+            for name in (keys.token_windows, keys.team_windows):
+                window = self._windows.get(name) if name else None
+                if window is not None and s.second in window.tokens:
+                    window.tokens[s.second] += s.used - s.reserved
+        if admit is None:
+            return QuotaDecision(ADMITTED, 0, now, False, -1, -1)
+
+        limits = admit.limits
+        sides = [(keys.token_windows, keys.token_leases, limits[0:3], False)]
+        if in_team and keys.team_windows is not None and keys.team_leases is not None:
+            sides.append((keys.team_windows, keys.team_leases, limits[3:6], True))
+        rpm_left = tpm_left = -1
+        for windows_key, leases_key, (rpm, tpm, conc), team_side in sides:
+            if rpm <= 0 and tpm <= 0 and conc <= 0:
+                continue
+            window = self._windows.setdefault(windows_key, _Window())
+            requests, tokens = window.prune(now_s)
+            if rpm > 0 and requests + 1 > rpm:
+                retry = window.wait_ms(window.requests, requests, 1, rpm, now)
+                return QuotaDecision(OVER_RPM, retry, now, team_side, 0, -1)
+            if tpm > 0 and tokens + admit.cost > tpm:
+                retry = window.wait_ms(window.tokens, tokens, admit.cost, tpm, now)
+                return QuotaDecision(OVER_TPM, retry, now, team_side, -1, max(0, tpm - tokens))
+            if conc > 0:
+                leases = self._leases.setdefault(leases_key, {})
+                for entry in [e for e, until in leases.items() if until <= now]:
+                    del leases[entry]
+                if len(leases) >= conc:
+                    return QuotaDecision(OVER_CONCURRENCY, 1000, now, team_side, -1, -1)
+            if rpm > 0:
+                left = rpm - requests - 1
+                rpm_left = left if rpm_left < 0 else min(rpm_left, left)
+            if tpm > 0:
+                left = tpm - tokens - admit.cost
+                tpm_left = left if tpm_left < 0 else min(tpm_left, left)
+
+        for windows_key, leases_key, (rpm, tpm, conc), team_side in sides:
+            if rpm > 0 or tpm > 0:
+                window = self._windows[windows_key]
+                window.requests[now_s] = window.requests.get(now_s, 0) + 1
+                if admit.cost > 0:
+                    window.tokens[now_s] = window.tokens.get(now_s, 0) + admit.cost
+            if admit.lease_ms > 0 and (not team_side or conc > 0):
+                self._leases.setdefault(leases_key, {})[admit.entry] = now + admit.lease_ms
+        return QuotaDecision(ADMITTED, 0, now, False, rpm_left, tpm_left)
+
+    async def renew(self, leases: Mapping[str, Sequence[str]], until_ms: int) -> None:
+        for key, entries in leases.items():
+            held = self._leases.get(key, {})
+            for entry in entries:
+                if entry in held:
+                    held[entry] = until_ms
+
+    async def usage(self, keys: QuotaKeys) -> tuple[int, int, int]:
+        now = _now_ms()
+        window = self._windows.get(keys.token_windows)
+        requests, tokens = window.prune(now // 1000) if window else (0, 0)
+        leases = self._leases.get(keys.token_leases, {})
+        return requests, tokens, sum(1 for until in leases.values() if until > now)
+
+    # -- routing state -----------------------------------------------------------------------
+
+    async def cool(self, field: str, rule: CoolRule) -> tuple[int, int]:
+        now = _now_ms()
+        count, expires = self._failures.get(field, (0, 0))
+        count = (count if expires > now else 0) + 1
+        self._failures[field] = (count, now + rule.cap_ms * 2)
+        if rule.retry_after_ms >= 0:
+            duration = min(max(rule.retry_after_ms, rule.floor_ms), rule.ceiling_ms)
+        elif rule.fixed_ms >= 0:
+            duration = rule.fixed_ms
+        else:
+            duration = min(rule.base_ms * 2 ** (count - 1), rule.cap_ms)
+        until = max(now + duration, self._cooldowns.get(field, 0))
+        self._cooldowns[field] = until
+        for done in [f for f, u in self._cooldowns.items() if u <= now]:
+            del self._cooldowns[done]
+        return until, now
+
+    async def routing_state(self) -> RoutingState:
+        now = _now_ms()
+        return RoutingState(
+            cooling={f: u for f, u in self._cooldowns.items() if u > now},
+            failing=frozenset(f for f, (_, expires) in self._failures.items() if expires > now),
+            now_ms=now,
+        )
+
+    async def reset_failures(self, fields: Sequence[str]) -> None:
+        for field in fields:
+            self._failures.pop(field, None)
+
+    # -- statistics, caches, locks -----------------------------------------------------------
+
+    async def add_stats(self, deltas: Mapping[str, int]) -> None:
+        for field, delta in deltas.items():
+            self._stats[field] = self._stats.get(field, 0) + delta
+
+    async def read_stats(self) -> dict[str, int]:
+        return dict(self._stats)
+
+    def _live(self, key: str) -> bytes | None:
+        found = self._values.get(key)
+        if found is None:
+            return None
+        if found[1] <= _now_ms():
+            del self._values[key]
+            return None
+        return found[0]
+
+    async def get(self, key: str) -> bytes | None:
+        return self._live(key)
+
+    async def set(self, key: str, value: bytes, ttl_ms: int) -> None:
+        self._values[key] = (value, _now_ms() + max(1, ttl_ms))
+
+    async def try_lock(self, key: str, owner: str, ttl_ms: int) -> bool:
+        if self._live(key) is not None:
+            return False
+        self._values[key] = (owner.encode(), _now_ms() + max(1, ttl_ms))
+        return True
+
+    async def unlock(self, key: str, owner: str) -> None:
+        if self._live(key) == owner.encode():
+            del self._values[key]
+
+    # -- registry ----------------------------------------------------------------------------
+
+    async def put_record(
+        self, kind: str, record_id: str, fields: Mapping[str, str], mode: WriteMode
+    ) -> bool:
+        records = self._records[kind]
+        stored = records.get(record_id)
+        if mode == "create" and stored is not None:
+            return False
+        if mode == "update" and stored is None:
+            return False
+        if mode == "newest" and stored is not None:
+            if int(stored.get("updated_ms") or 0) >= int(fields.get("updated_ms") or 0):
+                return False
+            stored = None
+        records[record_id] = {**(stored or {}), **fields}
+        self._version = (self._version or 0) + 1
+        await self._save()
+        return True
+
+    async def get_record(self, kind: str, record_id: str) -> dict[str, str] | None:
+        stored = self._records[kind].get(record_id)
+        return dict(stored) if stored is not None else None
+
+    async def all_records(self, kind: str) -> list[dict[str, str]]:
+        records = self._records[kind]
+        return [dict(records[i]) for i in sorted(records)]
+
+    async def registry_version(self) -> int | None:
+        return self._version
+
+    # -- change notifications: one process, nobody else to tell -------------------------------
+
+    async def publish(self, message: str) -> None:
+        return None
+
+    async def listen(self, handler: Handler) -> None:
+        await asyncio.Event().wait()

@@ -1,0 +1,228 @@
+"""``Backend`` on Redis (standalone, Sentinel or Cluster): the only code that sends commands.
+
+Every atomic operation is one Lua script called by SHA; script calls made in one event-loop
+turn travel as one pipeline (``batching.py``).  Keys come from ``keys.py`` with their hash
+tags, so on a Cluster each call touches one slot and different owners spread over shards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from service.store.backend import (
+    AdmitRequest,
+    CoolRule,
+    Handler,
+    QuotaDecision,
+    RoutingState,
+    Settlement,
+    StoreError,
+    StoreUnreachable,
+    WriteMode,
+)
+from service.store.batching import RedisClient, ScriptBatcher
+from service.store.keys import Keys, QuotaKeys
+from service.store.scripts import load_sources
+
+log = logging.getLogger("best.store")
+
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
+
+
+def _decode(raw: Mapping[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+class RedisBackend:
+    def __init__(self, client: RedisClient, keys: Keys, kind: str = "standalone") -> None:
+        self.kind = kind
+        self._client = client
+        self._keys = keys
+        self._scripts = ScriptBatcher(client, load_sources())
+
+    async def _do(self, coro: Any) -> Any:
+        """Await one client call, translating redis-py's errors into the store's."""
+        try:
+            return await coro
+        except UNREACHABLE as exc:
+            raise StoreUnreachable(str(exc) or type(exc).__name__) from exc
+        except RedisError as exc:
+            raise StoreError(str(exc)) from exc
+
+    async def _script(
+        self, name: str, keys: list[str], args: list[Any], urgent: bool = True
+    ) -> Any:
+        return await self._do(self._scripts.call(name, keys, args, urgent))
+
+    async def ping(self) -> None:
+        await self._do(self._client.ping())
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    # -- quotas ------------------------------------------------------------------------------
+
+    async def quota(
+        self, keys: QuotaKeys, settle: Sequence[Settlement], admit: AdmitRequest | None
+    ) -> QuotaDecision:
+        args: list[Any] = [len(settle)]
+        for s in settle:
+            args += [s.entry, s.second, s.reserved, s.used]
+        if admit is not None:
+            args += [admit.entry, admit.cost, admit.lease_ms, *admit.limits]
+        raw = await self._script("quota", keys.as_list(), args, urgent=admit is not None)
+        status, retry, now, side, rpm_left, tpm_left = (int(v) for v in raw)
+        return QuotaDecision(status, retry, now, side == 1, rpm_left, tpm_left)
+
+    async def renew(self, leases: Mapping[str, Sequence[str]], until_ms: int) -> None:
+        if not leases:
+            return
+
+        async def run() -> None:
+            pipe = self._client.pipeline(transaction=False)
+            for key, entries in leases.items():
+                # XX: a lease that was settled (or expired) meanwhile is not brought back.
+                pipe.zadd(key, dict.fromkeys(entries, until_ms), xx=True)
+                pipe.pexpireat(key, until_ms + 1000, gt=True)
+            await pipe.execute()
+
+        await self._do(run())
+
+    async def usage(self, keys: QuotaKeys) -> tuple[int, int, int]:
+        async def run() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hmget(keys.token_windows, ["rs", "ts"])
+            pipe.zcard(keys.token_leases)
+            result: list[Any] = await pipe.execute()
+            return result
+
+        (requests, tokens), in_flight = await self._do(run())
+        return int(requests or 0), int(tokens or 0), int(in_flight)
+
+    # -- routing state -----------------------------------------------------------------------
+
+    async def cool(self, field: str, rule: CoolRule) -> tuple[int, int]:
+        args = [
+            field,
+            rule.retry_after_ms,
+            rule.fixed_ms,
+            rule.base_ms,
+            rule.cap_ms,
+            rule.floor_ms,
+            rule.ceiling_ms,
+        ]
+        until, now = await self._script("cool", [self._keys.cooldowns, self._keys.failures], args)
+        return int(until), int(now)
+
+    async def routing_state(self) -> RoutingState:
+        async def run() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hgetall(self._keys.cooldowns)
+            pipe.hkeys(self._keys.failures)
+            pipe.time()
+            result: list[Any] = await pipe.execute()
+            return result
+
+        cooldowns, failing, clock = await self._do(run())
+        now_ms = int(clock[0]) * 1000 + int(clock[1]) // 1000
+        return RoutingState(
+            cooling={k.decode(): int(v) for k, v in cooldowns.items() if int(v) > now_ms},
+            failing=frozenset(f.decode() for f in failing),
+            now_ms=now_ms,
+        )
+
+    async def reset_failures(self, fields: Sequence[str]) -> None:
+        if fields:
+            await self._do(self._client.hdel(self._keys.failures, *fields))
+
+    # -- statistics, caches, locks -----------------------------------------------------------
+
+    async def add_stats(self, deltas: Mapping[str, int]) -> None:
+        if not deltas:
+            return
+
+        async def run() -> None:
+            pipe = self._client.pipeline(transaction=False)
+            for field, delta in deltas.items():
+                pipe.hincrby(self._keys.stats, field, delta)
+            await pipe.execute()
+
+        await self._do(run())
+
+    async def read_stats(self) -> dict[str, int]:
+        raw = await self._do(self._client.hgetall(self._keys.stats))
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    async def get(self, key: str) -> bytes | None:
+        value: bytes | None = await self._do(self._client.get(key))
+        return value
+
+    async def set(self, key: str, value: bytes, ttl_ms: int) -> None:
+        await self._do(self._client.set(key, value, px=max(1, ttl_ms)))
+
+    async def try_lock(self, key: str, owner: str, ttl_ms: int) -> bool:
+        return bool(await self._do(self._client.set(key, owner, nx=True, px=max(1, ttl_ms))))
+
+    async def unlock(self, key: str, owner: str) -> None:
+        # Only the owner's lock goes; an expired-and-retaken lock belongs to someone else.
+        if await self._do(self._client.get(key)) == owner.encode():
+            await self._do(self._client.delete(key))
+
+    # -- registry ----------------------------------------------------------------------------
+
+    async def put_record(
+        self, kind: str, record_id: str, fields: Mapping[str, str], mode: WriteMode
+    ) -> bool:
+        keys = [self._keys.record(kind, record_id), self._keys.index(kind), self._keys.version]
+        args: list[Any] = [mode, record_id]
+        for name, value in fields.items():
+            args += [name, value]
+        return bool(await self._script("put_record", keys, args))
+
+    async def get_record(self, kind: str, record_id: str) -> dict[str, str] | None:
+        raw = await self._do(self._client.hgetall(self._keys.record(kind, record_id)))
+        return _decode(raw) if raw else None
+
+    async def all_records(self, kind: str) -> list[dict[str, str]]:
+        async def run() -> list[Any]:
+            members = await self._client.smembers(self._keys.index(kind))
+            ids = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+            pipe = self._client.pipeline(transaction=False)
+            for record_id in ids:
+                pipe.hgetall(self._keys.record(kind, record_id))
+            result: list[Any] = await pipe.execute()
+            return result
+
+        rows = await self._do(run())
+        return [_decode(row) for row in rows if row]
+
+    async def registry_version(self) -> int | None:
+        raw = await self._do(self._client.get(self._keys.version))
+        return None if raw is None else int(raw)
+
+    # -- change notifications ----------------------------------------------------------------
+
+    async def publish(self, message: str) -> None:
+        await self._do(self._client.publish(self._keys.channel, message))
+
+    async def listen(self, handler: Handler) -> None:
+        while True:
+            try:
+                pubsub = self._client.pubsub()
+                try:
+                    await pubsub.subscribe(self._keys.channel)
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            await handler(message["data"].decode())
+                finally:
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            except (RedisError, *UNREACHABLE) as exc:
+                log.debug("store: subscription lost (%r); retrying", exc)
+            await asyncio.sleep(1.0)
