@@ -13,7 +13,7 @@ import pytest
 from service.observability.metrics import create_metrics
 from service.routing.catalog import MAX_CONTEXT_TOKENS, Catalog, parse_model_list
 from service.settings import Settings
-from service.store.client import Store
+from service.store.open import open_store
 from service.upstream.client import UpstreamClient
 from tests.fakes.behaviors import Behavior
 from tests.fakes.upstream import FakeProvider
@@ -61,9 +61,7 @@ def _catalog(directory: Path, provider: FakeProvider) -> tuple[Catalog, Store, U
     )
     settings = Settings(config_dir=config_dir, env={"P_KEY": "k"})
     metrics = create_metrics()
-    store = Store(
-        url=None, prefix="catalog-test", refuse_quotas_when_degraded=False, metrics=metrics
-    )
+    store = open_store(settings, metrics)
     client = UpstreamClient()
     return Catalog(settings, store, client, metrics), store, client
 
