@@ -80,6 +80,8 @@ class ScriptBatcher:
     async def _execute(self, batch: list[tuple[str, list[str], list[Any], Any]]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
         for name, keys, args, _ in batch:
-            pipe.evalsha(self._shas[name], len(keys), *keys, *args)
+            # Not pipe.evalsha(): redis-py refuses it in a Cluster pipeline; the raw command
+            # works on every topology (each call's keys share one slot).
+            pipe.execute_command("EVALSHA", self._shas[name], len(keys), *keys, *args)
         results: list[Any] = await pipe.execute(raise_on_error=False)
         return results

@@ -78,12 +78,12 @@ class Store:
     async def start(self) -> None:
         if not self.shared:
             return
-        self._listener = asyncio.create_task(self._primary.listen(self._dispatch))
         try:
             await self._bounded(self._primary.ping())
-        except StoreUnreachable as exc:
+        except StoreError as exc:
             log.warning("store: Redis is unreachable (%s); starting degraded", exc)
             self._enter_degraded()
+        self._listener = asyncio.create_task(self._primary.listen(self._dispatch))
 
     async def close(self) -> None:
         for task in (self._probe, self._listener):

@@ -1,5 +1,9 @@
 """``Backend`` on Redis (standalone, Sentinel or Cluster): the only code that sends commands.
 
+It connects lazily (``connection.py`` picks the client for the URL's topology, and tells a
+Cluster behind a plain ``redis://``), so a replica whose Redis is down at start-up starts
+degraded and connects when Redis answers.
+
 Every atomic operation is one Lua script called by SHA; script calls made in one event-loop
 turn travel as one pipeline (``batching.py``).  Keys come from ``keys.py`` with their hash
 tags, so on a Cluster each call touches one slot and different owners spread over shards.
@@ -12,6 +16,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -28,6 +33,7 @@ from service.store.backend import (
     WriteMode,
 )
 from service.store.batching import RedisClient, ScriptBatcher
+from service.store.connection import RedisTarget, RedisTopology, RedisUrlError, connect
 from service.store.keys import Keys, QuotaKeys
 from service.store.scripts import load_sources
 
@@ -41,11 +47,39 @@ def _decode(raw: Mapping[bytes, bytes]) -> dict[str, str]:
 
 
 class RedisBackend:
-    def __init__(self, client: RedisClient, keys: Keys, kind: str = "standalone") -> None:
-        self.kind = kind
-        self._client = client
+    def __init__(self, target: RedisTarget | RedisClient, keys: Keys) -> None:
         self._keys = keys
-        self._scripts = ScriptBatcher(client, load_sources())
+        self._sources = load_sources()
+        self._topology: RedisTopology | None = None
+        self._client: RedisClient | None = None
+        self._scripts: ScriptBatcher | None = None
+        self.kind: str
+        if isinstance(target, RedisTarget):
+            self._target: RedisTarget | None = target
+            self.kind = target.kind
+        else:  # an already connected client (tests)
+            self._target = None
+            self.kind = "cluster" if isinstance(target, RedisCluster) else "standalone"
+            self._use(target)
+
+    def _use(self, client: RedisClient) -> None:
+        self._client = client
+        self._scripts = ScriptBatcher(client, self._sources)
+
+    async def _connect(self) -> RedisClient:
+        if self._client is not None:
+            return self._client
+        assert self._target is not None
+        try:
+            topology = await connect(self._target)
+        except UNREACHABLE as exc:
+            raise StoreUnreachable(str(exc) or type(exc).__name__) from exc
+        except (RedisError, RedisUrlError) as exc:
+            raise StoreError(str(exc)) from exc
+        self._topology = topology
+        self.kind = topology.kind
+        self._use(topology.client)
+        return topology.client
 
     async def _do(self, coro: Any) -> Any:
         """Await one client call, translating redis-py's errors into the store's."""
@@ -56,16 +90,29 @@ class RedisBackend:
         except RedisError as exc:
             raise StoreError(str(exc)) from exc
 
+    @property
+    def _c(self) -> RedisClient:
+        """The client; only after ``ping`` connected it (the Store pings first)."""
+        if self._client is None:
+            raise StoreUnreachable("not connected yet")
+        return self._client
+
     async def _script(
         self, name: str, keys: list[str], args: list[Any], urgent: bool = True
     ) -> Any:
+        if self._scripts is None:
+            raise StoreUnreachable("not connected yet")
         return await self._do(self._scripts.call(name, keys, args, urgent))
 
     async def ping(self) -> None:
-        await self._do(self._client.ping())
+        client = await self._connect()
+        await self._do(client.ping())
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._topology is not None:
+            await self._topology.aclose()
+        elif self._client is not None:
+            await self._c.aclose()
 
     # -- quotas ------------------------------------------------------------------------------
 
@@ -86,7 +133,7 @@ class RedisBackend:
             return
 
         async def run() -> None:
-            pipe = self._client.pipeline(transaction=False)
+            pipe = self._c.pipeline(transaction=False)
             for key, entries in leases.items():
                 # XX: a lease that was settled (or expired) meanwhile is not brought back.
                 pipe.zadd(key, dict.fromkeys(entries, until_ms), xx=True)
@@ -97,7 +144,7 @@ class RedisBackend:
 
     async def usage(self, keys: QuotaKeys) -> tuple[int, int, int]:
         async def run() -> list[Any]:
-            pipe = self._client.pipeline(transaction=False)
+            pipe = self._c.pipeline(transaction=False)
             pipe.hmget(keys.token_windows, ["rs", "ts"])
             pipe.zcard(keys.token_leases)
             result: list[Any] = await pipe.execute()
@@ -122,25 +169,19 @@ class RedisBackend:
         return int(until), int(now)
 
     async def routing_state(self) -> RoutingState:
-        async def run() -> list[Any]:
-            pipe = self._client.pipeline(transaction=False)
-            pipe.hgetall(self._keys.cooldowns)
-            pipe.hkeys(self._keys.failures)
-            pipe.time()
-            result: list[Any] = await pipe.execute()
-            return result
-
-        cooldowns, failing, clock = await self._do(run())
-        now_ms = int(clock[0]) * 1000 + int(clock[1]) // 1000
+        keys = [self._keys.cooldowns, self._keys.failures]
+        raw = await self._script("routing_state", keys, [])
+        n = int(raw[1])
+        pairs = raw[2 : 2 + 2 * n]
         return RoutingState(
-            cooling={k.decode(): int(v) for k, v in cooldowns.items() if int(v) > now_ms},
-            failing=frozenset(f.decode() for f in failing),
-            now_ms=now_ms,
+            cooling={pairs[i].decode(): int(pairs[i + 1]) for i in range(0, len(pairs), 2)},
+            failing=frozenset(f.decode() for f in raw[2 + 2 * n :]),
+            now_ms=int(raw[0]),
         )
 
     async def reset_failures(self, fields: Sequence[str]) -> None:
         if fields:
-            await self._do(self._client.hdel(self._keys.failures, *fields))
+            await self._do(self._c.hdel(self._keys.failures, *fields))
 
     # -- statistics, caches, locks -----------------------------------------------------------
 
@@ -149,7 +190,7 @@ class RedisBackend:
             return
 
         async def run() -> None:
-            pipe = self._client.pipeline(transaction=False)
+            pipe = self._c.pipeline(transaction=False)
             for field, delta in deltas.items():
                 pipe.hincrby(self._keys.stats, field, delta)
             await pipe.execute()
@@ -157,23 +198,23 @@ class RedisBackend:
         await self._do(run())
 
     async def read_stats(self) -> dict[str, int]:
-        raw = await self._do(self._client.hgetall(self._keys.stats))
+        raw = await self._do(self._c.hgetall(self._keys.stats))
         return {k.decode(): int(v) for k, v in raw.items()}
 
     async def get(self, key: str) -> bytes | None:
-        value: bytes | None = await self._do(self._client.get(key))
+        value: bytes | None = await self._do(self._c.get(key))
         return value
 
     async def set(self, key: str, value: bytes, ttl_ms: int) -> None:
-        await self._do(self._client.set(key, value, px=max(1, ttl_ms)))
+        await self._do(self._c.set(key, value, px=max(1, ttl_ms)))
 
     async def try_lock(self, key: str, owner: str, ttl_ms: int) -> bool:
-        return bool(await self._do(self._client.set(key, owner, nx=True, px=max(1, ttl_ms))))
+        return bool(await self._do(self._c.set(key, owner, nx=True, px=max(1, ttl_ms))))
 
     async def unlock(self, key: str, owner: str) -> None:
         # Only the owner's lock goes; an expired-and-retaken lock belongs to someone else.
-        if await self._do(self._client.get(key)) == owner.encode():
-            await self._do(self._client.delete(key))
+        if await self._do(self._c.get(key)) == owner.encode():
+            await self._do(self._c.delete(key))
 
     # -- registry ----------------------------------------------------------------------------
 
@@ -187,14 +228,14 @@ class RedisBackend:
         return bool(await self._script("put_record", keys, args))
 
     async def get_record(self, kind: str, record_id: str) -> dict[str, str] | None:
-        raw = await self._do(self._client.hgetall(self._keys.record(kind, record_id)))
+        raw = await self._do(self._c.hgetall(self._keys.record(kind, record_id)))
         return _decode(raw) if raw else None
 
     async def all_records(self, kind: str) -> list[dict[str, str]]:
         async def run() -> list[Any]:
-            members = await self._client.smembers(self._keys.index(kind))
+            members = await self._c.smembers(self._keys.index(kind))
             ids = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
-            pipe = self._client.pipeline(transaction=False)
+            pipe = self._c.pipeline(transaction=False)
             for record_id in ids:
                 pipe.hgetall(self._keys.record(kind, record_id))
             result: list[Any] = await pipe.execute()
@@ -204,18 +245,21 @@ class RedisBackend:
         return [_decode(row) for row in rows if row]
 
     async def registry_version(self) -> int | None:
-        raw = await self._do(self._client.get(self._keys.version))
+        raw = await self._do(self._c.get(self._keys.version))
         return None if raw is None else int(raw)
 
     # -- change notifications ----------------------------------------------------------------
 
     async def publish(self, message: str) -> None:
-        await self._do(self._client.publish(self._keys.channel, message))
+        await self._do(self._c.publish(self._keys.channel, message))
 
     async def listen(self, handler: Handler) -> None:
         while True:
             try:
-                pubsub = self._client.pubsub()
+                if self._topology is not None:
+                    pubsub = await self._topology.pubsub()
+                else:
+                    pubsub = self._c.pubsub()
                 try:
                     await pubsub.subscribe(self._keys.channel)
                     async for message in pubsub.listen():
@@ -223,6 +267,6 @@ class RedisBackend:
                             await handler(message["data"].decode())
                 finally:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
-            except (RedisError, *UNREACHABLE) as exc:
+            except (RedisError, StoreError, *UNREACHABLE) as exc:
                 log.debug("store: subscription lost (%r); retrying", exc)
             await asyncio.sleep(1.0)

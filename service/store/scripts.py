@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 
-NAMES = ("quota", "cool", "put_record")
+NAMES = ("quota", "cool", "put_record", "routing_state")
 
 
 def load_sources() -> dict[str, str]:

@@ -1,5 +1,5 @@
-"""Every contract test runs once per backend: the in-process memory backend and Redis (a
-real redis-server started for the session), as one test class over both."""
+"""Every contract test runs once per backend: the in-process memory backend, a real
+redis-server, and a real 3-master Redis Cluster on loopback."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
-from redis.asyncio import Redis
 
 from service.store.backend import Backend
+from service.store.connection import parse_redis_url
 from service.store.keys import Keys
 from service.store.memory import MemoryBackend
 from service.store.redis_backend import RedisBackend
@@ -20,7 +20,7 @@ T = TypeVar("T")
 BackendRunner = Callable[..., Any]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def backend_kind(request: pytest.FixtureRequest) -> str:
     kind: str = request.param
     return kind
@@ -30,14 +30,20 @@ def backend_kind(request: pytest.FixtureRequest) -> str:
 def run_backend(backend_kind: str, request: pytest.FixtureRequest) -> BackendRunner:
     """``run_backend(body)`` runs ``async body(backend, keys)`` in a fresh event loop against
     the backend under test; each call gets a key prefix of its own."""
-    url = request.getfixturevalue("redis_server").url if backend_kind == "redis" else None
+    url = {
+        "memory": None,
+        "redis": lambda: request.getfixturevalue("redis_server").url,
+        "cluster": lambda: request.getfixturevalue("redis_cluster").url,
+    }[backend_kind]
+    url = url() if url is not None else None
 
     def run(body: Callable[[Backend, Keys], Awaitable[T]]) -> T:
         async def main() -> T:
             keys = Keys(f"test-{uuid.uuid4().hex[:12]}")
             backend: Backend = (
-                MemoryBackend() if url is None else RedisBackend(Redis.from_url(url), keys)
+                MemoryBackend() if url is None else RedisBackend(parse_redis_url(url), keys)
             )
+            await backend.ping()  # connects (and tells a Cluster)
             try:
                 return await body(backend, keys)
             finally:
