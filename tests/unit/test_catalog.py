@@ -13,6 +13,7 @@ import pytest
 from service.observability.metrics import create_metrics
 from service.routing.catalog import MAX_CONTEXT_TOKENS, Catalog, parse_model_list
 from service.settings import Settings
+from service.store.client import Store
 from service.store.open import open_store
 from service.upstream.client import UpstreamClient
 from tests.fakes.behaviors import Behavior
