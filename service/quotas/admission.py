@@ -82,6 +82,12 @@ class Quotas:
         """Send every pending settlement, then stop."""
         if self._renewer is not None:
             self._renewer.cancel()
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Send the settlements waiting for a ride now, and wait until they are applied."""
+        if self._flush is not None:
+            self._flush.cancel()
         self._send_pending()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)

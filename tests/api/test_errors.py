@@ -305,3 +305,27 @@ def test_random_bodies_never_yield_a_500(fleet: Fleet, path: str) -> None:
                 assert response.text.rstrip().endswith("data: [DONE]")
     assert "Traceback" not in fleet.gateway.logs()
     fleet.reset()
+
+
+# -- the token comes first (issue: auth before anything) --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "what"),
+    [
+        (b'{"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}', "model"),
+        (b"{not json", "json"),
+        (b"x" * (MAX_BODY_BYTES * 4), "oversized"),
+        (b"[" * 300 + b"]" * 300, "deep"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/embeddings"])
+def test_a_wrong_token_is_401_whatever_the_body_says(
+    fleet: Fleet, path: str, body: bytes, what: str
+) -> None:
+    headers = {"Authorization": "Bearer sk-wrong", "Content-Type": "application/json"}
+    with httpx.Client(base_url=fleet.url, timeout=10) as anonymous:
+        response = anonymous.post(path, content=body, headers=headers)
+    assert_openai_error(response, 401)
+    assert fleet["only"].chat_requests == 0 and fleet["only"].embedding_requests == 0
