@@ -56,20 +56,43 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 class _Window:
-    """Per-second request and token buckets of one owner over the last 60 s (see quota.lua)."""
+    """Per-second request and token buckets of one owner over the last 60 s (see quota.lua),
+    with running totals so a check costs O(1) amortised."""
 
-    __slots__ = ("requests", "tokens")
+    __slots__ = ("oldest", "request_total", "requests", "token_total", "tokens")
 
-    def __init__(self) -> None:
+    def __init__(self, now_s: int) -> None:
         self.requests: dict[int, int] = {}
         self.tokens: dict[int, int] = {}
+        self.request_total = 0
+        self.token_total = 0
+        self.oldest = now_s - WINDOW_S
 
     def prune(self, now_s: int) -> tuple[int, int]:
         limit = now_s - WINDOW_S
-        for buckets in (self.requests, self.tokens):
-            for second in [s for s in buckets if s < limit]:
-                del buckets[second]
-        return sum(self.requests.values()), sum(self.tokens.values())
+        if self.oldest < limit:
+            if limit - self.oldest > WINDOW_S + 1:  # idle for a whole window
+                self.requests.clear()
+                self.tokens.clear()
+                self.request_total = self.token_total = 0
+            else:
+                for second in range(self.oldest, limit):
+                    self.request_total -= self.requests.pop(second, 0)
+                    self.token_total -= self.tokens.pop(second, 0)
+            self.oldest = limit
+        return self.request_total, self.token_total
+
+    def add(self, second: int, tokens: int) -> None:
+        self.requests[second] = self.requests.get(second, 0) + 1
+        self.request_total += 1
+        if tokens:
+            self.tokens[second] = self.tokens.get(second, 0) + tokens
+            self.token_total += tokens
+
+    def correct(self, second: int, delta: int) -> None:
+        if second in self.tokens:
+            self.tokens[second] += delta
+            self.token_total += delta
 
     def wait_ms(self, buckets: dict[int, int], used: int, need: int, limit: int, now: int) -> int:
         if need > limit:
@@ -155,8 +178,8 @@ class MemoryBackend:
                 continue
             for name in (keys.token_windows, keys.team_windows):
                 window = self._windows.get(name) if name else None
-                if window is not None and s.second in window.tokens:
-                    window.tokens[s.second] += s.used - s.reserved
+                if window is not None:
+                    window.correct(s.second, s.used - s.reserved)
         if admit is None:
             return QuotaDecision(ADMITTED, 0, now, False, -1, -1)
 
@@ -168,7 +191,9 @@ class MemoryBackend:
         for windows_key, leases_key, (rpm, tpm, conc), team_side in sides:
             if rpm <= 0 and tpm <= 0 and conc <= 0:
                 continue
-            window = self._windows.setdefault(windows_key, _Window())
+            window = self._windows.get(windows_key)
+            if window is None:
+                window = self._windows[windows_key] = _Window(now_s)
             requests, tokens = window.prune(now_s)
             if rpm > 0 and requests + 1 > rpm:
                 retry = window.wait_ms(window.requests, requests, 1, rpm, now)
@@ -191,10 +216,7 @@ class MemoryBackend:
 
         for windows_key, leases_key, (rpm, tpm, conc), team_side in sides:
             if rpm > 0 or tpm > 0:
-                window = self._windows[windows_key]
-                window.requests[now_s] = window.requests.get(now_s, 0) + 1
-                if admit.cost > 0:
-                    window.tokens[now_s] = window.tokens.get(now_s, 0) + admit.cost
+                self._windows[windows_key].add(now_s, admit.cost)
             if admit.lease_ms > 0 and (not team_side or conc > 0):
                 self._leases.setdefault(leases_key, {})[admit.entry] = now + admit.lease_ms
         return QuotaDecision(ADMITTED, 0, now, False, rpm_left, tpm_left)
