@@ -104,6 +104,12 @@ class App:
         gauge = self._in_flight.get(route)
         if gauge is not None:
             gauge.inc()
+        watch: _DisconnectWatch | None = None
+        if route in _UPSTREAM_ROUTES:
+            # Once the body is in, a client that leaves cancels the work at once, upstream
+            # call included: before the answer, and for a stream until its end.
+            watch = _DisconnectWatch(receive)
+            request.on_body_read = watch.start
         try:
             try:
                 if isinstance(handler, GatewayError):
@@ -119,14 +125,22 @@ class App:
             extra = [(b"x-request-id", request_id.encode())]
             try:
                 if isinstance(response, StreamResponse):
-                    await self._stream(response, receive, send, extra, started)
+                    await self._stream(response, send, extra, started, watch)
                 else:
+                    if watch is not None:
+                        watch.stop()
                     await send_response(send, response, extra)
             finally:
                 if response.call is not None:
                     response.call.finish(-1)  # settles quotas if nothing did (no-op otherwise)
             self._observe(route, response, started)
+        except asyncio.CancelledError:
+            if watch is None or not watch.gone:
+                raise  # a shutdown, not the client leaving
+            watch.absorb()
         finally:
+            if watch is not None:
+                watch.stop()
             if gauge is not None:
                 gauge.dec()
 
@@ -147,12 +161,13 @@ class App:
     async def _stream(
         self,
         response: StreamResponse,
-        receive: Receive,
         send: Send,
         extra: list[tuple[bytes, bytes]],
         started: float,
+        watch: _DisconnectWatch | None,
     ) -> None:
-        """Send SSE pieces as they come; a client that leaves cancels the upstream at once."""
+        """Send SSE pieces as they come.  A client that leaves cancels the upstream at once;
+        a stream cut by the shutdown's grace period ends with an error event."""
         await send(
             {
                 "type": "http.response.start",
@@ -160,17 +175,7 @@ class App:
                 "headers": response.headers + extra,
             }
         )
-        this = asyncio.current_task()
-        assert this is not None
-        gone = False
-
-        async def watch() -> None:
-            nonlocal gone
-            await _wait_disconnect(receive)
-            gone = True
-            this.cancel()
-
-        watcher: asyncio.Future[None] | None = None
+        first = True
         finished = False
         final = response.final
         try:
@@ -178,24 +183,23 @@ class App:
                 # A piece ending in the final marker is the last: it also ends the response.
                 finished = bool(final) and piece.endswith(final)
                 await send({"type": "http.response.body", "body": piece, "more_body": not finished})
-                if watcher is None:
+                if first:
+                    first = False
                     self._first_piece_sent(response, started)
-                    if not finished:
-                        # The first piece was in hand already; from now on the stream waits
-                        # on the upstream, so watch for the client leaving.
-                        watcher = asyncio.ensure_future(watch())
             if not finished:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except GatewayError as exc:
             # The stream broke after its first event: end it with the error's event.
             await send({"type": "http.response.body", "body": sse_error_event(exc)})
         except asyncio.CancelledError:
-            if not gone:
-                raise  # a shutdown, not the client leaving
-            this.uncancel()
-        finally:
-            if watcher is not None:
-                watcher.cancel()
+            if watch is not None and watch.gone:
+                watch.absorb()
+                return
+            # The shutdown's grace period ran out: end the stream as every stream ends.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            await send({"type": "http.response.body", "body": _SHUTDOWN_EVENT, "more_body": False})
 
     def _first_piece_sent(self, response: StreamResponse, started: float) -> None:
         call = response.call
@@ -227,11 +231,49 @@ class App:
                 overhead.observe(max(0.0, elapsed - call.upstream_s))
 
 
-async def _wait_disconnect(receive: Receive) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
+_UPSTREAM_ROUTES = frozenset({"chat", "embeddings"})
+_SHUTDOWN_EVENT = sse_error_event(
+    errors.Unavailable(
+        "The gateway is shutting down and cut this stream; retry the request.",
+        code="shutting_down",
+    )
+)
+
+
+class _DisconnectWatch:
+    """Cancels the request's task when the client disconnects (after the body was read)."""
+
+    __slots__ = ("_receive", "_task", "_watcher", "gone")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._task: asyncio.Task[object] | None = None
+        self._watcher: asyncio.Future[None] | None = None
+        self.gone = False
+
+    def start(self) -> None:
+        if self._watcher is None:
+            self._task = asyncio.current_task()
+            self._watcher = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                break
+        self.gone = True
+        if self._task is not None:
+            self._task.cancel()
+
+    def absorb(self) -> None:
+        """The cancellation came from the client leaving: it ends here."""
+        if self._task is not None:
+            self._task.uncancel()
+
+    def stop(self) -> None:
+        if self._watcher is not None and not self.gone:
+            self._watcher.cancel()
+        self._watcher = None
 
 
 def create_app(settings: Settings | None = None) -> App:

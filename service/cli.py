@@ -46,9 +46,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"best: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    from service.server import serve
+    from service.server import ServeError, serve
 
-    serve(settings)
+    try:
+        serve(settings)
+    except ServeError as exc:
+        print(f"best: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        # Ctrl-C: the server already shut down cleanly; uvicorn re-raises the signal after.
+        return 130
     return 0
 
 
@@ -179,13 +186,38 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     return 0
 
 
+SERVE_EPILOG = """\
+environment (see the README's Environment table for every variable):
+  PORT, HOST                  where to listen (default 127.0.0.1:12345)
+  CONFIG_DIR                  folder of meta-providers.yaml and friends (default config)
+  <provider>_API_KEY          each provider's key, named by api_key_env_var in the config
+  AUTH_TOKENS, ADMIN_TOKENS   client and admin bearer tokens
+  REDIS_URL                   shared store of a fleet (unset: embedded, one replica)
+  WEB_CONCURRENCY             worker processes (needs REDIS_URL)
+  REQUEST_TIMEOUT_S, REQUEST_READ_TIMEOUT_S, SHUTDOWN_GRACE_S, MAX_BODY_BYTES, LOG_LEVEL
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="best", description="BEST LLM gateway")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run the gateway").set_defaults(func=cmd_serve)
+    sub.add_parser(
+        "serve",
+        help="run the gateway",
+        description="Run the gateway. It takes no options: it is configured by environment\n"
+        "variables (over a .env file in the working directory) and the YAML files of CONFIG_DIR.",
+        epilog=SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).set_defaults(func=cmd_serve)
     check = sub.add_parser("check-config", help="validate config/ and print the scored models")
-    check.add_argument("--offline", action="store_true", help="skip model discovery")
-    check.add_argument("--json", action="store_true", help="print the table as JSON")
+    check.add_argument(
+        "--offline",
+        action="store_true",
+        help="skip model discovery and leaderboards: fixed model lists only",
+    )
+    check.add_argument(
+        "--json", action="store_true", help="print one JSON document (and nothing else)"
+    )
     check.set_defaults(func=cmd_check_config)
 
     tokens = sub.add_parser("tokens", help="manage tokens through a running gateway")

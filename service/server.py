@@ -1,23 +1,36 @@
 """Running the gateway under uvicorn (uvloop + httptools), with a draining shutdown.
 
-On SIGTERM/SIGINT a replica marks itself draining (``/ready`` answers 503), stops accepting
-connections, lets running requests and streams finish for up to ``SHUTDOWN_GRACE_S``, then
-exits.  With ``WEB_CONCURRENCY > 1`` uvicorn's supervisor runs that many workers, which share a
-Prometheus multiprocess directory.
+The listening socket is bound before anything else starts, so a port in use ends
+``best serve`` at once with one line.  On SIGTERM/SIGINT a replica marks itself draining
+(``/ready`` answers 503), stops accepting connections, lets running requests and streams
+finish for up to ``SHUTDOWN_GRACE_S``, then exits.  With ``WEB_CONCURRENCY > 1`` a supervisor
+runs that many workers on the shared socket (and a shared Prometheus multiprocess directory);
+it closes its own copy of the socket first, so new connections are refused while the workers
+drain instead of waiting in a backlog nobody reads.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import socket
 import tempfile
 from types import FrameType
 from typing import Any
 
 import uvicorn
+from uvicorn.supervisors import Multiprocess
 
 from service.app import App
+from service.protocol import GatewayConfig, GatewayProtocol
 from service.settings import Settings
+
+log = logging.getLogger("best")
+
+
+class ServeError(Exception):
+    """The server cannot start (the port is taken, the address is unusable)."""
 
 
 class _DrainingServer(uvicorn.Server):
@@ -30,44 +43,83 @@ class _DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def _options(settings: Settings) -> dict[str, Any]:
-    return {
-        "host": settings.host,
-        "port": settings.port,
-        "loop": "uvloop",
-        "http": "httptools",
-        "lifespan": "on",
-        "access_log": False,
-        "log_config": None,
-        "timeout_graceful_shutdown": int(settings.shutdown_grace_s),
-        "timeout_keep_alive": 30,
-        "backlog": 4096,
-    }
+class _Supervisor(Multiprocess):
+    """uvicorn's worker supervisor, closing its copy of the listening socket as soon as it is
+    told to stop: once the workers close theirs, new connections are refused."""
+
+    def _stop_listening(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+    def handle_term(self) -> None:
+        self._stop_listening()
+        super().handle_term()
+
+    def handle_int(self) -> None:
+        self._stop_listening()
+        super().handle_int()
+
+
+def _config(app: Any, settings: Settings, **extra: Any) -> GatewayConfig:
+    config = GatewayConfig(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http=GatewayProtocol,
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+        timeout_keep_alive=30,
+        backlog=4096,
+        **extra,
+    )
+    config.read_timeout_s = settings.request_read_timeout_s
+    return config
+
+
+def _bind(settings: Settings) -> socket.socket:
+    """The listening socket, bound before anything starts; ServeError when it cannot be."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        raise ServeError(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+        ) from None
+    sock.set_inheritable(True)
+    log.info("listening on %s:%d", settings.host, settings.port)
+    return sock
 
 
 def serve(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT; raises ServeError when the address cannot be bound."""
+    sock = _bind(settings)
     if settings.web_concurrency > 1:
-        _serve_workers(settings)
+        _serve_workers(settings, sock)
         return
     from service.app import create_app
 
     app = create_app(settings)
-    _DrainingServer(uvicorn.Config(app, **_options(settings)), app).run()
+    _DrainingServer(_config(app, settings), app).run(sockets=[sock])
 
 
-def _serve_workers(settings: Settings) -> None:
+def _serve_workers(settings: Settings, sock: socket.socket) -> None:
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     owned = directory is None
     if directory is None:
         directory = tempfile.mkdtemp(prefix="best-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     try:
-        uvicorn.run(
-            "service.app:create_app",
-            factory=True,
-            workers=settings.web_concurrency,
-            **_options(settings),
+        config = _config(
+            "service.app:create_app", settings, factory=True, workers=settings.web_concurrency
         )
+        _Supervisor(config, sockets=[sock]).run()
     finally:
+        sock.close()
         if owned:
             shutil.rmtree(directory, ignore_errors=True)

@@ -58,6 +58,7 @@ class Settings(BaseModel):
     store_timeout_ms: Annotated[int, _var("STORE_TIMEOUT_MS", ge=1)] = 1000
     redis_sentinel_password: Annotated[str | None, _var("REDIS_SENTINEL_PASSWORD")] = None
     shutdown_grace_s: Annotated[float, _var("SHUTDOWN_GRACE_S", gt=0)] = 30.0
+    request_read_timeout_s: Annotated[float, _var("REQUEST_READ_TIMEOUT_S", gt=0)] = 30.0
     # The whole merged environment, for the provider keys the YAML files name.
     env: dict[str, str] = Field(default_factory=dict, repr=False, exclude=True)
 

@@ -6,7 +6,7 @@ per-request objects would show in a profile at the throughput this gateway aims 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -27,7 +27,16 @@ SSE_HEADERS: Headers = [
 class Request:
     """One HTTP request: scope fields the handlers need, and its body read with a limit."""
 
-    __slots__ = ("_headers", "method", "path", "query", "receive", "request_id", "scope")
+    __slots__ = (
+        "_headers",
+        "method",
+        "on_body_read",
+        "path",
+        "query",
+        "receive",
+        "request_id",
+        "scope",
+    )
 
     def __init__(self, scope: Scope, receive: Receive, request_id: str = "") -> None:
         self.scope = scope
@@ -37,6 +46,8 @@ class Request:
         self.query: bytes = scope.get("query_string", b"")
         self.request_id = request_id
         self._headers: dict[bytes, bytes] | None = None
+        # Called once the whole body is in: from then on only a disconnect can arrive.
+        self.on_body_read: Callable[[], None] | None = None
 
     def header(self, name: bytes) -> bytes | None:
         """A request header by lower-case name (the last one wins if repeated)."""
@@ -63,6 +74,8 @@ class Request:
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 break
+        if self.on_body_read is not None:
+            self.on_body_read()
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def json_body(self, limit: int) -> Any:

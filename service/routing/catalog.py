@@ -197,6 +197,11 @@ class Catalog:
         while True:
             await asyncio.sleep(CONFIG_POLL_S)
             fingerprint = await asyncio.to_thread(config_fingerprint, directory)
+            if fingerprint == self.config.fingerprint and last_bad is not None:
+                # Put back as it was: say so, or the reload error stays the last word.
+                last_bad = None
+                log.info("config in %s is valid again (unchanged from the one in use)", directory)
+                continue
             if fingerprint in (self.config.fingerprint, last_bad):
                 continue
             try:

@@ -9,6 +9,7 @@ the tokens really used, when the request is over.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -249,6 +250,10 @@ class Router:
                 plan.failed(candidate, failure)
                 await self._failed(call, candidate, failure, elapsed)
                 continue
+            except asyncio.CancelledError:  # the client left before the first event
+                if upstream is not None:
+                    upstream.close()  # let the provider go now, not when this is collected
+                raise
             except ClientFault as fault:
                 # The client's own fault: relayed untouched, as for JSON.
                 if upstream is not None:

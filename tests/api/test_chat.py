@@ -3,6 +3,7 @@ client: what is relayed, to whom, with which key, and how a requested model reso
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -289,3 +290,25 @@ def test_usage_matches_what_the_provider_reported(fleet: Fleet) -> None:
         response = http.post("/chat/completions", json=body)  # the route without /v1 too
     assert response.status_code == 200
     assert response.json()["usage"] == chat_usage(body)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        pytest.param("/v1/chat/completions", chat_body("chat-a"), id="chat"),
+        pytest.param("/v1/embeddings", {"model": "text-embed-2", "input": "x"}, id="embeddings"),
+    ],
+)
+def test_client_that_leaves_cancels_the_upstream_at_once(
+    fleet: Fleet, path: str, body: dict
+) -> None:
+    for name in ("alpha", "beta"):  # whichever is tried first never answers
+        fleet[name].set_behavior(Behavior.hang())
+    with fleet.http() as http:
+        with pytest.raises(httpx.ReadTimeout):
+            http.post(path, json=body, timeout=httpx.Timeout(20, read=0.5))
+        left_at = time.monotonic()
+    (fake,) = [fleet[n] for n in ("alpha", "beta") if fleet[n].requests]
+    fake.wait_for_disconnects(1, timeout=3)
+    assert time.monotonic() - left_at < 2.0
+    fake.wait_until(lambda: fake.in_flight == 0, timeout=3)

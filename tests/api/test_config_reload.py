@@ -139,6 +139,22 @@ def test_unknown_key_on_reload_is_logged_with_file_line_and_key_and_changes_noth
     assert served_by(fleet, "rl-m") == top
 
 
+def test_a_broken_file_put_back_as_it_was_is_logged_as_fixed(fleet: Fleet) -> None:
+    path = fleet.config_dir / "meta-providers.yaml"
+    good = path.read_text()
+    path.write_text("providers: [unclosed\n")
+    marker = f"{path}:"
+
+    def last_config_line() -> str:
+        lines = [line for line in fleet.gateway.logs().splitlines() if "config" in line]
+        return lines[-1] if lines else ""
+
+    eventually(lambda: marker in last_config_line(), "the broken file is reported")
+    path.write_text(good)  # the exact content in use: nothing to reload
+    eventually(lambda: "valid again" in last_config_line(), "the fix is logged")
+    assert "ERROR" not in last_config_line()
+
+
 def test_shipped_config_starts_without_keys_and_names_each_missing_one(tmp_path: Path) -> None:
     shipped = yaml.safe_load((REPO / "config" / "meta-providers.yaml").read_text())["providers"]
     # Blank every key, so a developer's real keys (environment or .env) are not used.

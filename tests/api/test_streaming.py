@@ -188,6 +188,19 @@ def test_client_disconnect_cancels_the_upstream(fleet: Fleet) -> None:
     fake.wait_until(lambda: fake.in_flight == 0, timeout=3)
 
 
+def test_client_that_leaves_before_the_first_byte_cancels_the_upstream(fleet: Fleet) -> None:
+    fake = fleet["first"]
+    fake.set_behavior(Behavior.hang(), model="s-cancel")  # headers and events never come
+    body = chat_body("s-cancel", stream=True)
+    with fleet.http() as http:
+        with pytest.raises(httpx.ReadTimeout):
+            http.post("/v1/chat/completions", json=body, timeout=httpx.Timeout(20, read=0.5))
+        left_at = time.monotonic()
+    fake.wait_for_disconnects(1, timeout=3)
+    assert time.monotonic() - left_at < 2.0
+    fake.wait_until(lambda: fake.in_flight == 0, timeout=3)
+
+
 def test_usage_is_requested_upstream_but_not_forwarded_unasked(fleet: Fleet) -> None:
     body = chat_body("s-usage", text="count me", stream=True)
     response, events = stream_events(fleet, body)

@@ -19,6 +19,7 @@ import pytest
 from tests.deploy.gateway_setup import GATEWAY_ENV, MODEL, TOKEN, require_gateway, write_config
 from tests.fakes.behaviors import Behavior
 from tests.fakes.upstream import FakeProvider
+from tests.harness import GatewayProcess, RedisServer
 from tests.tools import load_local_fleet
 
 pytestmark = pytest.mark.slow
@@ -102,3 +103,85 @@ def test_sigterm_lets_a_running_stream_finish(
     assert text == "echo: a b c d e"
     # uvicorn re-raises the signal it handled once it has shut down cleanly.
     assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+
+
+def _stream_body(words: int) -> dict[str, object]:
+    text = " ".join(f"w{i}" for i in range(words))
+    return {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": text}]}
+
+
+def test_a_stream_cut_by_the_grace_period_ends_with_an_error_event(
+    provider: FakeProvider, tmp_path: Path
+) -> None:
+    provider.set_behavior(Behavior.slow_stream(chunk_delay_s=0.3))  # ~12 s of events
+    env = {**GATEWAY_ENV, "SHUTDOWN_GRACE_S": "1"}
+    gateway = GatewayProcess(write_config(tmp_path / "config", provider.base_url), env)
+    try:
+        gateway.start()
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        with (
+            httpx.Client(base_url=gateway.url, headers=headers, timeout=30) as client,
+            client.stream("POST", "/v1/chat/completions", json=_stream_body(40)) as stream,
+        ):
+            assert stream.status_code == 200
+            lines = stream.iter_lines()
+            next(line for line in lines if line.startswith("data: "))
+            os.kill(gateway.pid, signal.SIGTERM)
+            # The old gateway cut the chunked body: httpx raised RemoteProtocolError here.
+            events = [line for line in lines if line.startswith("data: ")]
+        last = json.loads(events[-1].removeprefix("data: "))
+        assert last["error"]["code"] == "shutting_down", events[-3:]
+    finally:
+        gateway.stop()
+
+
+@pytest.fixture
+def redis(redis_server: RedisServer) -> RedisServer:
+    redis_server.flush()
+    return redis_server
+
+
+def test_two_workers_refuse_new_connections_at_once_on_sigterm(
+    provider: FakeProvider, tmp_path: Path, redis: RedisServer
+) -> None:
+    provider.set_behavior(Behavior.slow_stream(chunk_delay_s=0.3))
+    env = {
+        **GATEWAY_ENV,
+        "LOG_LEVEL": "info",
+        "WEB_CONCURRENCY": "2",
+        "REDIS_URL": redis.url,
+        "SHUTDOWN_GRACE_S": "30",
+    }
+    # Two workers importing everything at once start slowly on a busy machine.
+    gateway = GatewayProcess(write_config(tmp_path / "config", provider.base_url), env)
+    try:
+        gateway.start(timeout=60)
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        with (
+            httpx.Client(base_url=gateway.url, headers=headers, timeout=30) as client,
+            client.stream("POST", "/v1/chat/completions", json=_stream_body(12)) as stream,
+        ):
+            assert stream.status_code == 200
+            lines = stream.iter_lines()
+            next(line for line in lines if line.startswith("data: "))
+            os.kill(gateway.pid, signal.SIGTERM)
+            # The supervisor has told both workers to stop (it logs one line per worker).
+            deadline = time.monotonic() + 5
+            while gateway.logs().count("Terminated child process") < 2:
+                assert time.monotonic() < deadline, gateway.logs()
+                time.sleep(0.05)
+            # While the stream drains, a new connection is refused or told 503, never left
+            # hanging (the old supervisor kept the socket open: accepted, never answered).
+            started = time.monotonic()
+            try:
+                status = httpx.get(f"{gateway.url}/ready", timeout=3).status_code
+            except httpx.ConnectError:
+                status = 0
+            except httpx.RemoteProtocolError:
+                status = 0
+            assert status in (0, 503)
+            assert time.monotonic() - started < 1.0
+            events = [line for line in lines if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]"  # the running stream still finished
+    finally:
+        gateway.stop()

@@ -1,4 +1,5 @@
-"""`best check-config`: discovery errors per provider, the exit status, and clean --json."""
+"""The `best` command in-process: check-config (discovery errors per provider, the exit status,
+clean --json) and the help of serve."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from service.cli import main
 from tests.fakes.upstream import FakeProvider
 from tests.harness import write_config
+from tests.tools import REPO
 
 
 @pytest.fixture
@@ -78,3 +80,21 @@ def test_a_working_provider_is_ok_and_exits_0(
     assert document["providers"] == [{"name": "p", "state": "ok"}]
     assert [(r["provider"], r["model"]) for r in document["pairs"]] == [("p", "m")]
     assert document["routable"] == 1
+
+
+def test_serve_help_points_to_the_environment(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["serve", "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("PORT", "CONFIG_DIR", "AUTH_TOKENS", "REDIS_URL", "REQUEST_READ_TIMEOUT_S"):
+        assert name in out, out
+    assert "README" in out
+
+
+def test_check_config_help_explains_offline(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["check-config", "--help"])
+    assert "--offline" in capsys.readouterr().out
+    readme = (REPO / "README.md").read_text()
+    assert "--offline" in readme
