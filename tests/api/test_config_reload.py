@@ -141,14 +141,18 @@ def test_unknown_key_on_reload_is_logged_with_file_line_and_key_and_changes_noth
 
 def test_a_broken_file_put_back_as_it_was_is_logged_as_fixed(fleet: Fleet) -> None:
     path = fleet.config_dir / "meta-providers.yaml"
-    good = path.read_text()
-    path.write_text("providers: [unclosed\n")
     marker = f"{path}:"
 
     def last_config_line() -> str:
         lines = [line for line in fleet.gateway.logs().splitlines() if "config" in line]
         return lines[-1] if lines else ""
 
+    # A good file of this test's own (earlier tests may leave anything behind).
+    write_providers(fleet, {})
+    path.write_text(path.read_text() + "# put-back test\n")
+    good = path.read_text()
+    eventually(lambda: "config reloaded" in last_config_line(), "the good file is loaded")
+    path.write_text("providers: [unclosed\n")
     eventually(lambda: marker in last_config_line(), "the broken file is reported")
     path.write_text(good)  # the exact content in use: nothing to reload
     eventually(lambda: "valid again" in last_config_line(), "the fix is logged")
