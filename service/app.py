@@ -1,5 +1,13 @@
-"""The ASGI application: the route table, request ids, error rendering, response sending,
-per-request metrics and the lifespan of the gateway's long-lived objects."""
+"""The ASGI application: the hot routes in plain ASGI, everything else handed to the FastAPI
+app of ``service.api.ops``; request ids, per-request metrics and the lifespan of the gateway's
+long-lived objects for both.
+
+Why two: chat and embeddings are the gateway's throughput, and a framework's per-request
+machinery (request objects, dependency resolution, middleware stack) would show in their
+profile (README, "Why the hot routes are plain ASGI"); the admin and operations routes gain
+FastAPI's validation and OpenAPI document, and cost nothing on the hot path: dispatch is the
+same one dict lookup.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import Counter
 
 from service import errors
-from service.api import admin, chat, health, models, stats
+from service.api import chat
 from service.api.errors import INTERNAL, sse_error_event
 from service.api.http import (
     ClientGone,
@@ -22,58 +30,61 @@ from service.api.http import (
     error_response,
     send_response,
 )
+from service.api.ops import create_ops_app
 from service.errors import GatewayError
 from service.gateway import Gateway
 from service.settings import Settings, settings_from_env
-from service.types import Receive, Scope, Send
+from service.types import Message, Receive, Scope, Send
 
 log = logging.getLogger("best.http")
 
 Handler = Callable[[Gateway, Request], Awaitable[Response | StreamResponse]]
 
-# path -> (route label, {method: handler})
+# The hot routes: path -> (route label, {method: handler}).  Every other path goes to FastAPI.
 Route = tuple[str, dict[str, Handler]]
 _CHAT: Route = ("chat", {"POST": chat.chat_completions})
 _EMBEDDINGS: Route = ("embeddings", {"POST": chat.embeddings})
-_MODELS: Route = ("models", {"GET": models.list_models})
 ROUTES: dict[str, Route] = {
     "/v1/chat/completions": _CHAT,
     "/chat/completions": _CHAT,
     "/v1/embeddings": _EMBEDDINGS,
     "/embeddings": _EMBEDDINGS,
-    "/v1/models": _MODELS,
-    "/models": _MODELS,
-    "/health": ("health", {"GET": health.health}),
-    "/ok": ("health", {"GET": health.ok}),
-    "/ready": ("ready", {"GET": health.ready}),
-    "/metrics": ("metrics", {"GET": health.metrics}),
-    "/stats": ("stats", {"GET": stats.stats}),
-    "/admin/tokens": ("admin", {"GET": admin.tokens, "POST": admin.tokens}),
 }
-_TOKEN_PATH = re.compile(r"^/admin/tokens/([0-9a-f]{1,64})$")
+# Metric labels of the FastAPI routes (anything else under /admin/ is "admin", the rest "other").
+OPS_ROUTES: dict[str, str] = {
+    "/v1/models": "models",
+    "/models": "models",
+    "/health": "health",
+    "/ok": "health",
+    "/ready": "ready",
+    "/metrics": "metrics",
+    "/stats": "stats",
+}
+_LABELS = ("chat", "embeddings", *sorted(set(OPS_ROUTES.values())), "admin", "other")
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,64}$")
 
 
 class App:
-    """Plain ASGI: ``App(gateway)`` is the whole HTTP edge."""
+    """``App(gateway)`` is the whole HTTP edge: the hot routes here, the rest in ``self.ops``."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self.ops = create_ops_app(gateway)
         self._metrics = gateway.metrics
         self._counters: dict[tuple[str, int, str, str], Counter] = {}
-        self._in_flight = {
-            route: self._metrics.in_flight.labels(route) for route, _ in ROUTES.values()
-        }
-        self._durations = {
-            route: self._metrics.request_duration.labels(route) for route, _ in ROUTES.values()
-        }
+        self._in_flight = {route: self._metrics.in_flight.labels(route) for route in _LABELS}
+        self._durations = {route: self._metrics.request_duration.labels(route) for route in _LABELS}
         self._overhead = {
             route: self._metrics.overhead.labels(route) for route in ("chat", "embeddings")
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            await self._http(scope, receive, send)
+            entry = ROUTES.get(scope["path"])
+            if entry is not None:
+                await self._http(scope, receive, send, entry)
+            else:
+                await self._ops(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
 
@@ -93,14 +104,15 @@ class App:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _http(self, scope: Scope, receive: Receive, send: Send, entry: Route) -> None:
         started = time.perf_counter()
         request = Request(scope, receive)
         incoming = request.header(b"x-request-id")
         request_id = request.request_id = (
             incoming.decode() if incoming and _REQUEST_ID.match(incoming) else self.gateway.ids()
         )
-        route, handler = self._route(request)
+        route, methods = entry
+        handler = methods.get(request.method)
         gauge = self._in_flight.get(route)
         if gauge is not None:
             gauge.inc()
@@ -112,8 +124,8 @@ class App:
             request.on_body_read = watch.start
         try:
             try:
-                if isinstance(handler, GatewayError):
-                    raise handler
+                if handler is None:
+                    raise errors.method_not_allowed(request.method)
                 response: Response | StreamResponse = await handler(self.gateway, request)
             except GatewayError as exc:
                 response = error_response(exc)
@@ -144,19 +156,37 @@ class App:
             if gauge is not None:
                 gauge.dec()
 
-    def _route(self, request: Request) -> tuple[str, Handler | GatewayError]:
-        """(route label, the handler or the error to answer)."""
-        entry = ROUTES.get(request.path)
-        if entry is None:
-            match = _TOKEN_PATH.match(request.path)
-            if match is None:
-                return "other", errors.not_found(f"No route {request.method} {request.path}.")
-            if request.method not in ("GET", "PATCH", "DELETE"):
-                return "admin", errors.method_not_allowed(request.method)
-            token_id = match.group(1)
-            return "admin", lambda gw, req: admin.token(gw, req, token_id)
-        route, methods = entry
-        return route, methods.get(request.method) or errors.method_not_allowed(request.method)
+    async def _ops(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A path FastAPI serves; the request id and the metrics are the same as on the hot
+        routes."""
+        started = time.perf_counter()
+        path: str = scope["path"]
+        route = OPS_ROUTES.get(path) or ("admin" if path.startswith("/admin/") else "other")
+        incoming = dict(scope["headers"]).get(b"x-request-id")
+        request_id = (
+            incoming if incoming and _REQUEST_ID.match(incoming) else self.gateway.ids().encode()
+        )
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
+            await send(message)
+
+        gauge = self._in_flight[route]
+        gauge.inc()
+        try:
+            await self.ops(scope, receive, send_with_id)
+        except Exception:
+            # Answered and logged already by the FastAPI app's handler; Starlette re-raises
+            # so that a server can log it, which is done.
+            pass
+        finally:
+            gauge.dec()
+        self._count(route, status, "", "")
+        self._durations[route].observe(time.perf_counter() - started)
 
     async def _stream(
         self,
@@ -215,13 +245,7 @@ class App:
         call = response.call
         served = call.served_by if call is not None else None
         provider, model = served if served is not None else ("", "")
-        key = (route, response.status, model, provider)
-        counter = self._counters.get(key)
-        if counter is None:
-            counter = self._metrics.requests.labels(route, str(response.status), model, provider)
-            if len(self._counters) < 10000:
-                self._counters[key] = counter
-        counter.inc()
+        self._count(route, response.status, model, provider)
         duration = self._durations.get(route)
         if duration is not None:
             duration.observe(elapsed)
@@ -229,6 +253,15 @@ class App:
             overhead = self._overhead.get(route)
             if overhead is not None:
                 overhead.observe(max(0.0, elapsed - call.upstream_s))
+
+    def _count(self, route: str, status: int, model: str, provider: str) -> None:
+        key = (route, status, model, provider)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._metrics.requests.labels(route, str(status), model, provider)
+            if len(self._counters) < 10000:
+                self._counters[key] = counter
+        counter.inc()
 
 
 _UPSTREAM_ROUTES = frozenset({"chat", "embeddings"})

@@ -6,12 +6,11 @@ or on admin calls, never on the hot path); all three report every error the same
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
-from pydantic_core import ErrorDetails
 
 Location = tuple[int | str, ...]
 
@@ -38,7 +37,7 @@ def dotted(loc: Sequence[int | str]) -> str:
     return text
 
 
-def message(error: ErrorDetails) -> str:
+def message(error: Mapping[str, Any]) -> str:
     """The sentence of one error, without pydantic's internal wording where it is unclear."""
     kind = error["type"]
     if kind == "extra_forbidden":
@@ -46,7 +45,7 @@ def message(error: ErrorDetails) -> str:
     if kind == "missing":
         return "required key is missing"
     # "... or instance of ProviderEntry" names a class of ours, not something of the file.
-    text = error["msg"].split(" or instance of ")[0]
+    text = str(error["msg"]).split(" or instance of ")[0]
     for prefix in ("Value error, ", "Assertion failed, "):
         if text.startswith(prefix):
             text = text[len(prefix) :]
@@ -55,10 +54,16 @@ def message(error: ErrorDetails) -> str:
     return text
 
 
-def problems(exc: ValidationError) -> list[Problem]:
-    """Every error of ``exc``, deduplicated, in document order."""
+def problems(
+    errors: ValidationError | Iterable[Mapping[str, Any]], drop: Sequence[str] = ()
+) -> list[Problem]:
+    """Every error, deduplicated, in document order; ``drop`` removes location parts that
+    mean nothing to the reader (FastAPI's ``body``, ``query``...)."""
+    if isinstance(errors, ValidationError):
+        errors = errors.errors(include_url=False)
     seen: dict[tuple[Location, str], Problem] = {}
-    for error in exc.errors(include_url=False):
-        loc = tuple(error["loc"])
-        seen.setdefault((loc, message(error)), Problem(loc, message(error), error.get("input")))
+    for error in errors:
+        loc = tuple(p for p in error["loc"] if p not in drop)
+        text = message(error)
+        seen.setdefault((loc, text), Problem(loc, text, error.get("input")))
     return list(seen.values())

@@ -1,39 +1,80 @@
-"""/admin/tokens: token management for holders of an ADMIN_TOKENS bearer."""
+"""/admin/tokens: token management for holders of an ADMIN_TOKENS bearer.
+
+Bodies are validated by ``service.api.schemas`` (every error named by its field, unknown keys
+refused); the registry stores what they say.  Its errors (unknown id, store down) are the
+gateway's own exceptions, rendered by the app's one handler.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated
 
-from service import errors
-from service.api.auth import require_admin
-from service.api.http import Request, Response, json_response
-from service.gateway import Gateway
+from fastapi import APIRouter, Depends
+from fastapi import Path as PathParam
+from fastapi.responses import Response
+
+from service.api.dependencies import GatewayDep, admin_caller, body_doc, json_body
+from service.api.responses import orjson_response
+from service.api.schemas import (
+    ErrorBody,
+    TokenCreate,
+    TokenCreated,
+    TokenList,
+    TokenRecord,
+    TokenUpdate,
+)
 from service.quotas.tokens import to_record
 
-ADMIN_BODY_LIMIT = 64 * 1024
+router = APIRouter(
+    prefix="/admin/tokens",
+    tags=["admin"],
+    dependencies=[Depends(admin_caller)],
+    responses={404: {"model": ErrorBody, "description": "Unknown token, or admin API off"}},
+)
+
+TokenId = Annotated[
+    str, PathParam(pattern=r"^[0-9a-f]{1,64}$", description="first 16 hex of the token's SHA-256")
+]
 
 
-async def _json_object(request: Request) -> dict[str, Any]:
-    body = await request.json_body(ADMIN_BODY_LIMIT)
-    if not isinstance(body, dict):
-        raise errors.bad_request("Request body must be a JSON object.")
-    return body
+@router.get("", response_model=TokenList, summary="Every token, with its usage")
+async def list_tokens(gw: GatewayDep) -> Response:
+    return orjson_response({"object": "list", "data": await gw.tokens.list()})
 
 
-async def tokens(gw: Gateway, request: Request) -> Response:
-    """GET lists every token; POST creates one (the raw token is in the answer, once)."""
-    require_admin(gw, request)
-    if request.method == "GET":
-        return json_response({"object": "list", "data": await gw.tokens.list()})
-    created = await gw.tokens.create(await _json_object(request))
-    return json_response(created, status=201)
+@router.post(
+    "",
+    status_code=201,
+    response_model=TokenCreated,
+    openapi_extra=body_doc(TokenCreate),
+    summary="Create a token (the raw token is in the answer, once)",
+)
+async def create_token(
+    gw: GatewayDep, body: Annotated[TokenCreate, Depends(json_body(TokenCreate))]
+) -> Response:
+    return orjson_response(await gw.tokens.create(body.model_dump()), status=201)
 
 
-async def token(gw: Gateway, request: Request, token_id: str) -> Response:
-    """GET one, PATCH limits, DELETE revokes."""
-    require_admin(gw, request)
-    if request.method == "GET":
-        return json_response(to_record(await gw.tokens.get(token_id)))
-    if request.method == "PATCH":
-        return json_response(await gw.tokens.update(token_id, await _json_object(request)))
-    return json_response(await gw.tokens.revoke(token_id))
+@router.get("/{token_id}", response_model=TokenRecord, summary="One token")
+async def get_token(gw: GatewayDep, token_id: TokenId) -> Response:
+    return orjson_response(to_record(await gw.tokens.get(token_id)))
+
+
+@router.patch(
+    "/{token_id}",
+    response_model=TokenRecord,
+    openapi_extra=body_doc(TokenUpdate),
+    summary="Change name, limits or expiry (only the keys sent)",
+)
+async def update_token(
+    gw: GatewayDep,
+    token_id: TokenId,
+    body: Annotated[TokenUpdate, Depends(json_body(TokenUpdate))],
+) -> Response:
+    # exclude_unset: a key sent as null clears it; a key not sent stays as it is.
+    return orjson_response(await gw.tokens.update(token_id, body.model_dump(exclude_unset=True)))
+
+
+@router.delete("/{token_id}", response_model=TokenRecord, summary="Revoke a token")
+async def revoke_token(gw: GatewayDep, token_id: TokenId) -> Response:
+    return orjson_response(await gw.tokens.revoke(token_id))

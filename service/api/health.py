@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from service.api.http import Request, Response, json_response
-from service.gateway import Gateway
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from service.api.dependencies import GatewayDep
+from service.api.responses import orjson_response
+from service.api.schemas import Health, Readiness
+
+router = APIRouter(tags=["operations"])
 
 
-async def health(gw: Gateway, request: Request) -> Response:
+@router.get("/health", response_model=Health, summary="Liveness, store and auth mode")
+async def health(gw: GatewayDep) -> Response:
     store = "embedded" if not gw.store.shared else ("degraded" if gw.store.degraded else "redis")
-    return json_response(
+    return orjson_response(
         {
             "status": "ok",
             "store": store,
@@ -18,11 +25,23 @@ async def health(gw: Gateway, request: Request) -> Response:
     )
 
 
-async def ok(gw: Gateway, request: Request) -> Response:
-    return Response(200, b"ok", [(b"content-type", b"text/plain")])
+@router.get(
+    "/ok",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    summary="Liveness: the process is up",
+)
+async def ok() -> Response:
+    return Response(b"ok", media_type="text/plain")
 
 
-async def ready(gw: Gateway, request: Request) -> Response:
+@router.get(
+    "/ready",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Not ready: the problems say why"}},
+    summary="Readiness: store reachable, a model routable, not draining",
+)
+async def ready(gw: GatewayDep) -> Response:
     store_ok = await gw.store.ping() if gw.store.shared else True
     routable = gw.catalog.table.routable
     problems = []
@@ -34,12 +53,18 @@ async def ready(gw: Gateway, request: Request) -> Response:
         problems.append("store unreachable")
     if routable == 0:
         problems.append("no routable model")
-    return json_response(
+    return orjson_response(
         {"ready": not problems, "problems": problems, "routable_models": routable},
         status=503 if problems else 200,
     )
 
 
-async def metrics(gw: Gateway, request: Request) -> Response:
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    summary="Prometheus text format (every worker)",
+)
+async def metrics(gw: GatewayDep) -> Response:
     body, content_type = gw.metrics.render()
-    return Response(200, body, [(b"content-type", content_type.encode())])
+    return Response(body, media_type=content_type)

@@ -160,10 +160,6 @@ class StreamResponse:
     final: bytes = b""  # a piece ending with this is the last one (saves one empty send)
 
 
-def json_response(data: Any, status: int = 200, headers: Headers | None = None) -> Response:
-    return Response(status, orjson.dumps(data), [*JSON_HEADERS, *(headers or [])])
-
-
 def error_response(error: GatewayError) -> Response:
     return Response(status_of(error), error_body(error), error_headers(error))
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from service.api.auth import require_token
-from service.api.http import Request, Response, json_response
-from service.gateway import Gateway
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+
+from service.api.dependencies import GatewayDep, token_caller
+from service.api.responses import orjson_response
+from service.api.schemas import ModelList
 from service.routing.table import AUTO
 
+router = APIRouter(tags=["models"], dependencies=[Depends(token_caller)])
 
-async def list_models(gw: Gateway, request: Request) -> Response:
-    await require_token(gw, request)
+
+@router.get("/v1/models", response_model=ModelList, summary="Every requestable model id")
+@router.get("/models", response_model=ModelList, include_in_schema=True)
+async def list_models(gw: GatewayDep) -> Response:
     table = gw.catalog.table
     data = [{"id": AUTO, "object": "model", "created": 0, "owned_by": "best"}]
     for model_id in table.model_ids:
@@ -23,4 +29,4 @@ async def list_models(gw: Gateway, request: Request) -> Response:
                 "providers": providers,
             }
         )
-    return json_response({"object": "list", "data": data})
+    return orjson_response({"object": "list", "data": data})

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from service.api.auth import require_token
-from service.api.http import Request, Response, json_response
-from service.gateway import Gateway
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+
+from service.api.dependencies import GatewayDep, token_caller
+from service.api.responses import orjson_response
+from service.api.schemas import Stats
+
+router = APIRouter(tags=["operations"], dependencies=[Depends(token_caller)])
 
 
-async def stats(gw: Gateway, request: Request) -> Response:
-    await require_token(gw, request)
-    return json_response(await gw.stats.snapshot())
+@router.get("/stats", response_model=Stats, summary="Fleet-wide statistics per provider/model")
+async def stats(gw: GatewayDep) -> Response:
+    # A store failure is the gateway's Unavailable (503), rendered by the app's one handler.
+    return orjson_response(await gw.stats.snapshot())

@@ -1,0 +1,71 @@
+"""The hot routes (chat, embeddings) as the OpenAPI document shows them.
+
+``service.app.App`` serves these paths itself, in plain ASGI, and never hands them to the
+FastAPI app; the routes below exist so that ``/openapi.json`` documents every route.  Their
+bodies are checked by hand in ``service.api.chat``, not by these models.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+from fastapi import APIRouter, Depends
+
+from service.api.dependencies import body_doc, token_caller
+from service.api.schemas import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    EmbeddingList,
+    EmbeddingsRequest,
+    ErrorBody,
+)
+from service.errors import InternalError
+
+router = APIRouter(dependencies=[Depends(token_caller)])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": what}
+    for status, what in [
+        (400, "Invalid JSON or a malformed request"),
+        (401, "Missing, unknown, revoked or expired token"),
+        (404, "No provider serves the model"),
+        (413, "Body over MAX_BODY_BYTES"),
+        (429, "Quota exceeded, or every candidate cooling (Retry-After)"),
+        (502, "Every upstream attempt failed"),
+        (503, "No provider usable, or every candidate's breaker open (Retry-After)"),
+        (504, "Every upstream attempt timed out"),
+    ]
+}
+_SSE = {"text/event-stream": {"schema": {"type": "string", "description": "data: {chunk}..."}}}
+
+
+async def _served_by_the_plain_edge() -> NoReturn:
+    raise InternalError("This route is served by the plain ASGI edge.")
+
+
+for _path in ("/v1/chat/completions", "/chat/completions"):
+    router.add_api_route(
+        _path,
+        _served_by_the_plain_edge,
+        methods=["POST"],
+        tags=["chat"],
+        summary="Chat completion, JSON or SSE (`stream: true`), routed and failed over",
+        response_model=ChatCompletion,
+        responses={**_ERRORS, 200: {"content": _SSE}},
+        openapi_extra=body_doc(ChatCompletionRequest),
+        include_in_schema=True,
+        operation_id=f"chat_completions{'_v1' if _path.startswith('/v1') else ''}",
+    )
+
+for _path in ("/v1/embeddings", "/embeddings"):
+    router.add_api_route(
+        _path,
+        _served_by_the_plain_edge,
+        methods=["POST"],
+        tags=["embeddings"],
+        summary="Embeddings, routed by exact model id",
+        response_model=EmbeddingList,
+        responses=_ERRORS,
+        openapi_extra=body_doc(EmbeddingsRequest),
+        operation_id=f"embeddings{'_v1' if _path.startswith('/v1') else ''}",
+    )

@@ -1,0 +1,85 @@
+"""The FastAPI app of the admin and operations surface (tokens, health, readiness, metrics,
+stats, models) with its OpenAPI document (``/openapi.json``) and viewer (``/docs``).
+
+``service.app.App`` hands it every path that is not a hot route.  Every error raised here,
+FastAPI's own included (404, 405, validation), goes through ``render_error``: one OpenAI
+error body everywhere, a 400 naming the field instead of FastAPI's 422.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from starlette.exceptions import HTTPException
+
+from service.api import admin, health, hot_routes, models, stats
+from service.api.responses import render_error
+from service.api.schemas import ErrorBody
+from service.errors import GatewayError
+from service.gateway import Gateway
+
+DESCRIPTION = """OpenAI-compatible LLM gateway. Chat and embeddings are served by a plain ASGI
+edge for speed; this document describes them too. Every error is
+`{"error": {"message", "type", "param", "code"}}`."""
+
+
+def create_ops_app(gateway: Gateway) -> FastAPI:
+    app = FastAPI(
+        title="BEST gateway",
+        version="0.1.0",
+        description=DESCRIPTION,
+        redoc_url=None,
+    )
+    app.state.gateway = gateway
+    for router in (hot_routes.router, models.router, health.router, stats.router, admin.router):
+        app.include_router(router)
+    for kind in (GatewayError, RequestValidationError, HTTPException, Exception):
+        app.add_exception_handler(kind, render_error)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _finish(
+                get_openapi(
+                    title=app.title,
+                    version=app.version,
+                    description=app.description,
+                    routes=app.routes,
+                )
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def _finish(document: dict[str, Any]) -> dict[str, Any]:
+    """Two fixes to what FastAPI generates.  Bodies that routes read themselves (declared with
+    ``body_doc``) move into the components, referenced by name.  FastAPI's default 422, which
+    this app never sends, becomes the 400 it does send, with the gateway's error body."""
+    schemas: dict[str, Any] = document.setdefault("components", {}).setdefault("schemas", {})
+    # ErrorBody is in the components: the hot routes document it.
+    error = {"$ref": f"#/components/schemas/{ErrorBody.__name__}"}
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            content = operation.get("requestBody", {}).get("content", {})
+            for media in content.values():
+                schema = media.get("schema", {})
+                if "title" in schema and "$ref" not in schema:
+                    schemas.update(schema.pop("$defs", {}))
+                    schemas.setdefault(schema["title"], schema)
+                    media["schema"] = {"$ref": f"#/components/schemas/{schema['title']}"}
+            responses = operation.get("responses", {})
+            if responses.pop("422", None) is not None:
+                responses.setdefault(
+                    "400",
+                    {
+                        "description": "Invalid request; `param` names the field",
+                        "content": {"application/json": {"schema": error}},
+                    },
+                )
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    return document

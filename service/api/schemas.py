@@ -1,0 +1,215 @@
+"""The bodies of the HTTP API as pydantic models.
+
+Admin bodies (``TokenCreate``, ``TokenUpdate``) are validated by these models: unknown keys
+are errors, and every error names its field.  The other models describe answers and the hot
+routes' bodies for the OpenAPI document only: the hot routes are validated by hand in
+``service.api.chat`` (cheaper than a model per request), and answers are rendered as they are.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
+
+
+def _not_bool_or_text(value: Any) -> Any:
+    # `true` or "5" is not a limit; 5.0 is (JSON does not tell integers from floats).
+    if isinstance(value, bool | str):
+        raise ValueError("must be an integer")
+    return value
+
+
+Limit = Annotated[
+    int,
+    BeforeValidator(_not_bool_or_text),
+    Field(ge=0, description="per minute (rpm, tpm) or at once; 0 or null = none"),
+]
+Name = Annotated[str, Field(strict=True), StringConstraints(strip_whitespace=True, min_length=1)]
+
+
+def _iso_time(value: str) -> str:
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError("must be an ISO 8601 time such as 2030-01-31T00:00:00Z") from None
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+IsoTime = Annotated[
+    str,
+    Field(
+        strict=True,
+        description="ISO 8601; without a zone it is UTC",
+        json_schema_extra={"format": "date-time"},
+    ),
+    AfterValidator(_iso_time),
+]
+
+
+class Body(BaseModel):
+    """An admin request body: unknown keys are errors, never ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TokenCreate(Body):
+    name: Name
+    rpm: Limit | None = None
+    tpm: Limit | None = None
+    max_concurrency: Limit | None = None
+    expires_at: IsoTime | None = None
+
+
+class TokenUpdate(Body):
+    """Only the keys present change; null clears a limit or the expiry."""
+
+    name: Name | None = None
+    rpm: Limit | None = None
+    tpm: Limit | None = None
+    max_concurrency: Limit | None = None
+    expires_at: IsoTime | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_not_cleared(cls, value: str | None) -> str | None:
+        # Runs only when the key is sent: a token always has a name.
+        if value is None:
+            raise ValueError("cannot be null: a token always has a name")
+        return value
+
+
+# -- answers (documentation) ------------------------------------------------------------------
+
+
+class Answer(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class TokenUsage(Answer):
+    requests_last_minute: int
+    tokens_last_minute: int
+    in_flight: int
+
+
+class TokenRecord(Answer):
+    id: str
+    name: str
+    kind: Literal["static", "managed"]
+    rpm: int | None
+    tpm: int | None
+    max_concurrency: int | None
+    created_at: str | None
+    expires_at: str | None
+    revoked: bool
+    usage: TokenUsage | None = None
+
+
+class TokenCreated(TokenRecord):
+    token: str = Field(description="the raw token: shown once, never stored")
+
+
+class TokenList(Answer):
+    object: Literal["list"]
+    data: list[TokenRecord]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(BaseModel):
+    """Every error of every route, OpenAI-shaped."""
+
+    error: ErrorDetail
+
+
+class Health(Answer):
+    status: Literal["ok"]
+    store: Literal["embedded", "redis", "degraded"]
+    auth: Literal["enabled", "disabled"]
+    draining: bool
+
+
+class Readiness(Answer):
+    ready: bool
+    problems: list[str]
+    routable_models: int
+
+
+class ModelObject(Answer):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    providers: list[str] | None = None
+
+
+class ModelList(Answer):
+    object: Literal["list"]
+    data: list[ModelObject]
+
+
+class Stats(Answer):
+    totals: dict[str, Any]
+    providers: list[dict[str, Any]]
+
+
+# -- hot routes (documentation; validated by hand in service.api.chat) ------------------------
+
+
+class ChatMessage(Answer):
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class StreamOptions(Answer):
+    include_usage: bool | None = None
+
+
+class ChatCompletionRequest(Answer):
+    """Any other OpenAI field (tools, temperature, ...) passes through to the provider."""
+
+    model: str = Field(
+        "priority-auto",
+        description="`priority-auto`, a model id, `provider/model`, or `a,b,c` in order",
+    )
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    max_tokens: int | None = Field(None, ge=0)
+    max_completion_tokens: int | None = Field(None, ge=0)
+    stream_options: StreamOptions | None = None
+
+
+class ChatCompletion(Answer):
+    id: str
+    object: str
+    created: int
+    model: str
+    choices: list[dict[str, Any]]
+    usage: dict[str, Any] | None = None
+
+
+class EmbeddingsRequest(Answer):
+    model: str = Field(min_length=1)
+    input: str | list[Any] = Field(min_length=1)
+
+
+class EmbeddingList(Answer):
+    object: str
+    data: list[dict[str, Any]]
+    model: str
+    usage: dict[str, Any] | None = None

@@ -1,0 +1,124 @@
+"""The OpenAPI document (SPEC section 4): it is a valid OpenAPI 3 document, it describes every
+route, and schemathesis, generating requests from it for a bounded number of cases, finds no
+input that yields a 5xx or a body that is not an OpenAI error.  All in process: the app is
+driven through ASGI, only the fake provider listens on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from openapi_spec_validator import validate
+
+from service.app import App
+from service.gateway import Gateway
+from tests.inprocess import ADMIN_TOKEN, client, inprocess_settings, running_app
+
+# Per operation; 14 operations.  Bounded so the whole run takes seconds, not minutes.
+MAX_EXAMPLES = 25
+
+EVERY_ROUTE = {
+    ("post", "/v1/chat/completions"),
+    ("post", "/chat/completions"),
+    ("post", "/v1/embeddings"),
+    ("post", "/embeddings"),
+    ("get", "/v1/models"),
+    ("get", "/models"),
+    ("get", "/health"),
+    ("get", "/ok"),
+    ("get", "/ready"),
+    ("get", "/metrics"),
+    ("get", "/stats"),
+    ("get", "/admin/tokens"),
+    ("post", "/admin/tokens"),
+    ("get", "/admin/tokens/{token_id}"),
+    ("patch", "/admin/tokens/{token_id}"),
+    ("delete", "/admin/tokens/{token_id}"),
+}
+
+
+@pytest.fixture
+async def document(single_provider_config: Path, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    settings = inprocess_settings(single_provider_config, tmp_path, env={"P_KEY": "k"})
+    async with running_app(settings) as app, client(app, token=None) as http:
+        response = await http.get("/openapi.json")
+        assert response.status_code == 200
+        docs = await http.get("/docs")
+        assert docs.status_code == 200 and "swagger" in docs.text.lower()
+        yield response.json()
+
+
+@pytest.mark.anyio
+async def test_the_document_is_valid_openapi_and_describes_every_route(
+    document: dict[str, Any],
+) -> None:
+    validate(document)
+    routes = {(m, path) for path, ops in document["paths"].items() for m in ops}
+    assert routes == EVERY_ROUTE
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            # Validation errors are the gateway's 400, never FastAPI's 422 body.
+            assert "422" not in operation["responses"], (method, path)
+    chat = document["paths"]["/v1/chat/completions"]["post"]
+    body = chat["requestBody"]["content"]["application/json"]["schema"]
+    assert "text/event-stream" in chat["responses"]["200"]["content"]
+    assert body == {"$ref": "#/components/schemas/ChatCompletionRequest"}
+    components = document["components"]["schemas"]
+    assert {"model", "messages", "stream"} <= set(components["ChatCompletionRequest"]["properties"])
+    create = document["paths"]["/admin/tokens"]["post"]["requestBody"]["content"]
+    assert create["application/json"]["schema"] == {"$ref": "#/components/schemas/TokenCreate"}
+    # Unknown keys in admin bodies are errors, and the document says so.
+    assert components["TokenCreate"]["additionalProperties"] is False
+
+
+# -- schemathesis --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fuzzed_app(
+    single_provider_config: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[App]:
+    """One token that is both a user and an admin token, so every route is reachable."""
+    settings = inprocess_settings(
+        single_provider_config,
+        tmp_path_factory.mktemp("fuzz-data"),
+        auth_tokens=(ADMIN_TOKEN,),
+        env={"P_KEY": "k"},
+    )
+    yield App(Gateway.build(settings))
+    # schemathesis ran the app's lifespan (the gateway's start) in its own event loop.
+    schemathesis.python.asgi.shutdown_lifespans()
+
+
+def test_generated_requests_never_get_a_5xx(fuzzed_app: App) -> None:
+    schema = schemathesis.openapi.from_asgi("/openapi.json", fuzzed_app)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {(op.method.lower(), op.path) for op in operations} == EVERY_ROUTE
+    calls: dict[str, int] = {}
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(
+            max_examples=MAX_EXAMPLES,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            derandomize=True,
+            database=None,
+        )
+        def no_5xx(case: Any) -> None:
+            response = case.call(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+            calls[case.operation.label] = calls.get(case.operation.label, 0) + 1
+            where = f"{case.method} {case.formatted_path} -> {response.status_code}: "
+            where += response.text[:300]
+            assert response.status_code < 500, where
+            if response.status_code >= 400:
+                error = response.json()["error"]
+                assert set(error) == {"message", "type", "param", "code"}, where
+                assert error["message"], where
+
+        no_5xx()
+    assert len(calls) == len(EVERY_ROUTE)
