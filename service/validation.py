@@ -49,8 +49,10 @@ def message(error: Mapping[str, Any]) -> str:
     for prefix in ("Value error, ", "Assertion failed, "):
         if text.startswith(prefix):
             text = text[len(prefix) :]
-    if isinstance(error.get("input"), str | int | float | bool) and "got " not in text:
-        text += f" (got {error['input']!r})"
+    value = error.get("input")
+    quoted = isinstance(value, str) and repr(value) in text  # the sentence shows it already
+    if isinstance(value, str | int | float | bool) and "got " not in text and not quoted:
+        text += f" (got {value!r})"
     return text
 
 

@@ -8,7 +8,6 @@ routes' bodies for the OpenAPI document only: the hot routes are validated by ha
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -20,6 +19,8 @@ from pydantic import (
     StringConstraints,
     field_validator,
 )
+
+from service.quotas.tokens import TokenError, iso_utc, parse_expiry
 
 
 def _not_bool_or_text(value: Any) -> Any:
@@ -38,12 +39,13 @@ Name = Annotated[str, Field(strict=True), StringConstraints(strip_whitespace=Tru
 
 
 def _iso_time(value: str) -> str:
+    # The registry's rule (format, range, not in the past), so there is one rule for expiry.
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError("must be an ISO 8601 time such as 2030-01-31T00:00:00Z") from None
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        moment = parse_expiry(value)
+    except TokenError as exc:
+        raise ValueError(str(exc).removeprefix("expires_at ")) from None
+    assert moment is not None  # only None for None, which never reaches this validator
+    return iso_utc(moment)
 
 
 IsoTime = Annotated[

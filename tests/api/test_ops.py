@@ -46,7 +46,13 @@ def openai_error(response: httpx.Response, status: int) -> dict[str, Any]:
         ({"name": "x", "rpm": -1}, "rpm", "rpm: Input should be greater than or equal to 0"),
         ({"name": "x", "tpm": "many"}, "tpm", "tpm: must be an integer"),
         ({"name": "x", "max_concurrency": True}, "max_concurrency", "must be an integer"),
-        ({"name": "x", "expires_at": "tomorrow"}, "expires_at", "expires_at: must be an ISO"),
+        (
+            {"name": "x", "expires_at": "tomorrow"},
+            "expires_at",
+            "expires_at: 'tomorrow' is not an ISO",
+        ),
+        ({"name": "x", "expires_at": "2001-01-01T00:00:00Z"}, "expires_at", "in the past"),
+        ({"name": "x", "expires_at": "9999-12-31T23:59:59-01:00"}, "expires_at", "range"),
         ({"name": "x", "team": "a"}, "team", "team: unknown key"),
     ],
 )
