@@ -233,14 +233,19 @@ class Store:
 
     # -- registry ----------------------------------------------------------------------------
 
+    # The registry is read and written on the shared store only: while degraded these raise
+    # StoreUnreachable (a 503 at the edge) rather than answer from an empty local copy or
+    # change records behind the fleet's back; requests authenticate from each replica's cache.
+
+    async def _registry(self, fn: Callable[[Backend], Awaitable[T]]) -> T:
+        if self._degraded:
+            raise StoreUnreachable("the shared store is unreachable")
+        return await self._run("other", fn)
+
     async def put_record(
         self, kind: str, record_id: str, fields: Mapping[str, str], mode: WriteMode
     ) -> bool:
-        """Write a record; raises ``StoreUnreachable`` while degraded (the registry is not
-        changed behind the fleet's back)."""
-        if self._degraded:
-            raise StoreUnreachable("the shared store is unreachable")
-        return await self._run("other", lambda b: b.put_record(kind, record_id, fields, mode))
+        return await self._registry(lambda b: b.put_record(kind, record_id, fields, mode))
 
     async def reseed(self, kind: str, records: Sequence[Mapping[str, str]]) -> int:
         """Write back records the store lost (newest copy wins); returns how many it took.
@@ -252,17 +257,17 @@ class Store:
         return written
 
     async def get_record(self, kind: str, record_id: str) -> dict[str, str] | None:
-        return await self._run("other", lambda b: b.get_record(kind, record_id))
+        return await self._registry(lambda b: b.get_record(kind, record_id))
 
     async def all_records(self, kind: str, primary: bool = False) -> list[dict[str, str]]:
         if primary:
             return await self._bounded(self._primary.all_records(kind))
-        return await self._run("other", lambda b: b.all_records(kind))
+        return await self._registry(lambda b: b.all_records(kind))
 
     async def registry_version(self, primary: bool = False) -> int | None:
         if primary:
             return await self._bounded(self._primary.registry_version())
-        return await self._run("other", lambda b: b.registry_version())
+        return await self._registry(lambda b: b.registry_version())
 
     # -- change notifications ----------------------------------------------------------------
 
