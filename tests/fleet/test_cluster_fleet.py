@@ -1,0 +1,85 @@
+"""Three replicas on a real 3-master Redis Cluster with replicas: failovers mid-traffic."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fleet.traffic import (
+    STATIC,
+    Traffic,
+    all_ready,
+    burst,
+    create_token,
+    fleet_env,
+    gateways,
+    poll,
+)
+from tests.topologies import RedisClusterGroup
+
+REGISTRY_KEY = "best:{registry}:version"
+
+
+def _quota_key(token_id: str) -> str:
+    return f"best:{{q:{token_id}}}:token:{token_id}:windows"
+
+
+@pytest.mark.parametrize(
+    ("url_form", "how"),
+    [("redis+cluster", "kill"), ("plain redis", "manual")],
+)
+def test_master_failover_mid_traffic_fails_no_request(
+    disposable_redis_cluster: RedisClusterGroup,
+    single_provider_config: Path,
+    url_form: str,
+    how: str,
+) -> None:
+    cluster = disposable_redis_cluster
+    # The master holding the registry: token writes and registry reads go there.
+    victim = cluster.master_for_key(REGISTRY_KEY)
+    # The plain form names only that one node: the Cluster is found behind it.
+    url = cluster.url if url_form == "redis+cluster" else f"redis://{victim.address}"
+    with gateways(single_provider_config, fleet_env(url)) as replicas:
+        for replica in replicas:
+            assert httpx.get(f"{replica.url}/health").json()["store"] != "degraded"
+        tokens = {"static": STATIC}
+        # Limited tokens, until one's quota keys sit on the victim and others elsewhere.
+        owners: set[int] = set()
+        while len(tokens) < 4 or victim.port not in owners or len(owners) < 2:
+            assert len(tokens) < 40, "token ids never reached the victim's slots"
+            token_id, raw = create_token(replicas[len(tokens) % 3], rpm=100_000, max_concurrency=50)
+            tokens[token_id] = raw
+            owners.add(cluster.master_for_key(_quota_key(token_id)).port)
+
+        with Traffic(replicas, tokens) as traffic:
+            traffic.wait_for(60)
+            failed_over_at = time.monotonic()
+            if how == "kill":
+                cluster.kill_master(victim)
+            else:
+                cluster.failover(victim)
+            promoted = time.monotonic() - failed_over_at
+            traffic.wait_for(60)
+            # Quotas exact again, within seconds: a fresh token with rpm=5 gets exactly 5.
+            poll(lambda: all_ready(replicas), 15, "every replica ready")
+            _, fresh = create_token(replicas[1], rpm=5)
+            statuses = burst(replicas, fresh, 15)
+            exact_after = time.monotonic() - failed_over_at
+            traffic.wait_for(30)
+
+        assert traffic.failures() == [], traffic.failures()[:5]
+        # Every limited token's window is on the master owning its slot: the Cluster was used
+        # as one (behind the plain URL too), not one node answering MOVED.
+        for token_id in tokens:
+            if token_id != "static":
+                with cluster.master_for_key(_quota_key(token_id)).client() as conn:
+                    assert conn.exists(_quota_key(token_id)) == 1, token_id
+        assert statuses.count(200) == 5, statuses
+        assert statuses.count(429) == 10, statuses
+        print(
+            f"\n{url_form}/{how}: {traffic.count()} requests, 0 failed; "
+            f"promotion {promoted:.1f} s, exact quotas {exact_after:.1f} s after the failover"
+        )
