@@ -1,4 +1,4 @@
-"""The ``best`` command: ``serve``, ``check-config`` and ``tokens``."""
+"""The ``best`` command: ``serve``, ``check-config``, ``tokens``, ``teams`` and ``usage``."""
 
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ def _admin_call(args: argparse.Namespace, method: str, path: str, body: Any = No
         (t.strip() for t in os.environ.get("ADMIN_TOKENS", "").split(",") if t.strip()), None
     )
     if not token:
-        raise SystemExit("best tokens: pass --admin-token or set ADMIN_TOKENS")
+        raise SystemExit(f"best {args.command}: pass --admin-token or set ADMIN_TOKENS")
     url = args.url.rstrip("/") + path
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, method=method)
@@ -159,18 +159,32 @@ def _admin_call(args: argparse.Namespace, method: str, path: str, body: Any = No
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode("utf-8", "replace")
-        raise SystemExit(f"best tokens: {method} {url} -> {exc.code}: {detail}") from None
+        raise SystemExit(f"best {args.command}: {method} {url} -> {exc.code}: {detail}") from None
     except urllib.error.URLError as exc:
-        raise SystemExit(f"best tokens: cannot reach {url}: {exc.reason}") from None
+        raise SystemExit(f"best {args.command}: cannot reach {url}: {exc.reason}") from None
 
 
 def _limits(args: argparse.Namespace) -> dict[str, Any]:
+    """The body of a create or update: the options given; 0 or "none" clears a limit."""
     body: dict[str, Any] = {}
-    for name in ("rpm", "tpm", "max_concurrency", "expires_at", "name"):
+    for name in ("rpm", "tpm", "max_concurrency", "expires_at", "name", "team"):
         value = getattr(args, name, None)
         if value is not None:
             body[name] = None if value in (0, "none") else value
+    for name in ("budget_usd", "budget_period"):
+        value = getattr(args, name, None)
+        if value is not None:
+            body[name] = None if value == "none" else value
+    if isinstance(body.get("budget_usd"), str):
+        body["budget_usd"] = _usd(body["budget_usd"])
     return body
+
+
+def _usd(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise SystemExit(f"best: --budget-usd {text!r} is not a number (or none)") from None
 
 
 def cmd_tokens(args: argparse.Namespace) -> int:
@@ -184,6 +198,48 @@ def cmd_tokens(args: argparse.Namespace) -> int:
         result = _admin_call(args, "DELETE", f"/admin/tokens/{args.id}")
     print(json.dumps(result, indent=2))
     return 0
+
+
+def cmd_teams(args: argparse.Namespace) -> int:
+    if args.action == "create":
+        body = _limits(args)
+        if args.new_id is not None:
+            body["id"] = args.new_id
+        result = _admin_call(args, "POST", "/admin/teams", body)
+    elif args.action == "list":
+        result = _admin_call(args, "GET", "/admin/teams")
+    elif args.action == "show":
+        result = _admin_call(args, "GET", f"/admin/teams/{args.team_id}")
+    elif args.action == "update":
+        result = _admin_call(args, "PATCH", f"/admin/teams/{args.team_id}", _limits(args))
+    else:
+        result = _admin_call(args, "DELETE", f"/admin/teams/{args.team_id}")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _admin_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
+    parser.add_argument(
+        "--url",
+        default=f"http://127.0.0.1:{os.environ.get('PORT') or 12345}",
+        help="the gateway's base URL",
+    )
+    parser.add_argument("--admin-token", help="an ADMIN_TOKENS bearer (default: $ADMIN_TOKENS)")
+    return parser
+
+
+def _limit_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rpm", type=int, help="requests per minute (0: none)")
+    parser.add_argument("--tpm", type=int, help="tokens per minute (0: none)")
+    parser.add_argument("--max-concurrency", dest="max_concurrency", type=int)
+    parser.add_argument("--budget-usd", dest="budget_usd", help="spend budget in USD (none: clear)")
+    parser.add_argument(
+        "--budget-period",
+        dest="budget_period",
+        choices=["day", "week", "month", "total", "none"],
+        help="UTC calendar period of the budget; total never resets",
+    )
 
 
 SERVE_EPILOG = """\
@@ -220,13 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(func=cmd_check_config)
 
-    tokens = sub.add_parser("tokens", help="manage tokens through a running gateway")
-    tokens.add_argument(
-        "--url",
-        default=f"http://127.0.0.1:{os.environ.get('PORT') or 12345}",
-        help="the gateway's base URL",
-    )
-    tokens.add_argument("--admin-token", help="an ADMIN_TOKENS bearer (default: $ADMIN_TOKENS)")
+    tokens = _admin_parser(sub, "tokens", "manage tokens through a running gateway")
     actions = tokens.add_subparsers(dest="action", required=True)
     create = actions.add_parser("create")
     create.add_argument("--name", required=True)
@@ -237,11 +287,25 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = actions.add_parser("revoke")
     revoke.add_argument("id")
     for p in (create, update):
-        p.add_argument("--rpm", type=int)
-        p.add_argument("--tpm", type=int)
-        p.add_argument("--max-concurrency", dest="max_concurrency", type=int)
+        _limit_options(p)
         p.add_argument("--expires-at", dest="expires_at")
+        p.add_argument("--team", help="the team's id (none: no team)")
     tokens.set_defaults(func=cmd_tokens)
+
+    teams = _admin_parser(sub, "teams", "manage teams through a running gateway")
+    team_actions = teams.add_subparsers(dest="action", required=True)
+    team_create = team_actions.add_parser("create")
+    team_create.add_argument("--name", required=True)
+    team_create.add_argument("--id", dest="new_id", help="the team's id (default: generated)")
+    team_actions.add_parser("list")
+    for action in ("show", "update", "delete"):
+        parser_ = team_actions.add_parser(action)
+        parser_.add_argument("team_id")
+        if action == "update":
+            parser_.add_argument("--name")
+            _limit_options(parser_)
+    _limit_options(team_create)
+    teams.set_defaults(func=cmd_teams)
     return parser
 
 

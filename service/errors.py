@@ -50,6 +50,10 @@ class ModelNotFound(NotFound):
     pass
 
 
+class Conflict(GatewayError):
+    """The request contradicts the state of a record (an id taken, a team still in use)."""
+
+
 class MethodNotAllowed(GatewayError):
     pass
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from service.ids import IdGenerator
 from service.observability.metrics import Metrics, create_metrics, prime
 from service.quotas.admission import Quotas
+from service.quotas.teams import Teams
 from service.quotas.tokens import TokenRegistry
 from service.routing.catalog import Catalog
 from service.routing.cooldowns import Cooldowns
@@ -34,6 +35,7 @@ class Gateway:
     catalog: Catalog
     stats: FleetStats
     tokens: TokenRegistry
+    teams: Teams
     quotas: Quotas
     cooldowns: Cooldowns
     router: Router
@@ -62,7 +64,18 @@ class Gateway:
         ids = IdGenerator()
         router = Router(settings, catalog, cooldowns, client, stats, metrics, ids)
         return cls(
-            settings, metrics, store, client, catalog, stats, tokens, quotas, cooldowns, router, ids
+            settings,
+            metrics,
+            store,
+            client,
+            catalog,
+            stats,
+            tokens,
+            Teams(tokens),
+            quotas,
+            cooldowns,
+            router,
+            ids,
         )
 
     async def start(self) -> None:

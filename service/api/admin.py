@@ -1,4 +1,4 @@
-"""/admin/tokens: token management for holders of an ADMIN_TOKENS bearer.
+"""/admin/tokens and /admin/teams: management for holders of an ADMIN_TOKENS bearer.
 
 Bodies are validated by ``service.api.schemas`` (every error named by its field, unknown keys
 refused); the registry stores what they say.  Its errors (unknown id, store down) are the
@@ -17,12 +17,17 @@ from service.api.dependencies import GatewayDep, admin_caller, body_doc, json_bo
 from service.api.responses import orjson_response
 from service.api.schemas import (
     ErrorBody,
+    TeamCreate,
+    TeamList,
+    TeamRecord,
+    TeamUpdate,
     TokenCreate,
     TokenCreated,
     TokenList,
     TokenRecord,
     TokenUpdate,
 )
+from service.quotas.teams import to_team
 from service.quotas.tokens import to_record
 
 router = APIRouter(
@@ -30,6 +35,13 @@ router = APIRouter(
     tags=["admin"],
     dependencies=[Depends(admin_caller)],
     responses={404: {"model": ErrorBody, "description": "Unknown token, or admin API off"}},
+)
+
+teams_router = APIRouter(
+    prefix="/admin/teams",
+    tags=["admin"],
+    dependencies=[Depends(admin_caller)],
+    responses={404: {"model": ErrorBody, "description": "Unknown team, or admin API off"}},
 )
 
 TokenId = Annotated[
@@ -78,3 +90,56 @@ async def update_token(
 @router.delete("/{token_id}", response_model=TokenRecord, summary="Revoke a token")
 async def revoke_token(gw: GatewayDep, token_id: TokenId) -> Response:
     return orjson_response(await gw.tokens.revoke(token_id))
+
+
+# -- teams ------------------------------------------------------------------------------------
+
+TeamPath = Annotated[str, PathParam(pattern=r"^[a-z0-9_-]{1,64}$", description="the team's id")]
+
+
+@teams_router.get("", response_model=TeamList, summary="Every team, with its token count")
+async def list_teams(gw: GatewayDep) -> Response:
+    return orjson_response({"object": "list", "data": await gw.teams.list()})
+
+
+@teams_router.post(
+    "",
+    status_code=201,
+    response_model=TeamRecord,
+    openapi_extra=body_doc(TeamCreate),
+    responses={409: {"model": ErrorBody, "description": "The id is taken"}},
+    summary="Create a team",
+)
+async def create_team(
+    gw: GatewayDep, body: Annotated[TeamCreate, Depends(json_body(TeamCreate))]
+) -> Response:
+    return orjson_response(await gw.teams.create(body.model_dump(exclude_none=True)), status=201)
+
+
+@teams_router.get("/{team_id}", response_model=TeamRecord, summary="One team")
+async def get_team(gw: GatewayDep, team_id: TeamPath) -> Response:
+    return orjson_response(to_team(await gw.teams.get(team_id)))
+
+
+@teams_router.patch(
+    "/{team_id}",
+    response_model=TeamRecord,
+    openapi_extra=body_doc(TeamUpdate),
+    summary="Change name, limits or budget (only the keys sent)",
+)
+async def update_team(
+    gw: GatewayDep,
+    team_id: TeamPath,
+    body: Annotated[TeamUpdate, Depends(json_body(TeamUpdate))],
+) -> Response:
+    return orjson_response(await gw.teams.update(team_id, body.model_dump(exclude_unset=True)))
+
+
+@teams_router.delete(
+    "/{team_id}",
+    response_model=TeamRecord,
+    responses={409: {"model": ErrorBody, "description": "Active tokens still belong to it"}},
+    summary="Delete a team (refused while active tokens belong to it)",
+)
+async def delete_team(gw: GatewayDep, team_id: TeamPath) -> Response:
+    return orjson_response(await gw.teams.delete(team_id))

@@ -18,6 +18,7 @@ TABLE: dict[type[errors.GatewayError], tuple[int, str, str | None]] = {
     errors.NotFound: (404, "invalid_request_error", "not_found"),
     errors.ModelNotFound: (404, "invalid_request_error", "model_not_found"),
     errors.MethodNotAllowed: (405, "invalid_request_error", "method_not_allowed"),
+    errors.Conflict: (409, "invalid_request_error", "conflict"),
     errors.PayloadTooLarge: (413, "invalid_request_error", "payload_too_large"),
     errors.QuotaExceeded: (429, "rate_limit_error", "rate_limit_exceeded"),
     errors.BudgetExceeded: (429, "insufficient_quota", "insufficient_quota"),

@@ -34,7 +34,14 @@ def create_ops_app(gateway: Gateway) -> FastAPI:
         redoc_url=None,
     )
     app.state.gateway = gateway
-    for router in (hot_routes.router, models.router, health.router, stats.router, admin.router):
+    for router in (
+        hot_routes.router,
+        models.router,
+        health.router,
+        stats.router,
+        admin.router,
+        admin.teams_router,
+    ):
         app.include_router(router)
     for kind in (GatewayError, RequestValidationError, HTTPException, Exception):
         app.add_exception_handler(kind, render_error)

@@ -1,7 +1,7 @@
 """The bodies of the HTTP API as pydantic models.
 
-Admin bodies (``TokenCreate``, ``TokenUpdate``) are validated by these models: unknown keys
-are errors, and every error names its field.  The other models describe answers and the hot
+Admin bodies (``TokenCreate``, ``TokenUpdate``, ``TeamCreate``, ``TeamUpdate``) are validated
+by these models: unknown keys are errors, and every error names its field.  The other models describe answers and the hot
 routes' bodies for the OpenAPI document only: the hot routes are validated by hand in
 ``service.api.chat`` (cheaper than a model per request), and answers are rendered as they are.
 """
@@ -20,7 +20,7 @@ from pydantic import (
     field_validator,
 )
 
-from service.quotas.tokens import TokenError, iso_utc, parse_expiry
+from service.quotas.tokens import MAX_BUDGET_USD, TokenError, iso_utc, parse_expiry
 
 
 def _not_bool_or_text(value: Any) -> Any:
@@ -36,6 +36,16 @@ Limit = Annotated[
     Field(ge=0, description="per minute (rpm, tpm) or at once; 0 or null = none"),
 ]
 Name = Annotated[str, Field(strict=True), StringConstraints(strip_whitespace=True, min_length=1)]
+Budget = Annotated[
+    float,
+    BeforeValidator(_not_bool_or_text),
+    Field(ge=0, le=MAX_BUDGET_USD, description="USD per budget_period; null = no budget"),
+]
+Period = Literal["day", "week", "month", "total"]
+TeamId = Annotated[
+    str,
+    Field(strict=True, pattern=r"^[a-z0-9_-]{1,64}$", description="a-z, 0-9, '-', '_'"),
+]
 
 
 def _iso_time(value: str) -> str:
@@ -67,19 +77,25 @@ class Body(BaseModel):
 
 class TokenCreate(Body):
     name: Name
+    team: TeamId | None = None
     rpm: Limit | None = None
     tpm: Limit | None = None
     max_concurrency: Limit | None = None
+    budget_usd: Budget | None = None
+    budget_period: Period | None = None
     expires_at: IsoTime | None = None
 
 
 class TokenUpdate(Body):
-    """Only the keys present change; null clears a limit or the expiry."""
+    """Only the keys present change; null clears a limit, the team, the budget or the expiry."""
 
     name: Name | None = None
+    team: TeamId | None = None
     rpm: Limit | None = None
     tpm: Limit | None = None
     max_concurrency: Limit | None = None
+    budget_usd: Budget | None = None
+    budget_period: Period | None = None
     expires_at: IsoTime | None = None
 
     @field_validator("name")
@@ -88,6 +104,34 @@ class TokenUpdate(Body):
         # Runs only when the key is sent: a token always has a name.
         if value is None:
             raise ValueError("cannot be null: a token always has a name")
+        return value
+
+
+class TeamCreate(Body):
+    name: Name
+    id: TeamId | None = Field(None, description="default: team-<12 hex>")
+    rpm: Limit | None = None
+    tpm: Limit | None = None
+    max_concurrency: Limit | None = None
+    budget_usd: Budget | None = None
+    budget_period: Period | None = None
+
+
+class TeamUpdate(Body):
+    """Only the keys present change; null clears a limit or the budget."""
+
+    name: Name | None = None
+    rpm: Limit | None = None
+    tpm: Limit | None = None
+    max_concurrency: Limit | None = None
+    budget_usd: Budget | None = None
+    budget_period: Period | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_not_cleared(cls, value: str | None) -> str | None:
+        if value is None:
+            raise ValueError("cannot be null: a team always has a name")
         return value
 
 
@@ -108,9 +152,12 @@ class TokenRecord(Answer):
     id: str
     name: str
     kind: Literal["static", "managed"]
+    team: str | None = None
     rpm: int | None
     tpm: int | None
     max_concurrency: int | None
+    budget_usd: float | None = None
+    budget_period: Period | None = None
     created_at: str | None
     expires_at: str | None
     revoked: bool
@@ -124,6 +171,23 @@ class TokenCreated(TokenRecord):
 class TokenList(Answer):
     object: Literal["list"]
     data: list[TokenRecord]
+
+
+class TeamRecord(Answer):
+    id: str
+    name: str
+    rpm: int | None
+    tpm: int | None
+    max_concurrency: int | None
+    budget_usd: float | None
+    budget_period: Period | None
+    created_at: str | None
+    tokens: int | None = Field(None, description="active tokens of the team (in lists)")
+
+
+class TeamList(Answer):
+    object: Literal["list"]
+    data: list[TeamRecord]
 
 
 class ErrorDetail(BaseModel):

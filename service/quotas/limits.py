@@ -13,6 +13,9 @@ DEFAULT_COMPLETION_ESTIMATE = 1024
 # Rough prompt estimate: OpenAI-family tokenizers average about four bytes per token.
 BYTES_PER_TOKEN = 4
 LIMITS = ("rpm", "tpm", "max_concurrency")
+# Budget periods as the quota script knows them (UTC calendar; "total" never resets).
+PERIODS = {"total": 0, "day": 1, "week": 2, "month": 3}
+MICRO = 1_000_000  # budgets are counted in micro-USD integers
 
 
 def _int(value: str | None) -> int:
@@ -20,6 +23,16 @@ def _int(value: str | None) -> int:
         return max(0, int(value or 0))
     except ValueError:
         return 0
+
+
+def budget_micro(value: str | None) -> int:
+    """A stored ``budget_usd`` in micro-USD; -1 when there is no budget."""
+    if not value:
+        return -1
+    try:
+        return max(0, round(float(value) * MICRO))
+    except ValueError:
+        return -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +48,8 @@ class Record:
     expires_ms: int = 0
     revoked: bool = False
     updated_ms: int = 0
+    budget_micro: int = -1  # -1: no budget
+    budget_period: int = 0  # a PERIODS value
 
     @classmethod
     def parse(cls, fields: dict[str, str]) -> Record:
@@ -46,13 +61,20 @@ class Record:
             tpm=_int(fields.get("tpm")),
             max_concurrency=_int(fields.get("max_concurrency")),
             expires_ms=_int(fields.get("expires_ms")),
-            revoked=fields.get("revoked") == "1",
+            # A deleted team keeps its record (so no replica's re-seed brings it back).
+            revoked=fields.get("revoked") == "1" or fields.get("deleted") == "1",
             updated_ms=_int(fields.get("updated_ms")),
+            budget_micro=budget_micro(fields.get("budget_usd")),
+            budget_period=PERIODS.get(fields.get("budget_period") or "", 0),
         )
 
     @property
     def limited(self) -> bool:
-        return self.rpm > 0 or self.tpm > 0 or self.max_concurrency > 0
+        return self.rpm > 0 or self.tpm > 0 or self.max_concurrency > 0 or self.budgeted
+
+    @property
+    def budgeted(self) -> bool:
+        return self.budget_micro >= 0
 
     def limits(self) -> tuple[int, int, int]:
         return self.rpm, self.tpm, self.max_concurrency

@@ -18,10 +18,11 @@ import logging
 import secrets
 import time
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from service.errors import BadRequest, NotFound
-from service.quotas.limits import LIMITS, Record
+from service.quotas.limits import LIMITS, PERIODS, Record
 from service.settings import Settings
 from service.store.backend import StoreError, WriteMode
 from service.store.client import Store
@@ -31,6 +32,8 @@ log = logging.getLogger("best.tokens")
 POLL_S = 1.0
 MISS_TTL_MS = 1000  # an unknown token is looked up in the store at most once a second
 MAX_MISSES = 10_000
+KINDS = ("token", "team")
+MAX_BUDGET_USD = 1_000_000_000
 
 
 class TokenError(BadRequest):
@@ -84,8 +87,66 @@ def parse_limit(name: str, value: Any) -> int | None:
     return value or None
 
 
-def _limit_field(value: int | None) -> str:
+def limit_field(value: int | None) -> str:
     return str(value) if value else ""
+
+
+def parse_budget(value: Any) -> str:
+    """A ``budget_usd`` as stored ("" for none); TokenError (a 400) when unusable."""
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TokenError(
+            "budget_usd must be a non-negative number of USD or null", param="budget_usd"
+        )
+    if not 0 <= value <= MAX_BUDGET_USD:  # also refuses NaN
+        raise TokenError(
+            f"budget_usd must be between 0 and {MAX_BUDGET_USD} USD", param="budget_usd"
+        )
+    return repr(round(float(value), 6))
+
+
+def parse_period(value: Any) -> str:
+    if value is None:
+        return ""
+    if value not in PERIODS:
+        raise TokenError(
+            "budget_period must be one of day, week, month, total, or null", param="budget_period"
+        )
+    return str(value)
+
+
+def budget_changes(body: dict[str, Any], current: dict[str, str]) -> dict[str, str]:
+    """The stored budget fields after applying ``body``'s budget keys to ``current``: a
+    budget needs its period (no silent default), and clearing the budget clears its period."""
+    changes: dict[str, str] = {}
+    if "budget_usd" in body:
+        changes["budget_usd"] = parse_budget(body["budget_usd"])
+    if "budget_period" in body:
+        changes["budget_period"] = parse_period(body["budget_period"])
+    if not changes:
+        return changes
+    budget = changes.get("budget_usd", current.get("budget_usd", ""))
+    period = changes.get("budget_period", current.get("budget_period", ""))
+    if budget and not period:
+        raise TokenError(
+            "budget_period is required with budget_usd: day, week, month or total",
+            param="budget_period",
+        )
+    if period and not budget:
+        if "budget_usd" in body:  # the budget was cleared: its period goes with it
+            changes["budget_period"] = ""
+        else:
+            raise TokenError("budget_period needs a budget_usd", param="budget_period")
+    return changes
+
+
+def budget_record(fields: dict[str, str]) -> dict[str, Any]:
+    budget = fields.get("budget_usd")
+    return {
+        "budget_usd": float(budget) if budget else None,
+        "budget_period": fields.get("budget_period") or None,
+    }
 
 
 def to_record(fields: dict[str, str]) -> dict[str, Any]:
@@ -96,6 +157,7 @@ def to_record(fields: dict[str, str]) -> dict[str, Any]:
         "kind": fields.get("kind", "managed"),
         "team": fields.get("team") or None,
         **{limit: int(fields[limit]) if fields.get(limit) else None for limit in LIMITS},
+        **budget_record(fields),
         "created_at": fields.get("created_at") or None,
         "expires_at": fields.get("expires_at") or None,
         "revoked": fields.get("revoked") == "1",
@@ -110,9 +172,11 @@ class TokenRegistry:
     def __init__(self, settings: Settings, store: Store) -> None:
         self._settings = settings
         self._store = store
+        self.store = store
         self._static_ids = {token_id(raw) for raw in settings.auth_tokens}
         self._tokens: dict[str, Record] = {}
         self._teams: dict[str, Record] = {}
+        self._records = {"token": self._tokens, "team": self._teams}
         self._misses: dict[str, int] = {}  # unknown id -> looked up until (ms)
         self._version: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -126,7 +190,8 @@ class TokenRegistry:
         except StoreError as exc:
             log.warning("token registry: %s", exc)
         self._tasks = [asyncio.create_task(self._poll())]
-        self._store.subscribe("token", self._on_message)
+        for kind in KINDS:
+            self._store.subscribe(kind, partial(self._on_message, kind))
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -134,12 +199,13 @@ class TokenRegistry:
 
     # -- the local cache ---------------------------------------------------------------------
 
-    def _cache(self, fields: dict[str, str]) -> Record:
+    def _cache(self, fields: dict[str, str], kind: str = "token") -> Record:
         record = Record.parse(fields)
-        self._tokens[record.id] = record
-        self._misses.pop(record.id, None)
-        if record.fields.get("kind") == "managed" and not record.revoked:
-            self.auth_enabled = True
+        self._records[kind][record.id] = record
+        if kind == "token":
+            self._misses.pop(record.id, None)
+            if record.fields.get("kind") == "managed" and not record.revoked:
+                self.auth_enabled = True
         return record
 
     async def find(self, tid: str) -> Record | None:
@@ -149,7 +215,12 @@ class TokenRegistry:
         return record if record is not None else await self._look_up(tid)
 
     def team(self, team_id: str) -> Record | None:
-        return self._teams.get(team_id)
+        """A team's record from the cache; a deleted team is no team (its limits are gone)."""
+        record = self._teams.get(team_id)
+        return record if record is not None and not record.revoked else None
+
+    def cached(self, kind: str) -> list[Record]:
+        return list(self._records[kind].values())
 
     async def _look_up(self, tid: str) -> Record | None:
         now = _now_ms()
@@ -164,16 +235,20 @@ class TokenRegistry:
                 self._misses.clear()
             self._misses[tid] = now + MISS_TTL_MS
             return None
-        return self._cache(fields)
+        record = self._cache(fields)
+        if record.team and record.team not in self._teams:
+            # A team created a moment ago on another replica, with this token.
+            await self._on_message("team", record.team)
+        return record
 
-    async def _on_message(self, tid: str) -> None:
+    async def _on_message(self, kind: str, record_id: str) -> None:
         """Another replica changed a record: fetch it at once."""
         try:
-            fields = await self._store.get_record("token", tid)
+            fields = await self._store.get_record(kind, record_id)
         except StoreError:
             return
         if fields is not None:
-            self._cache(fields)
+            self._cache(fields, kind)
 
     async def _poll(self) -> None:
         while True:
@@ -188,42 +263,47 @@ class TokenRegistry:
 
     async def reconcile(self) -> None:
         """Merge the store's registry with this replica's: the newest copy of each record wins
-        on both sides, and records the store lacks are written back."""
+        on both sides, and records the store lacks are written back (teams and tokens)."""
         version = await self._store.registry_version(primary=True)
-        stored = (
-            {}
-            if version is None
-            else {
-                r["id"]: r
-                for r in await self._store.all_records("token", primary=True)
-                if "id" in r
-            }
-        )
-        missing = []
-        for tid, record in self._tokens.items():
-            theirs = stored.get(tid)
-            if theirs is None or int(theirs.get("updated_ms") or 0) < record.updated_ms:
-                missing.append(record.fields)
-        if missing:
-            written = await self._store.reseed("token", missing)
-            log.warning("token registry: wrote back %d records the store lacked", written)
-            version = await self._store.registry_version(primary=True)
-        for fields in stored.values():
-            mine = self._tokens.get(fields["id"])
-            if mine is None or int(fields.get("updated_ms") or 0) >= mine.updated_ms:
-                self._cache(fields)
+        for kind in KINDS:
+            if await self._reconcile(kind, version):
+                version = await self._store.registry_version(primary=True)
         self._version = version
         self.auth_enabled = not self._settings.auth_disabled_by_env or any(
             r.fields.get("kind") == "managed" and not r.revoked for r in self._tokens.values()
         )
 
+    async def _reconcile(self, kind: str, version: int | None) -> bool:
+        """Reconcile one kind of record; True when records were written back."""
+        stored = (
+            {}
+            if version is None
+            else {
+                r["id"]: r for r in await self._store.all_records(kind, primary=True) if "id" in r
+            }
+        )
+        cache = self._records[kind]
+        missing = []
+        for record_id, record in cache.items():
+            theirs = stored.get(record_id)
+            if theirs is None or int(theirs.get("updated_ms") or 0) < record.updated_ms:
+                missing.append(record.fields)
+        if missing:
+            written = await self._store.reseed(kind, missing)
+            log.warning("registry: wrote back %d %s records the store lacked", written, kind)
+        for fields in stored.values():
+            mine = cache.get(fields["id"])
+            if mine is None or int(fields.get("updated_ms") or 0) >= mine.updated_ms:
+                self._cache(fields, kind)
+        return bool(missing)
+
     async def seed_static(self) -> None:
         """Create the records of static tokens; follow DEFAULT_* unless a PATCH set limits."""
         s = self._settings
         defaults = {
-            "rpm": _limit_field(s.default_rpm),
-            "tpm": _limit_field(s.default_tpm),
-            "max_concurrency": _limit_field(s.default_max_concurrency),
+            "rpm": limit_field(s.default_rpm),
+            "tpm": limit_field(s.default_tpm),
+            "max_concurrency": limit_field(s.default_max_concurrency),
         }
         for tid in sorted(self._static_ids):
             fields = {
@@ -252,14 +332,37 @@ class TokenRegistry:
             else:
                 self._cache(existing)
 
-    async def _write(self, tid: str, fields: dict[str, str], create: bool = False) -> Record:
+    async def write(
+        self, kind: str, record_id: str, fields: dict[str, str], create: bool = False
+    ) -> Record | None:
+        """Store a record, cache it and tell the fleet; None when ``create`` found it taken or
+        an update found it missing."""
         fields = {**fields, "updated_ms": str(_now_ms())}
         mode: WriteMode = "create" if create else "update"
-        if not await self._store.put_record("token", tid, fields, mode):
-            raise TokenNotFound(tid) if not create else TokenError("token id collision; retry")
-        record = self._cache(fields)
-        await self._store.publish(f"token:{tid}")
+        if not await self._store.put_record(kind, record_id, fields, mode):
+            return None
+        record = self._cache(fields, kind)
+        await self._store.publish(f"{kind}:{record_id}")
         return record
+
+    async def _write(self, tid: str, fields: dict[str, str], create: bool = False) -> Record:
+        record = await self.write("token", tid, fields, create)
+        if record is None:
+            raise TokenNotFound(tid) if not create else TokenError("token id collision; retry")
+        return record
+
+    async def _team_field(self, value: Any) -> str:
+        """A token's ``team`` as stored: an existing team's id, or "" for none."""
+        if value is None:
+            return ""
+        if not isinstance(value, str) or not value:
+            raise TokenError("team must be a team id or null", param="team")
+        if self.team(value) is None:
+            fields = await self._store.get_record("team", value)
+            if fields is None or fields.get("deleted") == "1":
+                raise TokenError(f"no team with id {value!r}", param="team")
+            self._cache(fields, "team")
+        return value
 
     # -- admin operations --------------------------------------------------------------------
 
@@ -268,6 +371,8 @@ class TokenRegistry:
         if not isinstance(name, str) or not name.strip():
             raise TokenError("name is required and must be a non-empty string", param="name")
         limits = {k: parse_limit(k, body.get(k)) for k in LIMITS}
+        budget = budget_changes(body, {})
+        team = await self._team_field(body.get("team"))
         expires = parse_expiry(body.get("expires_at"))
         raw = "sk-best-" + secrets.token_urlsafe(32)
         tid = token_id(raw)
@@ -275,13 +380,15 @@ class TokenRegistry:
             "id": tid,
             "name": name.strip(),
             "kind": "managed",
-            "team": "",
+            "team": team,
             "created_at": iso_utc(datetime.now(UTC)),
             "expires_at": iso_utc(expires) if expires else "",
             "expires_ms": str(int(expires.timestamp() * 1000)) if expires else "0",
             "revoked": "0",
             "limits_source": "custom",
-            **{k: _limit_field(v) for k, v in limits.items()},
+            **{k: limit_field(v) for k, v in limits.items()},
+            "budget_usd": budget.get("budget_usd", ""),
+            "budget_period": budget.get("budget_period", ""),
         }
         record = await self._write(tid, fields, create=True)
         return {**to_record(record.fields), "token": raw}
@@ -294,10 +401,16 @@ class TokenRegistry:
 
     async def update(self, tid: str, body: dict[str, Any]) -> dict[str, Any]:
         fields = await self.get(tid)
-        changes: dict[str, str] = {}
+        changes = budget_changes(body, fields)
+        if changes:
+            changes["limits_source"] = "custom"
         for key, value in body.items():
-            if key in LIMITS:
-                changes[key] = _limit_field(parse_limit(key, value))
+            if key in ("budget_usd", "budget_period"):
+                continue
+            if key == "team":
+                changes["team"] = await self._team_field(value)
+            elif key in LIMITS:
+                changes[key] = limit_field(parse_limit(key, value))
                 changes["limits_source"] = "custom"
             elif key == "name":
                 if not isinstance(value, str) or not value.strip():
@@ -309,7 +422,8 @@ class TokenRegistry:
                 changes["expires_ms"] = str(int(expires.timestamp() * 1000)) if expires else "0"
             else:
                 raise TokenError(
-                    f"{key} cannot be changed; allowed: name, expires_at, {', '.join(LIMITS)}",
+                    f"{key} cannot be changed; allowed: name, team, expires_at, "
+                    f"{', '.join(LIMITS)}, budget_usd, budget_period",
                     param=key,
                 )
         record = await self._write(tid, {**fields, **changes})

@@ -18,7 +18,7 @@ from service.app import App
 from service.gateway import Gateway
 from tests.inprocess import ADMIN_TOKEN, client, inprocess_settings, running_app
 
-# Per operation; 14 operations.  Bounded so the whole run takes seconds, not minutes.
+# Per operation; 21 operations.  Bounded so the whole run takes seconds, not minutes.
 MAX_EXAMPLES = 25
 
 EVERY_ROUTE = {
@@ -38,6 +38,11 @@ EVERY_ROUTE = {
     ("get", "/admin/tokens/{token_id}"),
     ("patch", "/admin/tokens/{token_id}"),
     ("delete", "/admin/tokens/{token_id}"),
+    ("get", "/admin/teams"),
+    ("post", "/admin/teams"),
+    ("get", "/admin/teams/{team_id}"),
+    ("patch", "/admin/teams/{team_id}"),
+    ("delete", "/admin/teams/{team_id}"),
 }
 
 

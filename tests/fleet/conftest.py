@@ -38,6 +38,13 @@ class Fleet:
         body = response.json()
         return body["id"], body["token"]
 
+    def create_team(self, team_id: str, **limits: object) -> dict[str, object]:
+        with self.admin() as client:
+            response = client.post("/admin/teams", json={"name": team_id, "id": team_id, **limits})
+        assert response.status_code == 201, response.text
+        created: dict[str, object] = response.json()
+        return created
+
     def urls(self) -> Iterator[str]:
         """Replica base URLs in round robin, like a load balancer."""
         return itertools.cycle([r.url for r in self.replicas])
