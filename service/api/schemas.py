@@ -1,9 +1,10 @@
 """The bodies of the HTTP API as pydantic models.
 
 Admin bodies (``TokenCreate``, ``TokenUpdate``, ``TeamCreate``, ``TeamUpdate``) are validated
-by these models: unknown keys are errors, and every error names its field.  The other models describe answers and the hot
-routes' bodies for the OpenAPI document only: the hot routes are validated by hand in
-``service.api.chat`` (cheaper than a model per request), and answers are rendered as they are.
+by these models: unknown keys are errors, and every error names its field.  The other models
+describe answers and the hot routes' bodies for the OpenAPI document only: the hot routes are
+validated by hand in ``service.api.chat`` (cheaper than a model per request), and answers are
+rendered as they are.
 """
 
 from __future__ import annotations

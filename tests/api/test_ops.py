@@ -53,7 +53,8 @@ def openai_error(response: httpx.Response, status: int) -> dict[str, Any]:
         ),
         ({"name": "x", "expires_at": "2001-01-01T00:00:00Z"}, "expires_at", "in the past"),
         ({"name": "x", "expires_at": "9999-12-31T23:59:59-01:00"}, "expires_at", "range"),
-        ({"name": "x", "team": "a"}, "team", "team: unknown key"),
+        ({"name": "x", "team": "a"}, "team", "no team with id 'a'"),
+        ({"name": "x", "owner": "a"}, "owner", "owner: unknown key"),
     ],
 )
 async def test_invalid_admin_body_is_a_400_naming_the_field(
