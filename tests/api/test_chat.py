@@ -310,5 +310,5 @@ def test_client_that_leaves_cancels_the_upstream_at_once(
         left_at = time.monotonic()
     (fake,) = [fleet[n] for n in ("alpha", "beta") if fleet[n].requests]
     fake.wait_for_disconnects(1, timeout=3)
-    assert time.monotonic() - left_at < 2.0
+    assert time.monotonic() - left_at < 2.5  # the upstream would never have answered
     fake.wait_until(lambda: fake.in_flight == 0, timeout=3)

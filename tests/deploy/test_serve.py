@@ -50,7 +50,7 @@ def test_a_busy_port_ends_serve_at_once_with_one_line(tmp_path: Path) -> None:
             text=True,
             timeout=20,
         )
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 15  # the old gateway never exited
     assert done.returncode == 1, done
     errors = [line for line in done.stderr.splitlines() if line.startswith("best:")]
     assert errors == [f"best: cannot listen on 127.0.0.1:{port}: Address already in use"]

@@ -180,7 +180,7 @@ def test_two_workers_refuse_new_connections_at_once_on_sigterm(
             except httpx.RemoteProtocolError:
                 status = 0
             assert status in (0, 503)
-            assert time.monotonic() - started < 1.0
+            assert time.monotonic() - started < 2.5  # never left waiting
             events = [line for line in lines if line.startswith("data: ")]
         assert events[-1] == "data: [DONE]"  # the running stream still finished
     finally:

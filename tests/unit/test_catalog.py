@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from service.observability.metrics import create_metrics
-from service.routing.catalog import MAX_CONTEXT_TOKENS, Catalog, parse_model_list
+from service.routing.catalog import MAX_CONTEXT_TOKENS, RETRY_S, Catalog, parse_model_list
 from service.settings import Settings
 from service.store.client import Store
 from service.store.open import open_store
@@ -81,7 +81,7 @@ def test_a_provider_down_at_start_up_rejoins_at_the_next_retry(
             came_back = time.monotonic()
             # The old lock lasted 60 s: no retry could discover it for a minute.
             while await catalog._discover_all():
-                assert time.monotonic() - came_back < 5, "still not rediscovered"
+                assert time.monotonic() - came_back < RETRY_S, "still not rediscovered"
                 await asyncio.sleep(0.1)
             assert catalog.discovery_errors == {}
             assert [c.model for c in catalog.table.pairs] == ["m"]
@@ -94,7 +94,8 @@ def test_a_provider_down_at_start_up_rejoins_at_the_next_retry(
         provider.set_models_behavior(Behavior.server_error(503))
         caplog.set_level(logging.WARNING, "best.catalog")
         elapsed = asyncio.run(scenario(provider))
-    assert elapsed < 2.0
+    # Within one retry interval (the old lock held for 60 s, four intervals).
+    assert elapsed < RETRY_S
 
 
 def test_garbage_in_a_discovered_list_is_logged(
