@@ -6,13 +6,14 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+
+from devkit.procs import eventually
+from devkit.procs import free_port as free_port
 
 # Core 0 runs the system under test; core 1 runs everything that serves or measures it.
 SUT_CORE = 0
@@ -21,13 +22,6 @@ HELPER_CORE = 1
 
 def cpu_count() -> int:
     return len(os.sched_getaffinity(0))
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def pinned(argv: Sequence[str], core: int) -> list[str]:
@@ -160,21 +154,19 @@ def tree_rss_bytes(root: int) -> int:
 def wait_until(
     check: Callable[[], bool], timeout: float, what: str, proc: Proc | None = None
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def probe() -> bool:
         if proc is not None and not proc.alive():
             raise RuntimeError(
                 f"{proc.name} {proc.exit_description()} while waiting for {what}; "
                 f"log {proc.log_path}:\n{proc.log_tail()}"
             )
-        try:
-            if check():
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    tail = f"; log {proc.log_path}:\n{proc.log_tail()}" if proc is not None else ""
-    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}{tail}")
+        return check()
+
+    try:
+        eventually(probe, what, timeout, interval=0.1)
+    except TimeoutError as exc:
+        tail = f"; log {proc.log_path}:\n{proc.log_tail()}" if proc is not None else ""
+        raise RuntimeError(f"{exc}{tail}") from None
 
 
 def http_status(url: str, headers: Mapping[str, str] | None = None) -> int:

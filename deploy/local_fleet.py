@@ -45,6 +45,10 @@ from typing import Any, Self
 
 import yaml
 
+# Run as a script, this file sees only its own folder: the shared helpers live at the root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from devkit.procs import free_port
+
 DEPLOY_DIR = Path(__file__).resolve().parent
 NGINX_CONF = DEPLOY_DIR / "nginx" / "nginx.conf"
 PROMETHEUS_CONF = DEPLOY_DIR / "prometheus" / "prometheus.yml"
@@ -57,14 +61,6 @@ _COMPOSE_LISTEN = re.compile(r"^([ \t]*)listen\s+8080;[ \t]*$", re.MULTILINE)
 
 class FleetError(RuntimeError):
     """A process of the fleet did not start or is missing."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def find_binary(name: str) -> str | None:

@@ -24,14 +24,8 @@ from typing import Any
 import httpx
 import yaml
 
+from devkit.procs import free_port as free_port
 from tests.tools import REPO, require_tool
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def write_config(

@@ -30,7 +30,6 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Any, TypeVar
 import pytest
 import redis
 
+from devkit.procs import eventually, free_port
 from tests.tools import require_tool
 
 T = TypeVar("T")
@@ -67,19 +67,9 @@ def _preexec() -> Callable[[], None]:
 
 
 def wait_until(check: Callable[[], T | None], timeout: float = 15.0, what: str = "condition") -> T:
-    """Poll ``check`` (errors count as not yet) until it returns a truthy value."""
-    deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except (redis.RedisError, OSError, LookupError) as exc:
-            last_error = exc
-        else:
-            if value:
-                return value
-        time.sleep(0.02)
-    raise TimeoutError(f"timed out waiting for {what} (last error: {last_error!r})")
+    """Poll ``check`` (Redis and lookup errors count as not yet) until it returns a truthy
+    value."""
+    return eventually(check, what, timeout, ignore=(redis.RedisError, OSError, LookupError))
 
 
 def _port_free(port: int) -> bool:
@@ -98,13 +88,6 @@ def free_port_pair() -> int:
         if _port_free(port) and _port_free(port + 10000):
             return port
     raise RuntimeError("no free port pair found")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)

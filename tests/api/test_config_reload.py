@@ -13,6 +13,7 @@ import httpx
 import pytest
 import yaml
 
+from devkit.procs import eventually as shared_eventually
 from tests.api.conftest import (
     Fleet,
     ProviderSpec,
@@ -67,11 +68,7 @@ def served_by(fleet: Fleet, model: str) -> str | None:
 def eventually(predicate: Callable[[], bool], what: str) -> float:
     """Poll until ``predicate()``; returns the seconds it took."""
     started = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - started < RELOAD_WITHIN_S, (
-            f"not within {RELOAD_WITHIN_S}s: {what}"
-        )
-        time.sleep(0.1)
+    shared_eventually(predicate, what, timeout=RELOAD_WITHIN_S, interval=0.1)
     return time.monotonic() - started
 
 

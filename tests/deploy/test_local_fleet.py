@@ -4,14 +4,14 @@ back from Prometheus; and the real /metrics against the dashboard and alert quer
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
 
+from devkit.procs import eventually
 from tests.deploy.gateway_setup import GATEWAY_ENV, MODEL, TOKEN, require_gateway, write_config
 from tests.deploy.metric_names import exported_names, referenced_names
 from tests.deploy.test_dashboard import alert_expressions, dashboard_queries
@@ -22,17 +22,6 @@ pytestmark = pytest.mark.slow
 
 REQUESTS = 12
 T = TypeVar("T")
-
-
-def eventually(probe: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
-    """Poll ``probe`` until it returns a value: Prometheus only knows what it has scraped."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value is not None:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +78,7 @@ def test_requests_through_the_load_balancer_are_counted_by_prometheus(
         value = float(result[0]["value"][1]) if result else 0.0
         return value if value >= traffic else None
 
-    assert eventually(counted, f"{query} to reach {traffic}") == traffic
+    assert eventually(counted, f"{query} to reach {traffic}", timeout=30, interval=0.25) == traffic
     per_replica = fleet.prometheus_query(
         'sum by (instance) (best_requests_total{route="chat",status="200"}) > 0'
     )
