@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devkit.procs import eventually
 from tests.fleet.traffic import (
     STATIC,
     Traffic,
@@ -16,7 +17,6 @@ from tests.fleet.traffic import (
     create_token,
     fleet_env,
     gateways,
-    poll,
 )
 from tests.topologies import RedisClusterGroup
 
@@ -64,7 +64,7 @@ def test_master_failover_mid_traffic_fails_no_request(
             promoted = time.monotonic() - failed_over_at
             traffic.wait_for(60)
             # Quotas exact again, within seconds: a fresh token with rpm=5 gets exactly 5.
-            poll(lambda: all_ready(replicas), 15, "every replica ready")
+            eventually(lambda: all_ready(replicas), "every replica ready")
             _, fresh = create_token(replicas[1], rpm=5)
             statuses = burst(replicas, fresh, 15)
             exact_after = time.monotonic() - failed_over_at

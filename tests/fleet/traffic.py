@@ -14,7 +14,7 @@ import itertools
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from devkit.procs import eventually
 from tests.harness import GatewayProcess
 
 ADMIN = "admin-secret"
@@ -94,16 +95,6 @@ def burst(replicas: Sequence[GatewayProcess], token: str, n: int) -> list[int]:
         return [r.status_code for r in responses]
 
     return asyncio.run(run())
-
-
-def poll(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> float:
-    """Seconds until ``check()`` is truthy; AssertionError past ``timeout``."""
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(interval)
-    return time.monotonic() - started
 
 
 def all_ready(replicas: Sequence[GatewayProcess]) -> bool:
@@ -182,7 +173,7 @@ class Traffic:
     def wait_for(self, more: int, timeout: float = 30.0) -> None:
         """Until ``more`` answers beyond the current count have arrived."""
         target = self.count() + more
-        poll(lambda: self.count() >= target, timeout, f"{more} more answers")
+        eventually(lambda: self.count() >= target, f"{more} more answers", timeout)
 
     def statuses(self) -> Counter[int]:
         with self._lock:
