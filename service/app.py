@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import Counter
 
 from service import errors
-from service.api import chat
-from service.api.errors import INTERNAL, sse_error_event
+from service.api import chat, completions, responses_api
+from service.api.errors import INTERNAL
 from service.api.http import (
     ClientGone,
     Request,
@@ -44,11 +44,16 @@ Handler = Callable[[Gateway, Request], Awaitable[Response | StreamResponse]]
 Route = tuple[str, dict[str, Handler]]
 _CHAT: Route = ("chat", {"POST": chat.chat_completions})
 _EMBEDDINGS: Route = ("embeddings", {"POST": chat.embeddings})
+_RESPONSES: Route = ("responses", {"POST": responses_api.create_response})
+_COMPLETIONS: Route = ("completions", {"POST": completions.completions})
 ROUTES: dict[str, Route] = {
     "/v1/chat/completions": _CHAT,
     "/chat/completions": _CHAT,
     "/v1/embeddings": _EMBEDDINGS,
     "/embeddings": _EMBEDDINGS,
+    "/v1/responses": _RESPONSES,
+    "/v1/completions": _COMPLETIONS,
+    "/completions": _COMPLETIONS,
 }
 # Metric labels of the FastAPI routes (anything else under /admin/ is "admin", the rest "other").
 OPS_ROUTES: dict[str, str] = {
@@ -60,7 +65,14 @@ OPS_ROUTES: dict[str, str] = {
     "/metrics": "metrics",
     "/stats": "stats",
 }
-_LABELS = ("chat", "embeddings", *sorted(set(OPS_ROUTES.values())), "admin", "other")
+# FastAPI paths with an id in them: /v1/models/{id}, /v1/responses/{id}[/...]
+OPS_PREFIXES = (
+    ("/v1/models/", "models"),
+    ("/models/", "models"),
+    ("/v1/responses/", "responses"),
+)
+_HOT_LABELS = ("chat", "embeddings", "responses", "completions")
+_LABELS = (*_HOT_LABELS, *sorted(set(OPS_ROUTES.values())), "admin", "other")
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,64}$")
 
 
@@ -74,9 +86,7 @@ class App:
         self._counters: dict[tuple[str, int, str, str], Counter] = {}
         self._in_flight = {route: self._metrics.in_flight.labels(route) for route in _LABELS}
         self._durations = {route: self._metrics.request_duration.labels(route) for route in _LABELS}
-        self._overhead = {
-            route: self._metrics.overhead.labels(route) for route in ("chat", "embeddings")
-        }
+        self._overhead = {route: self._metrics.overhead.labels(route) for route in _HOT_LABELS}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -161,7 +171,7 @@ class App:
         routes."""
         started = time.perf_counter()
         path: str = scope["path"]
-        route = OPS_ROUTES.get(path) or ("admin" if path.startswith("/admin/") else "other")
+        route = OPS_ROUTES.get(path) or _ops_label(path)
         incoming = dict(scope["headers"]).get(b"x-request-id")
         request_id = (
             incoming if incoming and _REQUEST_ID.match(incoming) else self.gateway.ids().encode()
@@ -220,7 +230,7 @@ class App:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except GatewayError as exc:
             # The stream broke after its first event: end it with the error's event.
-            await send({"type": "http.response.body", "body": sse_error_event(exc)})
+            await send({"type": "http.response.body", "body": response.error_event(exc)})
         except asyncio.CancelledError:
             if watch is not None and watch.gone:
                 watch.absorb()
@@ -229,7 +239,8 @@ class App:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            await send({"type": "http.response.body", "body": _SHUTDOWN_EVENT, "more_body": False})
+            ended = response.error_event(_SHUTTING_DOWN)
+            await send({"type": "http.response.body", "body": ended, "more_body": False})
 
     def _first_piece_sent(self, response: StreamResponse, started: float) -> None:
         call = response.call
@@ -264,13 +275,18 @@ class App:
         counter.inc()
 
 
-_UPSTREAM_ROUTES = frozenset({"chat", "embeddings"})
-_SHUTDOWN_EVENT = sse_error_event(
-    errors.Unavailable(
-        "The gateway is shutting down and cut this stream; retry the request.",
-        code="shutting_down",
-    )
+_UPSTREAM_ROUTES = frozenset(_HOT_LABELS)
+_SHUTTING_DOWN = errors.Unavailable(
+    "The gateway is shutting down and cut this stream; retry the request.",
+    code="shutting_down",
 )
+
+
+def _ops_label(path: str) -> str:
+    for prefix, label in OPS_PREFIXES:
+        if path.startswith(prefix):
+            return label
+    return "admin" if path.startswith("/admin/") else "other"
 
 
 class _DisconnectWatch:

@@ -18,6 +18,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 
 from service.config_schema import (
+    DEFAULT_APIS,
     AdjustmentsFile,
     LeaderboardEntry,
     ProvidersFile,
@@ -49,6 +50,7 @@ class ProviderConfig:
     model_url: str | None = None
     models: tuple[str, ...] | None = None
     timeout_s: float | None = None
+    apis: frozenset[str] = frozenset(DEFAULT_APIS)
 
     @property
     def models_url(self) -> str:
@@ -169,6 +171,7 @@ def _providers(
             model_url=entry.model_url,
             models=tuple(entry.models) if entry.models is not None else None,
             timeout_s=entry.timeout_s,
+            apis=frozenset(entry.apis),
         )
         for entry in parsed.providers
     )

@@ -86,6 +86,11 @@ class Section(BaseModel):
 # -- meta-providers.yaml ----------------------------------------------------------------------
 
 
+# The APIs a provider may serve; ``apis:`` lists them (default: chat and embeddings).
+ApiName = Literal["chat", "embeddings", "responses", "completions"]
+DEFAULT_APIS: tuple[ApiName, ...] = ("chat", "embeddings")
+
+
 class ProviderEntry(Section):
     name: Text | None = None
     api_key_env_var: Text
@@ -94,6 +99,9 @@ class ProviderEntry(Section):
     base_priority: Number
     models: Annotated[list[Text] | None, BeforeValidator(_scalars_as_text)] = None
     timeout_s: Positive | None = None
+    apis: Annotated[list[ApiName], Field(min_length=1)] = Field(
+        default_factory=lambda: list(DEFAULT_APIS)
+    )
 
 
 class ProvidersFile(Section):

@@ -86,6 +86,15 @@ class StreamFailed(GatewayError):
     """A stream broke after its first event: the stream ends with an error event."""
 
 
+class ResponseStreamFailed(StreamFailed):
+    """A Responses API stream broke after its first event: it ends with the Responses API's
+    own ``event: error``, numbered after the last event relayed."""
+
+    def __init__(self, message: str, *, code: str | None = None, sequence_number: int) -> None:
+        super().__init__(message, code=code)
+        self.sequence_number = sequence_number
+
+
 class InternalError(GatewayError):
     pass
 

@@ -12,6 +12,7 @@ from service.quotas.admission import Quotas
 from service.quotas.teams import Teams
 from service.quotas.tokens import TokenRegistry
 from service.routing.catalog import Catalog
+from service.routing.conversations import Conversations
 from service.routing.cooldowns import Cooldowns
 from service.routing.health import FleetStats
 from service.routing.router import Router
@@ -40,6 +41,7 @@ class Gateway:
     cooldowns: Cooldowns
     router: Router
     ids: IdGenerator
+    conversations: Conversations
     draining: bool = False
     started: bool = False
 
@@ -63,6 +65,7 @@ class Gateway:
         cooldowns = Cooldowns(store)
         ids = IdGenerator()
         router = Router(settings, catalog, cooldowns, client, stats, metrics, ids)
+        conversations = Conversations(store, catalog, cooldowns, client)
         return cls(
             settings,
             metrics,
@@ -76,6 +79,7 @@ class Gateway:
             cooldowns,
             router,
             ids,
+            conversations,
         )
 
     async def start(self) -> None:

@@ -105,11 +105,18 @@ async def embeddings(gw: Gateway, request: Request) -> Response:
 
 
 async def _admit(
-    gw: Gateway, request: Request, token: Record | None, model: str, cost: int
+    gw: Gateway,
+    request: Request,
+    token: Record | None,
+    model: str,
+    cost: int,
+    api: str = "chat",
+    pinned: list[Candidate] | None = None,
 ) -> tuple[Call, list[Candidate]]:
-    """Which candidates, and the quota admission (no store call for a token without limits).
-    From here on the call must be finished, whatever happens: it settles the quotas."""
-    candidates = gw.router.candidates(model)
+    """Which candidates (``pinned``, or those serving ``api``), and the quota admission (no
+    store call for a token without limits).  From here on the call must be finished,
+    whatever happens: it settles the quotas."""
+    candidates = pinned if pinned is not None else gw.router.candidates(model, api)
     call = gw.router.new_call(request.request_id)
     admission = await gw.quotas.admit(token, call.entry_id, cost)
     call.headers = admission.headers

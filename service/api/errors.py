@@ -74,4 +74,19 @@ def sse_error_event(exc: errors.GatewayError) -> bytes:
     return b"data: " + error_body(exc) + b"\n\n"
 
 
+def responses_error_event(exc: errors.GatewayError) -> bytes:
+    """The Responses API's own error event (``event: error``, data ``{"type": "error",
+    "code", "message", "param", "sequence_number"}``) that ends a broken Responses stream."""
+    _, _, code = _row(exc)
+    sequence = exc.sequence_number if isinstance(exc, errors.ResponseStreamFailed) else 0
+    data = {
+        "type": "error",
+        "code": exc.code or code,
+        "message": exc.message,
+        "param": exc.param,
+        "sequence_number": sequence,
+    }
+    return b"event: error\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
 INTERNAL = errors.InternalError("Internal gateway error.")

@@ -1,8 +1,9 @@
-"""The hot routes (chat, embeddings) as the OpenAPI document shows them.
+"""The hot routes (chat, embeddings, responses, completions) as the OpenAPI document shows them.
 
 ``service.app.App`` serves these paths itself, in plain ASGI, and never hands them to the
 FastAPI app; the routes below exist so that ``/openapi.json`` documents every route.  Their
-bodies are checked by hand in ``service.api.chat``, not by these models.
+bodies are checked by hand (``service.api.chat``, ``completions``, ``responses_api``), not by
+these models.
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ from service.api.dependencies import body_doc, token_caller
 from service.api.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
+    CompletionRequest,
     EmbeddingList,
     EmbeddingsRequest,
     ErrorBody,
+    ResponseObject,
+    ResponseRequest,
+    TextCompletion,
 )
 from service.errors import InternalError
 
@@ -68,4 +73,39 @@ for _path in ("/v1/embeddings", "/embeddings"):
         responses=_ERRORS,
         openapi_extra=body_doc(EmbeddingsRequest),
         operation_id=f"embeddings{'_v1' if _path.startswith('/v1') else ''}",
+    )
+
+_EVENTS = {
+    "text/event-stream": {
+        "schema": {
+            "type": "string",
+            "description": "event: response.created ... event: response.completed (or "
+            "response.failed, response.incomplete, error); no [DONE]",
+        }
+    }
+}
+router.add_api_route(
+    "/v1/responses",
+    _served_by_the_plain_edge,
+    methods=["POST"],
+    tags=["responses"],
+    summary="Responses API, JSON or typed SSE events; a follow-up (previous_response_id) "
+    "goes to the provider holding the conversation",
+    response_model=ResponseObject,
+    responses={**_ERRORS, 200: {"content": _EVENTS}},
+    openapi_extra=body_doc(ResponseRequest),
+    operation_id="create_response",
+)
+
+for _path in ("/v1/completions", "/completions"):
+    router.add_api_route(
+        _path,
+        _served_by_the_plain_edge,
+        methods=["POST"],
+        tags=["completions"],
+        summary="Legacy text completion, JSON or SSE, routed and failed over",
+        response_model=TextCompletion,
+        responses={**_ERRORS, 200: {"content": _SSE}},
+        openapi_extra=body_doc(CompletionRequest),
+        operation_id=f"completions{'_v1' if _path.startswith('/v1') else ''}",
     )

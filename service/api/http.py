@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from service.api.errors import error_body, error_headers, status_of
+from service.api.errors import error_body, error_headers, sse_error_event, status_of
 from service.errors import BadRequest, GatewayError, payload_too_large
 from service.types import Headers, Receive, Scope, Send
 
@@ -158,6 +158,8 @@ class StreamResponse:
     headers: Headers = field(default_factory=list)
     call: Routed | None = None
     final: bytes = b""  # a piece ending with this is the last one (saves one empty send)
+    # The event that ends a stream broken after its first piece (chat's data: {"error"}).
+    error_event: Callable[[GatewayError], bytes] = sse_error_event
 
 
 def error_response(error: GatewayError) -> Response:

@@ -1,13 +1,17 @@
-"""GET /v1/models: every model that can be requested by id, plus the virtual model."""
+"""GET /v1/models: every model that can be requested by id, plus the virtual model; and
+GET /v1/models/{id}: one of them, with the providers serving it and their scores."""
 
 from __future__ import annotations
+
+import time
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
 from service.api.dependencies import GatewayDep, token_caller
 from service.api.responses import orjson_response
-from service.api.schemas import ModelList
+from service.api.schemas import ModelDetail, ModelList
+from service.errors import model_not_found
 from service.routing.table import AUTO
 
 router = APIRouter(tags=["models"], dependencies=[Depends(token_caller)])
@@ -30,3 +34,47 @@ async def list_models(gw: GatewayDep) -> Response:
             }
         )
     return orjson_response({"object": "list", "data": data})
+
+
+@router.get(
+    "/v1/models/{model_id:path}",
+    response_model=ModelDetail,
+    summary="One model (the id may contain /) with the providers serving it and their scores",
+    responses={404: {"description": "No provider serves the model"}},
+)
+@router.get("/models/{model_id:path}", response_model=ModelDetail, include_in_schema=True)
+async def retrieve_model(model_id: str, gw: GatewayDep) -> Response:
+    table = gw.catalog.table
+    found = table.exact(model_id)
+    if not found and (model_id == AUTO or "/" in model_id) and "," not in model_id:
+        found = table.resolve(model_id)  # the virtual model, or a provider/model pin
+    if not found:
+        raise model_not_found(model_id)
+    now_ms = int(time.time() * 1000)
+    providers = []
+    for c in found:
+        total = table.effective_score(c)
+        until = gw.cooldowns.until(c, now_ms)
+        providers.append(
+            {
+                "provider": c.provider,
+                "model": c.model,
+                "score": {
+                    "static": round(c.score.total, 6),
+                    "live": round(total - c.score.total, 6),
+                    "total": round(total, 6),
+                },
+                "breaker": "open" if until else "closed",
+                "cooldown_remaining_s": round(max(0, until - now_ms) / 1000, 3),
+                "apis": sorted(c.apis),
+            }
+        )
+    return orjson_response(
+        {
+            "id": model_id,
+            "object": "model",
+            "created": 0,
+            "owned_by": "best" if model_id == AUTO else found[0].provider,
+            "providers": providers,
+        }
+    )

@@ -15,14 +15,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException
 
-from service.api import admin, health, hot_routes, models, stats
+from service.api import admin, health, hot_routes, models, responses_api, stats
 from service.api.responses import render_error
 from service.api.schemas import ErrorBody
 from service.errors import GatewayError
 from service.gateway import Gateway
 
-DESCRIPTION = """OpenAI-compatible LLM gateway. Chat and embeddings are served by a plain ASGI
-edge for speed; this document describes them too. Every error is
+DESCRIPTION = """OpenAI-compatible LLM gateway. Chat, embeddings, responses and completions
+are served by a plain ASGI edge for speed; this document describes them too. Every error is
 `{"error": {"message", "type", "param", "code"}}`."""
 
 
@@ -37,6 +37,7 @@ def create_ops_app(gateway: Gateway) -> FastAPI:
     for router in (
         hot_routes.router,
         models.router,
+        responses_api.router,
         health.router,
         stats.router,
         admin.router,

@@ -225,6 +225,31 @@ class ModelObject(Answer):
     providers: list[str] | None = None
 
 
+class ProviderScore(Answer):
+    static: float = Field(description="leaderboard, size, context and adjustments x priority")
+    live: float = Field(description="what recent fleet-wide health adds (<= 0)")
+    total: float
+
+
+class ModelProvider(Answer):
+    provider: str
+    model: str
+    score: ProviderScore
+    breaker: Literal["closed", "open"]
+    cooldown_remaining_s: float
+    apis: list[str]
+
+
+class ModelDetail(Answer):
+    """The OpenAI model object, plus every provider serving the id, best first."""
+
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    providers: list[ModelProvider]
+
+
 class ModelList(Answer):
     object: Literal["list"]
     data: list[ModelObject]
@@ -279,4 +304,59 @@ class EmbeddingList(Answer):
     object: str
     data: list[dict[str, Any]]
     model: str
+    usage: dict[str, Any] | None = None
+
+
+class ResponseRequest(Answer):
+    """Any other OpenAI field (instructions, tools, store, ...) passes through."""
+
+    model: str = Field(
+        "priority-auto",
+        description="`priority-auto`, a model id, `provider/model`, or `a,b,c` in order",
+    )
+    input: str | list[Any] | None = Field(
+        None, description="required unless previous_response_id or prompt is given"
+    )
+    previous_response_id: str | None = Field(
+        None, description="continues a stored response at the provider that holds it"
+    )
+    stream: bool = False
+    max_output_tokens: int | None = Field(None, ge=0)
+
+
+class ResponseObject(Answer):
+    id: str
+    object: Literal["response"]
+    status: str
+    model: str
+    output: list[dict[str, Any]]
+    usage: dict[str, Any] | None = None
+
+
+class ResponseDeleted(Answer):
+    id: str
+    object: str
+    deleted: bool
+
+
+class InputItemList(Answer):
+    object: Literal["list"]
+    data: list[dict[str, Any]]
+    has_more: bool
+
+
+class CompletionRequest(Answer):
+    model: str = Field("priority-auto")
+    prompt: str | list[Any] = Field(min_length=1)
+    stream: bool = False
+    max_tokens: int | None = Field(None, ge=0)
+    stream_options: StreamOptions | None = None
+
+
+class TextCompletion(Answer):
+    id: str
+    object: str
+    created: int
+    model: str
+    choices: list[dict[str, Any]]
     usage: dict[str, Any] | None = None

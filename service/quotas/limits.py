@@ -96,7 +96,8 @@ def estimate_cost(body: dict[str, Any], body_size: int, chat: bool = True) -> in
     prompt = body_size // BYTES_PER_TOKEN + 1
     if not chat:
         return prompt
-    cap = body.get("max_completion_tokens", body.get("max_tokens"))
+    # The Responses API names its cap max_output_tokens.
+    cap = body.get("max_completion_tokens", body.get("max_tokens", body.get("max_output_tokens")))
     completion = (
         cap
         if isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0

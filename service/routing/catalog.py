@@ -184,7 +184,15 @@ class Catalog:
                     config.aliases,
                 )
                 pairs.append(
-                    Candidate.build(provider.name, model.id, score, provider.base_url, key, timeout)
+                    Candidate.build(
+                        provider.name,
+                        model.id,
+                        score,
+                        provider.base_url,
+                        key,
+                        timeout,
+                        provider.apis,
+                    )
                 )
         self.table = ModelTable.build(pairs, self._health, config.weights.health_penalty)
         self._metrics.models_routable.set(self.table.routable)

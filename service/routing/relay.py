@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -28,12 +28,31 @@ from service.upstream.sse import DONE, SSEDecoder, frame
 from service.upstream.sse import DONE_FRAME as DONE_FRAME  # the edge ends streams on it
 
 
+class Relay(Protocol):
+    """What the router needs of a stream relay (chat and completions here, the Responses
+    API's typed events in ``events.py``)."""
+
+    upstream: UpstreamStream
+    usage: Any
+    failure: UpstreamFailure | None
+    response_id: str | None  # the id a provider stores the answer under (Responses API)
+
+    async def first_frames(self) -> list[bytes]: ...
+
+    def rest(self, deadline: float) -> AsyncIterator[bytes]: ...
+
+
 class StreamRelay:
     """Reads an upstream SSE stream and turns it into frames for the client."""
 
-    def __init__(self, upstream: UpstreamStream, client_wants_usage: bool) -> None:
+    response_id: str | None = None
+
+    def __init__(
+        self, upstream: UpstreamStream, client_wants_usage: bool, api: str = "chat"
+    ) -> None:
         self.upstream = upstream
         self._client_wants_usage = client_wants_usage
+        self._api = api
         self._decoder = SSEDecoder()
         self._chunks = upstream.chunks().__aiter__()
         self.usage: Any = None
@@ -79,21 +98,26 @@ class StreamRelay:
             raise failure
         self.usage = parsed.get("usage")
         self.done = self.finished = True
-        chunk = {
-            "id": parsed.get("id"),
-            "object": "chat.completion.chunk",
-            "created": parsed.get("created"),
-            "model": parsed.get("model"),
-            "choices": [
-                {
-                    "index": c.get("index", i),
-                    "delta": c.get("message") or {},
-                    "finish_reason": c.get("finish_reason"),
-                }
-                for i, c in enumerate(parsed["choices"])
-                if isinstance(c, dict)
-            ],
-        }
+        chunk: dict[str, Any]
+        if self._api == "completions":
+            # A legacy completion's choices are already in chunk form (``text``).
+            chunk = {k: v for k, v in parsed.items() if k != "usage"}
+        else:
+            chunk = {
+                "id": parsed.get("id"),
+                "object": "chat.completion.chunk",
+                "created": parsed.get("created"),
+                "model": parsed.get("model"),
+                "choices": [
+                    {
+                        "index": c.get("index", i),
+                        "delta": c.get("message") or {},
+                        "finish_reason": c.get("finish_reason"),
+                    }
+                    for i, c in enumerate(parsed["choices"])
+                    if isinstance(c, dict)
+                ],
+            }
         frames = [frame(orjson.dumps(chunk))]
         if self._client_wants_usage and self.usage is not None:
             usage_chunk = {**chunk, "choices": [], "usage": self.usage}

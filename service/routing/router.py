@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,9 +24,10 @@ from service.ids import IdGenerator
 from service.observability.metrics import Metrics
 from service.routing.catalog import Catalog
 from service.routing.cooldowns import Cooldowns
+from service.routing.events import EventRelay
 from service.routing.health import FleetStats
-from service.routing.relay import StreamRelay
-from service.routing.table import AUTO, Candidate
+from service.routing.relay import Relay, StreamRelay
+from service.routing.table import AUTO, CHAT, Candidate
 from service.settings import Settings
 from service.types import Headers
 from service.upstream.client import UpstreamClient, UpstreamResponse, UpstreamStream
@@ -39,12 +40,23 @@ from service.upstream.errors import (
     UpstreamFailure,
     check_completion,
     check_embeddings,
+    check_response,
     failure_for_status,
 )
 
 log = logging.getLogger("best.router")
 
 Checker = Callable[[Any], UpstreamFailure | None]
+# What a usable 200 answer of each API looks like.
+CHECKS: dict[str, Checker] = {
+    "chat": check_completion,
+    "completions": check_completion,
+    "embeddings": check_embeddings,
+    "responses": check_response,
+}
+API_NAMES = {"responses": "Responses", "completions": "Completions", "embeddings": "Embeddings"}
+# Called with the chosen candidate and its relay before a stream's first byte leaves.
+OnOpen = Callable[[Candidate, Relay], Awaitable[None]]
 
 
 def _no_settlement(used: int) -> None:
@@ -111,13 +123,21 @@ class Router:
         deadline = now + self._settings.request_timeout_s
         return Call(request_id, self._ids(), now, deadline)
 
-    def candidates(self, model: str) -> list[Candidate]:
-        """The candidates to try for ``model``, best first, without those cooling down."""
-        found = self._catalog.table.resolve(model)
+    def candidates(self, model: str, api: str = CHAT) -> list[Candidate]:
+        """The candidates to try for ``model``, best first, among the providers serving
+        ``api``, without those cooling down."""
+        table = self._catalog.table
+        found = table.for_api(api).resolve(model)
         if not found:
             no_keys = self._catalog.no_keys_message()
             if no_keys is not None:
                 raise errors.unavailable(no_keys)
+            if api != CHAT and table.resolve(model):
+                raise errors.ModelNotFound(
+                    f"No provider serving the {API_NAMES.get(api, api)} API serves the model "
+                    f"`{model or AUTO}` (see apis: in meta-providers.yaml).",
+                    param="model",
+                )
             raise errors.model_not_found(model or AUTO)
         available, wait_s = self._cooldowns.available(found)
         if available:
@@ -169,19 +189,25 @@ class Router:
         self._metrics.upstream_duration.labels(*labels, "ok").observe(elapsed)
         if usage:
             self._metrics.tokens.labels(*labels, "input").observe(prompt)
-            if call.operation == "chat":
+            if call.operation != "embeddings":
                 self._metrics.tokens.labels(*labels, "output").observe(completion)
         return prompt + completion if usage else -1
 
     async def complete(
-        self, call: Call, body: dict[str, Any], candidates: list[Candidate], embeddings: bool
+        self,
+        call: Call,
+        body: dict[str, Any],
+        candidates: list[Candidate],
+        embeddings: bool = False,
+        api: str | None = None,
     ) -> Completion:
-        """Non-streaming chat completion or embeddings with failover."""
-        check: Checker = check_embeddings if embeddings else check_completion
-        call.operation = "embeddings" if embeddings else "chat"
+        """A non-streaming answer of ``api`` (default: chat, or embeddings) with failover."""
+        api = api or ("embeddings" if embeddings else CHAT)
+        check = CHECKS[api]
+        call.operation = api
         plan = _Plan(call, candidates, self._settings.max_attempts)
         async for candidate in plan:
-            url = candidate.embeddings_url if embeddings else candidate.chat_url
+            url = candidate.urls[api]
             body["model"] = candidate.model
             payload = orjson.dumps(body)
             started = time.monotonic()
@@ -216,10 +242,17 @@ class Router:
         body: dict[str, Any],
         candidates: list[Candidate],
         client_wants_usage: bool,
+        api: str = CHAT,
+        on_open: OnOpen | None = None,
     ) -> AsyncIterator[bytes] | Completion:
-        """Open a stream with failover until its first event; returns the SSE frames to send,
-        or the upstream's own answer when it refused the request (the client's fault)."""
-        if not client_wants_usage:
+        """Open a stream of ``api`` with failover until its first event; returns the SSE
+        frames to send, or the upstream's own answer when it refused the request (the
+        client's fault).  ``on_open`` runs once the stream is chosen, before its first byte
+        is sent; if it raises, the upstream is closed and the error propagates."""
+        call.operation = api
+        if api == "responses":
+            client_wants_usage = True  # the Responses API always reports usage on its own
+        elif not client_wants_usage:
             options = body.get("stream_options")
             body["stream_options"] = {
                 **(options if isinstance(options, dict) else {}),
@@ -231,16 +264,23 @@ class Router:
             payload = orjson.dumps(body)
             started = time.monotonic()
             upstream: UpstreamStream | None = None
+            relay: Relay
             try:
                 upstream = await self._client.open_stream(
-                    candidate.chat_url, candidate.headers, payload, plan.attempt_timeout(candidate)
+                    candidate.urls[api],
+                    candidate.headers,
+                    payload,
+                    plan.attempt_timeout(candidate),
                 )
                 if upstream.status >= 300:
                     raw = await upstream.read()
                     raise failure_for_status(
                         upstream.status, raw, upstream.retry_after, upstream.content_type
                     )
-                relay = StreamRelay(upstream, client_wants_usage)
+                if api == "responses":
+                    relay = EventRelay(upstream)
+                else:
+                    relay = StreamRelay(upstream, client_wants_usage, api)
                 first = await relay.first_frames()
             except UpstreamFailure as failure:
                 if upstream is not None:
@@ -265,6 +305,12 @@ class Router:
                 )
             call.upstream_s += time.monotonic() - started
             call.candidate = candidate
+            if on_open is not None:
+                try:
+                    await on_open(candidate, relay)
+                except BaseException:
+                    relay.upstream.close()
+                    raise
             return self._relay(call, candidate, relay, first, started)
         call.finish(0)
         raise plan.give_up()
@@ -273,7 +319,7 @@ class Router:
         self,
         call: Call,
         candidate: Candidate,
-        relay: StreamRelay,
+        relay: Relay,
         first: list[bytes],
         started: float,
     ) -> AsyncIterator[bytes]:
@@ -368,8 +414,9 @@ def _answer(response: UpstreamResponse, check: Checker) -> Any:
 def _usage(usage: Any) -> tuple[int, int]:
     if not isinstance(usage, dict):
         return 0, 0
-    prompt = usage.get("prompt_tokens")
-    completion = usage.get("completion_tokens")
+    # Chat and completions say prompt/completion tokens; the Responses API input/output.
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+    completion = usage.get("completion_tokens", usage.get("output_tokens"))
     return (
         prompt if isinstance(prompt, int) and prompt > 0 else 0,
         completion if isinstance(completion, int) and completion > 0 else 0,

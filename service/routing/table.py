@@ -10,6 +10,9 @@ from service.routing.scoring import Score
 from service.store.keys import pair_field, provider_field
 
 AUTO = "priority-auto"
+CHAT = "chat"
+# Every API a provider may serve (``apis:`` in meta-providers.yaml); each has a table of its own.
+APIS = ("chat", "embeddings", "responses", "completions")
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -21,6 +24,9 @@ class Candidate:
     score: Score
     chat_url: str
     embeddings_url: str
+    base_url: str
+    apis: frozenset[str]
+    urls: Mapping[str, str]  # api -> the endpoint an attempt posts to
     headers: Mapping[str, str]
     timeout_s: float
     provider_field: str
@@ -36,13 +42,23 @@ class Candidate:
         base_url: str,
         api_key: str,
         timeout_s: float,
+        apis: frozenset[str] = frozenset(("chat", "embeddings")),
     ) -> Candidate:
+        urls = {
+            "chat": f"{base_url}/chat/completions",
+            "embeddings": f"{base_url}/embeddings",
+            "responses": f"{base_url}/responses",
+            "completions": f"{base_url}/completions",
+        }
         return cls(
             provider=provider,
             model=model,
             score=score,
-            chat_url=f"{base_url}/chat/completions",
-            embeddings_url=f"{base_url}/embeddings",
+            chat_url=urls["chat"],
+            embeddings_url=urls["embeddings"],
+            base_url=base_url,
+            apis=apis,
+            urls=urls,
             headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
             timeout_s=timeout_s,
             provider_field=provider_field(provider),
@@ -64,6 +80,8 @@ class ModelTable:
     _by_provider: dict[str, dict[str, Candidate]] = field(default_factory=dict, repr=False)
     _auto: list[Candidate] = field(default_factory=list, repr=False)
     _resolved: dict[str, list[Candidate]] = field(default_factory=dict, repr=False)
+    _effective: dict[int, float] = field(default_factory=dict, repr=False)
+    _by_api: dict[str, ModelTable] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(
@@ -77,14 +95,31 @@ class ModelTable:
                 c.score.total * factor if c.score.total > 0 else c.score.total / max(factor, 0.01)
             )
 
-        ordered = sorted(pairs, key=lambda c: (-effective(c), c.provider, c.model))
+        listed = list(pairs)
+        scores = {id(c): effective(c) for c in listed}
+        ordered = sorted(listed, key=lambda c: (-scores[id(c)], c.provider, c.model))
+        table = cls._from_ordered(ordered, health, scores)
+        # One sub-table per API, holding the pairs whose provider serves it.
+        for api in APIS:
+            serving = [c for c in ordered if api in c.apis]
+            whole = len(serving) == len(ordered)
+            table._by_api[api] = table if whole else cls._from_ordered(serving, health, scores)
+        return table
+
+    @classmethod
+    def _from_ordered(
+        cls,
+        ordered: list[Candidate],
+        health: Mapping[tuple[str, str], float],
+        scores: dict[int, float],
+    ) -> ModelTable:
         by_model: dict[str, list[Candidate]] = {}
         by_provider: dict[str, dict[str, Candidate]] = {}
         for c in ordered:
             by_model.setdefault(c.model, []).append(c)
             by_provider.setdefault(c.provider, {})[c.model] = c
         auto = [c for c in ordered if c.score.total > 0]
-        return cls(tuple(ordered), dict(health), by_model, by_provider, auto)
+        return cls(tuple(ordered), dict(health), by_model, by_provider, auto, {}, scores)
 
     @property
     def routable(self) -> int:
@@ -93,6 +128,21 @@ class ModelTable:
     @property
     def model_ids(self) -> list[str]:
         return sorted(self._by_model)
+
+    def for_api(self, api: str) -> ModelTable:
+        """The pairs whose provider serves ``api`` (the whole table for an unknown name)."""
+        return self._by_api.get(api, self)
+
+    def effective_score(self, candidate: Candidate) -> float:
+        """The score ordering uses: static, adjusted by the pair's live health."""
+        return self._effective.get(id(candidate), candidate.score.total)
+
+    def pair(self, provider: str, model: str) -> Candidate | None:
+        return self._by_provider.get(provider, {}).get(model)
+
+    def exact(self, model_id: str) -> list[Candidate]:
+        """Every pair serving exactly ``model_id`` (no virtual model, pin or list), best first."""
+        return self._by_model.get(model_id, [])
 
     def resolve(self, requested: str) -> list[Candidate]:
         """Candidates for a requested model, best first; empty when nothing serves it."""

@@ -85,6 +85,13 @@ class Keys:
     def lock(self, name: str) -> str:
         return f"{self.prefix}:{{lock:{name}}}"
 
+    # -- response affinity -------------------------------------------------------------------
+
+    def response(self, response_id: str) -> str:
+        """Which provider holds a Responses API answer; a tag per id spreads them over a
+        Cluster's shards (each is read and written alone)."""
+        return f"{self.prefix}:{{resp:{response_id}}}"
+
 
 def provider_field(provider: str) -> str:
     """Cooldown / failure-count field of a whole provider."""

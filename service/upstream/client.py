@@ -137,6 +137,18 @@ class UpstreamClient:
             raise UpstreamFailure(CONNECT, f"upstream connection failed: {exc!r}") from None
         return UpstreamStream(response)
 
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeout_s: float,
+    ) -> UpstreamResponse:
+        """Any request, its whole answer read within ``timeout_s``; any status is returned
+        (a failure to get one raises UpstreamFailure)."""
+        return await self._request(method, url, headers, body, timeout_s)
+
     async def get_json(self, url: str, headers: Mapping[str, str], timeout_s: float) -> Any:
         """GET a JSON document (model lists, leaderboards); raises UpstreamFailure."""
         response = await self._request("GET", url, headers, None, timeout_s)

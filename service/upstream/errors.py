@@ -136,6 +136,19 @@ def _error_code(body: bytes) -> str | None:
     return None
 
 
+def _names_previous_response(body: bytes) -> bool:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    err = parsed.get("error") if isinstance(parsed, dict) else None
+    if not isinstance(err, dict):
+        return False
+    return err.get("param") == "previous_response_id" or err.get("code") == (
+        "previous_response_not_found"
+    )
+
+
 def failure_for_status(
     status: int, body: bytes, retry_after: str | None, content_type: bytes
 ) -> UpstreamFailure | ClientFault:
@@ -148,6 +161,10 @@ def failure_for_status(
     if status in (401, 403):
         return UpstreamFailure(AUTH, message, status=status)
     if status == 404:
+        if _names_previous_response(body):
+            # The stored conversation is gone (expired, deleted): the request's fault, and
+            # no other provider holds it either.
+            return ClientFault(status, body, content_type)
         return UpstreamFailure(MODEL_NOT_FOUND, message, status=status)
     if status >= 500:
         return UpstreamFailure(
@@ -181,6 +198,17 @@ def check_completion(parsed: Any) -> UpstreamFailure | None:
     choices = parsed.get("choices")
     if not isinstance(choices, list) or not choices:
         return UpstreamFailure(BAD_BODY, "upstream answered a completion with no choices")
+    return None
+
+
+def check_response(parsed: Any) -> UpstreamFailure | None:
+    """A Responses API answer: an object with an id (the conversation is stored under it)
+    and no error (a ``failed`` response carries one)."""
+    failure = in_band_failure(parsed, "answer")
+    if failure is not None:
+        return failure
+    if not isinstance(parsed.get("id"), str) or not isinstance(parsed.get("output"), list):
+        return UpstreamFailure(BAD_BODY, "upstream answered a response with no id or output")
     return None
 
 

@@ -63,3 +63,45 @@ def frame(payload: bytes) -> bytes:
 
 
 DONE_FRAME = frame(DONE)
+
+
+class EventDecoder:
+    """Incremental decoder keeping whole events: feed raw bytes, get ``(block, data)`` per
+    complete event, where ``block`` is the event as sent (its ``event:`` line included,
+    line endings made ``\\n``) and ``data`` its data payload (None for a comment-only block).
+
+    The Responses API names its events (``event: response.output_text.delta``): relaying
+    the block keeps that name exactly as the provider sent it."""
+
+    __slots__ = ("_after_cr", "_buffer")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._after_cr = False
+
+    def feed(self, chunk: bytes) -> list[tuple[bytes, bytes | None]]:
+        if not chunk:
+            return []
+        if self._after_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        self._after_cr = chunk.endswith(b"\r")
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        buffer = self._buffer + chunk if self._buffer else chunk
+        events: list[tuple[bytes, bytes | None]] = []
+        start = 0
+        while True:
+            end = buffer.find(b"\n\n", start)
+            if end < 0:
+                break
+            block = buffer[start:end]
+            if block:
+                events.append((block + b"\n\n", _data_of(block)))
+            start = end + 2
+        self._buffer = buffer[start:]
+        return events
+
+    def flush(self) -> list[tuple[bytes, bytes | None]]:
+        """The event left when the stream ends without its blank line."""
+        rest, self._buffer = self._buffer.strip(b"\n"), b""
+        return [(rest + b"\n\n", _data_of(rest))] if rest else []

@@ -44,6 +44,7 @@ class ProviderSpec:
     priority: float = 1.0
     timeout_s: float | None = None
     fixed_models: bool = True  # False: the gateway discovers them at GET /models
+    apis: Sequence[str] | None = None  # apis: in the gateway's config (None: its default)
 
     def entry(self, fake: FakeProvider) -> dict[str, Any]:
         entry: dict[str, Any] = {
@@ -56,6 +57,8 @@ class ProviderSpec:
             entry["models"] = list(self.models)
         if self.timeout_s is not None:
             entry["timeout_s"] = self.timeout_s
+        if self.apis is not None:
+            entry["apis"] = list(self.apis)
         return entry
 
 

@@ -7,6 +7,11 @@ the same way: over TCP at ``base_url``. By default it answers like a healthy pro
 runtime, into each way a provider breaks (``Behavior``) and then assert on what it recorded
 (requests, concurrency, client disconnects). A model not in ``models`` gets 404
 ``model_not_found``, like a real provider.
+
+Besides chat and embeddings it serves the Responses API (``POST /v1/responses`` JSON and typed
+SSE events, and the stored responses: ``GET``/``DELETE /v1/responses/{id}``, ``input_items``,
+``cancel``; see ``responses_payloads``) and legacy ``/v1/completions``; ``apis`` limits what
+it serves (the others answer 404 like an unknown URL).
 """
 
 from __future__ import annotations
@@ -42,6 +47,15 @@ from tests.fakes.openai_payloads import (
     reply_text,
     sse_event,
 )
+from tests.fakes.responses_payloads import (
+    completion_chunks,
+    input_items,
+    response_events,
+    response_object,
+    response_text,
+    text_completion,
+    typed_event,
+)
 
 __all__ = [
     "ANY_MODEL",
@@ -69,8 +83,22 @@ def _error_json(
 class Endpoint(StrEnum):
     CHAT = "chat"
     EMBEDDINGS = "embeddings"
+    RESPONSES = "responses"
+    COMPLETIONS = "completions"
+    STORED = "stored"  # GET/DELETE /responses/{id}, input_items, cancel
     MODELS = "models"
     UNKNOWN = "unknown"
+
+
+ALL_APIS = ("chat", "embeddings", "responses", "completions")
+# endpoint -> the API that serves it
+_API_OF = {
+    Endpoint.CHAT: "chat",
+    Endpoint.EMBEDDINGS: "embeddings",
+    Endpoint.RESPONSES: "responses",
+    Endpoint.STORED: "responses",
+    Endpoint.COMPLETIONS: "completions",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +131,8 @@ class _Exchange:
 class _Counters:
     chat_requests: int = 0
     embedding_requests: int = 0
+    response_requests: int = 0  # POST /responses
+    completion_requests: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
     disconnects: int = 0
@@ -123,8 +153,12 @@ class FakeProvider:
         api_key: str | None = None,
         owned_by: str = "fake-provider",
         port: int = 0,
+        apis: Sequence[str] = ALL_APIS,
     ) -> None:
         self._models = list(models)
+        self._apis = frozenset(apis)
+        # Stored responses (the Responses API's conversations): id -> (response, input items)
+        self._stored: dict[str, tuple[JSONObject, list[JSONObject]]] = {}
         self._api_key = api_key
         self._owned_by = owned_by
         self._port = port
@@ -275,6 +309,23 @@ class FakeProvider:
             return self._counters.embedding_requests
 
     @property
+    def response_requests(self) -> int:
+        """``POST /v1/responses`` requests (the calls about stored ones are not counted)."""
+        with self._state:
+            return self._counters.response_requests
+
+    @property
+    def completion_requests(self) -> int:
+        with self._state:
+            return self._counters.completion_requests
+
+    @property
+    def stored_responses(self) -> dict[str, JSONObject]:
+        """The responses this provider holds, by id (a copy)."""
+        with self._state:
+            return {k: v[0] for k, v in self._stored.items()}
+
+    @property
     def in_flight(self) -> int:
         """Chat and embedding requests being handled right now."""
         with self._state:
@@ -338,6 +389,12 @@ class FakeProvider:
         app.router.add_get("/v1/models", self._on_models)
         app.router.add_post("/v1/chat/completions", self._on_chat)
         app.router.add_post("/v1/embeddings", self._on_embeddings)
+        app.router.add_post("/v1/responses", self._on_responses)
+        app.router.add_post("/v1/completions", self._on_completions)
+        app.router.add_route("GET", "/v1/responses/{id}", self._on_stored)
+        app.router.add_route("DELETE", "/v1/responses/{id}", self._on_stored)
+        app.router.add_get("/v1/responses/{id}/input_items", self._on_stored)
+        app.router.add_post("/v1/responses/{id}/cancel", self._on_stored)
         app.router.add_route("*", "/{tail:.*}", self._on_unknown)
         # handler_cancellation: a client that leaves cancels its handler, which is how
         # disconnects are seen; the short shutdown_timeout only backs up stop()'s aborts.
@@ -363,6 +420,15 @@ class FakeProvider:
     async def _on_embeddings(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, Endpoint.EMBEDDINGS)
 
+    async def _on_responses(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, Endpoint.RESPONSES)
+
+    async def _on_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, Endpoint.COMPLETIONS)
+
+    async def _on_stored(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, Endpoint.STORED)
+
     async def _on_models(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, Endpoint.MODELS)
 
@@ -377,7 +443,12 @@ class FakeProvider:
             body = None
         exchange = _Exchange(request)
         self._exchanges.add(exchange)
-        counted = endpoint in (Endpoint.CHAT, Endpoint.EMBEDDINGS)
+        counted = endpoint in (
+            Endpoint.CHAT,
+            Endpoint.EMBEDDINGS,
+            Endpoint.RESPONSES,
+            Endpoint.COMPLETIONS,
+        )
         self._begin(RecordedRequest(request.method, request.path, _headers(request), body, raw))
         if counted:
             self._enter(endpoint)
@@ -401,7 +472,7 @@ class FakeProvider:
         self, exchange: _Exchange, endpoint: Endpoint, body: Any
     ) -> web.StreamResponse:
         request = exchange.request
-        if endpoint is Endpoint.UNKNOWN:
+        if endpoint is Endpoint.UNKNOWN or _API_OF.get(endpoint, "chat") not in self._apis:
             message = f"Unknown request URL: {request.method} {request.path}."
             return _error_json(404, message, "invalid_request_error", "unknown_url")
         expected = None if self._api_key is None else f"Bearer {self._api_key}"
@@ -413,6 +484,8 @@ class FakeProvider:
             with self._state:
                 behavior = self._models_behavior
             return await self._act(exchange, behavior, endpoint, {}, "")
+        if endpoint is Endpoint.STORED:
+            return await self._on_stored_response(exchange)
         if not isinstance(body, dict):
             return _error_json(
                 400, "We could not parse the JSON body of your request.", "invalid_request_error"
@@ -433,19 +506,18 @@ class FakeProvider:
             return _error_json(400, "'messages' is a required property.", "invalid_request_error")
         if endpoint is Endpoint.EMBEDDINGS and not embedding_inputs(body.get("input")):
             return _error_json(400, "'input' is a required property.", "invalid_request_error")
+        if endpoint is Endpoint.RESPONSES:
+            return await self._respond_responses(exchange, body, model)
+        if endpoint is Endpoint.COMPLETIONS:
+            return await self._respond_completions(exchange, body, model)
         return await self._act(exchange, self._next_behavior(model), endpoint, body, model)
 
-    async def _act(
-        self,
-        exchange: _Exchange,
-        behavior: Behavior,
-        endpoint: Endpoint,
-        body: JSONObject,
-        model: str,
-    ) -> web.StreamResponse:
+    async def _prelude(
+        self, exchange: _Exchange, behavior: Behavior, model: str
+    ) -> web.StreamResponse | None:
+        """What every endpoint does alike (delays, hangs, errors, garbage); None: go on."""
         if behavior.delay_s > 0:
             await asyncio.sleep(behavior.delay_s)
-        streaming = endpoint is Endpoint.CHAT and body.get("stream") is True
         kind = behavior.kind
         if kind is Kind.HANG:
             await asyncio.get_running_loop().create_future()  # ends only by cancellation
@@ -460,6 +532,175 @@ class FakeProvider:
             return web.json_response(payload, status=behavior.status, headers=headers)
         if kind is Kind.GARBAGE:
             return web.Response(body=behavior.body, content_type="application/json")
+        return None
+
+    # ----------------------------------------------------------------- Responses API
+
+    async def _respond_responses(
+        self, exchange: _Exchange, body: JSONObject, model: str
+    ) -> web.StreamResponse:
+        previous: JSONObject | None = None
+        previous_id = body.get("previous_response_id")
+        if previous_id is not None:
+            with self._state:
+                found = self._stored.get(previous_id)
+            if found is None:
+                return web.json_response(
+                    error_body(
+                        f"Previous response with id '{previous_id}' not found.",
+                        "invalid_request_error",
+                        "previous_response_not_found",
+                        "previous_response_id",
+                    ),
+                    status=404,
+                )
+            previous = found[0]
+        if body.get("input") is None:
+            return _error_json(400, "Missing required parameter: 'input'.", "invalid_request_error")
+        behavior = self._next_behavior(model)
+        early = await self._prelude(exchange, behavior, model)
+        if early is not None:
+            return early
+        streaming = body.get("stream") is True
+        response_id = f"resp_fake{self.port}_{next(self._ids)}"
+        kind = behavior.kind
+        if kind is Kind.EMPTY:
+            if streaming:
+                return await self._stream_raw(exchange, [])
+            return web.Response(body=b"", content_type="application/json")
+        if kind is Kind.INBAND_ERROR:
+            message = behavior.message or "Upstream model crashed."
+            if streaming:
+                # ``after_chunks`` events of a normal answer first, then the error event.
+                final = response_object(body, model, response_id, response_text(body, previous))
+                frames = [typed_event(k, d) for k, d in response_events(final)]
+                frames = frames[: behavior.after_chunks]
+                event = {
+                    "type": "error",
+                    "code": "server_error",
+                    "message": message,
+                    "param": None,
+                    "sequence_number": len(frames),
+                }
+                return await self._stream_raw(
+                    exchange, [*frames, typed_event("error", event)], delay=behavior.chunk_delay_s
+                )
+            failed = response_object(body, model, response_id, "", status="failed")
+            failed["error"] = {"code": "server_error", "message": message}
+            return web.json_response(failed)
+        final = response_object(body, model, response_id, response_text(body, previous))
+        if body.get("store", True) is not False:
+            with self._state:
+                self._stored[response_id] = (final, input_items(body.get("input")))
+        if streaming and kind is not Kind.JSON_FOR_STREAM:
+            frames = [typed_event(k, data) for k, data in response_events(final)]
+            if kind is Kind.STREAM_DIES:
+                return await self._stream_raw(exchange, frames[: behavior.after_chunks], abort=True)
+            return await self._stream_raw(exchange, frames, delay=behavior.chunk_delay_s)
+        if kind is Kind.STREAM_DIES:
+            return await self._truncate(exchange, final)
+        return web.json_response(final)
+
+    async def _on_stored_response(self, exchange: _Exchange) -> web.StreamResponse:
+        request = exchange.request
+        response_id = request.match_info["id"]
+        with self._state:
+            found = self._stored.get(response_id)
+        if found is None:
+            return web.json_response(
+                error_body(
+                    f"Response with id '{response_id}' not found.",
+                    "invalid_request_error",
+                    None,
+                    "response_id",
+                ),
+                status=404,
+            )
+        early = await self._prelude(exchange, self._next_behavior(found[0]["model"]), "")
+        if early is not None:
+            return early
+        response, items = found
+        if request.path.endswith("/input_items"):
+            limit = int(request.query.get("limit", "20"))
+            page = items[:limit]
+            return web.json_response(
+                {
+                    "object": "list",
+                    "data": page,
+                    "first_id": page[0]["id"] if page else None,
+                    "last_id": page[-1]["id"] if page else None,
+                    "has_more": len(items) > limit,
+                }
+            )
+        if request.path.endswith("/cancel"):
+            return web.json_response({**response, "status": "cancelled"})
+        if request.method == "DELETE":
+            with self._state:
+                self._stored.pop(response_id, None)
+            return web.json_response(
+                {"id": response_id, "object": "response.deleted", "deleted": True}
+            )
+        return web.json_response(response)
+
+    async def _stream_raw(
+        self,
+        exchange: _Exchange,
+        frames: list[bytes],
+        *,
+        abort: bool = False,
+        delay: float = 0.0,
+    ) -> web.StreamResponse:
+        """SSE with pre-framed events (typed ``event:`` lines kept)."""
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        exchange.response = response
+        await response.prepare(exchange.request)
+        for index, data in enumerate(frames):
+            if index and delay > 0:
+                await asyncio.sleep(delay)
+            await response.write(data)
+        if abort:
+            self._abort(exchange)
+            return response
+        await response.write_eof()
+        return response
+
+    # ----------------------------------------------------------------- legacy completions
+
+    async def _respond_completions(
+        self, exchange: _Exchange, body: JSONObject, model: str
+    ) -> web.StreamResponse:
+        if body.get("prompt") is None:
+            return _error_json(
+                400, "Missing required parameter: 'prompt'.", "invalid_request_error"
+            )
+        behavior = self._next_behavior(model)
+        early = await self._prelude(exchange, behavior, model)
+        if early is not None:
+            return early
+        completion_id = f"cmpl-fake{next(self._ids)}"
+        if body.get("stream") is True and behavior.kind is not Kind.JSON_FOR_STREAM:
+            events = completion_chunks(body, model, completion_id)
+            if behavior.kind is Kind.STREAM_DIES:
+                events = events[: behavior.after_chunks]
+                return await self._stream(exchange, events, done=False, abort=True)
+            return await self._stream(exchange, events, done=True, delay=behavior.chunk_delay_s)
+        return web.json_response(text_completion(body, model, completion_id))
+
+    async def _act(
+        self,
+        exchange: _Exchange,
+        behavior: Behavior,
+        endpoint: Endpoint,
+        body: JSONObject,
+        model: str,
+    ) -> web.StreamResponse:
+        early = await self._prelude(exchange, behavior, model)
+        if early is not None:
+            return early
+        streaming = endpoint is Endpoint.CHAT and body.get("stream") is True
+        kind = behavior.kind
         if kind is Kind.EMPTY:
             if streaming:
                 return await self._stream(exchange, [], done=False)
@@ -574,6 +815,10 @@ class FakeProvider:
             counters = self._counters
             if endpoint is Endpoint.CHAT:
                 counters.chat_requests += 1
+            elif endpoint is Endpoint.RESPONSES:
+                counters.response_requests += 1
+            elif endpoint is Endpoint.COMPLETIONS:
+                counters.completion_requests += 1
             else:
                 counters.embedding_requests += 1
             counters.in_flight += 1

@@ -1,0 +1,63 @@
+"""POST /v1/completions: legacy text completions, JSON or SSE, routed and failed over like
+chat among the providers that serve the API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service import errors
+from service.api.auth import require_token
+from service.api.chat import _admit, _int_field, _relayed, _served_headers
+from service.api.http import SSE_HEADERS, Request, Response, StreamResponse, parse_json
+from service.gateway import Gateway
+from service.quotas.limits import estimate_cost
+from service.routing.relay import DONE_FRAME
+from service.routing.router import Completion
+
+COMPLETIONS = "completions"
+
+
+def validate_completion(body: Any) -> tuple[str, bool, bool]:
+    """Checks the gateway can make; returns (model, stream, client asked for usage)."""
+    if not isinstance(body, dict):
+        raise errors.bad_request("Request body must be a JSON object.")
+    model = body.get("model") or ""
+    if not isinstance(model, str):
+        raise errors.bad_request("'model' must be a string.", param="model")
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        pass
+    elif not isinstance(prompt, list) or not prompt:
+        raise errors.bad_request(
+            "'prompt' must be a string or a non-empty array of strings or token ids.",
+            param="prompt",
+        )
+    stream = body.get("stream") or False
+    if not isinstance(stream, bool):
+        raise errors.bad_request("'stream' must be a boolean.", param="stream")
+    _int_field(body, "max_tokens")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise errors.bad_request("'stream_options' must be an object.", param="stream_options")
+    return model.strip(), stream, bool(options and options.get("include_usage"))
+
+
+async def completions(gw: Gateway, request: Request) -> Response | StreamResponse:
+    token = await require_token(gw, request)  # before anything about the request is read
+    raw = await request.body(gw.settings.max_body_bytes)
+    body = parse_json(raw)
+    model, stream, wants_usage = validate_completion(body)
+    call, candidates = await _admit(
+        gw, request, token, model, estimate_cost(body, len(raw)), COMPLETIONS
+    )
+    try:
+        if stream:
+            opened = await gw.router.stream(call, body, candidates, wants_usage, api=COMPLETIONS)
+            if isinstance(opened, Completion):
+                return _relayed(opened, call)
+            headers = [*SSE_HEADERS, *_served_headers(call)]
+            return StreamResponse(200, opened, headers, call=call, final=DONE_FRAME)
+        return _relayed(await gw.router.complete(call, body, candidates, api=COMPLETIONS), call)
+    except BaseException:
+        call.finish(-1)
+        raise

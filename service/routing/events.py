@@ -1,0 +1,185 @@
+"""Relaying a Responses API stream: typed events (``event: response.created`` ...
+``response.completed``), forwarded as the provider sent them.
+
+Before the first piece is sent, an ``error`` event, a failed response or a stream with no
+event raises ``UpstreamFailure``, so the router can fail over.  After it, the provider's own
+terminal event (``response.completed``, ``response.incomplete``, ``response.failed`` or
+``error``) ends the stream; a stream that breaks or ends without one raises
+``ResponseStreamFailed``, which the edge renders as the Responses API's ``event: error``.
+No ``[DONE]`` is added: the Responses API has none.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from service.errors import ResponseStreamFailed
+from service.upstream.client import UpstreamStream
+from service.upstream.errors import (
+    BAD_BODY,
+    IN_BAND_ERROR,
+    STREAM_BROKEN,
+    TIMEOUT,
+    UpstreamFailure,
+    check_response,
+)
+from service.upstream.sse import DONE, EventDecoder
+
+TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed", "error"})
+FAILED = frozenset({"response.failed", "error"})
+
+
+def event_frame(kind: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+class EventRelay:
+    """Reads an upstream Responses API stream and hands its events on, unchanged."""
+
+    def __init__(self, upstream: UpstreamStream) -> None:
+        self.upstream = upstream
+        self._decoder = EventDecoder()
+        self._chunks = upstream.chunks().__aiter__()
+        self.usage: Any = None
+        self.failure: UpstreamFailure | None = None
+        self.response_id: str | None = None
+        self.sequence = -1  # the last sequence_number relayed
+        self.done = False
+
+    async def first_frames(self) -> list[bytes]:
+        """The events of the upstream read(s) holding the first event; raises
+        UpstreamFailure when any of them fails (nothing has reached the client yet)."""
+        if b"event-stream" not in self.upstream.content_type:
+            return await self._from_json()
+        frames: list[bytes] = []
+        while not frames:
+            events = await self._next_events()
+            if events is None:
+                raise UpstreamFailure(BAD_BODY, "upstream stream ended before any event")
+            for block, data in events:
+                out = self._handle(block, data, opening=True)
+                if out is not None:
+                    frames.append(out)
+                if self.done:
+                    break
+        return frames
+
+    async def rest(self, deadline: float) -> AsyncIterator[bytes]:
+        """Everything after the first frames, one piece per upstream read, up to and
+        including the terminal event."""
+        batch: list[bytes] = []
+        try:
+            while not self.done:
+                if time.monotonic() > deadline:
+                    raise UpstreamFailure(TIMEOUT, "the request deadline passed mid-stream")
+                events = await self._next_events()
+                if events is None:
+                    raise UpstreamFailure(
+                        STREAM_BROKEN, "upstream stream ended before the response was complete"
+                    )
+                for block, data in events:
+                    out = self._handle(block, data, opening=False)
+                    if out is not None:
+                        batch.append(out)
+                    if self.done:
+                        break
+                if batch:
+                    yield b"".join(batch)
+                    batch = []
+        except UpstreamFailure as failure:
+            self.failure = failure
+            if batch:
+                yield b"".join(batch)
+            raise ResponseStreamFailed(
+                failure.message,
+                code=f"upstream_{failure.reason}",
+                sequence_number=self.sequence + 1,
+            ) from None
+
+    async def _next_events(self) -> list[tuple[bytes, bytes | None]] | None:
+        while True:
+            try:
+                chunk = await self._chunks.__anext__()
+            except StopAsyncIteration:
+                rest = self._decoder.flush()
+                return rest or None
+            events = self._decoder.feed(chunk)
+            if events:
+                return events
+
+    def _handle(self, block: bytes, data: bytes | None, opening: bool) -> bytes | None:
+        """The block to forward for one upstream event, or None; raises on a failure that
+        the client has not seen a byte of yet, or on an event no client could read."""
+        if data is None:
+            return None  # a comment (keep-alive): nothing for the client
+        if data == DONE:
+            self.done = True  # some servers add one; the Responses API has none
+            return None
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamFailure(BAD_BODY, "upstream sent an event that is not JSON") from None
+        if not isinstance(event, dict):
+            raise UpstreamFailure(BAD_BODY, "upstream sent an event that is not a JSON object")
+        kind = event.get("type")
+        if kind is None and event.get("error"):
+            # A chat-style in-band error: not a Responses event any client could read.
+            raise UpstreamFailure(IN_BAND_ERROR, f"upstream stream event: {_message(event)}")
+        sequence = event.get("sequence_number")
+        if isinstance(sequence, int) and not isinstance(sequence, bool):
+            self.sequence = sequence
+        response = event.get("response")
+        if isinstance(response, dict):
+            if self.response_id is None and isinstance(response.get("id"), str):
+                self.response_id = response["id"]
+            if response.get("usage"):
+                self.usage = response["usage"]
+        if kind in TERMINAL:
+            self.done = True
+            if kind in FAILED:
+                failure = UpstreamFailure(IN_BAND_ERROR, f"upstream {kind}: {_message(event)}")
+                if opening:
+                    raise failure
+                self.failure = failure  # relayed as the provider sent it; counted as failed
+        return block
+
+    async def _from_json(self) -> list[bytes]:
+        """An upstream that answered the stream with a plain response: its events."""
+        raw = await self.upstream.read()
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise UpstreamFailure(
+                BAD_BODY, "upstream answered a stream with invalid JSON"
+            ) from None
+        failure = check_response(parsed)
+        if failure is not None:
+            raise failure
+        self.response_id = parsed["id"]
+        self.usage = parsed.get("usage")
+        self.done = True
+        created = {**parsed, "status": "in_progress", "output": [], "usage": None}
+        return [
+            event_frame(
+                "response.created",
+                {"type": "response.created", "sequence_number": 0, "response": created},
+            ),
+            event_frame(
+                "response.completed",
+                {"type": "response.completed", "sequence_number": 1, "response": parsed},
+            ),
+        ]
+
+
+def _message(event: dict[str, Any]) -> str:
+    """The message of an error event, a failed response or an in-band error object."""
+    response = event.get("response")
+    nested = response.get("error") if isinstance(response, dict) else None
+    for holder in (event, event.get("error"), nested):
+        if isinstance(holder, dict) and isinstance(holder.get("message"), str):
+            return str(holder["message"])
+    return "no message"
