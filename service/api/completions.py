@@ -21,7 +21,9 @@ def validate_completion(body: Any) -> tuple[str, bool, bool]:
     """Checks the gateway can make; returns (model, stream, client asked for usage)."""
     if not isinstance(body, dict):
         raise errors.bad_request("Request body must be a JSON object.")
-    model = body.get("model") or ""
+    model = body.get("model")
+    if model is None:
+        model = ""
     if not isinstance(model, str):
         raise errors.bad_request("'model' must be a string.", param="model")
     prompt = body.get("prompt")
@@ -32,7 +34,9 @@ def validate_completion(body: Any) -> tuple[str, bool, bool]:
             "'prompt' must be a string or a non-empty array of strings or token ids.",
             param="prompt",
         )
-    stream = body.get("stream") or False
+    stream = body.get("stream")
+    if stream is None:
+        stream = False
     if not isinstance(stream, bool):
         raise errors.bad_request("'stream' must be a boolean.", param="stream")
     _int_field(body, "max_tokens")

@@ -43,7 +43,9 @@ def validate_response(body: Any) -> tuple[str, bool, str | None]:
     """Checks the gateway can make; returns (model, stream, previous_response_id)."""
     if not isinstance(body, dict):
         raise errors.bad_request("Request body must be a JSON object.")
-    model = body.get("model") or ""
+    model = body.get("model")
+    if model is None:
+        model = ""
     if not isinstance(model, str):
         raise errors.bad_request("'model' must be a string.", param="model")
     previous = body.get("previous_response_id")
@@ -61,7 +63,9 @@ def validate_response(body: Any) -> tuple[str, bool, str | None]:
         raise errors.bad_request(
             "'input' must be a string or an array of input items.", param="input"
         )
-    stream = body.get("stream") or False
+    stream = body.get("stream")
+    if stream is None:
+        stream = False
     if not isinstance(stream, bool):
         raise errors.bad_request("'stream' must be a boolean.", param="stream")
     _int_field(body, "max_output_tokens")

@@ -115,3 +115,22 @@ def test_cooldowns_extend_never_shorten(run_backend: BackendRunner) -> None:
     duration, extension, stored = run_backend(body)
     assert 59_000 <= duration <= 60_000
     assert extension == 0 and stored == 0
+
+
+def test_response_affinity_is_kept_for_thirty_days_under_its_own_key(
+    run_backend: BackendRunner,
+) -> None:
+    """What routing/conversations.py stores: id -> provider and model, 30 days, one key per
+    id (its own hash tag, so ids spread over a Cluster's shards)."""
+    from service.routing.conversations import TTL_S
+
+    async def body(backend: Backend, keys: Keys) -> tuple[bytes | None, bytes | None, str]:
+        key = keys.response("resp_abc-1")
+        await backend.set(key, b'["beta","m"]', TTL_S * 1000)
+        other = await backend.get(keys.response("resp_abc-2"))
+        return await backend.get(key), other, key
+
+    stored, other, key = run_backend(body)
+    assert stored == b'["beta","m"]' and other is None
+    assert key.endswith(":{resp:resp_abc-1}")
+    assert TTL_S == 30 * 86400

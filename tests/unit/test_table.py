@@ -140,3 +140,31 @@ def test_candidate_carries_the_provider_key_not_the_client_token() -> None:
     assert c.chat_url == "https://groq.example/v1/chat/completions"
     assert c.embeddings_url == "https://groq.example/v1/embeddings"
     assert c.headers["Authorization"] == "Bearer key-groq"
+
+
+def test_each_api_resolves_among_the_providers_that_serve_it() -> None:
+    def serving(provider: str, total: float, apis: tuple[str, ...]) -> Candidate:
+        return Candidate.build(
+            provider,
+            "m",
+            Score(0.0, 0.0, 0, 0.0, total),
+            f"https://{provider}.example/v1",
+            "k",
+            60.0,
+            frozenset(apis),
+        )
+
+    built = table(
+        serving("chatty", 90, ("chat", "embeddings")),
+        serving("both", 50, ("chat", "responses")),
+        serving("legacy", 40, ("completions",)),
+    )
+    assert names(built.for_api("chat").resolve("m")) == ["chatty/m", "both/m"]
+    assert names(built.for_api("responses").resolve(AUTO)) == ["both/m"]
+    assert names(built.for_api("completions").resolve("m")) == ["legacy/m"]
+    assert built.for_api("responses").resolve("chatty/m") == []
+    assert built.for_api("responses").resolve("m")[0].urls["responses"] == (
+        "https://both.example/v1/responses"
+    )
+    # The whole table still knows every pair (for /v1/models and scores).
+    assert names(built.resolve("m")) == ["chatty/m", "both/m", "legacy/m"]
