@@ -93,6 +93,15 @@ class RedisServer:
             self._process.wait()
             self._process = None
 
+    def pause(self) -> None:
+        """SIGSTOP: the server stalls with its sockets open (a frozen VM, a long fork)."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
+
     def flush(self) -> None:
         with socket.create_connection(("127.0.0.1", self.port), timeout=2) as conn:
             conn.sendall(b"FLUSHALL\r\n")
