@@ -147,7 +147,7 @@ class App:
             extra = [(b"x-request-id", request_id.encode())]
             try:
                 if isinstance(response, StreamResponse):
-                    await self._stream(response, send, extra, started, watch)
+                    await self._stream(response, send, extra, started, watch, route)
                 else:
                     if watch is not None:
                         watch.stop()
@@ -205,6 +205,7 @@ class App:
         extra: list[tuple[bytes, bytes]],
         started: float,
         watch: _DisconnectWatch | None,
+        route: str,
     ) -> None:
         """Send SSE pieces as they come.  A client that leaves cancels the upstream at once;
         a stream cut by the shutdown's grace period ends with an error event."""
@@ -225,7 +226,7 @@ class App:
                 await send({"type": "http.response.body", "body": piece, "more_body": not finished})
                 if first:
                     first = False
-                    self._first_piece_sent(response, started)
+                    self._first_piece_sent(response, started, route)
             if not finished:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except GatewayError as exc:
@@ -242,14 +243,16 @@ class App:
             ended = response.error_event(_SHUTTING_DOWN)
             await send({"type": "http.response.body", "body": ended, "more_body": False})
 
-    def _first_piece_sent(self, response: StreamResponse, started: float) -> None:
+    def _first_piece_sent(self, response: StreamResponse, started: float, route: str) -> None:
         call = response.call
         served = call.served_by if call is not None else None
         if call is None or served is None:
             return
         elapsed = time.perf_counter() - started
         self._metrics.time_to_first_token.labels(*served).observe(elapsed)
-        self._overhead["chat"].observe(max(0.0, elapsed - call.upstream_s))
+        overhead = self._overhead.get(route)
+        if overhead is not None:
+            overhead.observe(max(0.0, elapsed - call.upstream_s))
 
     def _observe(self, route: str, response: Response | StreamResponse, started: float) -> None:
         elapsed = time.perf_counter() - started

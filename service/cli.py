@@ -110,7 +110,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 2
     rows, errors = asyncio.run(_scored_table(settings, args.offline))
     providers = [
-        {"name": p.name, "state": _provider_state(settings, p, errors)} for p in config.providers
+        {"name": p.name, "state": _provider_state(settings, p, errors), "apis": sorted(p.apis)}
+        for p in config.providers
     ]
     routable = sum(1 for r in rows if r["score"] > 0)
     # Offline, discovered providers have no models yet: only a missing key is conclusive.
@@ -128,7 +129,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for warning in config.warnings:
         print(f"warning: {warning}")
     for p in providers:
-        print(f"provider {p['name']:<14} {p['state']}")
+        print(f"provider {p['name']:<14} {p['state']}  (apis: {', '.join(p['apis'])})")
     print(
         f"\n{'score':>9}  {'provider':<14} {'model':<48} {'lb':>5} {'params':>7} {'context':>8} adj"
     )

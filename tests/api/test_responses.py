@@ -23,7 +23,18 @@ from tests.fakes.upstream import Behavior
 
 ALL = ["chat", "embeddings", "responses", "completions"]
 # Each failover test uses a model of its own: a failure cools its pair for a while.
-MODELS = ["gpt-r", "fo-json", "fo-stream", "fo-event", "mid-die", "mid-error", "fo-cmpl", "conv"]
+MODELS = [
+    "gpt-r",
+    "fo-json",
+    "fo-stream",
+    "fo-event",
+    "mid-die",
+    "mid-error",
+    "fo-cmpl",
+    "conv",
+    "gone",
+    "bye",
+]
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +200,30 @@ def test_conversation_continues_at_the_creating_provider(fleet: Fleet) -> None:
     assert second.headers["x-best-provider"] == "beta"
     assert second.parse().output_text == "echo: second turn | previous: echo: first turn"
     assert fleet["alpha"].response_requests == 0
+
+
+def test_a_conversation_the_provider_lost_is_its_404_not_a_switch(fleet: Fleet) -> None:
+    """The gateway knows the holder, the holder no longer has it: the provider's own 404
+    comes back, nothing cools, and no other provider is asked."""
+    client = fleet.client()
+    created = client.responses.create(model="gone", input="soon forgotten")
+    client.responses.delete(created.id)
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.responses.create(model="gone", input="again", previous_response_id=created.id)
+    assert caught.value.code == "previous_response_not_found"
+    assert fleet["beta"].response_requests == 0
+    again = client.responses.with_raw_response.create(model="gone", input="fresh")
+    assert again.headers["x-best-provider"] == "alpha"  # not cooled by that 404
+
+
+def test_a_client_leaving_a_stream_cancels_the_upstream(fleet: Fleet) -> None:
+    fleet["alpha"].queue(Behavior.slow_stream(0.5), model="bye")
+    with fleet.http() as http:
+        body = {"model": "bye", "input": "a long answer of many words", "stream": True}
+        with http.stream("POST", "/v1/responses", json=body) as answer:
+            first = next(answer.iter_lines())
+            assert first == "event: response.created"
+    fleet["alpha"].wait_for_disconnects(1)
 
 
 def test_usage_feeds_the_token_metrics(fleet: Fleet) -> None:

@@ -77,7 +77,7 @@ def test_a_working_provider_is_ok_and_exits_0(
     _configure(monkeypatch, tmp_path, provider, key="right")
     assert main(["check-config", "--json"]) == 0
     document = json.loads(capsys.readouterr().out)
-    assert document["providers"] == [{"name": "p", "state": "ok"}]
+    assert document["providers"] == [{"name": "p", "state": "ok", "apis": ["chat", "embeddings"]}]
     assert [(r["provider"], r["model"]) for r in document["pairs"]] == [("p", "m")]
     assert document["routable"] == 1
 
