@@ -57,11 +57,16 @@ class ScriptBatcher:
         batch, self._queue, self._flusher = self._queue, [], None
         try:
             results = await self._execute(batch)
-            if any(isinstance(r, NoScriptError) for r in results):
-                # Redis restarted and forgot the scripts: load them and run the batch again.
+            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if missing:
+                # A server forgot the scripts (it restarted, or is a promoted replica: Redis
+                # does not copy loaded scripts to replicas).  Load them and run again only the
+                # calls it refused: the others ran, and must not count twice.
                 for source in self._sources.values():
                     await self._client.script_load(source)
-                results = await self._execute(batch)
+                again = await self._execute([batch[i] for i in missing])
+                for i, result in zip(missing, again, strict=True):
+                    results[i] = result
         except BaseException as exc:  # hand the failure to every waiting caller
             for *_, future in batch:
                 if not future.done():
