@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ClusterDownError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.store.backend import (
@@ -39,7 +39,16 @@ from service.store.scripts import load_sources
 
 log = logging.getLogger("best.store")
 
-UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
+# CLUSTERDOWN: the shard has no usable master right now (a master restarting, a failover in
+# progress) and redis-py's own retries are spent.  It is an outage of that shard, served
+# degraded like any other, not an error to relay.
+UNREACHABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ClusterDownError,
+    OSError,
+    asyncio.TimeoutError,
+)
 
 
 def _decode(raw: Mapping[bytes, bytes]) -> dict[str, str]:
