@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from devkit.procs import eventually
 from tests.fleet.traffic import (
@@ -83,3 +84,45 @@ def test_master_failover_mid_traffic_fails_no_request(
             f"\n{url_form}/{how}: {traffic.count()} requests, 0 failed; "
             f"promotion {promoted:.1f} s, exact quotas {exact_after:.1f} s after the failover"
         )
+
+
+def test_master_restarted_empty_mid_traffic_is_reseeded(
+    disposable_redis_cluster: RedisClusterGroup, single_provider_config: Path
+) -> None:
+    """The registry's master comes back empty (faster than the Cluster fails it over): its
+    replica resyncs empty too, and it has forgotten the scripts the other masters keep."""
+    cluster = disposable_redis_cluster
+    victim = cluster.master_for_key(REGISTRY_KEY)
+    with gateways(single_provider_config, fleet_env(cluster.url)) as replicas:
+        tokens = {"static": STATIC}
+        for index in range(6):
+            token_id, raw = create_token(replicas[index % 3], rpm=100_000, max_concurrency=50)
+            tokens[token_id] = raw
+        with Traffic(replicas, tokens) as traffic:
+            traffic.wait_for(60)
+            restarted_at = time.monotonic()
+            victim.restart_empty()
+            eventually(
+                lambda: set(tokens) - {"static"} <= _registry(cluster),
+                "records re-seeded",
+                ignore=(OSError, redis.RedisError),  # CLUSTERDOWN while the node rejoins
+            )
+            reseeded = time.monotonic() - restarted_at
+            cluster.wait_healthy()
+            traffic.wait_for(60)
+            eventually(lambda: all_ready(replicas), "every replica ready")
+            _, fresh = create_token(replicas[1], rpm=5)
+            statuses = burst(replicas, fresh, 15)
+            traffic.wait_for(30)
+
+        assert traffic.failures() == [], traffic.failures()[:5]
+        assert statuses.count(200) == 5, statuses
+        print(
+            f"\ncluster master restarted empty: {traffic.count()} requests, 0 failed; "
+            f"registry re-seeded {reseeded:.1f} s after"
+        )
+
+
+def _registry(cluster: RedisClusterGroup) -> set[str]:
+    with cluster.master_for_key(REGISTRY_KEY).client() as conn:
+        return {m.decode() for m in conn.smembers("best:{registry}:tokens")}
