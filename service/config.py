@@ -51,6 +51,7 @@ class ProviderConfig:
     models: tuple[str, ...] | None = None
     timeout_s: float | None = None
     apis: frozenset[str] = frozenset(DEFAULT_APIS)
+    first_token_timeout_s: float | None = None
 
     @property
     def models_url(self) -> str:
@@ -83,8 +84,55 @@ class Weights:
     params_per_b: float = 100.0 / 405.0
     context_per_token: float = 100.0 / 2_000_000.0
     adjustment: float = 2.0
-    # Live health: a pair whose recent error rate is r keeps (1 - r * health_penalty) of its score.
+    # Older name of ``live.error_weight`` (used when ``live.error_weight`` is not set).
     health_penalty: float = 0.5
+
+
+@dataclass(frozen=True)
+class Breaker:
+    """``breaker:`` of scoring.yaml: when a (provider, model) pair's breaker opens."""
+
+    failure_threshold: int = 3  # consecutive failures, fleet-wide
+    error_rate: float = 0.5  # or this share of failed attempts ...
+    min_attempts: int = 10  # ... over at least this many attempts ...
+    window_s: float = 30.0  # ... in the last window_s seconds
+    open_s: float = 10.0  # first open period; doubles per reopening ...
+    max_open_s: float = 300.0  # ... up to this
+
+
+@dataclass(frozen=True)
+class Live:
+    """``live:`` of scoring.yaml: how recent fleet-wide health adjusts a pair's score.
+
+    live factor = error part * latency part, never below ``min_factor``:
+    - error part = 1 - error_weight * (failed / attempts) over the window;
+    - latency part = 1 / (1 + latency_weight * excess), where excess is how far the pair's
+      median time to first byte, divided by the reference, is above
+      ``1 + latency_tolerance`` (0 inside that band); the reference is the fastest median
+      among the providers of the same model, or ``latency_floor_ms`` if that is larger
+      (below it differences are noise).
+    A pair with fewer than ``min_attempts`` in the window keeps its last factor (and drops
+    it after a window with no data at all)."""
+
+    window_s: float = 60.0
+    min_attempts: int = 5
+    error_weight: float = 0.5
+    latency_weight: float = 1.0
+    latency_tolerance: float = 0.5
+    latency_floor_ms: float = 100.0
+    min_factor: float = 0.05
+    explore: float = 0.05  # share of requests that try a penalised or tied pair first
+
+
+@dataclass(frozen=True)
+class HedgeGroup:
+    """``hedging:`` entry: requested model ids matching a pattern are hedged."""
+
+    patterns: tuple[re.Pattern[str], ...]
+    after_ms: float | None  # None: the first candidate's recent p95 time to first byte
+
+    def matches(self, model: str) -> bool:
+        return any(p.search(model) for p in self.patterns)
 
 
 @dataclass(frozen=True)
@@ -101,6 +149,9 @@ class GatewayConfig:
     providers: tuple[ProviderConfig, ...]
     adjustments: tuple[AdjustmentGroup, ...]
     weights: Weights = Weights()
+    breaker: Breaker = Breaker()
+    live: Live = Live()
+    hedging: tuple[HedgeGroup, ...] = ()
     leaderboards: tuple[LeaderboardSource, ...] = ()
     aliases: dict[str, str] = field(default_factory=dict)
     discovery_refresh_s: float = 600.0
@@ -172,6 +223,7 @@ def _providers(
             models=tuple(entry.models) if entry.models is not None else None,
             timeout_s=entry.timeout_s,
             apis=frozenset(entry.apis),
+            first_token_timeout_s=entry.first_token_timeout_s,
         )
         for entry in parsed.providers
     )
@@ -209,6 +261,33 @@ def _adjustments(
     return tuple(groups)
 
 
+def _hedging(
+    validated: tuple[ScoringFile, YamlDocument] | None, path: Path, warnings: list[str]
+) -> tuple[HedgeGroup, ...]:
+    if validated is None:
+        return ()
+    parsed, document = validated
+    groups: list[HedgeGroup] = []
+    for i, entry in enumerate(parsed.hedging):
+        patterns: list[re.Pattern[str]] = []
+        for j, pattern in enumerate(entry.models):
+            try:
+                patterns.append(re.compile(pattern, re.IGNORECASE))
+            except re.error as exc:
+                line = document.line_of(("hedging", i, "models", j))
+                warnings.append(
+                    f"{path}:{line}: hedging[{i}]: regex {pattern!r} is invalid ({exc}); ignored"
+                )
+        if patterns:
+            groups.append(HedgeGroup(tuple(patterns), entry.after_ms))
+    return tuple(groups)
+
+
+def _given(section: BaseModel) -> dict[str, object]:
+    """The keys of a section the file set (the dataclass keeps its defaults for the rest)."""
+    return {k: v for k, v in section.model_dump().items() if v is not None}
+
+
 def _leaderboard(entry: LeaderboardEntry, index: int, config_dir: Path) -> LeaderboardSource:
     if entry.url is not None:
         location = entry.url
@@ -243,11 +322,16 @@ def load_config(config_dir: Path) -> GatewayConfig:
         _adjustments(adjustments_file, adjustments_path, warnings) if adjustments_file else ()
     )
     scoring = scoring_file[0] if scoring_file else ScoringFile()
-    given = {k: v for k, v in scoring.weights.model_dump().items() if v is not None}
+    weights = Weights(**_given(scoring.weights))  # type: ignore[arg-type]
+    live = _given(scoring.live)
+    live.setdefault("error_weight", weights.health_penalty)
     return GatewayConfig(
         providers=providers,
         adjustments=adjustments,
-        weights=Weights(**given),
+        weights=weights,
+        breaker=Breaker(**_given(scoring.breaker)),  # type: ignore[arg-type]
+        live=Live(**live),  # type: ignore[arg-type]
+        hedging=_hedging(scoring_file, scoring_path, warnings),
         leaderboards=tuple(
             _leaderboard(entry, i, config_dir) for i, entry in enumerate(scoring.leaderboards)
         ),

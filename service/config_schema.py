@@ -102,6 +102,7 @@ class ProviderEntry(Section):
     apis: Annotated[list[ApiName], Field(min_length=1)] = Field(
         default_factory=lambda: list(DEFAULT_APIS)
     )
+    first_token_timeout_s: Positive | None = None
 
 
 class ProvidersFile(Section):
@@ -157,8 +158,55 @@ class DiscoveryEntry(Section):
     timeout_s: Positive = 10.0
 
 
+PositiveInt = Annotated[int, Field(strict=True, gt=0)]
+Fraction = Annotated[float, Field(strict=True, ge=0, le=1)]
+NonNegative = Annotated[float, Field(strict=True, ge=0)]
+
+
+class BreakerEntry(Section):
+    """Circuit breaking of (provider, model) pairs; defaults in ``service.config.Breaker``."""
+
+    failure_threshold: PositiveInt | None = None
+    error_rate: Annotated[float, Field(strict=True, gt=0, le=1)] | None = None
+    min_attempts: PositiveInt | None = None
+    window_s: Positive | None = None
+    open_s: Positive | None = None
+    max_open_s: Positive | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BreakerEntry:
+        if (
+            self.open_s is not None
+            and self.max_open_s is not None
+            and self.max_open_s < self.open_s
+        ):
+            raise ValueError("max_open_s must be at least open_s")
+        return self
+
+
+class LiveEntry(Section):
+    """Live health in the score; defaults in ``service.config.Live``."""
+
+    window_s: Positive | None = None
+    min_attempts: PositiveInt | None = None
+    error_weight: NonNegative | None = None
+    latency_weight: NonNegative | None = None
+    latency_tolerance: NonNegative | None = None
+    latency_floor_ms: Positive | None = None
+    min_factor: Annotated[float, Field(strict=True, gt=0, le=1)] | None = None
+    explore: Fraction | None = None
+
+
+class HedgingEntry(Section):
+    models: Annotated[list[str], BeforeValidator(_as_list), BeforeValidator(_scalars_as_text)]
+    after_ms: Positive | None = None
+
+
 class ScoringFile(Section):
     weights: WeightsEntry = WeightsEntry()
+    breaker: BreakerEntry = BreakerEntry()
+    live: LiveEntry = LiveEntry()
+    hedging: list[HedgingEntry] = Field(default_factory=list)
     leaderboards: list[LeaderboardEntry] = Field(default_factory=list)
     aliases: Annotated[dict[str, Text], BeforeValidator(_scalars_as_text)] = Field(
         default_factory=dict

@@ -52,17 +52,20 @@ class Gateway:
         store = open_store(settings, metrics)
         client = UpstreamClient()
         catalog = Catalog(settings, store, client, metrics)
+        cooldowns = Cooldowns(store, lambda: catalog.config.breaker)
         stats = FleetStats(
             store,
             metrics,
             providers=lambda: [p.name for p in catalog.active_providers()],
             on_health=catalog.apply_health,
+            config=lambda: catalog.config,
+            cooldowns=cooldowns,
+            table=lambda: catalog.table,
         )
         tokens = TokenRegistry(settings, store)
         quotas = Quotas(
             tokens, store, metrics, refuse_degraded=settings.on_store_failure == "closed"
         )
-        cooldowns = Cooldowns(store)
         ids = IdGenerator()
         router = Router(settings, catalog, cooldowns, client, stats, metrics, ids)
         conversations = Conversations(store, catalog, cooldowns, client)

@@ -66,6 +66,22 @@ def validate_embeddings(body: Any) -> str:
     return model.strip()
 
 
+_HEDGE_VALUES = {b"true": True, b"1": True, b"false": False, b"0": False}
+
+
+def _hedge_header(request: Request) -> bool | None:
+    """``x-best-hedge``: true or false overrides the configured hedging of the model."""
+    value = request.header(b"x-best-hedge")
+    if value is None:
+        return None
+    hedge = _HEDGE_VALUES.get(value.strip().lower())
+    if hedge is None:
+        raise errors.bad_request(
+            "Header 'x-best-hedge' must be true or false.", param="x-best-hedge"
+        )
+    return hedge
+
+
 def _served_headers(call: Call) -> list[tuple[bytes, bytes]]:
     c = call.candidate
     return [*c.served_headers, *call.headers] if c else call.headers
@@ -117,7 +133,7 @@ async def _admit(
     store call for a token without limits).  From here on the call must be finished,
     whatever happens: it settles the quotas."""
     candidates = pinned if pinned is not None else gw.router.candidates(model, api)
-    call = gw.router.new_call(request.request_id)
+    call = gw.router.new_call(request.request_id, model, _hedge_header(request))
     admission = await gw.quotas.admit(token, call.entry_id, cost)
     call.headers = admission.headers
     call.settle = partial(gw.quotas.settle, admission)

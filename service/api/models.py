@@ -62,10 +62,13 @@ async def retrieve_model(model_id: str, gw: GatewayDep) -> Response:
                 "score": {
                     "static": round(c.score.total, 6),
                     "live": round(total - c.score.total, 6),
+                    "live_factor": c.live,
                     "total": round(total, 6),
                 },
-                "breaker": "open" if until else "closed",
+                "breaker": gw.cooldowns.breaker_state(c),
+                "provider_cooling": bool(gw.cooldowns.until_provider(c, now_ms)),
                 "cooldown_remaining_s": round(max(0, until - now_ms) / 1000, 3),
+                "latency_p95_ms": gw.stats.live.p95_ms(c.provider, c.model),
                 "apis": sorted(c.apis),
             }
         )

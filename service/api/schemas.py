@@ -228,6 +228,10 @@ class ModelObject(Answer):
 class ProviderScore(Answer):
     static: float = Field(description="leaderboard, size, context and adjustments x priority")
     live: float = Field(description="what recent fleet-wide health adds (<= 0)")
+    live_factor: float = Field(
+        description="the fleet-wide live factor (error rate, time to first byte) the static "
+        "score is multiplied by; 1 = no adjustment (see live: in scoring.yaml)"
+    )
     total: float
 
 
@@ -235,8 +239,18 @@ class ModelProvider(Answer):
     provider: str
     model: str
     score: ProviderScore
-    breaker: Literal["closed", "open"]
-    cooldown_remaining_s: float
+    breaker: Literal["closed", "open", "half_open"] = Field(
+        description="the pair's circuit breaker; half_open: one probe at a time, fleet-wide"
+    )
+    provider_cooling: bool = Field(
+        description="the whole provider cools after its 429s or a refused key"
+    )
+    cooldown_remaining_s: float = Field(
+        description="until the pair may be tried again (breaker open or provider cooling)"
+    )
+    latency_p95_ms: float | None = Field(
+        description="recent fleet-wide p95 time to first byte (null: too few figures)"
+    )
     apis: list[str]
 
 

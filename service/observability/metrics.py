@@ -57,6 +57,9 @@ class Metrics:
     tokens: Histogram
     failovers: Counter
     cooldowns_active: Gauge
+    breaker_state: Gauge
+    models_blocked: Gauge
+    hedges: Counter
     quota_rejections: Counter
     auth_failures: Counter
     in_flight: Gauge
@@ -148,6 +151,28 @@ def create_metrics() -> Metrics:
             registry=registry,
             multiprocess_mode="max",
         ),
+        breaker_state=Gauge(
+            "best_breaker_state",
+            "Circuit breaker of a (provider, model) pair: 0 closed, 1 half-open (one probe at "
+            "a time, fleet-wide), 2 open. A pair has a series once its breaker first tripped.",
+            ["provider", "model"],
+            registry=registry,
+            multiprocess_mode="max",
+        ),
+        models_blocked=Gauge(
+            "best_models_blocked",
+            "Routable models every candidate of which is out of rotation (breaker open or "
+            "provider cooling): requests for them answer 503 or 429.",
+            registry=registry,
+            multiprocess_mode="max",
+        ),
+        hedges=Counter(
+            "best_hedges",
+            "Hedged attempts, by the hedge's provider and event: started (the first candidate "
+            "had no first byte in time), won (the hedge answered first).",
+            ["provider", "event"],
+            registry=registry,
+        ),
         quota_rejections=Counter(
             "best_quota_rejections",
             "Requests refused by a token limit, by limit kind (rpm|tpm|concurrency|store).",
@@ -218,7 +243,10 @@ def prime(metrics: Metrics, providers: list[str], failover_reasons: tuple[str, .
     for op in STORE_OPS:
         metrics.store_errors.labels(op)
     metrics.store_degraded.set(0)
+    metrics.models_blocked.set(0)
     for provider in providers:
         metrics.cooldowns_active.labels(provider).set(0)
+        for event in ("started", "won"):
+            metrics.hedges.labels(provider, event)
         for reason in failover_reasons:
             metrics.failovers.labels(provider, reason)

@@ -156,10 +156,10 @@ class Catalog:
 
     # -- the table ---------------------------------------------------------------------------
 
-    def apply_health(self, health: Mapping[tuple[str, str], float]) -> None:
-        """Fleet-wide recent error rates per pair; they lower scores until they recover."""
-        if health != self._health:
-            self._health = dict(health)
+    def apply_health(self, live: Mapping[tuple[str, str], float]) -> None:
+        """Fleet-wide live factors per pair (see routing/live.py); they reorder the table."""
+        if live != self._health:
+            self._health = dict(live)
             self._rebuild()
 
     def _rebuild(self) -> None:
@@ -192,9 +192,10 @@ class Catalog:
                         key,
                         timeout,
                         provider.apis,
+                        provider.first_token_timeout_s,
                     )
                 )
-        self.table = ModelTable.build(pairs, self._health, config.weights.health_penalty)
+        self.table = ModelTable.build(pairs, self._health)
         self._metrics.models_routable.set(self.table.routable)
 
     # -- configuration hot reload ------------------------------------------------------------

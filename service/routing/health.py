@@ -1,6 +1,6 @@
 """Fleet-wide statistics per (provider, model): counted locally, flushed to the store about
-once a second, read back by every replica.  They feed ``/stats`` and the live health that
-lowers the score of a pair that keeps failing.
+once a second, read back by every replica.  They feed ``/stats``, the live factors that adjust
+scores (``live.py``), the error-rate trip of circuit breakers, and the routing gauges.
 """
 
 from __future__ import annotations
@@ -13,16 +13,23 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import orjson
+
+from service.config import GatewayConfig
 from service.observability.metrics import Metrics
+from service.routing.cooldowns import CLOSED, HALF_OPEN, OPEN, Cooldowns
+from service.routing.live import FIRST_BYTE_BUCKETS_MS, LiveView, compute, figures
+from service.routing.table import ModelTable
 from service.store.backend import StoreError
 from service.store.client import Store
+from service.store.keys import pair_field
 
 log = logging.getLogger("best.stats")
 
 LATENCY_BUCKETS_MS = (25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000)
 FLUSH_S = 1.0
-HEALTH_WINDOW_S = 30.0
-HEALTH_MIN_ATTEMPTS = 5
+LIVE_TTL_S = 10.0  # the live factors kept in the store (for check-config) expire unrefreshed
+BREAKER_GAUGE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 
 HealthCallback = Callable[[Mapping[tuple[str, str], float]], None]
 
@@ -52,15 +59,24 @@ class FleetStats:
         metrics: Metrics,
         providers: Callable[[], list[str]],
         on_health: HealthCallback | None = None,
+        config: Callable[[], GatewayConfig] | None = None,
+        cooldowns: Cooldowns | None = None,
+        table: Callable[[], ModelTable] | None = None,
     ) -> None:
         self._store = store
         self._metrics = metrics
         self._providers = providers
         self._pending: dict[str, int] = {}
         self._on_health = on_health
+        self._config = config
+        self._cooldowns = cooldowns
+        self._table = table
         self._history: deque[tuple[float, dict[str, int]]] = deque()
         self._task: asyncio.Task[None] | None = None
         self._flushing = asyncio.Lock()
+        self.live = LiveView()
+        self._breaker_series: set[tuple[str, str]] = set()
+        self._published: dict[tuple[str, str], float] | None = None
 
     def record(
         self,
@@ -69,10 +85,12 @@ class FleetStats:
         *,
         ok: bool,
         latency_s: float,
+        first_byte_s: float | None = None,
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
     ) -> None:
-        """Count one upstream attempt (cheap: a few dict updates)."""
+        """Count one upstream attempt (cheap: a few dict updates); ``first_byte_s`` of a
+        success feeds the live latency."""
         pending = self._pending
         pair = f"{provider}|{model}"
         key = "req|" + pair
@@ -89,6 +107,10 @@ class FleetStats:
         bucket = bisect.bisect_left(LATENCY_BUCKETS_MS, latency_s * 1000.0)
         key = f"lat|{pair}|{bucket}"
         pending[key] = pending.get(key, 0) + 1
+        if first_byte_s is not None:
+            bucket = bisect.bisect_left(FIRST_BYTE_BUCKETS_MS, first_byte_s * 1000.0)
+            key = f"fb|{pair}|{bucket}"
+            pending[key] = pending.get(key, 0) + 1
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop())
@@ -118,8 +140,9 @@ class FleetStats:
             except StoreError as exc:
                 log.warning("stats read failed: %s", exc)
                 continue
-            self._update_health(totals)
+            await self._update_health(totals)
             self._update_cooldowns(cooldowns)
+            self.update_breaker_gauges()
 
     def _update_cooldowns(self, cooldowns: Mapping[str, int]) -> None:
         """Export the fleet's cooldowns per provider (whole provider and pairs)."""
@@ -130,27 +153,99 @@ class FleetStats:
         for provider, count in counts.items():
             self._metrics.cooldowns_active.labels(provider).set(count)
 
-    def _update_health(self, totals: dict[str, int]) -> None:
+    def update_breaker_gauges(self) -> None:
+        """Breaker state per pair that has tripped, and the routable models every candidate
+        of which is out of rotation (breaker open or provider cooling)."""
+        if self._table is None or self._cooldowns is None:
+            return
+        table, cooldowns = self._table(), self._cooldowns
+        now = int(time.time() * 1000)
+        blocked = 0
+        for model in table.model_ids:
+            candidates = table.resolve(model)
+            if not any(c.score.total > 0 for c in candidates):
+                continue
+            if all(cooldowns.until(c, now) for c in candidates):
+                blocked += 1
+        self._metrics.models_blocked.set(blocked)
+        for c in table.pairs:
+            state = cooldowns.breaker_state(c)
+            key = (c.provider, c.model)
+            if state == CLOSED and key not in self._breaker_series:
+                continue  # a series appears once its breaker first trips (bounded labels)
+            self._breaker_series.add(key)
+            self._metrics.breaker_state.labels(c.provider, c.model).set(BREAKER_GAUGE[state])
+
+    def _baseline(self, window_s: float, since: float = 0.0) -> dict[str, int]:
+        """The oldest snapshot inside the window (and taken after ``since``)."""
+        now = time.monotonic()
+        for at, totals in self._history:
+            if now - at <= window_s + FLUSH_S / 2 and at >= since:
+                return totals
+        return self._history[-1][1]
+
+    async def _update_health(self, totals: dict[str, int]) -> None:
         now = time.monotonic()
         self._history.append((now, totals))
-        while len(self._history) > 2 and now - self._history[1][0] >= HEALTH_WINDOW_S:
-            self._history.popleft()
-        if self._on_health is None:
+        if self._config is None:
             return
-        _, old = self._history[0]
-        health: dict[tuple[str, str], float] = {}
-        for key, value in totals.items():
-            if not key.startswith("req|"):
+        config = self._config()
+        keep = max(config.live.window_s, config.breaker.window_s) + 2 * FLUSH_S
+        while len(self._history) > 2 and now - self._history[1][0] >= keep:
+            self._history.popleft()
+        previous = self.live
+        self.live = compute(
+            figures(totals, self._baseline(config.live.window_s)), config.live, previous
+        )
+        if self._on_health is not None:
+            self._on_health(self.live.factors)
+        await self._trip_on_error_rate(totals, config)
+        await self._publish_live()
+
+    async def _trip_on_error_rate(self, totals: dict[str, int], config: GatewayConfig) -> None:
+        """Open the breaker of a closed pair whose fleet-wide error rate is over the limit.
+        Only attempts since the breaker last closed count: the failures that opened it
+        before are no evidence against the pair the probe just proved."""
+        cooldowns = self._cooldowns
+        if cooldowns is None:
+            return
+        rule = config.breaker
+        window = figures(totals, self._baseline(rule.window_s))
+        for (provider, model), fig in window.items():
+            if fig.attempts < rule.min_attempts or fig.error_rate < rule.error_rate:
                 continue
-            attempts = value - old.get(key, 0)
-            if attempts < HEALTH_MIN_ATTEMPTS:
+            field = pair_field(provider, model)
+            closed_at = cooldowns.closed_at.get(field)
+            if closed_at is not None:
+                fig = figures(totals, self._baseline(rule.window_s, closed_at)).get(
+                    (provider, model), fig
+                )
+                if fig.attempts < rule.min_attempts or fig.error_rate < rule.error_rate:
+                    continue
+            if field in cooldowns.tripped:
                 continue
-            pair = key[4:]
-            failures = totals.get("fail|" + pair, 0) - old.get("fail|" + pair, 0)
-            if failures > 0:
-                provider, _, model = pair.partition("|")
-                health[(provider, model)] = failures / attempts
-        self._on_health(health)
+            await cooldowns.trip(provider, model, field)
+
+    async def _publish_live(self) -> None:
+        """Keep the fleet's live factors in the store for ``best check-config``."""
+        factors = self.live.factors
+        if factors == self._published and factors == {}:
+            return
+        self._published = dict(factors)
+        document = [
+            {
+                "provider": provider,
+                "model": model,
+                "factor": factor,
+                "p50_ms": self.live.p50.get((provider, model)),
+                "error_rate": self.live.error_rates.get((provider, model)),
+            }
+            for (provider, model), factor in sorted(factors.items())
+        ]
+        try:
+            await self._store.set(self._store.keys.live, orjson.dumps(document), LIVE_TTL_S)
+        except StoreError as exc:
+            log.debug("live factors not published: %s", exc)
 
     async def snapshot(self) -> dict[str, Any]:
         """The ``/stats`` document: fleet totals and per-pair figures, with cooldowns."""

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -77,6 +78,8 @@ class Call:
     operation: str = "chat"  # or "embeddings"
     settle: Callable[[int], None] = _no_settlement
     finished: bool = False
+    hedge_after_ms: float | None = None  # None: no hedging; HEDGE_P95: the pair's p95
+    extra_tokens: int = 0  # tokens that hedges which lost really used
 
     @property
     def served_by(self) -> tuple[str, str] | None:
@@ -99,6 +102,10 @@ class Completion:
     content_type: bytes
 
 
+HEDGE_P95 = -1.0  # hedge after the first candidate's recent p95 time to first byte
+HEDGE_DEFAULT_MS = 1000.0  # ... or this while the pair has no recent figures
+
+
 class Router:
     def __init__(
         self,
@@ -117,15 +124,42 @@ class Router:
         self._client = client
         self._stats = stats
         self._metrics = metrics
+        self._random = random.Random()
+        self._hedge_for: dict[str, float | None] = {}  # requested model -> hedging policy
+        self._hedge_config: object = None
 
-    def new_call(self, request_id: str) -> Call:
+    def new_call(self, request_id: str, model: str = "", hedge: bool | None = None) -> Call:
+        """A call for ``model``; ``hedge`` is the client's ``x-best-hedge`` (None: absent)."""
         now = time.monotonic()
         deadline = now + self._settings.request_timeout_s
-        return Call(request_id, self._ids(), now, deadline)
+        call = Call(request_id, self._ids(), now, deadline)
+        if hedge is not False:
+            after = self._hedge_policy(model)
+            call.hedge_after_ms = after if after is not None or not hedge else HEDGE_P95
+        return call
+
+    def _hedge_policy(self, model: str) -> float | None:
+        """The ``hedging:`` group for a requested model: None (off), a fixed delay in ms,
+        or HEDGE_P95."""
+        groups = self._catalog.config.hedging
+        if not groups:
+            return None
+        if self._hedge_config is not groups:  # the configuration was reloaded
+            self._hedge_config = groups
+            self._hedge_for = {}
+        cache = self._hedge_for
+        if model in cache:
+            return cache[model]
+        found = next((g for g in groups if g.matches(model or AUTO)), None)
+        policy = None if found is None else found.after_ms or HEDGE_P95
+        if len(cache) < 4096:  # bounded: clients choose these strings
+            cache[model] = policy
+        return policy
 
     def candidates(self, model: str, api: str = CHAT) -> list[Candidate]:
         """The candidates to try for ``model``, best first, among the providers serving
-        ``api``, without those cooling down."""
+        ``api``, without those cooling down or with an open breaker; a small share of
+        requests tries first a pair the live factor moved down (see ``_explored``)."""
         table = self._catalog.table
         found = table.for_api(api).resolve(model)
         if not found:
@@ -141,6 +175,10 @@ class Router:
             raise errors.model_not_found(model or AUTO)
         available, wait_s = self._cooldowns.available(found)
         if available:
+            explore = self._catalog.config.live.explore
+            if explore and len(available) > 1 and self._random.random() < explore:
+                # A fallback list "a,b" is the client's own order: never explored.
+                return available if "," in model else _explored(available, self._random)
             return available
         now = int(time.time() * 1000)
         if all(self._cooldowns.until_provider(c, now) for c in found):
@@ -149,7 +187,8 @@ class Router:
                 retry_after_s=wait_s,
             )
         raise errors.unavailable(
-            "Every provider for this model is out of rotation after failures; retry later.",
+            "Every provider for this model has its circuit breaker open after repeated "
+            "failures; retry later.",
             retry_after_s=wait_s,
         )
 
@@ -173,7 +212,14 @@ class Router:
         )
         await self._cooldowns.failed(candidate, failure)
 
-    def _succeeded(self, call: Call, candidate: Candidate, elapsed: float, usage: Any) -> int:
+    def _succeeded(
+        self,
+        call: Call,
+        candidate: Candidate,
+        elapsed: float,
+        usage: Any,
+        first_byte_s: float | None = None,
+    ) -> int:
         """Record a success; returns the tokens used (-1 when the upstream did not say)."""
         prompt, completion = _usage(usage)
         self._stats.record(
@@ -181,6 +227,7 @@ class Router:
             candidate.model,
             ok=True,
             latency_s=elapsed,
+            first_byte_s=elapsed if first_byte_s is None else first_byte_s,
             prompt_tokens=prompt,
             completion_tokens=completion,
         )
@@ -193,6 +240,90 @@ class Router:
                 self._metrics.tokens.labels(*labels, "output").observe(completion)
         return prompt + completion if usage else -1
 
+    def _hedge_delay_s(self, call: Call, first: Candidate) -> float | None:
+        after = call.hedge_after_ms
+        if after is None:
+            return None
+        if after == HEDGE_P95:
+            p95 = self._stats.live.p95_ms(first.provider, first.model)
+            after = p95 if p95 is not None else HEDGE_DEFAULT_MS
+        return after / 1000.0
+
+    async def _race(
+        self, call: Call, plan: _Plan, attempt: Attempt[T]
+    ) -> tuple[Candidate, T, float]:
+        """Run attempts until one succeeds: (candidate, its result, seconds it took).
+
+        Without hedging one attempt at a time, in candidate order.  With hedging, when the
+        first attempt has no answer after the hedge delay, the next candidate starts too; the
+        first success wins and every other attempt is cancelled at once.  Raises the plan's
+        final error when nothing works, ClientFault when the request itself is refused."""
+        running: dict[asyncio.Task[T], tuple[Candidate, float]] = {}
+        hedged = False
+        try:
+            while True:
+                delay = None
+                if not running:
+                    candidate = await plan.next()
+                    if candidate is None:
+                        raise plan.give_up()
+                    delay = None if hedged else self._hedge_delay_s(call, candidate)
+                    if delay is None:
+                        # No hedging: the attempt runs in this task (no task to schedule).
+                        started = time.monotonic()
+                        try:
+                            result = await attempt(candidate)
+                        except UpstreamFailure as failure:
+                            elapsed = time.monotonic() - started
+                            call.upstream_s += elapsed
+                            plan.failed(candidate, failure)
+                            await self._failed(call, candidate, failure, elapsed)
+                            continue
+                        except ClientFault:
+                            call.upstream_s += time.monotonic() - started
+                            plan.last = candidate
+                            raise
+                        elapsed = time.monotonic() - started
+                        call.upstream_s += elapsed
+                        return candidate, result, elapsed
+                    running[_start(attempt, candidate)] = (candidate, time.monotonic())
+                waited = time.monotonic()
+                done, _ = await asyncio.wait(
+                    running, timeout=delay, return_when=asyncio.FIRST_COMPLETED
+                )
+                call.upstream_s += time.monotonic() - waited
+                if not done:  # no answer within the hedge delay: start the next candidate
+                    hedged = True
+                    candidate = await plan.next()
+                    if candidate is not None:
+                        self._metrics.hedges.labels(candidate.provider, "started").inc()
+                        running[_start(attempt, candidate)] = (candidate, time.monotonic())
+                    continue
+                for task in done:
+                    candidate, started = running.pop(task)
+                    elapsed = time.monotonic() - started
+                    error = task.exception()
+                    if error is None:
+                        if hedged and candidate is not plan.first:
+                            self._metrics.hedges.labels(candidate.provider, "won").inc()
+                        return candidate, task.result(), elapsed
+                    if isinstance(error, UpstreamFailure):
+                        plan.failed(candidate, error)
+                        await self._failed(call, candidate, error, elapsed)
+                        continue
+                    plan.last = candidate
+                    raise error
+        finally:
+            if running:
+                for task, (candidate, _) in running.items():
+                    task.cancel()  # the loser's upstream request is closed now
+                    plan.abandoned(candidate)
+                await asyncio.wait(running)
+                for task in running:
+                    if not task.cancelled() and task.exception() is None:
+                        # It answered while being cancelled: its tokens were really used.
+                        call.extra_tokens += _loser_tokens(task.result())
+
     async def complete(
         self,
         call: Call,
@@ -201,40 +332,38 @@ class Router:
         embeddings: bool = False,
         api: str | None = None,
     ) -> Completion:
-        """A non-streaming answer of ``api`` (default: chat, or embeddings) with failover."""
+        """A non-streaming answer of ``api`` (default: chat, or embeddings) with failover
+        (and hedging)."""
         api = api or ("embeddings" if embeddings else CHAT)
         check = CHECKS[api]
         call.operation = api
-        plan = _Plan(call, candidates, self._settings.max_attempts)
-        async for candidate in plan:
+        plan = _Plan(call, candidates, self._settings.max_attempts, self._cooldowns)
+
+        async def attempt(candidate: Candidate) -> _Answer:
             url = candidate.urls[api]
-            body["model"] = candidate.model
-            payload = orjson.dumps(body)
-            started = time.monotonic()
-            try:
-                try:
-                    response = await self._client.post(
-                        url, candidate.headers, payload, plan.attempt_timeout(candidate)
-                    )
-                finally:
-                    elapsed = time.monotonic() - started
-                    call.upstream_s += elapsed
-                parsed = _answer(response, check)
-            except UpstreamFailure as failure:
-                plan.failed(candidate, failure)
-                await self._failed(call, candidate, failure, elapsed)
-                continue
-            except ClientFault as fault:
-                call.candidate = candidate
-                call.finish(0)
-                return Completion(
-                    fault.status, fault.body, fault.content_type or b"application/json"
-                )
-            call.candidate = candidate
-            call.finish(self._succeeded(call, candidate, elapsed, parsed.get("usage")))
-            return Completion(response.status, response.body, b"application/json")
-        call.finish(0)
-        raise plan.give_up()
+            payload = orjson.dumps({**body, "model": candidate.model})
+            response = await self._client.post(
+                url,
+                candidate.headers,
+                payload,
+                plan.attempt_timeout(candidate),
+                candidate.first_token_timeout_s,
+            )
+            return _Answer(response, _answer(response, check))
+
+        try:
+            candidate, answer, elapsed = await self._race(call, plan, attempt)
+        except ClientFault as fault:
+            call.candidate = plan.last
+            call.finish(0)
+            return Completion(fault.status, fault.body, fault.content_type or b"application/json")
+        except BaseException:
+            call.finish(0)
+            raise
+        call.candidate = candidate
+        used = self._succeeded(call, candidate, elapsed, answer.parsed.get("usage"))
+        call.finish(_plus(used, call.extra_tokens))
+        return Completion(answer.response.status, answer.response.body, b"application/json")
 
     async def stream(
         self,
@@ -245,10 +374,11 @@ class Router:
         api: str = CHAT,
         on_open: OnOpen | None = None,
     ) -> AsyncIterator[bytes] | Completion:
-        """Open a stream of ``api`` with failover until its first event; returns the SSE
-        frames to send, or the upstream's own answer when it refused the request (the
-        client's fault).  ``on_open`` runs once the stream is chosen, before its first byte
-        is sent; if it raises, the upstream is closed and the error propagates."""
+        """Open a stream of ``api`` with failover (and hedging) until its first event;
+        returns the SSE frames to send, or the upstream's own answer when it refused the
+        request (the client's fault).  ``on_open`` runs once the stream is chosen, before
+        its first byte is sent; if it raises, the upstream is closed and the error
+        propagates."""
         call.operation = api
         if api == "responses":
             client_wants_usage = True  # the Responses API always reports usage on its own
@@ -258,74 +388,77 @@ class Router:
                 **(options if isinstance(options, dict) else {}),
                 "include_usage": True,
             }
-        plan = _Plan(call, candidates, self._settings.max_attempts)
-        async for candidate in plan:
-            body["model"] = candidate.model
-            payload = orjson.dumps(body)
-            started = time.monotonic()
+        plan = _Plan(call, candidates, self._settings.max_attempts, self._cooldowns)
+
+        async def attempt(candidate: Candidate) -> _Opened:
+            payload = orjson.dumps({**body, "model": candidate.model})
             upstream: UpstreamStream | None = None
-            relay: Relay
+            limit = candidate.first_token_timeout_s
+            first_byte = asyncio.timeout(limit)
             try:
-                upstream = await self._client.open_stream(
-                    candidate.urls[api],
-                    candidate.headers,
-                    payload,
-                    plan.attempt_timeout(candidate),
-                )
-                if upstream.status >= 300:
-                    raw = await upstream.read()
-                    raise failure_for_status(
-                        upstream.status, raw, upstream.retry_after, upstream.content_type
+                async with first_byte:
+                    upstream = await self._client.open_stream(
+                        candidate.urls[api],
+                        candidate.headers,
+                        payload,
+                        plan.attempt_timeout(candidate),
                     )
-                if api == "responses":
-                    relay = EventRelay(upstream)
-                else:
-                    relay = StreamRelay(upstream, client_wants_usage, api)
-                first = await relay.first_frames()
-            except UpstreamFailure as failure:
+                    if upstream.status >= 300:
+                        raw = await upstream.read()
+                        raise failure_for_status(
+                            upstream.status, raw, upstream.retry_after, upstream.content_type
+                        )
+                    relay: Relay = (
+                        EventRelay(upstream)
+                        if api == "responses"
+                        else StreamRelay(upstream, client_wants_usage, api)
+                    )
+                    first = await relay.first_frames()
+            except TimeoutError:
                 if upstream is not None:
                     upstream.close()
-                elapsed = time.monotonic() - started
-                call.upstream_s += elapsed
-                plan.failed(candidate, failure)
-                await self._failed(call, candidate, failure, elapsed)
-                continue
-            except asyncio.CancelledError:  # the client left before the first event
-                if upstream is not None:
-                    upstream.close()  # let the provider go now, not when this is collected
-                raise
-            except ClientFault as fault:
-                # The client's own fault: relayed untouched, as for JSON.
-                if upstream is not None:
-                    upstream.close()
-                call.candidate = candidate
-                call.finish(0)
-                return Completion(
-                    fault.status, fault.body, fault.content_type or b"application/json"
-                )
-            call.upstream_s += time.monotonic() - started
-            call.candidate = candidate
-            if on_open is not None:
-                try:
-                    await on_open(candidate, relay)
-                except BaseException:
-                    relay.upstream.close()
+                if not first_byte.expired():
                     raise
-            return self._relay(call, candidate, relay, first, started)
-        call.finish(0)
-        raise plan.give_up()
+                raise UpstreamFailure(
+                    TIMEOUT, f"upstream sent no first token within {limit:g}s"
+                ) from None
+            except BaseException:
+                if upstream is not None:
+                    upstream.close()  # failed, refused or cancelled: the connection goes now
+                raise
+            return _Opened(relay, first)
+
+        started = time.monotonic()
+        try:
+            candidate, opened, first_byte_s = await self._race(call, plan, attempt)
+        except ClientFault as fault:
+            call.candidate = plan.last
+            call.finish(0)
+            return Completion(fault.status, fault.body, fault.content_type or b"application/json")
+        except BaseException:
+            call.finish(0)
+            raise
+        call.candidate = candidate
+        if on_open is not None:
+            try:
+                await on_open(candidate, opened.relay)
+            except BaseException:
+                opened.relay.upstream.close()
+                raise
+        return self._relay(call, candidate, opened, started, first_byte_s)
 
     async def _relay(
         self,
         call: Call,
         candidate: Candidate,
-        relay: Relay,
-        first: list[bytes],
+        opened: _Opened,
         started: float,
+        first_byte_s: float,
     ) -> AsyncIterator[bytes]:
+        relay = opened.relay
         ok = False
         try:
-            yield b"".join(first)
+            yield b"".join(opened.first)
             async for chunk in relay.rest(call.deadline):
                 yield chunk
             ok = relay.failure is None
@@ -333,7 +466,7 @@ class Router:
             relay.upstream.close()
             elapsed = time.monotonic() - started
             if ok or relay.usage is not None:
-                used = self._succeeded(call, candidate, elapsed, relay.usage)
+                used = self._succeeded(call, candidate, elapsed, relay.usage, first_byte_s)
             else:
                 used = -1
                 if relay.failure is not None:
@@ -341,34 +474,108 @@ class Router:
                         candidate.provider, candidate.model, ok=False, latency_s=elapsed
                     )
                     self._metrics.failovers.labels(candidate.provider, STREAM_BROKEN).inc()
-            call.finish(used)
+            call.finish(_plus(used, call.extra_tokens))
+
+
+T = TypeVar("T")
+Attempt = Callable[[Candidate], Awaitable[T]]
+
+
+@dataclass(slots=True)
+class _Answer:
+    response: UpstreamResponse
+    parsed: Any
+
+
+@dataclass(slots=True)
+class _Opened:
+    relay: Relay
+    first: list[bytes]
+
+
+def _start(attempt: Attempt[T], candidate: Candidate) -> asyncio.Task[T]:
+    return asyncio.ensure_future(attempt(candidate))
+
+
+def _plus(used: int, extra: int) -> int:
+    """Tokens of the winner (-1: unknown) plus those hedges that lost really used."""
+    if not extra:
+        return used
+    return extra if used < 0 else used + extra
+
+
+def _loser_tokens(result: Any) -> int:
+    """What the upstream of a hedge that lost reported (a stream is closed unread: 0)."""
+    if isinstance(result, _Opened):
+        result.relay.upstream.close()
+        return 0
+    if isinstance(result, _Answer):
+        prompt, completion = _usage(result.parsed.get("usage"))
+        return prompt + completion
+    return 0
+
+
+def _explored(candidates: list[Candidate], rng: random.Random) -> list[Candidate]:
+    """Exploration: a pair that is as good as the first on its static score, but behind it
+    (the live factor moved it down, or a tie), goes first, so the fleet keeps figures on it:
+    a recovering provider wins its place back, an unmeasured one gets measured."""
+    head = candidates[0].effective
+    behind = [c for c in candidates[1:] if c.score.total >= head]
+    if not behind:
+        return candidates
+    chosen = behind[rng.randrange(len(behind))]
+    return [chosen, *(c for c in candidates if c is not chosen)]
 
 
 class _Plan:
     """The attempts of one request: which candidate next, and the final error if none works."""
 
-    def __init__(self, call: Call, candidates: list[Candidate], max_attempts: int) -> None:
+    def __init__(
+        self, call: Call, candidates: list[Candidate], max_attempts: int, cooldowns: Cooldowns
+    ) -> None:
         self._call = call
         self._candidates = candidates
         self._max_attempts = max_attempts
+        self._cooldowns = cooldowns
+        self._next = 0
+        self._started = 0
         self._failures: list[UpstreamFailure] = []
         self._cooled_providers: set[str] = set()
+        self._blocked = 0  # candidates skipped: breaker open, or another replica's probe
+        self._probes: list[Candidate] = []
+        self.first: Candidate | None = None
+        self.last: Candidate | None = None
 
-    def __aiter__(self) -> AsyncIterator[Candidate]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Candidate]:
-        for candidate in self._candidates:
-            if len(self._failures) >= self._max_attempts:
-                return
+    async def next(self) -> Candidate | None:
+        """The next candidate to try, or None when the plan is over."""
+        cooldowns = self._cooldowns
+        while self._next < len(self._candidates):
+            candidate = self._candidates[self._next]
+            self._next += 1
+            if self._started >= self._max_attempts:
+                return None
             if candidate.provider in self._cooled_providers:
                 continue
             if time.monotonic() >= self._call.deadline:
                 self._failures.append(
                     UpstreamFailure(TIMEOUT, "the request deadline passed before an answer")
                 )
-                return
-            yield candidate
+                return None
+            if cooldowns.until(candidate, int(time.time() * 1000)):
+                self._blocked += 1  # opened while this request was under way
+                continue
+            if cooldowns.half_open(candidate):
+                lease = self.attempt_timeout(candidate)
+                if not await cooldowns.claim_probe(candidate, self._call.entry_id, lease):
+                    self._blocked += 1
+                    continue
+                self._probes.append(candidate)
+            self._started += 1
+            if self.first is None:
+                self.first = candidate
+            self.last = candidate
+            return candidate
+        return None
 
     def attempt_timeout(self, candidate: Candidate) -> float:
         return max(0.001, min(candidate.timeout_s, self._call.deadline - time.monotonic()))
@@ -378,10 +585,20 @@ class _Plan:
         if failure.scope == "provider":
             self._cooled_providers.add(candidate.provider)
 
+    def abandoned(self, candidate: Candidate) -> None:
+        """An attempt cancelled without a verdict (a hedge that lost): a probe it held is
+        given back at once."""
+        if candidate in self._probes:
+            self._cooldowns.release_probe(candidate, self._call.entry_id)
+
     def give_up(self) -> GatewayError:
         failures = self._failures
         if not failures:
-            return errors.unavailable("No provider could be tried for this model.", 1.0)
+            return errors.unavailable(
+                "No provider could be tried for this model: circuit breakers are open or "
+                "being probed after repeated failures; retry shortly.",
+                1.0,
+            )
         last = failures[-1].message
         if all(f.reason == RATE_LIMITED for f in failures):
             wait = min((f.retry_after_s for f in failures if f.retry_after_s), default=1.0)

@@ -4,7 +4,7 @@ resolves to an ordered list of candidates.  Built at config load, never per requ
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from service.routing.scoring import Score
 from service.store.keys import pair_field, provider_field
@@ -32,6 +32,9 @@ class Candidate:
     provider_field: str
     pair_field: str
     served_headers: tuple[tuple[bytes, bytes], ...]  # x-best-provider, x-best-model
+    first_token_timeout_s: float | None = None  # no first byte by then: fail over
+    live: float = 1.0  # the live factor the table was ordered with (1: no adjustment)
+    effective: float = 0.0  # the score the table was ordered by (static x live)
 
     @classmethod
     def build(
@@ -43,6 +46,7 @@ class Candidate:
         api_key: str,
         timeout_s: float,
         apis: frozenset[str] = frozenset(("chat", "embeddings")),
+        first_token_timeout_s: float | None = None,
     ) -> Candidate:
         urls = {
             "chat": f"{base_url}/chat/completions",
@@ -67,6 +71,8 @@ class Candidate:
                 (b"x-best-provider", provider.encode()),
                 (b"x-best-model", model.encode()),
             ),
+            first_token_timeout_s=first_token_timeout_s,
+            effective=score.total,
         )
 
 
@@ -75,7 +81,7 @@ class ModelTable:
     """Immutable snapshot; a reload builds a new one and swaps it in."""
 
     pairs: tuple[Candidate, ...] = ()
-    health: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    live: Mapping[tuple[str, str], float] = field(default_factory=dict)
     _by_model: dict[str, list[Candidate]] = field(default_factory=dict, repr=False)
     _by_provider: dict[str, dict[str, Candidate]] = field(default_factory=dict, repr=False)
     _auto: list[Candidate] = field(default_factory=list, repr=False)
@@ -84,33 +90,35 @@ class ModelTable:
     _by_api: dict[str, ModelTable] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def build(
-        cls, pairs: Iterable[Candidate], health: Mapping[tuple[str, str], float], penalty: float
-    ) -> ModelTable:
-        def effective(c: Candidate) -> float:
-            error_rate = health.get((c.provider, c.model), 0.0)
-            factor = 1.0 - error_rate * penalty
-            # A penalty shrinks a positive score and deepens a negative one.
-            return (
-                c.score.total * factor if c.score.total > 0 else c.score.total / max(factor, 0.01)
-            )
+    def build(cls, pairs: Iterable[Candidate], live: Mapping[tuple[str, str], float]) -> ModelTable:
+        """``live``: the live factor of each pair (absent: 1, no adjustment)."""
 
-        listed = list(pairs)
-        scores = {id(c): effective(c) for c in listed}
-        ordered = sorted(listed, key=lambda c: (-scores[id(c)], c.provider, c.model))
-        table = cls._from_ordered(ordered, health, scores)
+        def adjusted(c: Candidate) -> Candidate:
+            factor = live.get((c.provider, c.model), 1.0)
+            if factor == 1.0:
+                return c if c.live == 1.0 else replace(c, live=1.0, effective=c.score.total)
+            total = c.score.total
+            # A penalty shrinks a positive score and deepens a negative one.
+            effective = total * factor if total > 0 else total / max(factor, 0.01)
+            return replace(c, live=factor, effective=effective)
+
+        ordered = sorted(
+            (adjusted(c) for c in pairs), key=lambda c: (-c.effective, c.provider, c.model)
+        )
+        scores = {id(c): c.effective for c in ordered}
+        table = cls._from_ordered(ordered, live, scores)
         # One sub-table per API, holding the pairs whose provider serves it.
         for api in APIS:
             serving = [c for c in ordered if api in c.apis]
             whole = len(serving) == len(ordered)
-            table._by_api[api] = table if whole else cls._from_ordered(serving, health, scores)
+            table._by_api[api] = table if whole else cls._from_ordered(serving, live, scores)
         return table
 
     @classmethod
     def _from_ordered(
         cls,
         ordered: list[Candidate],
-        health: Mapping[tuple[str, str], float],
+        live: Mapping[tuple[str, str], float],
         scores: dict[int, float],
     ) -> ModelTable:
         by_model: dict[str, list[Candidate]] = {}
@@ -119,7 +127,7 @@ class ModelTable:
             by_model.setdefault(c.model, []).append(c)
             by_provider.setdefault(c.provider, {})[c.model] = c
         auto = [c for c in ordered if c.score.total > 0]
-        return cls(tuple(ordered), dict(health), by_model, by_provider, auto, {}, scores)
+        return cls(tuple(ordered), dict(live), by_model, by_provider, auto, {}, scores)
 
     @property
     def routable(self) -> int:

@@ -59,9 +59,10 @@ class QuotaDecision:
 
 @dataclass(frozen=True, slots=True)
 class RoutingState:
-    cooling: dict[str, int]  # field -> cooling until (ms), those in force
+    cooling: dict[str, int]  # field -> cooling (or breaker open) until (ms), those in force
     failing: frozenset[str]  # fields with recent failures that a success resets
     now_ms: int
+    tripped: frozenset[str] = frozenset()  # pair breakers not closed (open or half-open)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,25 @@ class CoolRule:
     cap_ms: int  # ...up to this
     floor_ms: int  # Retry-After is clamped to [floor, ceiling]
     ceiling_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerRule:
+    """When a pair's breaker opens and for how long (see lua/breaker_fail.lua)."""
+
+    threshold: int  # consecutive failures that open a closed breaker
+    open_ms: int  # first open period; doubles per reopening...
+    max_open_ms: int  # ...up to this
+    retry_after_ms: int = -1  # the upstream's Retry-After, or -1
+    floor_ms: int = 1_000  # Retry-After is clamped to [floor, ceiling]
+    ceiling_ms: int = 3_600_000
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerResult:
+    open_until_ms: int  # 0: still closed
+    now_ms: int
+    opened: bool  # this call opened it
 
 
 Handler = Callable[[str], Awaitable[None]]
@@ -112,7 +132,23 @@ class Backend(Protocol):
 
     async def routing_state(self) -> RoutingState: ...
 
-    async def reset_failures(self, fields: Sequence[str]) -> None: ...
+    async def breaker_fail(self, field: str, rule: BreakerRule, trip: bool) -> BreakerResult:
+        """Count a failure of a pair (``trip``: the fleet's error rate says open it now);
+        opens its breaker on evidence (see lua/breaker_fail.lua)."""
+        ...
+
+    async def breaker_probe(self, field: str, owner: str, lease_ms: int) -> bool:
+        """Claim the half-open probe of ``field`` for ``owner``; True when it may be tried."""
+        ...
+
+    async def breaker_release(self, field: str, owner: str) -> None:
+        """Give back ``owner``'s probe claim (its attempt ended without a verdict)."""
+        ...
+
+    async def breaker_close(self, fields: Sequence[str]) -> int:
+        """A success: reset the failure counts of ``fields`` and close their breakers;
+        returns how many breakers closed."""
+        ...
 
     # -- statistics, caches, locks -----------------------------------------------------------
 

@@ -21,6 +21,8 @@ from service.observability.metrics import Metrics
 from service.store.backend import (
     AdmitRequest,
     Backend,
+    BreakerResult,
+    BreakerRule,
     CoolRule,
     Handler,
     QuotaDecision,
@@ -204,8 +206,17 @@ class Store:
     async def routing_state(self) -> RoutingState:
         return await self._run_or_local("other", lambda b: b.routing_state())
 
-    async def reset_failures(self, fields: Sequence[str]) -> None:
-        await self._run_or_local("other", lambda b: b.reset_failures(fields))
+    async def breaker_fail(self, field: str, rule: BreakerRule, trip: bool) -> BreakerResult:
+        return await self._run_or_local("cool", lambda b: b.breaker_fail(field, rule, trip))
+
+    async def breaker_probe(self, field: str, owner: str, lease_ms: int) -> bool:
+        return await self._run_or_local("cool", lambda b: b.breaker_probe(field, owner, lease_ms))
+
+    async def breaker_release(self, field: str, owner: str) -> None:
+        await self._run_or_local("other", lambda b: b.breaker_release(field, owner))
+
+    async def breaker_close(self, fields: Sequence[str]) -> int:
+        return await self._run_or_local("other", lambda b: b.breaker_close(fields))
 
     # -- statistics, caches, locks -----------------------------------------------------------
 

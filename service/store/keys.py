@@ -6,8 +6,9 @@
   different groups spread over a Cluster's shards.
 - The registry (tokens, teams, their version counter) shares ``{registry}``: it is small,
   changes rarely, and a re-seed writes it in one transaction.
-- Fleet-wide routing state (cooldowns, breakers, failure counts), statistics, catalog caches,
-  locks and response affinity each live under tags of their own.
+- Fleet-wide routing state (cooldowns, breakers, probes, failure counts, live factors) shares
+  ``{routing}``; statistics, catalog caches, locks and response affinity each live under tags
+  of their own.
 """
 
 from __future__ import annotations
@@ -33,10 +34,13 @@ class QuotaKeys:
 
 class Keys:
     __slots__ = (
+        "breakers",
         "channel",
         "cooldowns",
         "failures",
+        "live",
         "prefix",
+        "probes",
         "stats",
         "teams",
         "tokens",
@@ -52,6 +56,9 @@ class Keys:
         routing = f"{prefix}:{{routing}}"
         self.cooldowns = f"{routing}:cooldowns"
         self.failures = f"{routing}:failures"
+        self.breakers = f"{routing}:breakers"
+        self.probes = f"{routing}:probes"
+        self.live = f"{routing}:live"
         self.stats = f"{prefix}:{{stats}}:counters"
         self.channel = f"{prefix}:events"
 

@@ -25,6 +25,8 @@ from service.store.backend import (
     OVER_RPM,
     OVER_TPM,
     AdmitRequest,
+    BreakerResult,
+    BreakerRule,
     CoolRule,
     Handler,
     QuotaDecision,
@@ -114,6 +116,8 @@ class MemoryBackend:
         self._leases: dict[str, dict[str, int]] = {}
         self._cooldowns: dict[str, int] = {}
         self._failures: dict[str, tuple[int, int]] = {}  # field -> (count, expires ms)
+        self._breakers: dict[str, tuple[int, int]] = {}  # field -> (openings, expires ms)
+        self._probes: dict[str, tuple[str, int]] = {}  # field -> (owner, until ms)
         self._stats: dict[str, int] = {}
         self._values: dict[str, tuple[bytes, int]] = {}  # key -> (value, expires ms)
         self._records: dict[str, dict[str, dict[str, str]]] = {"token": {}, "team": {}}
@@ -260,11 +264,66 @@ class MemoryBackend:
             cooling={f: u for f, u in self._cooldowns.items() if u > now},
             failing=frozenset(f for f, (_, expires) in self._failures.items() if expires > now),
             now_ms=now,
+            tripped=frozenset(f for f, (_, expires) in self._breakers.items() if expires > now),
         )
 
-    async def reset_failures(self, fields: Sequence[str]) -> None:
+    def _openings(self, field: str, now: int) -> int:
+        openings, expires = self._breakers.get(field, (0, 0))
+        return openings if expires > now else 0
+
+    async def breaker_fail(self, field: str, rule: BreakerRule, trip: bool) -> BreakerResult:
+        now = _now_ms()
+        current = self._cooldowns.get(field, 0)
+        if current > now:
+            return BreakerResult(current, now, False)
+        openings = self._openings(field, now)
+        if trip:
+            if openings > 0:
+                return BreakerResult(0, now, False)
+        else:
+            count, expires = self._failures.get(field, (0, 0))
+            count = (count if expires > now else 0) + 1
+            self._failures[field] = (count, now + rule.max_open_ms * 2)
+            if openings == 0 and count < rule.threshold:
+                return BreakerResult(0, now, False)
+        duration = min(rule.open_ms * 2**openings, rule.max_open_ms)
+        if rule.retry_after_ms >= 0:
+            clamped = min(max(rule.retry_after_ms, rule.floor_ms), rule.ceiling_ms)
+            duration = max(duration, clamped)
+        until = now + duration
+        self._cooldowns[field] = until
+        self._breakers[field] = (openings + 1, until + rule.max_open_ms * 2)
+        self._probes.pop(field, None)
+        for done in [f for f, u in self._cooldowns.items() if u <= now]:
+            del self._cooldowns[done]
+        return BreakerResult(until, now, True)
+
+    async def breaker_probe(self, field: str, owner: str, lease_ms: int) -> bool:
+        now = _now_ms()
+        if not self._openings(field, now):
+            return True
+        if self._cooldowns.get(field, 0) > now:
+            return False
+        holder, until = self._probes.get(field, ("", 0))
+        if until > now and holder != owner:
+            return False
+        self._probes[field] = (owner, now + lease_ms)
+        return True
+
+    async def breaker_release(self, field: str, owner: str) -> None:
+        if self._probes.get(field, ("", 0))[0] == owner:
+            del self._probes[field]
+
+    async def breaker_close(self, fields: Sequence[str]) -> int:
+        now = _now_ms()
+        closed = 0
         for field in fields:
             self._failures.pop(field, None)
+            if self._breakers.pop(field, (0, 0))[1] > now:
+                self._cooldowns.pop(field, None)
+                self._probes.pop(field, None)
+                closed += 1
+        return closed
 
     # -- statistics, caches, locks -----------------------------------------------------------
 

@@ -23,6 +23,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.store.backend import (
     AdmitRequest,
+    BreakerResult,
+    BreakerRule,
     CoolRule,
     Handler,
     QuotaDecision,
@@ -178,19 +180,48 @@ class RedisBackend:
         return int(until), int(now)
 
     async def routing_state(self) -> RoutingState:
-        keys = [self._keys.cooldowns, self._keys.failures]
-        raw = await self._script("routing_state", keys, [])
-        n = int(raw[1])
-        pairs = raw[2 : 2 + 2 * n]
+        k = self._keys
+        raw = await self._script("routing_state", [k.cooldowns, k.failures, k.breakers], [])
+        n, failing = int(raw[1]), int(raw[2])
+        pairs = raw[3 : 3 + 2 * n]
+        rest = raw[3 + 2 * n :]
         return RoutingState(
             cooling={pairs[i].decode(): int(pairs[i + 1]) for i in range(0, len(pairs), 2)},
-            failing=frozenset(f.decode() for f in raw[2 + 2 * n :]),
+            failing=frozenset(f.decode() for f in rest[:failing]),
             now_ms=int(raw[0]),
+            tripped=frozenset(f.decode() for f in rest[failing:]),
         )
 
-    async def reset_failures(self, fields: Sequence[str]) -> None:
-        if fields:
-            await self._do(self._c.hdel(self._keys.failures, *fields))
+    def _breaker_keys(self) -> list[str]:
+        k = self._keys
+        return [k.cooldowns, k.failures, k.breakers, k.probes]
+
+    async def breaker_fail(self, field: str, rule: BreakerRule, trip: bool) -> BreakerResult:
+        args = [
+            field,
+            rule.threshold,
+            1 if trip else 0,
+            rule.open_ms,
+            rule.max_open_ms,
+            rule.retry_after_ms,
+            rule.floor_ms,
+            rule.ceiling_ms,
+        ]
+        until, now, opened = await self._script("breaker_fail", self._breaker_keys(), args)
+        return BreakerResult(int(until), int(now), int(opened) == 1)
+
+    async def breaker_probe(self, field: str, owner: str, lease_ms: int) -> bool:
+        k = self._keys
+        keys = [k.cooldowns, k.breakers, k.probes]
+        return int(await self._script("breaker_probe", keys, [field, owner, lease_ms])) == 1
+
+    async def breaker_release(self, field: str, owner: str) -> None:
+        await self._script("breaker_release", [self._keys.probes], [field, owner], urgent=False)
+
+    async def breaker_close(self, fields: Sequence[str]) -> int:
+        if not fields:
+            return 0
+        return int(await self._script("breaker_close", self._breaker_keys(), list(fields)))
 
     # -- statistics, caches, locks -----------------------------------------------------------
 

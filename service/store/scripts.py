@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from importlib import resources
 
-NAMES = ("quota", "cool", "put_record", "routing_state")
+NAMES = (
+    "quota",
+    "cool",
+    "routing_state",
+    "breaker_fail",
+    "breaker_probe",
+    "breaker_release",
+    "breaker_close",
+    "put_record",
+)
 
 
 def load_sources() -> dict[str, str]:

@@ -107,10 +107,16 @@ class UpstreamClient:
         )
 
     async def post(
-        self, url: str, headers: Mapping[str, str], body: bytes, timeout_s: float
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        timeout_s: float,
+        first_byte_s: float | None = None,
     ) -> UpstreamResponse:
-        """POST and read the whole answer within ``timeout_s``."""
-        return await self._request("POST", url, headers, body, timeout_s)
+        """POST and read the whole answer within ``timeout_s``; with ``first_byte_s``, the
+        status line must arrive within it (a TIMEOUT failure otherwise, the request closed)."""
+        return await self._request("POST", url, headers, body, timeout_s, first_byte_s)
 
     async def open_stream(
         self, url: str, headers: Mapping[str, str], body: bytes, idle_timeout_s: float
@@ -168,17 +174,23 @@ class UpstreamClient:
         headers: Mapping[str, str],
         body: bytes | None,
         timeout_s: float,
+        first_byte_s: float | None = None,
     ) -> UpstreamResponse:
         session = self._require_session()
+        first_byte = asyncio.timeout(first_byte_s if first_byte_s else None)
         try:
-            async with session.request(
-                method,
-                url,
-                data=body,
-                headers=headers,
-                timeout=self._timeout(timeout_s, None, timeout_s),
-                proxy=self._proxy_for(url),
-            ) as response:
+            async with (
+                first_byte,
+                session.request(
+                    method,
+                    url,
+                    data=body,
+                    headers=headers,
+                    timeout=self._timeout(timeout_s, None, timeout_s),
+                    proxy=self._proxy_for(url),
+                ) as response,
+            ):
+                first_byte.reschedule(None)  # the rest of the answer has timeout_s
                 return UpstreamResponse(
                     response.status,
                     await response.read(),
@@ -186,6 +198,10 @@ class UpstreamClient:
                     response.headers.get("retry-after"),
                 )
         except TimeoutError:
+            if first_byte.expired():
+                raise UpstreamFailure(
+                    TIMEOUT, f"{url} sent no first byte within {first_byte_s:g}s"
+                ) from None
             raise UpstreamFailure(TIMEOUT, f"{url} did not answer within {timeout_s:g}s") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamFailure(CONNECT, f"{url}: connection failed: {exc!r}") from None

@@ -22,8 +22,12 @@ from tests.harness import GatewayProcess, write_config
 
 TOKEN = "sk-best-client-token"
 
-# Failures must not reorder candidates behind a test's back: live health is off by default.
-STABLE_SCORING: dict[str, Any] = {"weights": {"health_penalty": 0}}
+# Failures, latency and exploration must not reorder candidates behind a test's back: live
+# routing is off by default.
+STABLE_SCORING: dict[str, Any] = {
+    "weights": {"health_penalty": 0},
+    "live": {"latency_weight": 0, "explore": 0},
+}
 
 
 def provider_key(name: str) -> str:

@@ -148,7 +148,7 @@ RETRY_AFTER_FORMS = [
     pytest.param("ra-frac", 2.5, 2.5, id="fractional-seconds"),
     pytest.param(
         "ra-date",
-        datetime.now(UTC) + timedelta(seconds=3600),  # computed at import: far enough ahead
+        datetime.now(UTC) + timedelta(hours=2),  # computed at import: beyond the 1 h ceiling
         None,
         id="http-date",
     ),
@@ -195,7 +195,7 @@ PAIR_FAILURES = [
 
 
 @pytest.mark.parametrize(("name", "behavior"), PAIR_FAILURES)
-def test_failure_fails_over_and_cools_only_the_pair(
+def test_failure_fails_over_and_opens_the_pair_breaker_only_on_evidence(
     fleet: Fleet, name: str, behavior: Behavior
 ) -> None:
     ln = lane(fleet, name)
@@ -209,13 +209,24 @@ def test_failure_fails_over_and_cools_only_the_pair(
         assert time.monotonic() - started < HANG_TIMEOUT_S + 2
     assert ln.p1.chat_requests == 1
 
-    # The pair cools: the same model skips p1 without calling it ...
+    # One failure is no verdict: nothing cools, the next request goes to p1 again (and its
+    # success resets the count).
+    assert cooldown_remaining(fleet, ln.providers[0], ln.model) == 0
+    assert served_by(ask(fleet, ln.model)) == ln.providers[0]
+    assert ln.p1.chat_requests == 2
+
+    # failure_threshold (3) failures in a row open the pair's breaker ...
+    ln.p1.queue(behavior, behavior, behavior, model=ln.model)
+    for _ in range(3):
+        assert served_by(ask(fleet, ln.model)) == ln.providers[1]
+    assert ln.p1.chat_requests == 5
     assert cooldown_remaining(fleet, ln.providers[0], ln.model) > 5
+    # ... so the same model skips p1 without calling it ...
     assert served_by(ask(fleet, ln.model)) == ln.providers[1]
-    assert ln.p1.chat_requests == 1
+    assert ln.p1.chat_requests == 5
     # ... while p1's other models are still served by it.
     assert served_by(ask(fleet, ln.other)) == ln.providers[0]
-    assert ln.p1.chat_requests == 2
+    assert ln.p1.chat_requests == 6
 
 
 @pytest.mark.parametrize("name", ["e401", "e403"])

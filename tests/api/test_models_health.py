@@ -150,7 +150,7 @@ def test_stats_shape_and_counts(fleet: Fleet) -> None:
 
     failed = rows[("main", "stat-b")]
     assert failed["requests"] == 1 and failed["failures"] == 1
-    assert 0 < failed["cooldown_remaining_s"] <= 10
+    assert failed["cooldown_remaining_s"] == 0  # one 5xx is no evidence: nothing cools
     assert rows[("spare", "stat-b")]["requests"] == 1
 
     totals = stats["totals"]

@@ -285,9 +285,11 @@ def test_models_retrieve_with_a_slash_in_the_id(fleet: Fleet) -> None:
     providers: list[dict[str, Any]] = model.model_extra["providers"]  # type: ignore[index]
     assert [p["provider"] for p in providers] == ["alpha"]
     score = providers[0]["score"]
-    assert set(score) == {"static", "live", "total"}
+    assert set(score) == {"static", "live", "live_factor", "total"}
     assert score["total"] == pytest.approx(score["static"] + score["live"])
+    assert score["total"] == pytest.approx(score["static"] * score["live_factor"])
     assert providers[0]["breaker"] == "closed"
+    assert providers[0]["provider_cooling"] is False
 
     shared = fleet.client().models.retrieve("gpt-r")
     ranked = [p["provider"] for p in shared.model_extra["providers"]]  # type: ignore[index]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from service.store.backend import (
     ADMITTED,
     OVER_CONCURRENCY,
@@ -9,6 +11,7 @@ from service.store.backend import (
     OVER_TPM,
     AdmitRequest,
     Backend,
+    BreakerRule,
     Settlement,
 )
 from service.store.keys import Keys
@@ -134,3 +137,158 @@ def test_response_affinity_is_kept_for_thirty_days_under_its_own_key(
     assert stored == b'["beta","m"]' and other is None
     assert key.endswith(":{resp:resp_abc-1}")
     assert TTL_S == 30 * 86400
+
+
+# -- circuit breakers ------------------------------------------------------------------------
+
+PAIR = "m|prov|model"
+
+
+def _rule(threshold: int = 3, open_ms: int = 10_000, retry_after_ms: int = -1) -> BreakerRule:
+    return BreakerRule(threshold, open_ms, 300_000, retry_after_ms)
+
+
+async def _until_half_open(backend: Backend, field: str) -> None:
+    """Wait (store time passes) until the breaker's open period is over."""
+    state = await backend.routing_state()
+    until = state.cooling.get(field)
+    if until is not None:
+        await asyncio.sleep((until - state.now_ms) / 1000 + 0.005)
+
+
+def test_breaker_opens_on_the_threshold_th_consecutive_failure(run_backend: BackendRunner) -> None:
+    async def body(backend: Backend, keys: Keys) -> list[object]:
+        results = [await backend.breaker_fail(PAIR, _rule(), trip=False) for _ in range(3)]
+        state = await backend.routing_state()
+        # A failure of an attempt that began before the opening changes nothing.
+        late = await backend.breaker_fail(PAIR, _rule(), trip=False)
+        return [results, state, late]
+
+    (first, second, third), state, late = run_backend(body)
+    assert (first.open_until_ms, second.open_until_ms) == (0, 0)
+    assert not first.opened and not second.opened
+    assert third.opened and 9_000 <= third.open_until_ms - third.now_ms <= 10_000
+    assert state.cooling[PAIR] == third.open_until_ms
+    assert PAIR in state.tripped and PAIR in state.failing
+    assert not late.opened and late.open_until_ms == third.open_until_ms
+
+
+def test_a_success_resets_the_consecutive_count(run_backend: BackendRunner) -> None:
+    async def body(backend: Backend, keys: Keys) -> tuple[bool, int]:
+        for _ in range(2):
+            await backend.breaker_fail(PAIR, _rule(), trip=False)
+        closed = await backend.breaker_close([PAIR])
+        after = [await backend.breaker_fail(PAIR, _rule(), trip=False) for _ in range(2)]
+        return any(r.opened for r in after), closed
+
+    opened, closed = run_backend(body)
+    assert not opened
+    assert closed == 0  # it was never open: nothing to close
+
+
+def test_half_open_allows_one_probe_then_a_failure_reopens_twice_as_long(
+    run_backend: BackendRunner,
+) -> None:
+    async def body(backend: Backend, keys: Keys) -> list[object]:
+        rule = _rule(threshold=1, open_ms=100)
+        first = await backend.breaker_fail(PAIR, rule, trip=False)
+        blocked_while_open = await backend.breaker_probe(PAIR, "a", 5_000)
+        await _until_half_open(backend, PAIR)
+        claims = [
+            await backend.breaker_probe(PAIR, "a", 5_000),
+            await backend.breaker_probe(PAIR, "b", 5_000),
+            await backend.breaker_probe(PAIR, "a", 5_000),  # the holder may ask again
+        ]
+        # The rate evidence predates the opening: no trip while half-open.
+        tripped = await backend.breaker_fail(PAIR, rule, trip=True)
+        reopened = await backend.breaker_fail(PAIR, rule, trip=False)
+        return [first, blocked_while_open, claims, tripped, reopened]
+
+    first, blocked_while_open, claims, tripped, reopened = run_backend(body)
+    assert first.opened and 90 <= first.open_until_ms - first.now_ms <= 100
+    assert blocked_while_open is False
+    assert claims == [True, False, True]
+    assert not tripped.opened and tripped.open_until_ms == 0
+    assert reopened.opened and 190 <= reopened.open_until_ms - reopened.now_ms <= 200
+
+
+def test_released_probe_can_be_claimed_by_another(run_backend: BackendRunner) -> None:
+    async def body(backend: Backend, keys: Keys) -> list[bool]:
+        rule = _rule(threshold=1, open_ms=50)
+        await backend.breaker_fail(PAIR, rule, trip=False)
+        await _until_half_open(backend, PAIR)
+        held = await backend.breaker_probe(PAIR, "a", 5_000)
+        await backend.breaker_release(PAIR, "b")  # not b's: stays with a
+        still_held = not await backend.breaker_probe(PAIR, "b", 5_000)
+        await backend.breaker_release(PAIR, "a")
+        taken = await backend.breaker_probe(PAIR, "b", 5_000)
+        return [held, still_held, taken]
+
+    assert run_backend(body) == [True, True, True]
+
+
+def test_expired_probe_lease_frees_the_probe(run_backend: BackendRunner) -> None:
+    async def body(backend: Backend, keys: Keys) -> list[bool]:
+        await backend.breaker_fail(PAIR, _rule(threshold=1, open_ms=50), trip=False)
+        await _until_half_open(backend, PAIR)
+        held = await backend.breaker_probe(PAIR, "a", 50)
+        refused = await backend.breaker_probe(PAIR, "b", 5_000)
+        await asyncio.sleep(0.1)
+        taken = await backend.breaker_probe(PAIR, "b", 5_000)
+        return [held, refused, taken]
+
+    assert run_backend(body) == [True, False, True]
+
+
+def test_a_success_closes_a_half_open_breaker(run_backend: BackendRunner) -> None:
+    async def body(backend: Backend, keys: Keys) -> list[object]:
+        rule = _rule(threshold=1, open_ms=50)
+        await backend.breaker_fail(PAIR, rule, trip=False)
+        await _until_half_open(backend, PAIR)
+        await backend.breaker_probe(PAIR, "a", 5_000)
+        closed = await backend.breaker_close([PAIR, "p|prov"])
+        state = await backend.routing_state()
+        probe_after_close = await backend.breaker_probe(PAIR, "b", 5_000)
+        # Closed resets the doubling: the next opening is the first period again.
+        again = await backend.breaker_fail(PAIR, rule, trip=False)
+        return [closed, state, probe_after_close, again]
+
+    closed, state, probe_after_close, again = run_backend(body)
+    assert closed == 1
+    assert PAIR not in state.tripped and PAIR not in state.failing and PAIR not in state.cooling
+    assert probe_after_close is True
+    assert again.opened and 40 <= again.open_until_ms - again.now_ms <= 50
+
+
+def test_trip_opens_a_closed_breaker_at_once(run_backend: BackendRunner) -> None:
+    async def body(backend: Backend, keys: Keys) -> list[object]:
+        tripped = await backend.breaker_fail(PAIR, _rule(), trip=True)
+        again = await backend.breaker_fail(PAIR, _rule(), trip=True)
+        return [tripped, again]
+
+    tripped, again = run_backend(body)
+    assert tripped.opened and 9_000 <= tripped.open_until_ms - tripped.now_ms <= 10_000
+    assert not again.opened and again.open_until_ms == tripped.open_until_ms
+
+
+def test_retry_after_lengthens_an_opening_never_shortens_it(run_backend: BackendRunner) -> None:
+    async def body(backend: Backend, keys: Keys) -> list[int]:
+        long = await backend.breaker_fail("m|a|x", _rule(threshold=1, retry_after_ms=30_000), False)
+        short = await backend.breaker_fail("m|b|x", _rule(threshold=1, retry_after_ms=2_000), False)
+        return [long.open_until_ms - long.now_ms, short.open_until_ms - short.now_ms]
+
+    long, short = run_backend(body)
+    assert 29_000 <= long <= 30_000
+    assert 9_000 <= short <= 10_000
+
+
+def test_open_period_is_capped(run_backend: BackendRunner) -> None:
+    async def body(backend: Backend, keys: Keys) -> int:
+        rule = BreakerRule(1, 40, 100)
+        result = await backend.breaker_fail(PAIR, rule, trip=False)
+        for _ in range(4):  # 40, 80, 100 (capped), 100
+            await _until_half_open(backend, PAIR)
+            result = await backend.breaker_fail(PAIR, rule, trip=False)
+        return result.open_until_ms - result.now_ms
+
+    assert 90 <= run_backend(body) <= 100

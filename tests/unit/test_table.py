@@ -20,7 +20,9 @@ def pair(provider: str, model: str, total: float) -> Candidate:
 
 
 def table(*pairs: Candidate, health: Mapping[tuple[str, str], float] | None = None) -> ModelTable:
-    return ModelTable.build(pairs, health or {}, 0.5)
+    """``health``: error rates, weighted 0.5 into live factors (see routing/live.py)."""
+    factors = {pair: 1.0 - rate * 0.5 for pair, rate in (health or {}).items()}
+    return ModelTable.build(pairs, factors)
 
 
 def names(candidates: list[Candidate]) -> list[str]:
