@@ -8,13 +8,22 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from bench import plot
 from bench.procs import HELPER_CORE, cpu_count, pin_self
-from bench.report import main_table, notes, ratio_table, sweep_table, write_outputs
-from bench.runner import Settings, log, run_all
+from bench.report import (
+    main_table,
+    notes,
+    ratio_table,
+    store_cost_markdown,
+    sweep_table,
+    write_outputs,
+    write_store_cost,
+)
+from bench.runner import Settings, log, run_all, run_store_cost_only
 from bench.soak import run_soak, write_soak
-from bench.targets import setup_litellm, sync_project
+from bench.targets import ROOT, setup_litellm, sync_project
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -65,6 +74,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="before each run, wait up to this many seconds for other processes to leave "
         "the two cores idle (default 60; 0 = never wait)",
     )
+    parser.add_argument(
+        "--store-cost",
+        action="store_true",
+        help="only the store-cost points: Redis commands, script calls, round trips and "
+        "Redis CPU per request (writes store-cost-<commit>.md)",
+    )
+    parser.add_argument(
+        "--store-topologies",
+        default="standalone,cluster",
+        help="Redis topologies of the store-cost points: standalone, cluster, both (default) "
+        "or none",
+    )
+    parser.add_argument(
+        "--gateway-root",
+        type=Path,
+        default=ROOT,
+        help="measure the gateway of another checkout (its own .venv), e.g. an older commit in "
+        "a git worktree",
+    )
     parser.add_argument("--no-plot", action="store_true", help="skip the matplotlib plot")
     parser.add_argument(
         "--report-only",
@@ -81,11 +109,13 @@ def settings_from(args: argparse.Namespace) -> Settings:
     duration = args.duration
     warmup, validate = 2.0, 2.0
     mode = "full run"
+    store_cost_s = duration
     if args.quick:
         concurrencies = [1, 8, args.throughput_concurrency]
         duration = min(duration, 2.0)
         warmup, validate = 1.0, 1.0
         mode = "quick run"
+        store_cost_s = 2.0
     if args.throughput_concurrency not in concurrencies:
         concurrencies = sorted({*concurrencies, args.throughput_concurrency})
     if 1 not in concurrencies:
@@ -100,16 +130,24 @@ def settings_from(args: argparse.Namespace) -> Settings:
         litellm=not args.skip_litellm,
         mode=mode,
         quiet_wait_s=args.quiet_wait,
+        store_topologies=[
+            t for t in args.store_topologies.split(",") if t.strip() and t.strip() != "none"
+        ],
+        store_cost_s=store_cost_s,
+        gateway_root=args.gateway_root.resolve(),
     )
 
 
-def _print_report(results: dict[str, object]) -> None:
+def _print_report(results: dict[str, Any]) -> None:
     print()
     print("\n".join(main_table(results)))
     print()
     print("\n".join(ratio_table(results)))
     print()
     print("\n".join(sweep_table(results)))
+    if results.get("store_cost"):
+        print()
+        print("\n".join(store_cost_markdown(results["store_cost"])))
     extra = notes(results)
     if extra:
         print()
@@ -154,7 +192,18 @@ def main(argv: list[str] | None = None) -> int:
     log(f"work dir {workdir}")
     ok = False
     try:
-        if args.soak is not None:
+        if args.store_cost:
+            settings = settings_from(args)
+            if not settings.store_topologies:
+                print("--store-cost needs at least one topology", file=sys.stderr)
+                return 2
+            cost = run_store_cost_only(settings, workdir)
+            md_path = write_store_cost(cost, results_dir)
+            print()
+            print(md_path.read_text())
+            log(f"wrote {md_path} and its .json")
+            ok = True
+        elif args.soak is not None:
             kinds = [args.only] if args.only else ["json", "sse"]
             soak = run_soak(args.soak, args.soak_store, kinds, 32, args.soak_interval, workdir)
             json_path, md_path = write_soak(soak, results_dir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -81,13 +82,32 @@ def _lua_string(text: str) -> str:
 
 
 def render_script(
-    kind: str, token: str | None, model: str | None = None, validate: bool = False
+    kind: str,
+    token: str | None,
+    model: str | None = None,
+    validate: bool = False,
+    tokens: Sequence[str] = (),
 ) -> str:
-    """A wrk script that POSTs one body; ``kind == "mixed"`` alternates JSON and SSE."""
+    """A wrk script that POSTs one body; ``kind == "mixed"`` alternates JSON and SSE.
+
+    With ``tokens`` (not with "mixed"), requests cycle through those bearer tokens.
+    """
     lines = ['wrk.method = "POST"', 'wrk.headers["Content-Type"] = "application/json"']
     if token:
         lines.append(f'wrk.headers["Authorization"] = {_lua_string("Bearer " + token)}')
-    if kind == "mixed":
+    if tokens and kind != "mixed":
+        headers = ", ".join(_lua_string("Bearer " + t) for t in tokens)
+        lines += [
+            f"wrk.body = {_lua_string(request_body(kind, model))}",
+            f"local auth = {{{headers}}}",
+            "local n = 0",
+            "request = function()",
+            "  n = n + 1",
+            '  wrk.headers["Authorization"] = auth[(n % #auth) + 1]',
+            "  return wrk.format()",
+            "end",
+        ]
+    elif kind == "mixed":
         lines += [
             f"local bodies = {{{_lua_string(request_body('json'))}, "
             f"{_lua_string(request_body('sse'))}}}",

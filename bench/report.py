@@ -205,6 +205,82 @@ def notes(results: Results) -> list[str]:
     return out
 
 
+def store_cost_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Per gateway request, counted at Redis (bench/storecost.py says how)."""
+    header = [
+        "Redis store, token",
+        "req/s (c=32)",
+        "commands run / sent",
+        "script calls",
+        "round trips",
+        "Redis CPU us (INFO cpu) raw / less idle",
+        "in commands us (commandstats)",
+        "fleet req/s per Redis core",
+        "errors",
+    ]
+    lines: list[list[str]] = []
+    for row in rows:
+        if row.get("failure"):
+            lines.append([row["label"], f"failed: {row['failure'][:120]}", *["n/a"] * 7])
+            continue
+        sent = row["commands_sent"]
+        fleet = row["fleet_rps_per_core"]
+        lines.append(
+            [
+                f"{row['label']} (`{row['commit']}`)",
+                f"{row['rps']:,.0f}",
+                f"{row['commands_run']:.2f} / {'n/a' if sent is None else f'{sent:.2f}'}",
+                f"{row['script_calls']:.2f}",
+                f"{row['round_trips']:.2f}",
+                f"{row['cpu_us']:.1f} / {row.get('cpu_us_net', row['cpu_us']):.1f}",
+                f"{row['command_us']:.1f}",
+                "n/a" if fleet is None else f"{fleet:,.0f}",
+                str(row["errors"]),
+            ]
+        )
+    return _table(header, lines)
+
+
+def _by_name(counts: dict[str, float]) -> str:
+    shown = [f"{name} {value:.2f}" for name, value in counts.items() if value >= 0.005]
+    return ", ".join(shown) or "none"
+
+
+def store_cost_details(rows: list[dict[str, Any]]) -> list[str]:
+    """Commands per request by name (MONITOR run) and how script calls spread over masters."""
+    out: list[str] = []
+    for row in rows:
+        if row.get("failure"):
+            continue
+        line = (
+            f"- {row['label']} (`{row['commit']}`): sent {_by_name(row['sent_by_name'])}; "
+            f"in scripts {_by_name(row['in_scripts_by_name'])}"
+        )
+        if "idle_cpu_us_per_s" in row:
+            line += (
+                f"; idle (no requests): {row['idle_commands_per_s']:.1f} commands/s, Redis CPU "
+                f"{row['idle_cpu_us_per_s'] / 1e4:.2f}% of a core"
+            )
+        if len(row["script_share"]) > 1:
+            shares = " / ".join(f"{share:.0%}" for share in row["script_share"])
+            line += f"; script calls per master {shares}"
+        out.append(line + ".")
+    return out
+
+
+def store_cost_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    return [
+        "Store cost per request (JSON, c=32, 8 tokens in turn; counted at Redis, summed over "
+        "masters):",
+        "",
+        *store_cost_table(rows),
+        "",
+        "Commands per request by name (from a separate run under MONITOR):",
+        "",
+        *store_cost_details(rows),
+    ]
+
+
 def render_markdown(results: Results) -> str:
     meta = results["meta"]
     lines = [
@@ -219,6 +295,8 @@ def render_markdown(results: Results) -> str:
         "",
         *sweep_table(results),
     ]
+    if results.get("store_cost"):
+        lines += ["", *store_cost_markdown(results["store_cost"])]
     extra = notes(results)
     if extra:
         lines += ["", "Notes:", "", *extra]
@@ -232,3 +310,19 @@ def write_outputs(results: Results, results_dir: Path) -> tuple[Path, Path]:
     json_path.write_text(json.dumps(results, indent=2) + "\n")
     md_path.write_text(render_markdown(results))
     return json_path, md_path
+
+
+def write_store_cost(cost: Results, results_dir: Path) -> Path:
+    """``store-cost-<commit>.json`` and ``.md`` of a ``--store-cost`` run; the .md path."""
+    meta = cost["meta"]
+    header = (
+        f"Store cost {meta['started_at']} on commit `{meta['commit']}` ({meta['duration_s']:g} s "
+        f"per point; {meta['cpu']}; {meta['pinning']}; load average before {meta['loadavg']})."
+    )
+    results_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"store-cost-{str(meta['commit']).split('+')[0]}"
+    (results_dir / f"{stem}.json").write_text(json.dumps(cost, indent=2) + "\n")
+    md_path = results_dir / f"{stem}.md"
+    body = "\n".join(store_cost_markdown(cost["store_cost"]))
+    md_path.write_text(f"{header}\n\n{body}\n")
+    return md_path

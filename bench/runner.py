@@ -11,9 +11,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.loadgen import WrkResult, render_script, request_body, run_wrk
 from bench.procs import HELPER_CORE, SUT_CORE, CpuMeter, Proc, free_port, tree_rss_bytes
+from bench.storecost import StoreCost, run_store_cost
 from bench.targets import (
     ROOT,
     Target,
@@ -38,6 +40,10 @@ class Settings:
     litellm: bool
     mode: str
     quiet_wait_s: float = 60.0
+    store_topologies: list[str] = field(default_factory=lambda: ["standalone", "cluster"])
+    store_cost_s: float = 10.0  # the timed run of each store-cost point
+    monitor_s: float = 1.0  # the run under MONITOR that counts commands by name
+    gateway_root: Path = ROOT  # the checkout whose gateway is measured
 
 
 @dataclass
@@ -73,14 +79,14 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def git_commit() -> str:
+def git_commit(root: Path = ROOT) -> str:
     """HEAD, marked ``+dirty`` when service/ has uncommitted changes (what actually ran)."""
     proc = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=root
     )
     commit = proc.stdout.strip() or "unknown"
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--", "service"], capture_output=True, text=True, cwd=ROOT
+        ["git", "status", "--porcelain", "--", "service"], capture_output=True, text=True, cwd=root
     )
     return commit + ("+dirty" if dirty.stdout.strip() else "")
 
@@ -189,8 +195,9 @@ def run_all(settings: Settings, workdir: Path) -> dict[str, object]:
     scripts.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now(dt.UTC)
     load_before = _loadavg()
-    commit = git_commit()
+    commit = git_commit(settings.gateway_root)
     results: list[TargetResult] = []
+    store_cost: list[dict[str, object]] = []
     upstream_port = free_port()
     nginx = start_nginx(workdir / "nginx", upstream_port)
     redis: Proc | None = None
@@ -214,7 +221,13 @@ def run_all(settings: Settings, workdir: Path) -> dict[str, object]:
         ]
         for name, label, redis_url in gateways:
             start = functools.partial(
-                start_gateway, workdir / name, upstream_port, redis_url, name, label
+                start_gateway,
+                workdir / name,
+                upstream_port,
+                redis_url,
+                name,
+                label,
+                root=settings.gateway_root,
             )
             results.append(_measure_started(name, label, start, settings, scripts))
 
@@ -234,6 +247,13 @@ def run_all(settings: Settings, workdir: Path) -> dict[str, object]:
                     scripts,
                 )
             )
+        if redis is not None:
+            redis.stop()
+            redis = None
+        if settings.store_topologies and "json" in settings.kinds:
+            store_cost = [
+                row.to_dict() for row in store_cost_run(settings, workdir, upstream_port, commit)
+            ]
     finally:
         if redis is not None:
             redis.stop()
@@ -255,6 +275,47 @@ def run_all(settings: Settings, workdir: Path) -> dict[str, object]:
             "loadavg_after": _loadavg(),
         },
         "targets": [_target_dict(result) for result in results],
+        "store_cost": store_cost,
+    }
+
+
+def store_cost_run(
+    settings: Settings, workdir: Path, upstream_port: int, commit: str
+) -> list[StoreCost]:
+    """Store commands, script calls, round trips and Redis CPU per request (storecost.py)."""
+    return run_store_cost(
+        workdir / "store-cost",
+        upstream_port,
+        settings.store_topologies,
+        settings.store_cost_s,
+        settings.monitor_s,
+        commit,
+        lambda pid: _wait_quiet(pid, settings.quiet_wait_s),
+        log,
+        settings.gateway_root,
+    )
+
+
+def run_store_cost_only(settings: Settings, workdir: Path) -> dict[str, Any]:
+    """Only the store-cost points (``--store-cost``), against the same nginx upstream."""
+    started = dt.datetime.now(dt.UTC)
+    commit = git_commit(settings.gateway_root)
+    upstream_port = free_port()
+    nginx = start_nginx(workdir / "nginx", upstream_port)
+    try:
+        rows = store_cost_run(settings, workdir, upstream_port, commit)
+    finally:
+        nginx.stop()
+    return {
+        "meta": {
+            "started_at": started.isoformat(timespec="seconds"),
+            "commit": commit,
+            "duration_s": settings.store_cost_s,
+            "cpu": _cpu_model(),
+            "pinning": "gateway on core 0; nginx, redis, wrk (1 thread) on core 1",
+            "loadavg": _loadavg(),
+        },
+        "store_cost": [row.to_dict() for row in rows],
     }
 
 

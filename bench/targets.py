@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,17 +118,18 @@ def write_gateway_config(config_dir: Path, upstream_port: int) -> None:
     (config_dir / "model-adjustments.yaml").write_text(json.dumps(adjustments) + "\n")
 
 
-def gateway_command() -> list[str]:
-    """``python -m service`` (= ``best serve``) from the project's venv.
+def gateway_command(root: Path = ROOT) -> list[str]:
+    """``python -m service`` (= ``best serve``) from the venv of the checkout at ``root``.
 
     The venv's interpreter directly, so no ``uv`` wrapper process is counted in the RSS; and
     not spelled ``best serve``, so a ``pkill -f "best serve"`` run by someone restarting their
-    own gateway on the same machine does not stop the benchmark's.
+    own gateway on the same machine does not stop the benchmark's.  ``root`` may be another
+    checkout (``--gateway-root``), to measure an older commit with the same harness.
     """
-    python = ROOT / ".venv" / "bin" / "python"
+    python = root / ".venv" / "bin" / "python"
     if python.exists():
         return [str(python), "-m", "service"]
-    return ["uv", "run", "--project", str(ROOT), "python", "-m", "service"]
+    return ["uv", "run", "--project", str(root), "python", "-m", "service"]
 
 
 def sync_project() -> None:
@@ -136,8 +138,21 @@ def sync_project() -> None:
 
 
 def start_gateway(
-    workdir: Path, upstream_port: int, redis_url: str | None, name: str, label: str
+    workdir: Path,
+    upstream_port: int,
+    redis_url: str | None,
+    name: str,
+    label: str,
+    *,
+    limited: bool = True,
+    tokens: Sequence[str] = (BENCH_TOKEN,),
+    root: Path = ROOT,
 ) -> Target:
+    """One gateway worker on the core under test.
+
+    ``limited``: static tokens get large non-zero rpm/tpm/concurrency limits, so the quota path
+    runs on every request; otherwise they have none (the hot path of a token without limits).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     config_dir = workdir / "config"
     write_gateway_config(config_dir, upstream_port)
@@ -155,10 +170,10 @@ def start_gateway(
             "DATA_DIR": str(workdir / "data"),
             "JSON_API_KEY": "bench-json-key",
             "SSE_API_KEY": "bench-sse-key",
-            "AUTH_TOKENS": BENCH_TOKEN,
-            "DEFAULT_RPM": LARGE_LIMIT,
-            "DEFAULT_TPM": LARGE_LIMIT,
-            "DEFAULT_MAX_CONCURRENCY": "100000",
+            "AUTH_TOKENS": ",".join(tokens),
+            "DEFAULT_RPM": LARGE_LIMIT if limited else "0",
+            "DEFAULT_TPM": LARGE_LIMIT if limited else "0",
+            "DEFAULT_MAX_CONCURRENCY": "100000" if limited else "0",
             "LOG_LEVEL": "warning",
             "WEB_CONCURRENCY": "1",
         }
@@ -166,7 +181,9 @@ def start_gateway(
     if redis_url:
         env["REDIS_URL"] = redis_url
     # Run from the work dir so a developer's .env in the repository does not leak in.
-    proc = Proc(name, pinned(gateway_command(), SUT_CORE), workdir / "gateway.log", env, workdir)
+    proc = Proc(
+        name, pinned(gateway_command(root), SUT_CORE), workdir / "gateway.log", env, workdir
+    )
     try:
         wait_until(
             lambda: http_status(f"http://127.0.0.1:{port}/ready") == 200,
@@ -178,7 +195,7 @@ def start_gateway(
         proc.stop()
         raise
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
-    return Target(name, label, {"json": url, "sse": url}, BENCH_TOKEN, proc)
+    return Target(name, label, {"json": url, "sse": url}, tokens[0], proc)
 
 
 # --- LiteLLM ---------------------------------------------------------------------------------

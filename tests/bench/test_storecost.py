@@ -1,0 +1,74 @@
+"""The benchmark's store-cost counting: Redis-side counters, MONITOR parsing, the table."""
+
+from __future__ import annotations
+
+import redis
+
+from bench.report import store_cost_details, store_cost_table
+from bench.storecost import StoreCost, delta, parse_monitor, snapshot
+from tests.harness import RedisServer
+
+
+def test_counters_count_script_commands_and_reads(redis_server: RedisServer) -> None:
+    client = redis.Redis(port=redis_server.port, decode_responses=True)
+    other = redis.Redis(port=redis_server.port)
+    other.ping()  # connect first: the HELLO/CLIENT of a new connection is not under test
+    before = snapshot(client)
+    # One network write carrying two script calls of two commands each, then one plain SET.
+    pipe = other.pipeline(transaction=False)
+    script = "redis.call('INCR', KEYS[1]); return redis.call('GET', KEYS[1])"
+    pipe.eval(script, 1, "bench:k")
+    pipe.eval(script, 1, "bench:k")
+    pipe.execute()
+    other.set("bench:j", "1")
+    change = delta(before, snapshot(client))
+    client.delete("bench:k", "bench:j")
+    assert change.calls["eval"] == 2
+    assert change.calls["incr"] == 2
+    assert change.calls["get"] == 2
+    assert change.calls["set"] == 1
+    assert "info" not in change.calls  # the snapshots' own INFO is taken out
+    assert change.commands == 7  # commands run inside scripts count too
+    assert change.reads == 2  # the pipeline is one read, the SET another
+    assert change.cpu_s >= 0
+
+
+def test_parse_monitor_splits_client_and_script_commands() -> None:
+    text = "\n".join(
+        [
+            "OK",
+            '1795919888.913488 [0 127.0.0.1:37906] "evalsha" "abc" "1" "k"',
+            '1795919888.913542 [0 lua] "ZADD" "k" "1" "a"',
+            '1795919888.913550 [0 lua] "pexpire" "k" "1000"',
+            '1795919888.913600 [0 127.0.0.1:37907] "client" "list"',
+            '1795919888.913700 [0 127.0.0.1:37906] "ping"',
+        ]
+    )
+    sent, scripted = parse_monitor(text)
+    assert dict(sent) == {"evalsha": 1, "ping": 1}
+    assert dict(scripted) == {"zadd": 1, "pexpire": 1}
+
+
+def test_table_and_details() -> None:
+    row = StoreCost("standalone", True, "abc1234", requests=1000, rps=5000.0)
+    row.commands_run, row.commands_sent, row.script_calls = 14.0, 1.1, 1.05
+    row.round_trips, row.cpu_us, row.cpu_us_net, row.command_us = 0.2, 21.0, 20.0, 15.0
+    row.sent_by_name = {"evalsha": 1.05, "ping": 0.001}
+    row.in_scripts_by_name = {"hincrby": 4.0}
+    row.script_share = [0.3, 0.3, 0.4]
+    failed = StoreCost("cluster (3 masters)", False, "abc1234", failure="no cluster")
+    table = store_cost_table([row.to_dict(), failed.to_dict()])
+    assert table[2].split(" | ")[1:8] == [
+        "5,000",
+        "14.00 / 1.10",
+        "1.05",
+        "0.20",
+        "21.0 / 20.0",
+        "15.0",
+        "50,000",
+    ]
+    assert "failed: no cluster" in table[3]
+    (details,) = store_cost_details([row.to_dict(), failed.to_dict()])
+    assert "sent evalsha 1.05;" in details  # ping at 0.001 per request is left out
+    assert "in scripts hincrby 4.00" in details
+    assert "script calls per master 30% / 30% / 40%" in details
