@@ -261,6 +261,8 @@ def store_cost_details(rows: list[dict[str, Any]]) -> list[str]:
                 f"; idle (no requests): {row['idle_commands_per_s']:.1f} commands/s, Redis CPU "
                 f"{row['idle_cpu_us_per_s'] / 1e4:.2f}% of a core"
             )
+        if row.get("connections_per_s"):
+            line += f"; {row['connections_per_s']:.1f} new connections/s under load"
         if len(row["script_share"]) > 1:
             shares = " / ".join(f"{share:.0%}" for share in row["script_share"])
             line += f"; script calls per master {shares}"

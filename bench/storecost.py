@@ -56,6 +56,7 @@ HOST = "127.0.0.1"
 class Snapshot:
     commands: int
     reads: int
+    connections: int  # connections accepted
     cpu_s: float
     calls: Counter[str]
     usec: Counter[str]
@@ -78,6 +79,7 @@ class StoreCost:
     command_us: float = 0.0
     idle_cpu_us_per_s: float = 0.0
     idle_commands_per_s: float = 0.0
+    connections_per_s: float = 0.0  # new connections Redis accepted during the timed run
     # name -> calls per request, from the MONITOR run: sent by the gateway / run by scripts
     sent_by_name: dict[str, float] = field(default_factory=dict)
     in_scripts_by_name: dict[str, float] = field(default_factory=dict)
@@ -131,6 +133,7 @@ def snapshot(client: redis.Redis) -> Snapshot:
     return Snapshot(
         commands=int(info["total_commands_processed"]),
         reads=int(info["total_reads_processed"]),
+        connections=int(info["total_connections_received"]),
         cpu_s=float(info["used_cpu_sys"]) + float(info["used_cpu_user"]),
         calls=calls,
         usec=usec,
@@ -147,6 +150,7 @@ def delta(before: Snapshot, after: Snapshot) -> Snapshot:
     return Snapshot(
         commands=after.commands - before.commands - 1,
         reads=after.reads - before.reads - 1,
+        connections=after.connections - before.connections,
         cpu_s=after.cpu_s - before.cpu_s,
         calls=+calls,
         usec=+usec,
@@ -343,6 +347,7 @@ def measure_store_cost(
         round(n / total_scripts, 3) if total_scripts else 0.0 for n in scripts_per_node
     ]
     result.round_trips = round(sum(d.reads for d in deltas) / requests, 3)
+    result.connections_per_s = round(sum(d.connections for d in deltas) / run.duration_s, 2)
     cpu_s = sum(d.cpu_s for d in deltas)
     result.cpu_us = round(cpu_s * 1e6 / requests, 2)
     idle_share = idle_cpu_per_s * run.duration_s

@@ -30,6 +30,7 @@ def test_counters_count_script_commands_and_reads(redis_server: RedisServer) -> 
     assert "info" not in change.calls  # the snapshots' own INFO is taken out
     assert change.commands == 7  # commands run inside scripts count too
     assert change.reads == 2  # the pipeline is one read, the SET another
+    assert change.connections == 0  # both clients were connected before
     assert change.cpu_s >= 0
 
 
