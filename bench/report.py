@@ -215,13 +215,14 @@ def store_cost_table(rows: list[dict[str, Any]]) -> list[str]:
         "round trips",
         "Redis CPU us (INFO cpu) raw / less idle",
         "in commands us (commandstats)",
+        "in plain commands",
         "fleet req/s per Redis core",
         "errors",
     ]
     lines: list[list[str]] = []
     for row in rows:
         if row.get("failure"):
-            lines.append([row["label"], f"failed: {row['failure'][:120]}", *["n/a"] * 7])
+            lines.append([row["label"], f"failed: {row['failure'][:120]}", *["n/a"] * 8])
             continue
         sent = row["commands_sent"]
         fleet = row["fleet_rps_per_core"]
@@ -234,6 +235,7 @@ def store_cost_table(rows: list[dict[str, Any]]) -> list[str]:
                 f"{row['round_trips']:.2f}",
                 f"{row['cpu_us']:.1f} / {row.get('cpu_us_net', row['cpu_us']):.1f}",
                 f"{row['command_us']:.1f}",
+                "n/a" if not row.get("plain_commands") else f"{row['plain_commands']:.1f}",
                 "n/a" if fleet is None else f"{fleet:,.0f}",
                 str(row["errors"]),
             ]
@@ -261,6 +263,8 @@ def store_cost_details(rows: list[dict[str, Any]]) -> list[str]:
                 f"; idle (no requests): {row['idle_commands_per_s']:.1f} commands/s, Redis CPU "
                 f"{row['idle_cpu_us_per_s'] / 1e4:.2f}% of a core"
             )
+        if row.get("plain_us"):
+            line += f"; one plain pipelined HINCRBY: {row['plain_us']:.2f} us of Redis CPU"
         if row.get("connections_per_s"):
             line += f"; {row['connections_per_s']:.1f} new connections/s under load"
         if len(row["script_share"]) > 1:

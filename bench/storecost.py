@@ -19,7 +19,9 @@ at the Redis side, summed over the masters, and divided by the requests wrk comp
   no requests) over as long a span; beside it the ``usec`` of INFO commandstats, the time
   inside the commands the gateway sent, scripts included (wall-clock time: on a shared core it
   grows when Redis is descheduled mid-command, so INFO cpu is the figure to size with);
-- **fleet req/s per Redis core** = 1e6 / Redis CPU us per request, less idle.
+- **fleet req/s per Redis core** = 1e6 / Redis CPU us per request, less idle;
+- **in plain commands** (standalone): that CPU divided by what one pipelined ``HINCRBY`` costs
+  the same Redis right after, a yardstick that a busy or slow machine inflates alike.
 
 Background work of the gateway (the store probe, statistics flushes) is in the raw figures,
 spread over the requests of the run; the idle run shows it per second.  The benchmark's own
@@ -79,6 +81,7 @@ class StoreCost:
     command_us: float = 0.0
     idle_cpu_us_per_s: float = 0.0
     idle_commands_per_s: float = 0.0
+    plain_us: float | None = None  # Redis CPU us of one pipelined HINCRBY (standalone only)
     connections_per_s: float = 0.0  # new connections Redis accepted during the timed run
     # name -> calls per request, from the MONITOR run: sent by the gateway / run by scripts
     sent_by_name: dict[str, float] = field(default_factory=dict)
@@ -91,6 +94,11 @@ class StoreCost:
         return f"{self.topology}, {'token with limits' if self.limited else 'token without limits'}"
 
     @property
+    def plain_commands(self) -> float | None:
+        """Redis CPU per request in plain pipelined commands: comparable across machines."""
+        return round(self.cpu_us_net / self.plain_us, 1) if self.plain_us else None
+
+    @property
     def fleet_rps_per_core(self) -> float | None:
         return 1e6 / self.cpu_us_net if self.cpu_us_net > 0 else None
 
@@ -98,6 +106,7 @@ class StoreCost:
         out = asdict(self)
         out["label"] = self.label
         out["fleet_rps_per_core"] = self.fleet_rps_per_core
+        out["plain_commands"] = self.plain_commands
         return out
 
 
@@ -173,6 +182,28 @@ def parse_monitor(text: str) -> tuple[Counter[str], Counter[str]]:
             continue
         (scripted if source == "lua" else sent)[name] += 1
     return sent, scripted
+
+
+def plain_command_us(port: int, calls: int = 20_000, batch: int = 32) -> float:
+    """Redis CPU us of one plain pipelined ``HINCRBY``: the machine's yardstick.
+
+    On a shared or slow core every figure above grows alike; a request's cost in plain
+    commands does not, and scales to any core (1e6 / its own plain-command us).
+    """
+    client = _client(port)
+    key = "bench:{yardstick}"
+    try:
+        before = snapshot(client)
+        for _ in range(calls // batch):
+            pipe = client.pipeline(transaction=False)
+            for _ in range(batch):
+                pipe.hincrby(key, "n", 1)
+            pipe.execute()
+        after = snapshot(client)
+        client.delete(key)
+    finally:
+        client.close()
+    return round((after.cpu_s - before.cpu_s) * 1e6 / (calls // batch * batch), 3)
 
 
 # --- a 3-master Cluster ------------------------------------------------------------------------
@@ -368,6 +399,8 @@ def measure_store_cost(
             )
             command_us += usec * share
     result.command_us = round(command_us / requests, 2)
+    if len(ports) == 1:
+        result.plain_us = plain_command_us(ports[0])
     return result
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis
 
 from bench.report import store_cost_details, store_cost_table
-from bench.storecost import StoreCost, delta, parse_monitor, snapshot
+from bench.storecost import StoreCost, delta, parse_monitor, plain_command_us, snapshot
 from tests.harness import RedisServer
 
 
@@ -54,18 +54,20 @@ def test_table_and_details() -> None:
     row = StoreCost("standalone", True, "abc1234", requests=1000, rps=5000.0)
     row.commands_run, row.commands_sent, row.script_calls = 14.0, 1.1, 1.05
     row.round_trips, row.cpu_us, row.cpu_us_net, row.command_us = 0.2, 21.0, 20.0, 15.0
+    row.plain_us = 2.5
     row.sent_by_name = {"evalsha": 1.05, "ping": 0.001}
     row.in_scripts_by_name = {"hincrby": 4.0}
     row.script_share = [0.3, 0.3, 0.4]
     failed = StoreCost("cluster (3 masters)", False, "abc1234", failure="no cluster")
     table = store_cost_table([row.to_dict(), failed.to_dict()])
-    assert table[2].split(" | ")[1:8] == [
+    assert table[2].split(" | ")[1:9] == [
         "5,000",
         "14.00 / 1.10",
         "1.05",
         "0.20",
         "21.0 / 20.0",
         "15.0",
+        "8.0",
         "50,000",
     ]
     assert "failed: no cluster" in table[3]
@@ -73,3 +75,10 @@ def test_table_and_details() -> None:
     assert "sent evalsha 1.05;" in details  # ping at 0.001 per request is left out
     assert "in scripts hincrby 4.00" in details
     assert "script calls per master 30% / 30% / 40%" in details
+    assert "one plain pipelined HINCRBY: 2.50 us" in details
+
+
+def test_plain_command_yardstick(redis_server: RedisServer) -> None:
+    us = plain_command_us(redis_server.port, calls=640)
+    assert 0 < us < 1000
+    assert not redis.Redis(port=redis_server.port).exists("bench:{yardstick}")
