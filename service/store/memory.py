@@ -39,6 +39,7 @@ from service.store.keys import QuotaKeys
 log = logging.getLogger("best.store")
 
 WINDOW_S = 60
+SWEEP_MIN = 1024  # cached values held before the first sweep of expired ones
 REGISTRY_FILE = "registry.json"
 LEGACY_TOKENS_FILE = "tokens.json"  # the registry file of earlier versions
 
@@ -120,6 +121,7 @@ class MemoryBackend:
         self._probes: dict[str, tuple[str, int]] = {}  # field -> (owner, until ms)
         self._stats: dict[str, int] = {}
         self._values: dict[str, tuple[bytes, int]] = {}  # key -> (value, expires ms)
+        self._sweep_at = SWEEP_MIN
         self._records: dict[str, dict[str, dict[str, str]]] = {"token": {}, "team": {}}
         self._version: int | None = None
         if data_dir is not None:
@@ -347,7 +349,13 @@ class MemoryBackend:
         return self._live(key)
 
     async def set(self, key: str, value: bytes, ttl_ms: int) -> None:
-        self._values[key] = (value, _now_ms() + max(1, ttl_ms))
+        now = _now_ms()
+        self._values[key] = (value, now + max(1, ttl_ms))
+        if len(self._values) >= self._sweep_at:
+            # Values nobody reads again (response ids, old caches) go when they expire:
+            # memory follows what is live, amortised O(1) per write.
+            self._values = {k: v for k, v in self._values.items() if v[1] > now}
+            self._sweep_at = max(SWEEP_MIN, 2 * len(self._values))
 
     async def try_lock(self, key: str, owner: str, ttl_ms: int) -> bool:
         if self._live(key) is not None:

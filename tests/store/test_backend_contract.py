@@ -292,3 +292,22 @@ def test_open_period_is_capped(run_backend: BackendRunner) -> None:
         return result.open_until_ms - result.now_ms
 
     assert 90 <= run_backend(body) <= 100
+
+
+def test_expired_values_do_not_accumulate_in_memory() -> None:
+    import asyncio
+
+    from service.store.memory import SWEEP_MIN, MemoryBackend
+
+    async def body() -> int:
+        backend = MemoryBackend()
+        for i in range(SWEEP_MIN * 4):
+            await backend.set(f"short:{i}", b"x", ttl_ms=1)
+            await asyncio.sleep(0) if i % 512 else await asyncio.sleep(0.002)
+        await backend.set("live", b"y", ttl_ms=60_000)
+        assert await backend.get("live") == b"y"
+        return len(backend._values)
+
+    # Values written 1 ms apart expire while later ones are written: the store keeps only a
+    # bounded number of them, never all 4096.
+    assert asyncio.run(body()) < SWEEP_MIN * 2
