@@ -236,7 +236,7 @@ def store_cost_table(rows: list[dict[str, Any]]) -> list[str]:
                 f"{row['cpu_us']:.1f} / {row.get('cpu_us_net', row['cpu_us']):.1f}",
                 f"{row['command_us']:.1f}",
                 "n/a" if not row.get("plain_commands") else f"{row['plain_commands']:.1f}",
-                "n/a" if fleet is None else f"{fleet:,.0f}",
+                "no store call" if fleet is None else f"{fleet:,.0f}",
                 str(row["errors"]),
             ]
         )

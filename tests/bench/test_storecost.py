@@ -71,6 +71,9 @@ def test_table_and_details() -> None:
         "50,000",
     ]
     assert "failed: no cluster" in table[3]
+    idle = StoreCost("standalone", False, "abc1234", requests=1000, commands_run=0.03)
+    idle.cpu_us_net = 0.4  # the background's noise, not a cost per request
+    assert "| no store call |" in store_cost_table([idle.to_dict()])[2]
     (details,) = store_cost_details([row.to_dict(), failed.to_dict()])
     assert "sent evalsha 1.05;" in details  # ping at 0.001 per request is left out
     assert "in scripts hincrby 4.00" in details
