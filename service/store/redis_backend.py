@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ClusterDownError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -40,6 +42,7 @@ from service.store.keys import Keys, QuotaKeys
 from service.store.scripts import load_sources
 
 log = logging.getLogger("best.store")
+_REDIS_PACKAGE = os.path.dirname(redis.__file__) + os.sep
 
 # CLUSTERDOWN: the shard has no usable master right now (a master restarting, a failover in
 # progress) and redis-py's own retries are spent.  It is an outage of that shard, served
@@ -55,6 +58,16 @@ UNREACHABLE = (
 
 def _decode(raw: Mapping[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def _raised_in_client(exc: BaseException) -> bool:
+    """Whether ``exc`` went through redis-py's own code on its way up."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if _REDIS_PACKAGE in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 class RedisBackend:
@@ -100,6 +113,14 @@ class RedisBackend:
             raise StoreUnreachable(str(exc) or type(exc).__name__) from exc
         except RedisError as exc:
             raise StoreError(str(exc)) from exc
+        except (AttributeError, TypeError) as exc:
+            if not _raised_in_client(exc):
+                raise
+            # redis-py's Cluster client can trip over its own state while a node is
+            # replaced (a connection closed under a pipeline: "'NoneType' object has no
+            # attribute 'writelines'"; redis/redis-py#3835): a failed call, not our bug.
+            log.warning("store: the Redis client failed mid-call (%r)", exc)
+            raise StoreUnreachable(f"Redis client error: {exc}") from exc
 
     @property
     def _c(self) -> RedisClient:
