@@ -82,10 +82,53 @@ async def _scored_table(
             }
             for c in gateway.catalog.table.pairs
         ]
+        await _add_fleet_state(settings, rows)
         return rows, dict(gateway.catalog.discovery_errors)
     finally:
         await gateway.client.close()
         await gateway.store.close()
+
+
+async def _add_fleet_state(settings: Settings, rows: list[dict[str, Any]]) -> None:
+    """Each pair's live factor and breaker state, as the fleet sharing ``REDIS_URL`` sees
+    them (read only); without a shared store they live in the running gateway: null."""
+    for row in rows:
+        row.update(live_factor=None, breaker=None, cooling_s=None)
+    if settings.redis_url is None:
+        return
+    import orjson
+
+    from service.observability.metrics import create_metrics
+    from service.store.backend import StoreError
+    from service.store.keys import pair_field, provider_field
+    from service.store.open import open_store
+
+    store = open_store(settings, create_metrics())
+    try:
+        await store.start()
+        if store.degraded:
+            return
+        state = await store.routing_state()
+        live = orjson.loads(await store.get(store.keys.live) or b"[]")
+    except StoreError:
+        return
+    finally:
+        await store.close()
+    factors = {(e["provider"], e["model"]): e["factor"] for e in live}
+    for row in rows:
+        pair = pair_field(row["provider"], row["model"])
+        until = max(
+            state.cooling.get(pair, 0), state.cooling.get(provider_field(row["provider"]), 0)
+        )
+        if pair not in state.tripped:
+            breaker = "closed"
+        else:
+            breaker = "open" if state.cooling.get(pair, 0) > state.now_ms else "half_open"
+        row.update(
+            live_factor=factors.get((row["provider"], row["model"]), 1.0),
+            breaker=breaker,
+            cooling_s=round(max(0, until - state.now_ms) / 1000, 1),
+        )
 
 
 def _provider_state(settings: Settings, provider: ProviderConfig, errors: dict[str, str]) -> str:
@@ -131,13 +174,20 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for p in providers:
         print(f"provider {p['name']:<14} {p['state']}  (apis: {', '.join(p['apis'])})")
     print(
-        f"\n{'score':>9}  {'provider':<14} {'model':<48} {'lb':>5} {'params':>7} {'context':>8} adj"
+        f"\n{'score':>9}  {'provider':<14} {'model':<48} {'lb':>5} {'params':>7} {'context':>8} "
+        f"{'adj':>5} {'live':>5}  breaker"
     )
     for r in rows:
+        live = "-" if r["live_factor"] is None else f"{r['live_factor']:.2f}"
+        breaker = r["breaker"] or "-"
+        if r["cooling_s"]:
+            breaker += f" ({r['cooling_s']:g}s)"
         print(
             f"{r['score']:>9.2f}  {r['provider']:<14} {r['model']:<48} {r['leaderboard']:>5.2f} "
-            f"{r['params_b']:>7g} {r['context']:>8} {r['adjustment']:g}"
+            f"{r['params_b']:>7g} {r['context']:>8} {r['adjustment']:>5g} {live:>5}  {breaker}"
         )
+    if settings.redis_url is None:
+        print("live and breaker: the fleet's state is in the running gateway (no REDIS_URL)")
     print(f"\n{routable} routable of {len(rows)} scored pairs")
     if failed:
         print("best: nothing is routable", file=sys.stderr)

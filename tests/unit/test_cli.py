@@ -3,15 +3,20 @@ clean --json) and the help of serve."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from service.cli import main
+from service.store.backend import BreakerRule
+from service.store.keys import Keys, pair_field
+from service.store.redis_backend import RedisBackend
 from tests.fakes.upstream import FakeProvider
-from tests.harness import write_config
+from tests.harness import RedisServer, write_config
 from tests.tools import REPO
 
 
@@ -98,3 +103,38 @@ def test_check_config_help_explains_offline(capsys: pytest.CaptureFixture[str]) 
     assert "--offline" in capsys.readouterr().out
     readme = (REPO / "README.md").read_text()
     assert "--offline" in readme
+
+
+def test_check_config_shows_the_fleets_live_factor_and_breaker_state(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    provider: FakeProvider,
+    redis_server: RedisServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With REDIS_URL, each pair shows what the fleet sees: its breaker and live factor."""
+    _configure(monkeypatch, tmp_path, provider, key="right")
+    redis_server.flush()
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+
+    async def trip() -> None:
+        keys = Keys()
+        backend = RedisBackend(Redis.from_url(redis_server.url), keys)
+        try:
+            rule = BreakerRule(threshold=1, open_ms=60_000, max_open_ms=300_000)
+            await backend.breaker_fail(pair_field("p", "m"), rule, trip=False)
+            live = [{"provider": "p", "model": "m", "factor": 0.4}]
+            await backend.set(keys.live, json.dumps(live).encode(), 10_000)
+        finally:
+            await backend.close()
+
+    asyncio.run(trip())
+    assert main(["check-config", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["pairs"]
+    assert row["breaker"] == "open" and 55 < row["cooling_s"] <= 60
+    assert row["live_factor"] == 0.4
+
+    monkeypatch.delenv("REDIS_URL")
+    assert main(["check-config"]) == 0
+    out = capsys.readouterr().out
+    assert "live and breaker: the fleet's state is in the running gateway" in out
