@@ -172,6 +172,11 @@ class Cooldowns:
         until = max(cooling.get(candidate.provider_field, 0), cooling.get(candidate.pair_field, 0))
         return until if until > now_ms else 0
 
+    def in_force(self) -> dict[str, int]:
+        """Every cooldown in force: field -> until (local ms)."""
+        now = time.time() * 1000
+        return {f: u for f, u in self._cooling.items() if u > now}
+
     def until_provider(self, candidate: Candidate, now_ms: int) -> int:
         """Local ms until which ``candidate``'s whole provider cools (429s, bad keys), or 0."""
         until = self._cooling.get(candidate.provider_field, 0)

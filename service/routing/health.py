@@ -136,7 +136,12 @@ class FleetStats:
             await self.flush()
             try:
                 totals = await self._store.read_stats()
-                cooldowns = (await self._store.routing_state()).cooling
+                # The replica's cooldown copy is fresh (refreshed every second): no second read.
+                cooldowns = (
+                    self._cooldowns.in_force()
+                    if self._cooldowns is not None
+                    else (await self._store.routing_state()).cooling
+                )
             except StoreError as exc:
                 log.warning("stats read failed: %s", exc)
                 continue

@@ -58,9 +58,11 @@ local cost = tonumber(ARGV[a + 1])
 local lease_ms = tonumber(ARGV[a + 2])
 
 -- Drop the buckets that left the window; returns rs, ts.
+local fresh = {}  -- windows that have no "o" yet (record sets it)
 local function prune(w)
   local v = redis.call("HMGET", w, "o", "rs", "ts")
   local limit = now_s - 60
+  if not v[1] then fresh[w] = true end
   local oldest = tonumber(v[1]) or limit
   local rs, ts = tonumber(v[2]) or 0, tonumber(v[3]) or 0
   if oldest < limit then
@@ -126,7 +128,7 @@ end
 
 -- Every check passed: record the admission on each side that has limits.
 local function record(w)
-  redis.call("HSETNX", w, "o", now_s - 60)
+  if fresh[w] then redis.call("HSET", w, "o", now_s - 60) end
   redis.call("HINCRBY", w, "r" .. now_s, 1)
   redis.call("HINCRBY", w, "rs", 1)
   if cost > 0 then
@@ -137,7 +139,8 @@ local function record(w)
 end
 local function lease(l)
   redis.call("ZADD", l, now + lease_ms, entry)
-  if redis.call("PTTL", l) < lease_ms + 1000 then redis.call("PEXPIRE", l, lease_ms + 1000) end
+  -- Every lease runs lease_ms from its admission or renewal, so the newest is the longest.
+  redis.call("PEXPIRE", l, lease_ms + 1000)
 end
 if limits[1] > 0 or limits[2] > 0 then record(KEYS[1]) end
 -- The token's lease is the proof of admission that settlement looks for.
