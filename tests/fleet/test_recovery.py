@@ -197,7 +197,15 @@ def test_stalled_redis_leaves_no_lease_behind_for_long(
             with _client(redis) as conn:
                 return int(conn.zcount(leases, int(time.time() * 1000), "+inf"))
 
-        eventually(lambda: live_leases() == 0, "orphaned leases released", timeout=5)
+        try:
+            eventually(lambda: live_leases() == 0, "orphaned leases released", timeout=5)
+        except TimeoutError:
+            with _client(redis) as conn:
+                held = conn.zrange(leases, 0, -1, withscores=True)
+            pytest.fail(
+                f"leases live 5 s after SIGCONT (now {time.time() * 1000:.0f}): {held}; "
+                f"lease events since the stall: {_lease_events(subscription)}"
+            )
         released = time.monotonic() - resumed
         events = _lease_events(subscription)
         eventually(
