@@ -38,6 +38,8 @@ log = logging.getLogger("best.store")
 T = TypeVar("T")
 
 PROBE_S = 1.0
+MAX_ORPHANS = 10_000  # settlements kept for Redis while it is away (a long outage drops more)
+ORPHANS_PER_CALL = 200
 
 
 class Store:
@@ -162,10 +164,13 @@ class Store:
             return
 
     async def _refund_orphans(self) -> None:
+        """Send the settlements kept while Redis was away, one script call per owner."""
         while self._orphans:
-            keys, settlement = self._orphans[0]
-            await self._bounded(self._primary.quota(keys, [settlement], None))
-            self._orphans.pop(0)
+            keys = self._orphans[0][0]
+            mine = [s for k, s in self._orphans if k == keys][:ORPHANS_PER_CALL]
+            await self._bounded(self._primary.quota(keys, mine, None))
+            sent = {id(s) for s in mine}
+            self._orphans = [(k, s) for k, s in self._orphans if id(s) not in sent]
 
     # -- quotas ------------------------------------------------------------------------------
 
@@ -178,8 +183,11 @@ class Store:
     ) -> QuotaDecision:
         """Settle and admit; while degraded, on local state, or (``local_fallback`` False)
         raise ``StoreUnreachable``."""
-        if self._degraded and not local_fallback:
-            raise StoreUnreachable("the shared store is unreachable")
+        if self._degraded:
+            if not local_fallback:
+                raise StoreUnreachable("the shared store is unreachable")
+            self._send_when_back(keys, settle)
+            return await self._local.quota(keys, settle, admit)
         try:
             return await self._run("quota", lambda b: b.quota(keys, settle, admit))
         except StoreUnreachable:
@@ -188,9 +196,18 @@ class Store:
                 # when Redis is back (a no-op if it never ran).
                 second = int(time.time())
                 self._orphans.append((keys, Settlement(admit.entry, second, admit.cost, 0)))
+            self._send_when_back(keys, settle)
             if not local_fallback:
                 raise
             return await self._local.quota(keys, [], admit)
+
+    def _send_when_back(self, keys: QuotaKeys, settle: Sequence[Settlement]) -> None:
+        """Settlements Redis did not take (or may not have) go again when it is back: the
+        leases they release would otherwise stay held until they expire (LEASE_MS).  They are
+        idempotent, and a no-op for an admission Redis never ran (one made on local state)."""
+        room = MAX_ORPHANS - len(self._orphans)
+        if settle and room > 0:
+            self._orphans.extend((keys, s) for s in settle[:room])
 
     async def renew(self, leases: Mapping[str, Sequence[str]], until_ms: int) -> None:
         await self._run_or_local("other", lambda b: b.renew(leases, until_ms))
