@@ -154,7 +154,7 @@ class App:
                     await send_response(send, response, extra)
             finally:
                 if response.call is not None:
-                    response.call.finish(-1)  # settles quotas if nothing did (no-op otherwise)
+                    response.call.finish()  # settles quotas if nothing did (no-op otherwise)
             self._observe(route, response, started)
         except asyncio.CancelledError:
             if watch is None or not watch.gone:

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -269,6 +270,49 @@ def cmd_teams(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_usage(args: argparse.Namespace) -> int:
+    query = urllib.parse.urlencode(
+        {
+            k: v
+            for k, v in (("group_by", args.group_by), ("from", args.start), ("to", args.end))
+            if v
+        }
+    )
+    result = _admin_call(args, "GET", f"/admin/usage?{query}")
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    rows = result["data"]
+    key = args.group_by
+    width = max([len(key), 6, *(len(str(r[key] or "-")) for r in rows)])
+    print(
+        f"{key:<{width}}  {'requests':>9}  {'prompt':>12}  {'completion':>12}  "
+        f"{'cost_usd':>14}  {'unpriced':>8}"
+    )
+    totals = [0, 0, 0, 0.0, 0]
+    for r in rows:
+        values = (
+            r["requests"],
+            r["prompt_tokens"],
+            r["completion_tokens"],
+            r["cost_usd"],
+            r["unpriced_requests"],
+        )
+        for i, value in enumerate(values):
+            totals[i] += value
+        print(_usage_line(str(r[key] or "-"), width, values))
+    print(_usage_line("total", width, tuple(totals)))
+    return 0
+
+
+def _usage_line(name: str, width: int, values: tuple[Any, ...]) -> str:
+    requests, prompt, completion, cost, unpriced = values
+    return (
+        f"{name:<{width}}  {requests:>9}  {prompt:>12}  {completion:>12}  "
+        f"{cost:>14.6f}  {unpriced:>8}"
+    )
+
+
 def _admin_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
     parser.add_argument(
@@ -357,6 +401,18 @@ def build_parser() -> argparse.ArgumentParser:
             _limit_options(parser_)
     _limit_options(team_create)
     teams.set_defaults(func=cmd_teams)
+
+    usage = _admin_parser(sub, "usage", "spend and tokens from the usage ledger")
+    usage.add_argument(
+        "--group-by",
+        dest="group_by",
+        default="team",
+        choices=["team", "token", "provider", "model", "day"],
+    )
+    usage.add_argument("--from", dest="start", help="first UTC day, YYYY-MM-DD (default: 1st)")
+    usage.add_argument("--to", dest="end", help="last UTC day, YYYY-MM-DD (default: today)")
+    usage.add_argument("--json", action="store_true", help="print the API's JSON document")
+    usage.set_defaults(func=cmd_usage)
     return parser
 
 

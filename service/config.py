@@ -21,17 +21,21 @@ from service.config_schema import (
     DEFAULT_APIS,
     AdjustmentsFile,
     LeaderboardEntry,
+    PriceEntry,
+    PricesFile,
     ProvidersFile,
     ScoringFile,
     YamlDocument,
     YamlSyntaxError,
     read_yaml,
 )
+from service.prices import Price, Prices
 from service.validation import problems
 
 PROVIDERS_FILE = "meta-providers.yaml"
 ADJUSTMENTS_FILE = "model-adjustments.yaml"
 SCORING_FILE = "scoring.yaml"
+PRICES_FILE = "prices.yaml"
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -158,6 +162,7 @@ class GatewayConfig:
     discovery_timeout_s: float = 10.0
     fingerprint: str = ""
     warnings: tuple[str, ...] = ()
+    prices: Prices = field(default_factory=Prices)
 
 
 def default_provider_name(api_key_env_var: str) -> str:
@@ -304,6 +309,31 @@ def _leaderboard(entry: LeaderboardEntry, index: int, config_dir: Path) -> Leade
     )
 
 
+def _price(entry: PriceEntry) -> Price:
+    return Price.per_million(entry.input, entry.output, entry.max_output_tokens)
+
+
+def _prices(
+    parsed: PricesFile,
+    providers: tuple[ProviderConfig, ...],
+    path: Path,
+    warnings: list[str],
+) -> Prices:
+    known = {p.name for p in providers}
+    for name in parsed.providers:
+        if name not in known:
+            warnings.append(f"{path}: providers.{name}: no such provider in {PROVIDERS_FILE}")
+    return Prices(
+        models={model.lower(): _price(e) for model, e in parsed.models.items()},
+        providers={
+            name: {model.lower(): _price(e) for model, e in entries.items()}
+            for name, entries in parsed.providers.items()
+        },
+        default=_price(parsed.default) if parsed.default is not None else None,
+        default_max_output_tokens=parsed.default_max_output_tokens,
+    )
+
+
 def load_config(config_dir: Path) -> GatewayConfig:
     """Load and validate every file of ``config_dir``; ConfigError lists every problem of every
     file, each with its file and line."""
@@ -312,9 +342,11 @@ def load_config(config_dir: Path) -> GatewayConfig:
     providers_path = config_dir / PROVIDERS_FILE
     adjustments_path = config_dir / ADJUSTMENTS_FILE
     scoring_path = config_dir / SCORING_FILE
+    prices_path = config_dir / PRICES_FILE
     providers_file = _validate(ProvidersFile, providers_path, errors, optional=False)
     adjustments_file = _validate(AdjustmentsFile, adjustments_path, errors, optional=True)
     scoring_file = _validate(ScoringFile, scoring_path, errors, optional=True)
+    prices_file = _validate(PricesFile, prices_path, errors, optional=True)
     providers = _providers(providers_file, providers_path, errors) if providers_file else ()
     errors.raise_if_any()
 
@@ -340,13 +372,16 @@ def load_config(config_dir: Path) -> GatewayConfig:
         discovery_timeout_s=scoring.discovery.timeout_s,
         fingerprint=config_fingerprint(config_dir),
         warnings=tuple(warnings),
+        prices=_prices(prices_file[0], providers, prices_path, warnings)
+        if prices_file
+        else Prices(),
     )
 
 
 def config_fingerprint(config_dir: Path) -> str:
     """A digest of the config files' bytes: changes when any file changes."""
     digest = hashlib.sha256()
-    for name in (PROVIDERS_FILE, ADJUSTMENTS_FILE, SCORING_FILE):
+    for name in (PROVIDERS_FILE, ADJUSTMENTS_FILE, SCORING_FILE, PRICES_FILE):
         path = config_dir / name
         digest.update(name.encode())
         try:

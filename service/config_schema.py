@@ -214,6 +214,30 @@ class ScoringFile(Section):
     discovery: DiscoveryEntry = DiscoveryEntry()
 
 
+# -- prices.yaml -------------------------------------------------------------------------------
+
+
+class PriceEntry(Section):
+    """USD per million tokens; ``max_output_tokens`` is the model's completion cap, used for
+    the worst case of a request that sets no ``max_tokens``."""
+
+    input: NonNegative
+    output: NonNegative
+    max_output_tokens: Annotated[int, Field(strict=True, gt=0)] | None = None
+
+
+class PricesFile(Section):
+    models: Annotated[dict[str, PriceEntry], BeforeValidator(_keys_as_text)] = Field(
+        default_factory=dict
+    )
+    providers: Annotated[
+        dict[str, Annotated[dict[str, PriceEntry], BeforeValidator(_keys_as_text)]],
+        BeforeValidator(_keys_as_text),
+    ] = Field(default_factory=dict)
+    default: PriceEntry | None = None
+    default_max_output_tokens: Annotated[int, Field(strict=True, gt=0)] = 4096
+
+
 # -- reading YAML with lines -------------------------------------------------------------------
 
 

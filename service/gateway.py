@@ -64,7 +64,11 @@ class Gateway:
         )
         tokens = TokenRegistry(settings, store)
         quotas = Quotas(
-            tokens, store, metrics, refuse_degraded=settings.on_store_failure == "closed"
+            tokens,
+            store,
+            metrics,
+            refuse_degraded=settings.on_store_failure == "closed",
+            prices=lambda: catalog.config.prices,
         )
         ids = IdGenerator()
         router = Router(settings, catalog, cooldowns, client, stats, metrics, ids)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from fastapi import Path as PathParam
 from fastapi.responses import Response
 
@@ -26,6 +26,7 @@ from service.api.schemas import (
     TokenList,
     TokenRecord,
     TokenUpdate,
+    UsageList,
 )
 from service.quotas.teams import to_team
 from service.quotas.tokens import to_record
@@ -118,7 +119,8 @@ async def create_team(
 
 @teams_router.get("/{team_id}", response_model=TeamRecord, summary="One team")
 async def get_team(gw: GatewayDep, team_id: TeamPath) -> Response:
-    return orjson_response(to_team(await gw.teams.get(team_id)))
+    fields = await gw.teams.get(team_id)
+    return orjson_response({**to_team(fields), **await gw.teams.spend(fields)})
 
 
 @teams_router.patch(
@@ -143,3 +145,27 @@ async def update_team(
 )
 async def delete_team(gw: GatewayDep, team_id: TeamPath) -> Response:
     return orjson_response(await gw.teams.delete(team_id))
+
+
+# -- usage ------------------------------------------------------------------------------------
+
+usage_router = APIRouter(
+    prefix="/admin/usage", tags=["admin"], dependencies=[Depends(admin_caller)]
+)
+
+
+@usage_router.get(
+    "",
+    response_model=UsageList,
+    summary="Spend and tokens from the usage ledger, grouped (UTC days, inclusive)",
+)
+async def usage(
+    gw: GatewayDep,
+    group_by: Annotated[str, Query(description="team, token, provider, model or day")] = "team",
+    start: Annotated[
+        str | None, Query(alias="from", description="YYYY-MM-DD; default: 1st of to's month")
+    ] = None,
+    end: Annotated[str | None, Query(alias="to", description="YYYY-MM-DD; default: today")] = None,
+) -> Response:
+    rows = await gw.quotas.ledger.query(group_by, start, end)
+    return orjson_response({"object": "list", "data": rows})

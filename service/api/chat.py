@@ -14,7 +14,7 @@ from service import errors
 from service.api.auth import require_token
 from service.api.http import SSE_HEADERS, Request, Response, StreamResponse, parse_json
 from service.gateway import Gateway
-from service.quotas.limits import Record, estimate_cost
+from service.quotas.limits import Estimate, Record, estimate
 from service.routing.relay import DONE_FRAME
 from service.routing.router import Call, Completion
 from service.routing.table import Candidate
@@ -92,7 +92,7 @@ async def chat_completions(gw: Gateway, request: Request) -> Response | StreamRe
     raw = await request.body(gw.settings.max_body_bytes)
     body = parse_json(raw)
     model, stream, wants_usage = validate_chat(body)
-    call, candidates = await _admit(gw, request, token, model, estimate_cost(body, len(raw)))
+    call, candidates = await _admit(gw, request, token, model, estimate(body, len(raw)))
     try:
         if stream:
             opened = await gw.router.stream(call, body, candidates, wants_usage)
@@ -101,8 +101,8 @@ async def chat_completions(gw: Gateway, request: Request) -> Response | StreamRe
                 return StreamResponse(200, opened, headers, call=call, final=DONE_FRAME)
             return _relayed(opened, call)
         return _relayed(await gw.router.complete(call, body, candidates, embeddings=False), call)
-    except BaseException:
-        call.finish(-1)  # whatever went wrong, the quotas are settled (no-op if they were)
+    except BaseException as exc:
+        _finish_failed(call, exc)
         raise
 
 
@@ -111,13 +111,20 @@ async def embeddings(gw: Gateway, request: Request) -> Response:
     raw = await request.body(gw.settings.max_body_bytes)
     body = parse_json(raw)
     model = validate_embeddings(body)
-    cost = estimate_cost(body, len(raw), chat=False)
-    call, candidates = await _admit(gw, request, token, model, cost)
+    call, candidates = await _admit(gw, request, token, model, estimate(body, len(raw), False))
     try:
         return _relayed(await gw.router.complete(call, body, candidates, embeddings=True), call)
-    except BaseException:
-        call.finish(-1)
+    except BaseException as exc:
+        _finish_failed(call, exc)
         raise
+
+
+def _finish_failed(call: Call, exc: BaseException) -> None:
+    """Whatever went wrong, the quotas are settled (a no-op if they were), and an error
+    answer still carries the rate-limit and budget headers."""
+    call.finish()
+    if isinstance(exc, errors.GatewayError):
+        exc.headers = [*exc.headers, *call.headers]
 
 
 async def _admit(
@@ -125,7 +132,7 @@ async def _admit(
     request: Request,
     token: Record | None,
     model: str,
-    cost: int,
+    need: Estimate,
     api: str = "chat",
     pinned: list[Candidate] | None = None,
 ) -> tuple[Call, list[Candidate]]:
@@ -134,7 +141,7 @@ async def _admit(
     whatever happens: it settles the quotas."""
     candidates = pinned if pinned is not None else gw.router.candidates(model, api)
     call = gw.router.new_call(request.request_id, model, _hedge_header(request))
-    admission = await gw.quotas.admit(token, call.entry_id, cost)
+    admission = await gw.quotas.admit(token, call.entry_id, need, candidates)
     call.headers = admission.headers
     call.settle = partial(gw.quotas.settle, admission)
     return call, candidates

@@ -7,10 +7,10 @@ from typing import Any
 
 from service import errors
 from service.api.auth import require_token
-from service.api.chat import _admit, _int_field, _relayed, _served_headers
+from service.api.chat import _admit, _finish_failed, _int_field, _relayed, _served_headers
 from service.api.http import SSE_HEADERS, Request, Response, StreamResponse, parse_json
 from service.gateway import Gateway
-from service.quotas.limits import estimate_cost
+from service.quotas.limits import estimate
 from service.routing.relay import DONE_FRAME
 from service.routing.router import Completion
 
@@ -52,7 +52,7 @@ async def completions(gw: Gateway, request: Request) -> Response | StreamRespons
     body = parse_json(raw)
     model, stream, wants_usage = validate_completion(body)
     call, candidates = await _admit(
-        gw, request, token, model, estimate_cost(body, len(raw)), COMPLETIONS
+        gw, request, token, model, estimate(body, len(raw)), COMPLETIONS
     )
     try:
         if stream:
@@ -62,6 +62,6 @@ async def completions(gw: Gateway, request: Request) -> Response | StreamRespons
             headers = [*SSE_HEADERS, *_served_headers(call)]
             return StreamResponse(200, opened, headers, call=call, final=DONE_FRAME)
         return _relayed(await gw.router.complete(call, body, candidates, api=COMPLETIONS), call)
-    except BaseException:
-        call.finish(-1)
+    except BaseException as exc:
+        _finish_failed(call, exc)
         raise

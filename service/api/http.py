@@ -138,7 +138,9 @@ class Routed(Protocol):
         """(provider, model) that answered, if any."""
         ...
 
-    def finish(self, tokens_used: int) -> None: ...
+    def finish(self) -> None:
+        """Settle the request's quotas if nothing did (reservations kept: usage unknown)."""
+        ...
 
 
 @dataclass(slots=True)

@@ -42,6 +42,7 @@ def create_ops_app(gateway: Gateway) -> FastAPI:
         stats.router,
         admin.router,
         admin.teams_router,
+        admin.usage_router,
     ):
         app.include_router(router)
     for kind in (GatewayError, RequestValidationError, HTTPException, Exception):

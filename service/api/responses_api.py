@@ -24,7 +24,7 @@ from service.api.errors import responses_error_event
 from service.api.http import SSE_HEADERS, Request, Response, StreamResponse, parse_json
 from service.api.schemas import InputItemList, ResponseDeleted, ResponseObject
 from service.gateway import Gateway
-from service.quotas.limits import estimate_cost
+from service.quotas.limits import estimate
 from service.routing.conversations import RESPONSES, provider_unavailable
 from service.routing.relay import Relay
 from service.routing.router import Completion, OnOpen
@@ -84,7 +84,7 @@ async def create_response(gw: Gateway, request: Request) -> Response | StreamRes
         gw.conversations.check_available(previous, candidate)
         pinned = [candidate]
     call, candidates = await _admit(
-        gw, request, token, model, estimate_cost(body, len(raw)), RESPONSES, pinned
+        gw, request, token, model, estimate(body, len(raw)), RESPONSES, pinned
     )
     try:
         if stream:
@@ -102,14 +102,14 @@ async def create_response(gw: Gateway, request: Request) -> Response | StreamRes
             await gw.conversations.record(_id_of(result.body), call.candidate)
         return _relayed(result, call)
     except _UNREACHABLE as exc:
-        call.finish(-1)
+        call.finish()
         if previous is None or pinned is None:
             raise
         raise provider_unavailable(
             pinned[0].provider, previous, exc.message, exc.retry_after_s
         ) from None
     except BaseException:
-        call.finish(-1)  # whatever went wrong, the quotas are settled (no-op if they were)
+        call.finish()  # whatever went wrong, the quotas are settled (no-op if they were)
         raise
 
 

@@ -147,6 +147,8 @@ class TokenUsage(Answer):
     requests_last_minute: int
     tokens_last_minute: int
     in_flight: int
+    budget_spent_usd: float | None = None
+    budget_reserved_usd: float | None = None
 
 
 class TokenRecord(Answer):
@@ -184,11 +186,28 @@ class TeamRecord(Answer):
     budget_period: Period | None
     created_at: str | None
     tokens: int | None = Field(None, description="active tokens of the team (in lists)")
+    budget_spent_usd: float | None = Field(None, description="settled spend, current period")
+    budget_reserved_usd: float | None = Field(None, description="held by requests in flight")
 
 
 class TeamList(Answer):
     object: Literal["list"]
     data: list[TeamRecord]
+
+
+class UsageRow(Answer):
+    """One group of the ledger; the key is named after ``group_by`` (null: no team/token)."""
+
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    unpriced_requests: int
+
+
+class UsageList(Answer):
+    object: Literal["list"]
+    data: list[UsageRow]
 
 
 class ErrorDetail(BaseModel):

@@ -68,6 +68,10 @@ class Metrics:
     store_degraded: Gauge
     config_reloads: Counter
     models_routable: Gauge
+    spend: Counter
+    unpriced: Counter
+    budget_limit: Gauge
+    budget_spent: Gauge
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text of this process, or of every worker in multiprocess mode."""
@@ -175,7 +179,8 @@ def create_metrics() -> Metrics:
         ),
         quota_rejections=Counter(
             "best_quota_rejections",
-            "Requests refused by a token limit, by limit kind (rpm|tpm|concurrency|store).",
+            "Requests refused by a token or team limit, by limit kind "
+            "(rpm|tpm|concurrency|budget|store).",
             ["limit"],
             registry=registry,
         ),
@@ -223,11 +228,39 @@ def create_metrics() -> Metrics:
             registry=registry,
             multiprocess_mode="max",
         ),
+        spend=Counter(
+            "best_spend_usd",
+            "Cost of served requests in USD (provider-reported cost, else prices.yaml), by "
+            "team ('' for tokens without one), provider and model.",
+            ["team", "provider", "model"],
+            registry=registry,
+        ),
+        unpriced=Counter(
+            "best_unpriced_requests",
+            "Served requests with no price in prices.yaml and no provider-reported cost "
+            "(counted at 0 USD), by provider and model.",
+            ["provider", "model"],
+            registry=registry,
+        ),
+        budget_limit=Gauge(
+            "best_team_budget_usd",
+            "Spend budget of each team with one, per its period.",
+            ["team", "period"],
+            registry=registry,
+            multiprocess_mode="max",
+        ),
+        budget_spent=Gauge(
+            "best_team_budget_spent_usd",
+            "Settled spend of each team with a budget in its current period (fleet-wide).",
+            ["team", "period"],
+            registry=registry,
+            multiprocess_mode="max",
+        ),
     )
 
 
 AUTH_FAILURE_REASONS = ("missing", "unknown", "revoked", "expired", "admin")
-QUOTA_LIMITS = ("rpm", "tpm", "concurrency", "store")
+QUOTA_LIMITS = ("rpm", "tpm", "concurrency", "budget", "store")
 STORE_OPS = ("admit", "settle", "cool", "other")
 
 

@@ -4,8 +4,11 @@
 - ``admit`` makes no store call for a token without limits, and one script call for a limited
   one: it carries the settlements waiting for that token, then checks the token's limits and
   its team's atomically (store/lua/quota.lua).
-- ``settle`` queues a finished request's correction (real tokens, lease release).  It rides
-  with the token's next admission, or travels on its own after ``SETTLE_DELAY_S``.
+- A token or team with a budget also reserves the request's worst-case cost (its prompt
+  estimate and completion cap at the highest price among its candidates) in that same call.
+- ``settle`` queues a finished request's correction (real tokens and cost, lease release).
+  It rides with the token's next admission, or travels on its own after ``SETTLE_DELAY_S``.
+  Every served request, limited or not, is also written to the usage ledger (batched).
 - Leases of requests in flight are renewed every ``RENEW_S``; a replica that dies stops
   renewing, and its leases expire ``LEASE_MS`` later.
 """
@@ -15,15 +18,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from service.errors import QuotaExceeded, Unauthorized, Unavailable
+from service.errors import BudgetExceeded, QuotaExceeded, Unauthorized, Unavailable
 from service.observability.metrics import Metrics
-from service.quotas.limits import Record, rate_limit_headers, refusal
+from service.prices import Pair, Prices, to_micro, usd_to_pico
+from service.quotas.ledger import Ledger
+from service.quotas.limits import (
+    MICRO,
+    Estimate,
+    Record,
+    budget_headers,
+    rate_limit_headers,
+    refusal,
+)
 from service.quotas.tokens import TokenRegistry, token_id
 from service.store.backend import (
     ADMITTED,
+    NO_BUDGET,
+    OVER_BUDGET,
     OVER_CONCURRENCY,
     OVER_RPM,
     AdmitRequest,
@@ -34,12 +48,14 @@ from service.store.backend import (
 from service.store.client import Store
 from service.store.keys import QuotaKeys
 from service.types import Headers
+from service.upstream.usage import Usage
 
 log = logging.getLogger("best.quotas")
 
 LEASE_MS = 10_000
 RENEW_S = 3.0
 SETTLE_DELAY_S = 0.025
+GAUGE_S = 15.0
 _KINDS = {OVER_RPM: "rpm", OVER_CONCURRENCY: "concurrency"}
 
 
@@ -54,15 +70,25 @@ class Admission:
     second: int = 0
     headers: Headers = field(default_factory=list)
     settled: bool = False
+    budgeted: bool = False  # a budget holds a reservation: settle with the real cost
 
 
 class Quotas:
     def __init__(
-        self, registry: TokenRegistry, store: Store, metrics: Metrics, *, refuse_degraded: bool
+        self,
+        registry: TokenRegistry,
+        store: Store,
+        metrics: Metrics,
+        *,
+        refuse_degraded: bool,
+        prices: Callable[[], Prices] = Prices,
+        ledger: Ledger | None = None,
     ) -> None:
         self._registry = registry
         self._store = store
         self._metrics = metrics
+        self._prices = prices  # the catalog's current prices (hot-reloaded)
+        self.ledger = ledger or Ledger(store)
         self._refuse_degraded = refuse_degraded
         self._pending: dict[str, tuple[QuotaKeys, list[Settlement]]] = {}
         self._flush: asyncio.TimerHandle | None = None
@@ -70,6 +96,8 @@ class Quotas:
         self._clock_offset_ms = 0  # store clock - local clock, from the last admission
         self._tasks: set[asyncio.Task[None]] = set()
         self._renewer: asyncio.Task[None] | None = None
+        self._gauges: asyncio.Task[None] | None = None
+        self._gauged: set[tuple[str, str]] = set()  # (team, period) with budget gauges
 
     @property
     def auth_enabled(self) -> bool:
@@ -77,12 +105,16 @@ class Quotas:
 
     async def start(self) -> None:
         self._renewer = asyncio.create_task(self._renew_loop())
+        self._gauges = asyncio.create_task(self._budget_gauge_loop())
+        await self.ledger.start()
 
     async def close(self) -> None:
         """Send every pending settlement, then stop."""
-        if self._renewer is not None:
-            self._renewer.cancel()
+        for task in (self._renewer, self._gauges):
+            if task is not None:
+                task.cancel()
         await self.flush()
+        await self.ledger.close()
 
     async def flush(self) -> None:
         """Send the settlements waiting for a ride now, and wait until they are applied."""
@@ -110,19 +142,38 @@ class Quotas:
 
     # -- admission ---------------------------------------------------------------------------
 
-    async def admit(self, token: Record | None, entry: str, cost: int) -> Admission:
-        """Admit a request of ``token`` reserving ``cost`` tokens; raises QuotaExceeded."""
+    async def admit(
+        self,
+        token: Record | None,
+        entry: str,
+        estimate: Estimate,
+        pairs: Sequence[Pair] = (),
+    ) -> Admission:
+        """Admit a request of ``token`` that may be served by any of ``pairs``; raises
+        QuotaExceeded or BudgetExceeded."""
+        cost = estimate.tokens
         if token is None:
-            return Admission(None, entry)
+            return Admission(None, entry, cost)
         team = self._registry.team(token.team) if token.team else None
         if not token.limited and (team is None or not team.limited):
-            return Admission(token, entry)
+            return Admission(token, entry, cost)
         keys = self._store.keys.quota(token.id, token.team)
         limits = (*token.limits(), *(team.limits() if team else (0, 0, 0)))
-        leased = token.tpm > 0 or token.max_concurrency > 0
+        budgets = (
+            token.budget_micro,
+            token.budget_period,
+            team.budget_micro if team else NO_BUDGET,
+            team.budget_period if team else 0,
+        )
+        budgeted = token.budgeted or (team is not None and team.budgeted)
+        reserve = 0
+        if budgeted:
+            worst = self._prices().worst_case(pairs, estimate.prompt_tokens, estimate.completion)
+            reserve = to_micro(worst)
+        leased = token.tpm > 0 or token.max_concurrency > 0 or budgeted
         leased = leased or (team is not None and (team.tpm > 0 or team.max_concurrency > 0))
         pending = self._pending.pop(keys.token_windows, None)
-        request = AdmitRequest(entry, cost, LEASE_MS if leased else 0, limits)
+        request = AdmitRequest(entry, cost, LEASE_MS if leased else 0, limits, reserve, budgets)
         settle = pending[1] if pending else []
         try:
             decision = await self._store.quota(
@@ -140,10 +191,22 @@ class Quotas:
             raise
         self._clock_offset_ms = decision.now_ms - int(time.time() * 1000)
         side = team if decision.team_side and team is not None else token
+        owner = "team" if decision.team_side else "token"
+        spend = budget_headers(decision.budget_remaining) if budgeted else []
+        if decision.status == OVER_BUDGET:
+            self._metrics.quota_rejections.labels("budget").inc()
+            when = "until its period resets" if decision.retry_ms else "(it never resets)"
+            if 0 < decision.retry_ms <= 1000:
+                when = "until requests in flight settle"
+            raise BudgetExceeded(
+                f"Spend budget of this {owner} is used up {when}: "
+                f"{side.budget_micro / MICRO:.2f} USD per {_PERIOD[side.budget_period]}.",
+                retry_after_s=decision.retry_ms / 1000.0 if decision.retry_ms else None,
+                headers=spend,
+            )
         if decision.status != ADMITTED:
             kind = _KINDS.get(decision.status, "tpm")
             self._metrics.quota_rejections.labels(kind).inc()
-            owner = "team" if decision.team_side else "token"
             raise QuotaExceeded(
                 f"Rate limit reached: {_WHAT[kind]} of this {owner}.",
                 retry_after_s=decision.retry_ms / 1000.0,
@@ -153,7 +216,8 @@ class Quotas:
                     side.tpm,
                     decision.tpm_remaining,
                     decision.retry_ms,
-                ),
+                )
+                + spend,
             )
         rpm = token.rpm or (team.rpm if team else 0)
         tpm = token.tpm or (team.tpm if team else 0)
@@ -163,7 +227,8 @@ class Quotas:
             cost,
             keys if leased else None,
             decision.now_ms // 1000,
-            rate_limit_headers(rpm, decision.rpm_remaining, tpm, decision.tpm_remaining),
+            rate_limit_headers(rpm, decision.rpm_remaining, tpm, decision.tpm_remaining) + spend,
+            budgeted=budgeted,
         )
         if leased:
             self._in_flight[entry] = admission
@@ -171,17 +236,51 @@ class Quotas:
 
     # -- settlement --------------------------------------------------------------------------
 
-    def settle(self, admission: Admission, used: int) -> None:
-        """Release the lease and replace the reservation by ``used`` tokens (-1 keeps it).
-        Idempotent; never awaits: the correction is queued."""
+    def settle(self, admission: Admission, usage: Usage | None) -> None:
+        """Release the lease and replace the reservations by what the request used (None:
+        unknown, the reservations stand as charged); write it to the ledger.  Idempotent;
+        never awaits: the correction is queued."""
         if admission.settled:
             return
         admission.settled = True
+        cost = self._cost(admission, usage)
         if admission.keys is None:
             return
         self._in_flight.pop(admission.entry, None)
-        settlement = Settlement(admission.entry, admission.second, admission.cost, used)
+        settlement = Settlement(
+            admission.entry,
+            admission.second,
+            admission.cost,
+            usage.tokens if usage is not None else -1,
+            to_micro(cost) if cost is not None else -1,
+        )
         self._queue(admission.keys, [settlement])
+
+    def _cost(self, admission: Admission, usage: Usage | None) -> int | None:
+        """What the request cost in pico-USD (None: unknown), hedges that lost included;
+        each served answer goes to the ledger and the spend metrics, unpriced ones counted
+        as such (at 0)."""
+        if usage is None:
+            return None
+        token = admission.token
+        token_id = token.id if token is not None else ""
+        team = (token.team or "") if token is not None else ""
+        total = 0
+        for served in (usage, *usage.also):
+            if not served.provider:
+                continue
+            if served.cost_usd is not None:
+                cost: int | None = usd_to_pico(served.cost_usd)
+            else:
+                price = self._prices().of(served.provider, served.model)
+                cost = price.cost(served.prompt_tokens, served.completion_tokens) if price else None
+            self.ledger.record(token_id, team, served, cost)
+            if cost is None:
+                self._metrics.unpriced.labels(served.provider, served.model).inc()
+                continue
+            self._metrics.spend.labels(team, served.provider, served.model).inc(cost / 10**12)
+            total += cost
+        return total
 
     def _queue(self, keys: QuotaKeys, settlements: Sequence[Settlement]) -> None:
         pending = self._pending.get(keys.token_windows)
@@ -208,6 +307,33 @@ class Quotas:
             # A lease not released expires on its own; a reservation stays (the safe side).
             log.warning("settlement of %d requests failed: %s", len(settlements), exc)
 
+    async def _budget_gauge_loop(self) -> None:
+        """Export each budgeted team's limit and spend for the dashboard's burn panel (one
+        read per team every ``GAUGE_S``; per-token budgets are not exported: unbounded)."""
+        while True:
+            await asyncio.sleep(GAUGE_S)
+            try:
+                await self.export_budgets()
+            except StoreError as exc:
+                log.debug("budget gauges: %s", exc)
+
+    async def export_budgets(self) -> None:
+        seen: set[tuple[str, str]] = set()
+        for team in self._registry.cached("team"):
+            if team.revoked or not team.budgeted:
+                continue
+            labels = (team.id, _PERIOD_LABEL[team.budget_period])
+            keys = self._store.keys.quota("-", team.id)
+            assert keys.team_budget is not None
+            spend = await self._store.spend(keys.team_budget, team.budget_period)
+            self._metrics.budget_limit.labels(*labels).set(team.budget_micro / MICRO)
+            self._metrics.budget_spent.labels(*labels).set(spend.spent / MICRO)
+            seen.add(labels)
+        for labels in self._gauged - seen:
+            self._metrics.budget_limit.remove(*labels)
+            self._metrics.budget_spent.remove(*labels)
+        self._gauged = seen
+
     async def _renew_loop(self) -> None:
         while True:
             await asyncio.sleep(RENEW_S)
@@ -226,6 +352,8 @@ class Quotas:
                 log.warning("lease renewal failed: %s", exc)
 
 
+_PERIOD = {0: "all time", 1: "UTC day", 2: "ISO week", 3: "UTC month"}
+_PERIOD_LABEL = {0: "total", 1: "day", 2: "week", 3: "month"}
 _WHAT = {
     "rpm": "requests per minute",
     "tpm": "tokens per minute",

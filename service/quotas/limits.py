@@ -91,19 +91,45 @@ def refusal(record: Record | None, now_ms: int) -> str | None:
     return None
 
 
-def estimate_cost(body: dict[str, Any], body_size: int, chat: bool = True) -> int:
-    """Tokens a request reserves: prompt estimate + (for chat) its completion cap."""
-    prompt = body_size // BYTES_PER_TOKEN + 1
-    if not chat:
-        return prompt
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """What a request may use, before it runs: its prompt estimate and completion cap."""
+
+    prompt_tokens: int
+    completion_cap: int | None  # max_tokens (max_completion_tokens, max_output_tokens)
+    chat: bool = True
+
+    @property
+    def tokens(self) -> int:
+        """Tokens ``tpm`` reserves."""
+        if not self.chat:
+            return self.prompt_tokens
+        cap = self.completion_cap
+        return self.prompt_tokens + (cap if cap is not None else DEFAULT_COMPLETION_ESTIMATE)
+
+    @property
+    def completion(self) -> int | None:
+        """Completion tokens a budget reserves (None: the model's limit, see prices.py)."""
+        return self.completion_cap if self.chat else 0
+
+
+def estimate(body: dict[str, Any], body_size: int, chat: bool = True) -> Estimate:
+    """A request's estimate (``chat``: anything that generates; else embeddings)."""
     # The Responses API names its cap max_output_tokens.
-    cap = body.get("max_completion_tokens", body.get("max_tokens", body.get("max_output_tokens")))
-    completion = (
-        cap
-        if isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0
-        else DEFAULT_COMPLETION_ESTIMATE
+    cap = (
+        body.get("max_completion_tokens", body.get("max_tokens", body.get("max_output_tokens")))
+        if chat
+        else None
     )
-    return prompt + completion
+    valid = isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0
+    return Estimate(body_size // BYTES_PER_TOKEN + 1, cap if valid else None, chat)
+
+
+def budget_headers(remaining_micro: int) -> Headers:
+    """``x-best-budget-remaining-usd`` (the tighter of token and team), when known."""
+    if remaining_micro < 0:
+        return []
+    return [(b"x-best-budget-remaining-usd", f"{remaining_micro / MICRO:.6f}".encode())]
 
 
 def _duration(ms: int) -> bytes:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from service.errors import Conflict, NotFound
-from service.quotas.limits import LIMITS
+from service.quotas.limits import LIMITS, MICRO, Record
 from service.quotas.tokens import (
     TokenError,
     TokenRegistry,
@@ -140,8 +140,22 @@ class Teams:
             team["tokens"] = sum(
                 1 for t in tokens if t.get("team") == row["id"] and t.get("revoked") != "1"
             )
+            team.update(await self.spend(row))
             out.append(team)
         return out
+
+    async def spend(self, fields: dict[str, str]) -> dict[str, float]:
+        """The team's spend in its current budget period (empty without a budget)."""
+        record = Record.parse(fields)
+        if not record.budgeted:
+            return {}
+        keys = self._store.keys.quota("-", record.id)
+        assert keys.team_budget is not None
+        spend = await self._store.spend(keys.team_budget, record.budget_period)
+        return {
+            "budget_spent_usd": spend.spent / MICRO,
+            "budget_reserved_usd": spend.reserved / MICRO,
+        }
 
 
 def _known(body: dict[str, Any], allowed: tuple[str, ...]) -> None:

@@ -22,7 +22,7 @@ from functools import partial
 from typing import Any
 
 from service.errors import BadRequest, NotFound
-from service.quotas.limits import LIMITS, PERIODS, Record
+from service.quotas.limits import LIMITS, MICRO, PERIODS, Record
 from service.settings import Settings
 from service.store.backend import StoreError, WriteMode
 from service.store.client import Store
@@ -446,5 +446,10 @@ class TokenRegistry:
                 "tokens_last_minute": tokens,
                 "in_flight": in_flight,
             }
+            parsed = Record.parse(row)
+            if parsed.budgeted:
+                spend = await self._store.spend(keys.token_budget, parsed.budget_period)
+                record["usage"]["budget_spent_usd"] = spend.spent / MICRO
+                record["usage"]["budget_reserved_usd"] = spend.reserved / MICRO
             records.append(record)
         return records

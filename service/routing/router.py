@@ -4,7 +4,9 @@
 deadline, cooling what fails.  A stream can fail over until its first event is sent; after
 that a failure ends it with an error event.  Quotas are not this module's business: the
 caller hands each ``Call`` a ``settle`` callback, and the router calls it exactly once, with
-the tokens really used, when the request is over.
+what the upstreams reported they used (``Usage``: provider, model, tokens, reported cost; a
+hedge that lost but answered rides along in ``Usage.also``; None when unknown), when the
+request is over.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import orjson
@@ -44,6 +46,7 @@ from service.upstream.errors import (
     check_response,
     failure_for_status,
 )
+from service.upstream.usage import NOTHING_USED, Usage, read_usage
 
 log = logging.getLogger("best.router")
 
@@ -60,7 +63,7 @@ API_NAMES = {"responses": "Responses", "completions": "Completions", "embeddings
 OnOpen = Callable[[Candidate, Relay], Awaitable[None]]
 
 
-def _no_settlement(used: int) -> None:
+def _no_settlement(usage: Usage | None) -> None:
     return None
 
 
@@ -76,21 +79,24 @@ class Call:
     candidate: Candidate | None = None
     headers: Headers = field(default_factory=list)  # quota headers for the client
     operation: str = "chat"  # or "embeddings"
-    settle: Callable[[int], None] = _no_settlement
+    settle: Callable[[Usage | None], None] = _no_settlement
     finished: bool = False
     hedge_after_ms: float | None = None  # None: no hedging; HEDGE_P95: the pair's p95
-    extra_tokens: int = 0  # tokens that hedges which lost really used
+    extra_usage: list[Usage] = field(default_factory=list)  # hedges that lost but answered
 
     @property
     def served_by(self) -> tuple[str, str] | None:
         c = self.candidate
         return (c.provider, c.model) if c is not None else None
 
-    def finish(self, tokens_used: int) -> None:
-        """Settle the request's quotas once: ``tokens_used`` real tokens, -1 unknown."""
+    def finish(self, usage: Usage | None = None) -> None:
+        """Settle the request's quotas once with what it used (None: unknown, the
+        reservations are kept; ``NOTHING_USED``: no upstream served it)."""
         if not self.finished:
             self.finished = True
-            self.settle(tokens_used)
+            if usage is not None and self.extra_usage:
+                usage = replace(usage, also=tuple(self.extra_usage))
+            self.settle(usage)
 
 
 @dataclass(slots=True)
@@ -219,9 +225,11 @@ class Router:
         elapsed: float,
         usage: Any,
         first_byte_s: float | None = None,
-    ) -> int:
-        """Record a success; returns the tokens used (-1 when the upstream did not say)."""
-        prompt, completion = _usage(usage)
+    ) -> Usage | None:
+        """Record a success; returns what it used (None when the upstream did not say)."""
+        used = read_usage(candidate.provider, candidate.model, usage)
+        prompt = used.prompt_tokens if used else 0
+        completion = used.completion_tokens if used else 0
         self._stats.record(
             candidate.provider,
             candidate.model,
@@ -234,11 +242,11 @@ class Router:
         self._cooldowns.succeeded(candidate)
         labels = (call.operation, candidate.provider, candidate.model)
         self._metrics.upstream_duration.labels(*labels, "ok").observe(elapsed)
-        if usage:
+        if used:
             self._metrics.tokens.labels(*labels, "input").observe(prompt)
             if call.operation != "embeddings":
                 self._metrics.tokens.labels(*labels, "output").observe(completion)
-        return prompt + completion if usage else -1
+        return used
 
     def _hedge_delay_s(self, call: Call, first: Candidate) -> float | None:
         after = call.hedge_after_ms
@@ -319,10 +327,12 @@ class Router:
                     task.cancel()  # the loser's upstream request is closed now
                     plan.abandoned(candidate)
                 await asyncio.wait(running)
-                for task in running:
+                for task, (candidate, _) in running.items():
                     if not task.cancelled() and task.exception() is None:
                         # It answered while being cancelled: its tokens were really used.
-                        call.extra_tokens += _loser_tokens(task.result())
+                        lost = _loser_usage(candidate, task.result())
+                        if lost is not None:
+                            call.extra_usage.append(lost)
 
     async def complete(
         self,
@@ -355,14 +365,13 @@ class Router:
             candidate, answer, elapsed = await self._race(call, plan, attempt)
         except ClientFault as fault:
             call.candidate = plan.last
-            call.finish(0)
+            call.finish(NOTHING_USED)
             return Completion(fault.status, fault.body, fault.content_type or b"application/json")
         except BaseException:
-            call.finish(0)
+            call.finish(NOTHING_USED)
             raise
         call.candidate = candidate
-        used = self._succeeded(call, candidate, elapsed, answer.parsed.get("usage"))
-        call.finish(_plus(used, call.extra_tokens))
+        call.finish(self._succeeded(call, candidate, elapsed, answer.parsed.get("usage")))
         return Completion(answer.response.status, answer.response.body, b"application/json")
 
     async def stream(
@@ -433,10 +442,10 @@ class Router:
             candidate, opened, first_byte_s = await self._race(call, plan, attempt)
         except ClientFault as fault:
             call.candidate = plan.last
-            call.finish(0)
+            call.finish(NOTHING_USED)
             return Completion(fault.status, fault.body, fault.content_type or b"application/json")
         except BaseException:
-            call.finish(0)
+            call.finish(NOTHING_USED)
             raise
         call.candidate = candidate
         if on_open is not None:
@@ -465,16 +474,16 @@ class Router:
         finally:
             relay.upstream.close()
             elapsed = time.monotonic() - started
+            used: Usage | None = None
             if ok or relay.usage is not None:
                 used = self._succeeded(call, candidate, elapsed, relay.usage, first_byte_s)
             else:
-                used = -1
                 if relay.failure is not None:
                     self._stats.record(
                         candidate.provider, candidate.model, ok=False, latency_s=elapsed
                     )
                     self._metrics.failovers.labels(candidate.provider, STREAM_BROKEN).inc()
-            call.finish(_plus(used, call.extra_tokens))
+            call.finish(used)
 
 
 T = TypeVar("T")
@@ -497,22 +506,14 @@ def _start(attempt: Attempt[T], candidate: Candidate) -> asyncio.Task[T]:
     return asyncio.ensure_future(attempt(candidate))
 
 
-def _plus(used: int, extra: int) -> int:
-    """Tokens of the winner (-1: unknown) plus those hedges that lost really used."""
-    if not extra:
-        return used
-    return extra if used < 0 else used + extra
-
-
-def _loser_tokens(result: Any) -> int:
-    """What the upstream of a hedge that lost reported (a stream is closed unread: 0)."""
+def _loser_usage(candidate: Candidate, result: Any) -> Usage | None:
+    """What the upstream of a hedge that lost reported (a stream is closed unread: None)."""
     if isinstance(result, _Opened):
         result.relay.upstream.close()
-        return 0
+        return None
     if isinstance(result, _Answer):
-        prompt, completion = _usage(result.parsed.get("usage"))
-        return prompt + completion
-    return 0
+        return read_usage(candidate.provider, candidate.model, result.parsed.get("usage"))
+    return None
 
 
 def _explored(candidates: list[Candidate], rng: random.Random) -> list[Candidate]:
@@ -626,15 +627,3 @@ def _answer(response: UpstreamResponse, check: Checker) -> Any:
     if failure is not None:
         raise failure
     return parsed
-
-
-def _usage(usage: Any) -> tuple[int, int]:
-    if not isinstance(usage, dict):
-        return 0, 0
-    # Chat and completions say prompt/completion tokens; the Responses API input/output.
-    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
-    completion = usage.get("completion_tokens", usage.get("output_tokens"))
-    return (
-        prompt if isinstance(prompt, int) and prompt > 0 else 0,
-        completion if isinstance(completion, int) and completion > 0 else 0,
-    )

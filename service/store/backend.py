@@ -17,8 +17,15 @@ from service.store.keys import QuotaKeys
 # token rpm, tpm, max_concurrency, then the team's; 0 = no limit
 Limits6 = tuple[int, int, int, int, int, int]
 WriteMode = Literal["create", "update", "newest"]
+# A usage ledger row: (UTC day "YYYY-MM-DD", token id, team id, provider, model); its values
+# are [requests, prompt tokens, completion tokens, cost in pico-USD, unpriced requests].
+LedgerKey = tuple[str, str, str, str, str]
 
-ADMITTED, OVER_RPM, OVER_TPM, OVER_CONCURRENCY = range(4)
+ADMITTED, OVER_RPM, OVER_TPM, OVER_CONCURRENCY, OVER_BUDGET = range(5)
+NO_BUDGET = -1
+# token budget (micro-USD), its period, the team's budget, its period (store/periods.py)
+Budgets = tuple[int, int, int, int]
+NO_BUDGETS: Budgets = (NO_BUDGET, 0, NO_BUDGET, 0)
 
 
 class StoreError(Unavailable):
@@ -37,24 +44,37 @@ class Settlement:
     second: int  # the store second of its admission (names its window bucket)
     reserved: int  # tokens reserved at admission
     used: int  # real tokens; -1 keeps the reservation
+    cost: int = -1  # real cost in micro-USD; -1 charges the budget reservation in full
 
 
 @dataclass(frozen=True, slots=True)
 class AdmitRequest:
     entry: str  # unique across the fleet; names the lease
     cost: int  # tokens to reserve
-    lease_ms: int  # 0: no lease (nothing to settle)
+    lease_ms: int  # 0: no lease (nothing to settle); a budget needs one
     limits: Limits6
+    reserve: int = 0  # worst-case cost in micro-USD, held on each budget until settled
+    budgets: Budgets = NO_BUDGETS
 
 
 @dataclass(frozen=True, slots=True)
 class QuotaDecision:
-    status: int  # ADMITTED, OVER_RPM, OVER_TPM, OVER_CONCURRENCY
-    retry_ms: int
+    status: int  # ADMITTED, OVER_RPM, OVER_TPM, OVER_CONCURRENCY, OVER_BUDGET
+    retry_ms: int  # 0 with OVER_BUDGET: the budget never resets ("total")
     now_ms: int
     team_side: bool  # the team's limit refused (or is the tighter one)
     rpm_remaining: int  # -1 when unlimited
     tpm_remaining: int
+    budget_remaining: int = -1  # micro-USD of the tighter budget after this request; -1 none
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """A budget's state: spend of the current period and reservations in flight (micro-USD)."""
+
+    spent: int
+    reserved: int
+    period_start_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +144,10 @@ class Backend(Protocol):
         """(requests, tokens, in flight) of the token side in the current window."""
         ...
 
+    async def spend(self, budget_key: str, period: int) -> Spend:
+        """A budget's spend in the current ``period`` (0 when a new period began)."""
+        ...
+
     # -- fleet-wide routing state ------------------------------------------------------------
 
     async def cool(self, field: str, rule: CoolRule) -> tuple[int, int]:
@@ -183,6 +207,16 @@ class Backend(Protocol):
     async def registry_version(self) -> int | None:
         """Bumped by every registry write; None when the store has no registry (it restarted
         empty, or was never seeded)."""
+        ...
+
+    # -- usage ledger (durable) --------------------------------------------------------------
+
+    async def add_usage(self, rows: Mapping[LedgerKey, Sequence[int]]) -> None:
+        """Add each row's values to the ledger."""
+        ...
+
+    async def read_usage(self, days: Sequence[str]) -> list[tuple[LedgerKey, list[int]]]:
+        """Every row of ``days``."""
         ...
 
     # -- change notifications ----------------------------------------------------------------

@@ -25,9 +25,11 @@ from service.store.backend import (
     BreakerRule,
     CoolRule,
     Handler,
+    LedgerKey,
     QuotaDecision,
     RoutingState,
     Settlement,
+    Spend,
     StoreError,
     StoreUnreachable,
     WriteMode,
@@ -195,7 +197,7 @@ class Store:
                 # Redis may still run the admission after this caller gave up: refund it
                 # when Redis is back (a no-op if it never ran).
                 second = int(time.time())
-                self._orphans.append((keys, Settlement(admit.entry, second, admit.cost, 0)))
+                self._orphans.append((keys, Settlement(admit.entry, second, admit.cost, 0, 0)))
             self._send_when_back(keys, settle)
             if not local_fallback:
                 raise
@@ -211,6 +213,9 @@ class Store:
 
     async def renew(self, leases: Mapping[str, Sequence[str]], until_ms: int) -> None:
         await self._run_or_local("other", lambda b: b.renew(leases, until_ms))
+
+    async def spend(self, budget_key: str, period: int) -> Spend:
+        return await self._run_or_local("other", lambda b: b.spend(budget_key, period))
 
     async def usage(self, keys: QuotaKeys) -> tuple[int, int, int]:
         return await self._run_or_local("other", lambda b: b.usage(keys))
@@ -296,6 +301,20 @@ class Store:
         if primary:
             return await self._bounded(self._primary.registry_version())
         return await self._registry(lambda b: b.registry_version())
+
+    # -- usage ledger ------------------------------------------------------------------------
+
+    async def add_usage(self, rows: Mapping[LedgerKey, Sequence[int]]) -> None:
+        """Raises ``StoreUnreachable`` while degraded: the ledger keeps its rows until the
+        shared store takes them (a local copy would be lost to the fleet)."""
+        if self._degraded:
+            raise StoreUnreachable("the shared store is unreachable")
+        await self._run("other", lambda b: b.add_usage(rows))
+
+    async def read_usage(self, days: Sequence[str]) -> list[tuple[LedgerKey, list[int]]]:
+        if self._degraded:
+            raise StoreUnreachable("the shared store is unreachable")
+        return await self._run("other", lambda b: b.read_usage(days))
 
     # -- change notifications ----------------------------------------------------------------
 

@@ -7,8 +7,8 @@
 - The registry (tokens, teams, their version counter) shares ``{registry}``: it is small,
   changes rarely, and a re-seed writes it in one transaction.
 - Fleet-wide routing state (cooldowns, breakers, probes, failure counts, live factors) shares
-  ``{routing}``; statistics, catalog caches, locks and response affinity each live under tags
-  of their own.
+  ``{routing}``; statistics, catalog caches, locks, response affinity and each day of the usage
+  ledger live under tags of their own.
 """
 
 from __future__ import annotations
@@ -18,17 +18,20 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class QuotaKeys:
-    """KEYS of one admission: the token's windows and leases, then its team's (if any)."""
+    """KEYS of one admission: the token's windows, leases and budget, then its team's (if
+    any).  Windows and leases are ephemeral; a budget holds the period's spend (durable)."""
 
     token_windows: str
     token_leases: str
-    team_windows: str | None
-    team_leases: str | None
+    token_budget: str
+    team_windows: str | None = None
+    team_leases: str | None = None
+    team_budget: str | None = None
 
     def as_list(self) -> list[str]:
-        keys = [self.token_windows, self.token_leases]
-        if self.team_windows is not None and self.team_leases is not None:
-            keys += [self.team_windows, self.team_leases]
+        keys = [self.token_windows, self.token_leases, self.token_budget]
+        if self.team_windows is not None and self.team_leases is not None and self.team_budget:
+            keys += [self.team_windows, self.team_leases, self.team_budget]
         return keys
 
 
@@ -77,9 +80,16 @@ class Keys:
         group = f"{self.prefix}:{{q:{team_id or token_id}}}"
         token = f"{group}:token:{token_id}"
         if team_id is None:
-            return QuotaKeys(f"{token}:windows", f"{token}:leases", None, None)
+            return QuotaKeys(f"{token}:windows", f"{token}:leases", f"{token}:budget")
         team = f"{group}:team"
-        return QuotaKeys(f"{token}:windows", f"{token}:leases", f"{team}:windows", f"{team}:leases")
+        return QuotaKeys(
+            f"{token}:windows",
+            f"{token}:leases",
+            f"{token}:budget",
+            f"{team}:windows",
+            f"{team}:leases",
+            f"{team}:budget",
+        )
 
     # -- caches and locks --------------------------------------------------------------------
 
@@ -88,6 +98,10 @@ class Keys:
 
     def leaderboard(self, source: str) -> str:
         return f"{self.prefix}:{{leaderboard}}:{source}"
+
+    def ledger(self, day: str) -> str:
+        """One UTC day of the usage ledger (hash); days spread over a Cluster's shards."""
+        return f"{self.prefix}:{{ledger:{day}}}"
 
     def lock(self, name: str) -> str:
         return f"{self.prefix}:{{lock:{name}}}"

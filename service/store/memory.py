@@ -16,11 +16,13 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from service.store.backend import (
     ADMITTED,
+    OVER_BUDGET,
     OVER_CONCURRENCY,
     OVER_RPM,
     OVER_TPM,
@@ -29,18 +31,24 @@ from service.store.backend import (
     BreakerRule,
     CoolRule,
     Handler,
+    LedgerKey,
     QuotaDecision,
     RoutingState,
     Settlement,
+    Spend,
     WriteMode,
 )
 from service.store.keys import QuotaKeys
+from service.store.periods import bounds
 
 log = logging.getLogger("best.store")
 
 WINDOW_S = 60
 SWEEP_MIN = 1024  # cached values held before the first sweep of expired ones
+SAVE_DELAY_S = 1.0
 REGISTRY_FILE = "registry.json"
+LEDGER_FILE = "ledger.json"
+SEP = "\x1f"  # joins a ledger row's token, team, provider and model
 LEGACY_TOKENS_FILE = "tokens.json"  # the registry file of earlier versions
 
 
@@ -108,6 +116,19 @@ class _Window:
         return 60_000
 
 
+class _Budget:
+    """One owner's budget: the spend of its current period and the reservations in flight."""
+
+    __slots__ = ("holds", "period", "reserved", "spent", "start")
+
+    def __init__(self, period: int, start: int = -1, spent: int = 0) -> None:
+        self.period = period
+        self.start = start
+        self.spent = spent
+        self.reserved = 0
+        self.holds: dict[str, int] = {}
+
+
 class MemoryBackend:
     kind = "embedded"
 
@@ -124,6 +145,11 @@ class MemoryBackend:
         self._sweep_at = SWEEP_MIN
         self._records: dict[str, dict[str, dict[str, str]]] = {"token": {}, "team": {}}
         self._version: int | None = None
+        self._budgets: dict[str, _Budget] = {}
+        self._ledger: dict[str, dict[str, list[int]]] = {}  # day -> row -> values
+        self._ledger_dirty = False
+        self._save_pending = False
+        self._saving: set[asyncio.Future[None]] = set()
         if data_dir is not None:
             self._load(data_dir)
 
@@ -137,6 +163,8 @@ class MemoryBackend:
                 saved = orjson.loads(path.read_bytes())
                 for kind in self._records:
                     self._records[kind] = {r["id"]: r for r in saved.get(kind, []) if "id" in r}
+                for key, (period, start, spent) in saved.get("budgets", {}).items():
+                    self._budgets[key] = _Budget(int(period), int(start), int(spent))
             elif legacy.exists():
                 rows = orjson.loads(legacy.read_bytes())
                 self._records["token"] = {
@@ -145,6 +173,12 @@ class MemoryBackend:
         except (OSError, orjson.JSONDecodeError, AttributeError, TypeError) as exc:
             log.error("store: %s is unreadable (%s); starting with an empty registry", path, exc)
             return
+        try:
+            ledger = data_dir / LEDGER_FILE
+            if ledger.exists():
+                self._ledger = orjson.loads(ledger.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            log.error("store: %s is unreadable (%s); the usage ledger starts empty", path, exc)
         if any(self._records.values()):
             self._version = 1
             log.info(
@@ -157,14 +191,26 @@ class MemoryBackend:
     async def _save(self) -> None:
         if self._data_dir is None:
             return
-        data = orjson.dumps({kind: list(rows.values()) for kind, rows in self._records.items()})
-        await asyncio.to_thread(write_atomically, self._data_dir / REGISTRY_FILE, data)
+        saved: dict[str, Any] = {kind: list(rows.values()) for kind, rows in self._records.items()}
+        # Budget spend is durable like the registry; reservations in flight are not (a
+        # restart ends the requests that held them).
+        saved["budgets"] = {k: (b.period, b.start, b.spent) for k, b in self._budgets.items()}
+        if self._ledger_dirty:
+            self._ledger_dirty = False
+            ledger = orjson.dumps(self._ledger)
+            await asyncio.to_thread(write_atomically, self._data_dir / LEDGER_FILE, ledger)
+        await asyncio.to_thread(
+            write_atomically, self._data_dir / REGISTRY_FILE, orjson.dumps(saved)
+        )
 
     async def ping(self) -> None:
         return None
 
     async def close(self) -> None:
-        return None
+        if self._save_pending or self._saving:
+            self._save_pending = False
+            await asyncio.gather(*self._saving, return_exceptions=True)
+            await self._save()
 
     # -- quotas ------------------------------------------------------------------------------
 
@@ -173,59 +219,140 @@ class MemoryBackend:
     ) -> QuotaDecision:
         now = _now_ms()
         now_s = now // 1000
-        in_team = keys.team_windows is not None and keys.team_leases is not None
+        in_team = keys.team_windows is not None
         token_leases = self._leases.setdefault(keys.token_leases, {})
         for s in settle:
-            if token_leases.pop(s.entry, None) is None:
-                continue
-            if in_team and keys.team_leases is not None:
+            held = token_leases.pop(s.entry, None) is not None
+            if held and s.used >= 0 and s.used != s.reserved:
+                for name in (keys.token_windows, keys.team_windows):
+                    window = self._windows.get(name) if name else None
+                    if window is not None:
+                        window.correct(s.second, s.used - s.reserved)
+            # Budgets: each side's reservation is its own proof (see quota.lua).
+            self._charge(keys.token_budget, s.entry, s.cost, now)
+            if in_team and keys.team_leases is not None and keys.team_budget is not None:
                 self._leases.get(keys.team_leases, {}).pop(s.entry, None)
-            if s.used < 0 or s.used == s.reserved:
-                continue
-            for name in (keys.token_windows, keys.team_windows):
-                window = self._windows.get(name) if name else None
-                if window is not None:
-                    window.correct(s.second, s.used - s.reserved)
+                self._charge(keys.team_budget, s.entry, s.cost, now)
         if admit is None:
             return QuotaDecision(ADMITTED, 0, now, False, -1, -1)
 
-        limits = admit.limits
-        sides = [(keys.token_windows, keys.token_leases, limits[0:3], False)]
-        if in_team and keys.team_windows is not None and keys.team_leases is not None:
-            sides.append((keys.team_windows, keys.team_leases, limits[3:6], True))
-        rpm_left = tpm_left = -1
-        for windows_key, leases_key, (rpm, tpm, conc), team_side in sides:
-            if rpm <= 0 and tpm <= 0 and conc <= 0:
-                continue
-            window = self._windows.get(windows_key)
-            if window is None:
-                window = self._windows[windows_key] = _Window(now_s)
-            requests, tokens = window.prune(now_s)
-            if rpm > 0 and requests + 1 > rpm:
-                retry = window.wait_ms(window.requests, requests, 1, rpm, now)
-                return QuotaDecision(OVER_RPM, retry, now, team_side, 0, -1)
-            if tpm > 0 and tokens + admit.cost > tpm:
-                retry = window.wait_ms(window.tokens, tokens, admit.cost, tpm, now)
-                return QuotaDecision(OVER_TPM, retry, now, team_side, -1, max(0, tpm - tokens))
+        limits, budgets = admit.limits, admit.budgets
+        sides = [
+            (keys.token_windows, keys.token_leases, keys.token_budget, limits[0:3], budgets[0:2])
+        ]
+        if in_team:
+            assert keys.team_windows and keys.team_leases and keys.team_budget
+            sides.append(
+                (keys.team_windows, keys.team_leases, keys.team_budget, limits[3:6], budgets[2:4])
+            )
+        rpm_left = tpm_left = budget_left = -1
+        for team_side, side in enumerate(sides):
+            windows_key, leases_key, budget_key, (rpm, tpm, conc), (budget, period) = side
+            left = -1
+            if budget >= 0:
+                self._expire(leases_key, budget_key, now)
+                state = self._roll(budget_key, period, now)
+                left = budget - state.spent - state.reserved
+                if admit.reserve > left:
+                    retry = 1000
+                    if budget - state.spent < admit.reserve:
+                        _, stop = bounds(period, now)
+                        retry = 0 if stop < 0 else stop - now
+                    return QuotaDecision(
+                        OVER_BUDGET, retry, now, bool(team_side), -1, -1, max(0, left)
+                    )
+                left -= admit.reserve
+            if rpm > 0 or tpm > 0:
+                window = self._windows.get(windows_key)
+                if window is None:
+                    window = self._windows[windows_key] = _Window(now_s)
+                requests, tokens = window.prune(now_s)
+                if rpm > 0 and requests + 1 > rpm:
+                    retry = window.wait_ms(window.requests, requests, 1, rpm, now)
+                    return QuotaDecision(OVER_RPM, retry, now, bool(team_side), 0, -1, left)
+                if tpm > 0 and tokens + admit.cost > tpm:
+                    retry = window.wait_ms(window.tokens, tokens, admit.cost, tpm, now)
+                    return QuotaDecision(
+                        OVER_TPM, retry, now, bool(team_side), -1, max(0, tpm - tokens), left
+                    )
+                if rpm > 0:
+                    remaining = rpm - requests - 1
+                    rpm_left = remaining if rpm_left < 0 else min(rpm_left, remaining)
+                if tpm > 0:
+                    remaining = tpm - tokens - admit.cost
+                    tpm_left = remaining if tpm_left < 0 else min(tpm_left, remaining)
             if conc > 0:
                 leases = self._leases.setdefault(leases_key, {})
-                for entry in [e for e, until in leases.items() if until <= now]:
-                    del leases[entry]
+                if budget < 0:
+                    for entry in [e for e, until in leases.items() if until <= now]:
+                        del leases[entry]
                 if len(leases) >= conc:
-                    return QuotaDecision(OVER_CONCURRENCY, 1000, now, team_side, -1, -1)
-            if rpm > 0:
-                left = rpm - requests - 1
-                rpm_left = left if rpm_left < 0 else min(rpm_left, left)
-            if tpm > 0:
-                left = tpm - tokens - admit.cost
-                tpm_left = left if tpm_left < 0 else min(tpm_left, left)
+                    return QuotaDecision(OVER_CONCURRENCY, 1000, now, bool(team_side), -1, -1, left)
+            if left >= 0:
+                budget_left = left if budget_left < 0 else min(budget_left, left)
 
-        for windows_key, leases_key, (rpm, tpm, conc), team_side in sides:
+        for team_side, side in enumerate(sides):
+            windows_key, leases_key, budget_key, (rpm, tpm, conc), (budget, _) = side
             if rpm > 0 or tpm > 0:
                 self._windows[windows_key].add(now_s, admit.cost)
-            if admit.lease_ms > 0 and (not team_side or conc > 0):
+            if admit.lease_ms > 0 and (not team_side or conc > 0 or budget >= 0):
                 self._leases.setdefault(leases_key, {})[admit.entry] = now + admit.lease_ms
-        return QuotaDecision(ADMITTED, 0, now, False, rpm_left, tpm_left)
+            if budget >= 0:
+                state = self._budgets[budget_key]
+                state.holds[admit.entry] = admit.reserve
+                state.reserved += admit.reserve
+        return QuotaDecision(ADMITTED, 0, now, False, rpm_left, tpm_left, budget_left)
+
+    # -- budgets (see quota.lua) ---------------------------------------------------------------
+
+    def _roll(self, key: str, period: int | None, now: int) -> _Budget:
+        state = self._budgets.get(key)
+        if state is None:
+            state = self._budgets[key] = _Budget(period if period is not None else 0)
+        kind = state.period if period is None else period
+        start, _ = bounds(kind, now)
+        if state.period != kind or state.start != start:
+            state.period, state.start, state.spent = kind, start, 0
+            self._budgets_changed()
+        return state
+
+    def _charge(self, key: str, entry: str, cost: int, now: int) -> None:
+        state = self._budgets.get(key)
+        if state is None or entry not in state.holds:
+            return
+        self._roll(key, None, now)
+        held = state.holds.pop(entry)
+        state.reserved -= held
+        state.spent += cost if cost >= 0 else held
+        self._budgets_changed()
+
+    def _expire(self, leases_key: str, budget_key: str, now: int) -> None:
+        leases = self._leases.get(leases_key, {})
+        for entry in [e for e, until in leases.items() if until <= now]:
+            del leases[entry]
+            self._charge(budget_key, entry, -1, now)
+
+    def _budgets_changed(self) -> None:
+        """Spend is durable: saved at most once a second (and at close)."""
+        if self._data_dir is None or self._save_pending:
+            return
+        self._save_pending = True
+        asyncio.get_running_loop().call_later(SAVE_DELAY_S, self._save_soon)
+
+    def _save_soon(self) -> None:
+        self._save_pending = False
+        task = asyncio.ensure_future(self._save())
+        self._saving.add(task)
+        task.add_done_callback(self._saving.discard)
+
+    async def spend(self, budget_key: str, period: int) -> Spend:
+        now = _now_ms()
+        start, _ = bounds(period, now)
+        state = self._budgets.get(budget_key)
+        if state is None:
+            return Spend(0, 0, start)
+        current = state.period == period and state.start == start
+        return Spend(state.spent if current else 0, state.reserved, start)
 
     async def renew(self, leases: Mapping[str, Sequence[str]], until_ms: int) -> None:
         for key, entries in leases.items():
@@ -397,6 +524,25 @@ class MemoryBackend:
 
     async def registry_version(self) -> int | None:
         return self._version
+
+    # -- usage ledger: kept in DATA_DIR/ledger.json, saved at most once a second -------------
+
+    async def add_usage(self, rows: Mapping[LedgerKey, Sequence[int]]) -> None:
+        for (day, *names), values in rows.items():
+            row = self._ledger.setdefault(day, {}).setdefault(SEP.join(names), [0] * 5)
+            for i, value in enumerate(values):
+                row[i] += value
+        if rows and self._data_dir is not None:
+            self._ledger_dirty = True
+            self._budgets_changed()
+
+    async def read_usage(self, days: Sequence[str]) -> list[tuple[LedgerKey, list[int]]]:
+        out: list[tuple[LedgerKey, list[int]]] = []
+        for day in days:
+            for names, values in self._ledger.get(day, {}).items():
+                token, team, provider, model = names.split(SEP)
+                out.append(((day, token, team, provider, model), list(values)))
+        return out
 
     # -- change notifications: one process, nobody else to tell -------------------------------
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,9 +30,11 @@ from service.store.backend import (
     BreakerRule,
     CoolRule,
     Handler,
+    LedgerKey,
     QuotaDecision,
     RoutingState,
     Settlement,
+    Spend,
     StoreError,
     StoreUnreachable,
     WriteMode,
@@ -39,10 +42,16 @@ from service.store.backend import (
 from service.store.batching import RedisClient, ScriptBatcher
 from service.store.connection import RedisTarget, RedisTopology, RedisUrlError, connect
 from service.store.keys import Keys, QuotaKeys
+from service.store.periods import bounds
 from service.store.scripts import load_sources
 
 log = logging.getLogger("best.store")
 _REDIS_PACKAGE = os.path.dirname(redis.__file__) + os.sep
+
+# Ledger hash fields: token, team, provider, model and metric joined by a character no id
+# holds (model ids are printable; this is a control character).
+SEP = "\x1f"
+LEDGER_FIELDS = ("requests", "prompt", "completion", "cost", "unpriced")
 
 # CLUSTERDOWN: the shard has no usable master right now (a master restarting, a failover in
 # progress) and redis-py's own retries are spent.  It is an outage of that shard, served
@@ -153,12 +162,13 @@ class RedisBackend:
     ) -> QuotaDecision:
         args: list[Any] = [len(settle)]
         for s in settle:
-            args += [s.entry, s.second, s.reserved, s.used]
+            args += [s.entry, s.second, s.reserved, s.used, s.cost]
         if admit is not None:
-            args += [admit.entry, admit.cost, admit.lease_ms, *admit.limits]
+            args += [admit.entry, admit.cost, admit.lease_ms, admit.reserve]
+            args += [*admit.limits, *admit.budgets]
         raw = await self._script("quota", keys.as_list(), args, urgent=admit is not None)
-        status, retry, now, side, rpm_left, tpm_left = (int(v) for v in raw)
-        return QuotaDecision(status, retry, now, side == 1, rpm_left, tpm_left)
+        status, retry, now, side, rpm_left, tpm_left, budget_left = (int(v) for v in raw)
+        return QuotaDecision(status, retry, now, side == 1, rpm_left, tpm_left, budget_left)
 
     async def renew(self, leases: Mapping[str, Sequence[str]], until_ms: int) -> None:
         if not leases:
@@ -173,6 +183,13 @@ class RedisBackend:
             await pipe.execute()
 
         await self._do(run())
+
+    async def spend(self, budget_key: str, period: int) -> Spend:
+        raw = await self._do(self._c.hmget(budget_key, ["k", "p", "s", "r"]))
+        kind, start, spent, reserved = (int(v) if v is not None else None for v in raw)
+        now_start, _ = bounds(period, int(time.time() * 1000))
+        current = kind == period and start == now_start
+        return Spend((spent or 0) if current else 0, reserved or 0, now_start)
 
     async def usage(self, keys: QuotaKeys) -> tuple[int, int, int]:
         async def run() -> list[Any]:
@@ -308,6 +325,37 @@ class RedisBackend:
     async def registry_version(self) -> int | None:
         raw = await self._do(self._c.get(self._keys.version))
         return None if raw is None else int(raw)
+
+    # -- usage ledger ------------------------------------------------------------------------
+
+    async def add_usage(self, rows: Mapping[LedgerKey, Sequence[int]]) -> None:
+        async def run() -> None:
+            pipe = self._c.pipeline(transaction=False)
+            for (day, *names), values in rows.items():
+                key, row = self._keys.ledger(day), SEP.join(names)
+                for metric, value in zip(LEDGER_FIELDS, values, strict=True):
+                    if value:
+                        pipe.hincrby(key, f"{row}{SEP}{metric}", value)
+            await pipe.execute()
+
+        if rows:
+            await self._do(run())
+
+    async def read_usage(self, days: Sequence[str]) -> list[tuple[LedgerKey, list[int]]]:
+        async def run() -> list[Any]:
+            pipe = self._c.pipeline(transaction=False)
+            for day in days:
+                pipe.hgetall(self._keys.ledger(day))
+            result: list[Any] = await pipe.execute()
+            return result
+
+        out: dict[LedgerKey, list[int]] = {}
+        for day, raw in zip(days, await self._do(run()), strict=True):
+            for field, value in raw.items():
+                token, team, provider, model, metric = field.decode().split(SEP)
+                row = out.setdefault((day, token, team, provider, model), [0] * 5)
+                row[LEDGER_FIELDS.index(metric)] = int(value)
+        return list(out.items())
 
     # -- change notifications ----------------------------------------------------------------
 

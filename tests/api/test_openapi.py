@@ -52,6 +52,7 @@ EVERY_ROUTE = {
     ("get", "/admin/teams/{team_id}"),
     ("patch", "/admin/teams/{team_id}"),
     ("delete", "/admin/teams/{team_id}"),
+    ("get", "/admin/usage"),
 }
 
 

@@ -167,6 +167,7 @@ class FakeProvider:
         self._queued: dict[str, deque[Behavior]] = {}
         self._persistent: dict[str, Behavior] = {}
         self._models_behavior = Behavior.ok()
+        self._reported_cost: float | None = None
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
         # Loop-side state, touched only by the server's thread.
@@ -257,6 +258,19 @@ class FakeProvider:
             self._queued.clear()
             self._persistent.clear()
             self._models_behavior = Behavior.ok()
+
+    def report_cost(self, usd: float | None) -> None:
+        """Add ``"cost": usd`` to every ``usage`` sent (as OpenRouter does); None stops."""
+        with self._state:
+            self._reported_cost = usd
+
+    def _with_cost(self, payload: JSONObject) -> JSONObject:
+        with self._state:
+            cost = self._reported_cost
+        usage = payload.get("usage")
+        if cost is None or not isinstance(usage, dict):
+            return payload
+        return {**payload, "usage": {**usage, "cost": cost}}
 
     def set_models_behavior(self, behavior: Behavior) -> None:
         """How ``GET /v1/models`` answers (discovery failures); ``Behavior.ok()`` restores it."""
@@ -727,8 +741,9 @@ class FakeProvider:
             if kind is Kind.USAGE_ON_CHOICES and not events[-1]["choices"]:
                 usage_only = events.pop()
                 events[-1] = {**events[-1], "usage": usage_only["usage"]}
+            events = [self._with_cost(event) for event in events]
             return await self._stream(exchange, events, done=True, delay=behavior.chunk_delay_s)
-        payload = self._success_payload(endpoint, body, model, completion_id)
+        payload = self._with_cost(self._success_payload(endpoint, body, model, completion_id))
         if kind is Kind.STREAM_DIES:
             return await self._truncate(exchange, payload)
         return web.json_response(payload)

@@ -9,12 +9,19 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from tests.fakes.upstream import FakeProvider
 from tests.harness import GatewayProcess, RedisServer, write_config
 
 ADMIN = "admin-secret"
 STATIC = "static-token"
+# USD per million tokens; chat-model's completion cap is what a request without max_tokens
+# reserves.  Exact in pico-USD, so tests can add up costs exactly.
+PRICES = {
+    "models": {"chat-model": {"input": 1.5, "output": 4.25, "max_output_tokens": 800}},
+    "providers": {"backup": {"shared-model": {"input": 0.5, "output": 1.0}}},
+}
 
 
 @dataclass
@@ -74,6 +81,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             },
         ],
     )
+    (config / "prices.yaml").write_text(yaml.safe_dump(PRICES))
     env = {
         "REDIS_URL": redis.url,
         "P_KEY": "key-p",

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
+from redis.asyncio import Redis
+
+from service.store import periods
 from service.store.backend import (
     ADMITTED,
+    OVER_BUDGET,
     OVER_CONCURRENCY,
     OVER_RPM,
     OVER_TPM,
     AdmitRequest,
     Backend,
     BreakerRule,
+    Budgets,
     Settlement,
 )
 from service.store.keys import Keys
+from service.store.scripts import load_sources
+from tests.harness import RedisServer
 from tests.store.conftest import BackendRunner
 
 
@@ -311,3 +319,156 @@ def test_expired_values_do_not_accumulate_in_memory() -> None:
     # Values written 1 ms apart expire while later ones are written: the store keeps only a
     # bounded number of them, never all 4096.
     assert asyncio.run(body()) < SWEEP_MIN * 2
+
+
+# -- budgets ----------------------------------------------------------------------------------
+
+DAY_BUDGET = (1000, periods.DAY, -1, 0)  # 1000 micro-USD a day on the token, no team budget
+
+
+def _spend_request(
+    entry: str, reserve: int, budgets: Budgets, lease_ms: int = 10_000
+) -> AdmitRequest:
+    return AdmitRequest(entry, 0, lease_ms, (0, 0, 0, 0, 0, 0), reserve, budgets)
+
+
+def test_budget_reserves_the_worst_case_and_settles_the_real_cost(
+    run_backend: BackendRunner,
+) -> None:
+    async def body(backend: Backend, keys: Keys) -> dict[str, object]:
+        q = keys.quota("tok", None)
+        admitted = [
+            await backend.quota(q, [], _spend_request(f"e{i}", 300, DAY_BUDGET)) for i in range(3)
+        ]
+        refused = await backend.quota(q, [], _spend_request("e3", 300, DAY_BUDGET))
+        held = await backend.spend(q.token_budget, periods.DAY)
+        # e0 cost 100 (not 300): two thirds of its reservation come back.
+        done = Settlement("e0", admitted[0].now_ms // 1000, 0, 0, 100)
+        again = await backend.quota(q, [done, done], _spend_request("e4", 300, DAY_BUDGET))
+        after = await backend.spend(q.token_budget, periods.DAY)
+        full = await backend.quota(q, [], _spend_request("e5", 1, DAY_BUDGET))
+        return {
+            "admitted": [(d.status, d.budget_remaining) for d in admitted],
+            "refused": (refused.status, refused.budget_remaining, refused.retry_ms),
+            "held": (held.spent, held.reserved),
+            "again": (again.status, again.budget_remaining),
+            "after": (after.spent, after.reserved),
+            "full": (full.status, full.retry_ms),
+        }
+
+    out = run_backend(body)
+    assert out["admitted"] == [(ADMITTED, 700), (ADMITTED, 400), (ADMITTED, 100)]
+    # Over budget only while requests are in flight: retry soon, not at the period's end.
+    assert out["refused"] == (OVER_BUDGET, 100, 1000)
+    assert out["held"] == (0, 900)
+    assert out["again"] == (ADMITTED, 0)  # settled twice: charged once
+    assert out["after"] == (100, 900)
+    assert out["full"] == (OVER_BUDGET, 1000)
+
+
+def test_spent_budget_waits_for_its_period_to_end(run_backend: BackendRunner) -> None:
+    async def body(backend: Backend, keys: Keys) -> list[tuple[int, int, int]]:
+        out = []
+        for period in (periods.DAY, periods.WEEK, periods.MONTH, periods.TOTAL):
+            q = keys.quota(f"tok{period}", None)
+            budgets = (500, period, -1, 0)
+            first = await backend.quota(q, [], _spend_request("a", 400, budgets))
+            # The provider reported more than the reservation: charged in full.
+            done = Settlement("a", first.now_ms // 1000, 0, 0, 450)
+            refused = await backend.quota(q, [done], _spend_request("b", 100, budgets))
+            _, end = periods.bounds(period, refused.now_ms)
+            expected = 0 if end < 0 else end - refused.now_ms
+            out.append((refused.status, refused.retry_ms - expected, refused.budget_remaining))
+        return out
+
+    assert run_backend(body) == [(OVER_BUDGET, 0, 50)] * 4
+
+
+def test_team_budget_binds_every_token_and_the_tighter_side_shows(
+    run_backend: BackendRunner,
+) -> None:
+    async def body(backend: Backend, keys: Keys) -> list[tuple[int, bool, int]]:
+        out = []
+        for i in range(4):
+            q = keys.quota(f"tok{i % 2}", "team")
+            budgets = (10_000, periods.TOTAL, 700, periods.MONTH)
+            d = await backend.quota(q, [], _spend_request(f"e{i}", 300, budgets))
+            out.append((d.status, d.team_side, d.budget_remaining))
+        return out
+
+    assert run_backend(body) == [
+        (ADMITTED, False, 400),
+        (ADMITTED, False, 100),
+        (OVER_BUDGET, True, 100),
+        (OVER_BUDGET, True, 100),
+    ]
+
+
+def test_a_reservation_whose_lease_expired_is_charged_in_full(
+    run_backend: BackendRunner,
+) -> None:
+    async def body(backend: Backend, keys: Keys) -> tuple[int, int, int, int]:
+        q = keys.quota("tok", "team")
+        budgets = (1000, periods.TOTAL, 1000, periods.TOTAL)
+        first = await backend.quota(q, [], _spend_request("lost", 300, budgets, lease_ms=30))
+        await asyncio.sleep(0.1)  # the replica that held "lost" died: nobody renews it
+        second = await backend.quota(q, [], _spend_request("next", 300, budgets))
+        # A late settlement of the lost request changes nothing: it was charged already.
+        late = Settlement("lost", first.now_ms // 1000, 0, 0, 10)
+        await backend.quota(q, [late], None)
+        token = await backend.spend(q.token_budget, periods.TOTAL)
+        assert q.team_budget is not None
+        team = await backend.spend(q.team_budget, periods.TOTAL)
+        return second.budget_remaining, token.spent, team.spent, team.reserved
+
+    assert run_backend(body) == (400, 300, 300, 300)
+
+
+def test_lua_calendar_matches_python(redis_server: RedisServer) -> None:
+    """The period arithmetic of quota.lua, run by Redis at chosen times, equals periods.py."""
+    source = load_sources()["quota"]
+    calendar = source[source.index("-- Calendar arithmetic") : source.index("-- Bring budget")]
+    script = (
+        "local now = tonumber(ARGV[1]); local DAY = 86400000\n"
+        + calendar
+        + "local s, e = period(tonumber(ARGV[2])); return {tostring(s), tostring(e)}"
+    )
+    moments = [
+        datetime(2024, 2, 29, 23, 59, 59, tzinfo=UTC),
+        datetime(2024, 3, 1, tzinfo=UTC),
+        datetime(2023, 12, 31, 12, tzinfo=UTC),
+        datetime(2026, 1, 1, tzinfo=UTC),
+        datetime(2026, 11, 29, 2, 30, tzinfo=UTC),
+        datetime(2000, 2, 29, tzinfo=UTC),
+        datetime(2100, 3, 1, tzinfo=UTC),
+        datetime(1970, 1, 1, tzinfo=UTC),
+    ]
+
+    async def run() -> list[tuple[int, int, int, int]]:
+        client = Redis.from_url(redis_server.url)
+        try:
+            out = []
+            for moment in moments:
+                now = int(moment.timestamp() * 1000)
+                for period in (periods.DAY, periods.WEEK, periods.MONTH, periods.TOTAL):
+                    start, end = await client.eval(script, 0, now, period)  # type: ignore[misc]
+                    out.append((int(float(start)), int(float(end)), *periods.bounds(period, now)))
+            return out
+        finally:
+            await client.aclose()
+
+    for lua_start, lua_end, start, end in asyncio.run(run()):
+        assert (lua_start, lua_end) == (start, end)
+
+
+def test_period_bounds_follow_the_utc_calendar() -> None:
+    def ms(*parts: int) -> int:
+        return int(datetime(*parts, tzinfo=UTC).timestamp() * 1000)
+
+    leap = ms(2024, 2, 29, 13)
+    assert periods.bounds(periods.DAY, leap) == (ms(2024, 2, 29), ms(2024, 3, 1))
+    assert periods.bounds(periods.MONTH, leap) == (ms(2024, 2, 1), ms(2024, 3, 1))
+    # 2024-02-29 was a Thursday: its ISO week began on Monday the 26th.
+    assert periods.bounds(periods.WEEK, leap) == (ms(2024, 2, 26), ms(2024, 3, 4))
+    assert periods.bounds(periods.MONTH, ms(2025, 12, 31, 23)) == (ms(2025, 12, 1), ms(2026, 1, 1))
+    assert periods.bounds(periods.TOTAL, leap) == (0, -1)
