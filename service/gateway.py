@@ -48,7 +48,7 @@ class Gateway:
     @classmethod
     def build(cls, settings: Settings, metrics: Metrics | None = None) -> Gateway:
         """Wire every component; raises ConfigError for an unusable configuration."""
-        metrics = metrics or create_metrics()
+        metrics = metrics or create_metrics(per_token=settings.metrics_per_token)
         store = open_store(settings, metrics)
         client = UpstreamClient()
         catalog = Catalog(settings, store, client, metrics)

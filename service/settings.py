@@ -59,6 +59,7 @@ class Settings(BaseModel):
     redis_sentinel_password: Annotated[str | None, _var("REDIS_SENTINEL_PASSWORD")] = None
     shutdown_grace_s: Annotated[float, _var("SHUTDOWN_GRACE_S", gt=0)] = 30.0
     request_read_timeout_s: Annotated[float, _var("REQUEST_READ_TIMEOUT_S", gt=0)] = 30.0
+    metrics_per_token: Annotated[bool, _var("METRICS_PER_TOKEN")] = False
     # The whole merged environment, for the provider keys the YAML files name.
     env: dict[str, str] = Field(default_factory=dict, repr=False, exclude=True)
 

@@ -72,6 +72,7 @@ class Metrics:
     unpriced: Counter
     budget_limit: Gauge
     budget_spent: Gauge
+    token_spend: Counter | None = None  # METRICS_PER_TOKEN only: one series per token
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text of this process, or of every worker in multiprocess mode."""
@@ -86,7 +87,9 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
-def create_metrics() -> Metrics:
+def create_metrics(per_token: bool = False) -> Metrics:
+    """Every metric; ``per_token`` adds the per-token spend series (opt-in: one series per
+    token id is unbounded in a large fleet)."""
     registry = CollectorRegistry(auto_describe=True)
     gauge_mode = {"multiprocess_mode": "livesum"}
     return Metrics(
@@ -256,6 +259,15 @@ def create_metrics() -> Metrics:
             registry=registry,
             multiprocess_mode="max",
         ),
+        token_spend=Counter(
+            "best_token_spend_usd",
+            "Cost of served requests in USD per token id (opt-in: METRICS_PER_TOKEN), by "
+            "provider and model.",
+            ["token", "provider", "model"],
+            registry=registry,
+        )
+        if per_token
+        else None,
     )
 
 

@@ -279,6 +279,11 @@ class Quotas:
                 self._metrics.unpriced.labels(served.provider, served.model).inc()
                 continue
             self._metrics.spend.labels(team, served.provider, served.model).inc(cost / 10**12)
+            if self._metrics.token_spend is not None and token_id:
+                per_token = self._metrics.token_spend.labels(
+                    token_id, served.provider, served.model
+                )
+                per_token.inc(cost / 10**12)
             total += cost
         return total
 
