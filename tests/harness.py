@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import yaml
 
+from devkit.procs import eventually
 from devkit.procs import free_port as free_port
 from tests.tools import REPO, require_tool
 
@@ -134,7 +135,9 @@ class GatewayProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, wait_ready: bool = True, timeout: float = 20.0) -> GatewayProcess:
+    def start(self, wait_ready: bool = True, timeout: float = 60.0) -> GatewayProcess:
+        """Start and wait until it answers (a loaded machine can take tens of seconds to
+        import and fork workers); a gateway that does not come up is stopped, not leaked."""
         log = self.log_path.open("ab")
         # Its own process group: stop() also takes down workers (WEB_CONCURRENCY > 1).
         self._process = subprocess.Popen(
@@ -145,18 +148,24 @@ class GatewayProcess:
             stderr=log,
             start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
+        process = self._process
         path = "/ready" if wait_ready else "/ok"
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"gateway exited {self._process.returncode}:\n{self.logs()}")
-            try:
-                if httpx.get(self.url + path, timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"gateway not {path} within {timeout}s:\n{self.logs()}")
+
+        def answers() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"gateway exited {process.returncode}:\n{self.logs()}")
+            return httpx.get(self.url + path, timeout=1).status_code == 200
+
+        try:
+            eventually(
+                answers, f"gateway {path}", timeout, interval=0.05, ignore=(httpx.HTTPError,)
+            )
+        except BaseException as exc:
+            self.stop()
+            if isinstance(exc, TimeoutError):
+                raise RuntimeError(f"{exc}:\n{self.logs()}") from None
+            raise
+        return self
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")

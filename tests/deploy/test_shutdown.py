@@ -155,7 +155,7 @@ def test_two_workers_refuse_new_connections_at_once_on_sigterm(
     # Two workers importing everything at once start slowly on a busy machine.
     gateway = GatewayProcess(write_config(tmp_path / "config", provider.base_url), env)
     try:
-        gateway.start(timeout=60)
+        gateway.start()
         headers = {"Authorization": f"Bearer {TOKEN}"}
         with (
             httpx.Client(base_url=gateway.url, headers=headers, timeout=30) as client,

@@ -49,7 +49,7 @@ def gateways(
     replicas = [GatewayProcess(config, env) for _ in range(count)]
     try:
         with ThreadPoolExecutor(count) as pool:
-            list(pool.map(lambda r: r.start(timeout=60), replicas))
+            list(pool.map(lambda r: r.start(), replicas))
         yield replicas
     finally:
         for replica in replicas:
