@@ -7,23 +7,16 @@ the upstream call(s), the response.  Settlement runs after, batched.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 from service import errors
 from service.api.auth import require_token
+from service.api.calls import finish_failed, int_field, open_call, relayed, served_headers
 from service.api.http import SSE_HEADERS, Request, Response, StreamResponse, parse_json
 from service.gateway import Gateway
-from service.quotas.limits import Estimate, Record, estimate
+from service.quotas.limits import estimate
 from service.routing.relay import DONE_FRAME
-from service.routing.router import Call, Completion
-from service.routing.table import Candidate
-
-
-def _int_field(body: dict[str, Any], name: str) -> None:
-    value = body.get(name)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise errors.bad_request(f"'{name}' must be a non-negative integer.", param=name)
+from service.routing.router import Completion
 
 
 def validate_chat(body: Any) -> tuple[str, bool, bool]:
@@ -45,8 +38,8 @@ def validate_chat(body: Any) -> tuple[str, bool, bool]:
         stream = False
     if not isinstance(stream, bool):
         raise errors.bad_request("'stream' must be a boolean.", param="stream")
-    _int_field(body, "max_tokens")
-    _int_field(body, "max_completion_tokens")
+    int_field(body, "max_tokens")
+    int_field(body, "max_completion_tokens")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise errors.bad_request("'stream_options' must be an object.", param="stream_options")
@@ -66,43 +59,22 @@ def validate_embeddings(body: Any) -> str:
     return model.strip()
 
 
-_HEDGE_VALUES = {b"true": True, b"1": True, b"false": False, b"0": False}
-
-
-def _hedge_header(request: Request) -> bool | None:
-    """``x-best-hedge``: true or false overrides the configured hedging of the model."""
-    value = request.header(b"x-best-hedge")
-    if value is None:
-        return None
-    hedge = _HEDGE_VALUES.get(value.strip().lower())
-    if hedge is None:
-        raise errors.bad_request(
-            "Header 'x-best-hedge' must be true or false.", param="x-best-hedge"
-        )
-    return hedge
-
-
-def _served_headers(call: Call) -> list[tuple[bytes, bytes]]:
-    c = call.candidate
-    return [*c.served_headers, *call.headers] if c else call.headers
-
-
 async def chat_completions(gw: Gateway, request: Request) -> Response | StreamResponse:
     token = await require_token(gw, request)  # before anything about the request is read
     raw = await request.body(gw.settings.max_body_bytes)
     body = parse_json(raw)
     model, stream, wants_usage = validate_chat(body)
-    call, candidates = await _admit(gw, request, token, model, estimate(body, len(raw)))
+    call, candidates = await open_call(gw, request, token, model, estimate(body, len(raw)))
     try:
         if stream:
             opened = await gw.router.stream(call, body, candidates, wants_usage)
             if not isinstance(opened, Completion):
-                headers = [*SSE_HEADERS, *_served_headers(call)]
+                headers = [*SSE_HEADERS, *served_headers(call)]
                 return StreamResponse(200, opened, headers, call=call, final=DONE_FRAME)
-            return _relayed(opened, call)
-        return _relayed(await gw.router.complete(call, body, candidates, embeddings=False), call)
+            return relayed(opened, call)
+        return relayed(await gw.router.complete(call, body, candidates, embeddings=False), call)
     except BaseException as exc:
-        _finish_failed(call, exc)
+        finish_failed(call, exc)
         raise
 
 
@@ -111,42 +83,9 @@ async def embeddings(gw: Gateway, request: Request) -> Response:
     raw = await request.body(gw.settings.max_body_bytes)
     body = parse_json(raw)
     model = validate_embeddings(body)
-    call, candidates = await _admit(gw, request, token, model, estimate(body, len(raw), False))
+    call, candidates = await open_call(gw, request, token, model, estimate(body, len(raw), False))
     try:
-        return _relayed(await gw.router.complete(call, body, candidates, embeddings=True), call)
+        return relayed(await gw.router.complete(call, body, candidates, embeddings=True), call)
     except BaseException as exc:
-        _finish_failed(call, exc)
+        finish_failed(call, exc)
         raise
-
-
-def _finish_failed(call: Call, exc: BaseException) -> None:
-    """Whatever went wrong, the quotas are settled (a no-op if they were), and an error
-    answer still carries the rate-limit and budget headers."""
-    call.finish()
-    if isinstance(exc, errors.GatewayError):
-        exc.headers = [*exc.headers, *call.headers]
-
-
-async def _admit(
-    gw: Gateway,
-    request: Request,
-    token: Record | None,
-    model: str,
-    need: Estimate,
-    api: str = "chat",
-    pinned: list[Candidate] | None = None,
-) -> tuple[Call, list[Candidate]]:
-    """Which candidates (``pinned``, or those serving ``api``), and the quota admission (no
-    store call for a token without limits).  From here on the call must be finished,
-    whatever happens: it settles the quotas."""
-    candidates = pinned if pinned is not None else gw.router.candidates(model, api)
-    call = gw.router.new_call(request.request_id, model, _hedge_header(request))
-    admission = await gw.quotas.admit(token, call.entry_id, need, candidates)
-    call.headers = admission.headers
-    call.settle = partial(gw.quotas.settle, admission)
-    return call, candidates
-
-
-def _relayed(result: Completion, call: Call) -> Response:
-    headers = [(b"content-type", result.content_type), *_served_headers(call)]
-    return Response(result.status, result.body, headers, call=call)

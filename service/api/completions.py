@@ -7,7 +7,7 @@ from typing import Any
 
 from service import errors
 from service.api.auth import require_token
-from service.api.chat import _admit, _finish_failed, _int_field, _relayed, _served_headers
+from service.api.calls import finish_failed, int_field, open_call, relayed, served_headers
 from service.api.http import SSE_HEADERS, Request, Response, StreamResponse, parse_json
 from service.gateway import Gateway
 from service.quotas.limits import estimate
@@ -39,7 +39,7 @@ def validate_completion(body: Any) -> tuple[str, bool, bool]:
         stream = False
     if not isinstance(stream, bool):
         raise errors.bad_request("'stream' must be a boolean.", param="stream")
-    _int_field(body, "max_tokens")
+    int_field(body, "max_tokens")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise errors.bad_request("'stream_options' must be an object.", param="stream_options")
@@ -51,17 +51,17 @@ async def completions(gw: Gateway, request: Request) -> Response | StreamRespons
     raw = await request.body(gw.settings.max_body_bytes)
     body = parse_json(raw)
     model, stream, wants_usage = validate_completion(body)
-    call, candidates = await _admit(
+    call, candidates = await open_call(
         gw, request, token, model, estimate(body, len(raw)), COMPLETIONS
     )
     try:
         if stream:
             opened = await gw.router.stream(call, body, candidates, wants_usage, api=COMPLETIONS)
             if isinstance(opened, Completion):
-                return _relayed(opened, call)
-            headers = [*SSE_HEADERS, *_served_headers(call)]
+                return relayed(opened, call)
+            headers = [*SSE_HEADERS, *served_headers(call)]
             return StreamResponse(200, opened, headers, call=call, final=DONE_FRAME)
-        return _relayed(await gw.router.complete(call, body, candidates, api=COMPLETIONS), call)
+        return relayed(await gw.router.complete(call, body, candidates, api=COMPLETIONS), call)
     except BaseException as exc:
-        _finish_failed(call, exc)
+        finish_failed(call, exc)
         raise

@@ -18,7 +18,7 @@ from fastapi.responses import Response as FastAPIResponse
 
 from service import errors
 from service.api.auth import require_token
-from service.api.chat import _admit, _int_field, _relayed, _served_headers
+from service.api.calls import int_field, open_call, relayed, served_headers
 from service.api.dependencies import GatewayDep, token_caller
 from service.api.errors import responses_error_event
 from service.api.http import SSE_HEADERS, Request, Response, StreamResponse, parse_json
@@ -68,7 +68,7 @@ def validate_response(body: Any) -> tuple[str, bool, str | None]:
         stream = False
     if not isinstance(stream, bool):
         raise errors.bad_request("'stream' must be a boolean.", param="stream")
-    _int_field(body, "max_output_tokens")
+    int_field(body, "max_output_tokens")
     return model.strip(), stream, previous.strip() if previous is not None else None
 
 
@@ -83,7 +83,7 @@ async def create_response(gw: Gateway, request: Request) -> Response | StreamRes
         candidate = gw.conversations.candidate(previous, provider, recorded, model)
         gw.conversations.check_available(previous, candidate)
         pinned = [candidate]
-    call, candidates = await _admit(
+    call, candidates = await open_call(
         gw, request, token, model, estimate(body, len(raw)), RESPONSES, pinned
     )
     try:
@@ -92,15 +92,15 @@ async def create_response(gw: Gateway, request: Request) -> Response | StreamRes
                 call, body, candidates, True, api=RESPONSES, on_open=_recorder(gw)
             )
             if isinstance(opened, Completion):
-                return _relayed(opened, call)
-            headers = [*SSE_HEADERS, *_served_headers(call)]
+                return relayed(opened, call)
+            headers = [*SSE_HEADERS, *served_headers(call)]
             return StreamResponse(
                 200, opened, headers, call=call, error_event=responses_error_event
             )
         result = await gw.router.complete(call, body, candidates, api=RESPONSES)
         if result.status == 200 and call.candidate is not None:
             await gw.conversations.record(_id_of(result.body), call.candidate)
-        return _relayed(result, call)
+        return relayed(result, call)
     except _UNREACHABLE as exc:
         call.finish()
         if previous is None or pinned is None:

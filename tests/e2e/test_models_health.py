@@ -12,7 +12,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.api.conftest import (
+from tests.e2e.conftest import (
     Fleet,
     ProviderSpec,
     assert_openai_error,

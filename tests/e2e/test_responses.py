@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from tests.api.conftest import Fleet, ProviderSpec, assert_openai_error, start_fleet
+from tests.e2e.conftest import Fleet, ProviderSpec, assert_openai_error, start_fleet
 from tests.fakes.upstream import Behavior
 
 ALL = ["chat", "embeddings", "responses", "completions"]

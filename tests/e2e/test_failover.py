@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from tests.api.conftest import (
+from tests.e2e.conftest import (
     Fleet,
     ProviderSpec,
     assert_openai_error,

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.api.conftest import (
+from tests.e2e.conftest import (
     TOKEN,
     Fleet,
     ProviderSpec,

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.api.conftest import Fleet, ProviderSpec, assert_openai_error, chat_body, start_fleet
+from tests.e2e.conftest import Fleet, ProviderSpec, assert_openai_error, chat_body, start_fleet
 from tests.fakes.upstream import Behavior, chat_usage
 
 # Both providers serve every model; each test streams a model of its own, so a pair cooled

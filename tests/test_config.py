@@ -10,7 +10,7 @@ import pytest
 
 from service.config import ConfigError, Weights, default_provider_name, load_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 PROVIDERS = """\
 providers:

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api.conftest import (
+from tests.e2e.conftest import (
     TOKEN,
     Fleet,
     ProviderSpec,

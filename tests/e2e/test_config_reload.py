@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from devkit.procs import eventually as shared_eventually
-from tests.api.conftest import (
+from tests.e2e.conftest import (
     Fleet,
     ProviderSpec,
     chat_body,

@@ -1,0 +1,74 @@
+"""What every routed hot route shares: opening a call (candidates and the quota admission),
+finishing it whatever happens, and answering with what served it."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from service import errors
+from service.api.http import Request, Response
+from service.gateway import Gateway
+from service.quotas.limits import Estimate, Record
+from service.routing.router import Call, Completion
+from service.routing.table import Candidate
+
+
+def int_field(body: dict[str, Any], name: str) -> None:
+    value = body.get(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise errors.bad_request(f"'{name}' must be a non-negative integer.", param=name)
+
+
+_HEDGE_VALUES = {b"true": True, b"1": True, b"false": False, b"0": False}
+
+
+def hedge_header(request: Request) -> bool | None:
+    """``x-best-hedge``: true or false overrides the configured hedging of the model."""
+    value = request.header(b"x-best-hedge")
+    if value is None:
+        return None
+    hedge = _HEDGE_VALUES.get(value.strip().lower())
+    if hedge is None:
+        raise errors.bad_request(
+            "Header 'x-best-hedge' must be true or false.", param="x-best-hedge"
+        )
+    return hedge
+
+
+def served_headers(call: Call) -> list[tuple[bytes, bytes]]:
+    c = call.candidate
+    return [*c.served_headers, *call.headers] if c else call.headers
+
+
+def finish_failed(call: Call, exc: BaseException) -> None:
+    """Whatever went wrong, the quotas are settled (a no-op if they were), and an error
+    answer still carries the rate-limit and budget headers."""
+    call.finish()
+    if isinstance(exc, errors.GatewayError):
+        exc.headers = [*exc.headers, *call.headers]
+
+
+async def open_call(
+    gw: Gateway,
+    request: Request,
+    token: Record | None,
+    model: str,
+    need: Estimate,
+    api: str = "chat",
+    pinned: list[Candidate] | None = None,
+) -> tuple[Call, list[Candidate]]:
+    """Which candidates (``pinned``, or those serving ``api``), and the quota admission (no
+    store call for a token without limits).  From here on the call must be finished,
+    whatever happens: it settles the quotas."""
+    candidates = pinned if pinned is not None else gw.router.candidates(model, api)
+    call = gw.router.new_call(request.request_id, model, hedge_header(request))
+    admission = await gw.quotas.admit(token, call.entry_id, need, candidates)
+    call.headers = admission.headers
+    call.settle = partial(gw.quotas.settle, admission)
+    return call, candidates
+
+
+def relayed(result: Completion, call: Call) -> Response:
+    headers = [(b"content-type", result.content_type), *served_headers(call)]
+    return Response(result.status, result.body, headers, call=call)
