@@ -76,64 +76,53 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class TokenCreate(Body):
+class Named(Body):
     name: Name
-    team: TeamId | None = None
-    rpm: Limit | None = None
-    tpm: Limit | None = None
-    max_concurrency: Limit | None = None
-    budget_usd: Budget | None = None
-    budget_period: Period | None = None
-    expires_at: IsoTime | None = None
 
 
-class TokenUpdate(Body):
-    """Only the keys present change; null clears a limit, the team, the budget or the expiry."""
+class Renamed(Body):
+    """An update: only the keys present change; null clears a value, but not the name."""
 
     name: Name | None = None
-    team: TeamId | None = None
-    rpm: Limit | None = None
-    tpm: Limit | None = None
-    max_concurrency: Limit | None = None
-    budget_usd: Budget | None = None
-    budget_period: Period | None = None
-    expires_at: IsoTime | None = None
 
     @field_validator("name")
     @classmethod
     def _name_is_not_cleared(cls, value: str | None) -> str | None:
-        # Runs only when the key is sent: a token always has a name.
+        # Runs only when the key is sent.
         if value is None:
-            raise ValueError("cannot be null: a token always has a name")
+            raise ValueError("cannot be null: it always has a name")
         return value
 
 
-class TeamCreate(Body):
-    name: Name
+class Limits(Body):
+    """The limits a token and a team both have; null = none.  (Listed after the name: the
+    name's problem comes first in an error.)"""
+
+    rpm: Limit | None = None
+    tpm: Limit | None = None
+    max_concurrency: Limit | None = None
+    budget_usd: Budget | None = None
+    budget_period: Period | None = None
+
+
+class TokenCreate(Limits, Named):
+    team: TeamId | None = None
+    expires_at: IsoTime | None = None
+
+
+class TokenUpdate(Limits, Renamed):
+    """Null also clears the team or the expiry."""
+
+    team: TeamId | None = None
+    expires_at: IsoTime | None = None
+
+
+class TeamCreate(Limits, Named):
     id: TeamId | None = Field(None, description="default: team-<12 hex>")
-    rpm: Limit | None = None
-    tpm: Limit | None = None
-    max_concurrency: Limit | None = None
-    budget_usd: Budget | None = None
-    budget_period: Period | None = None
 
 
-class TeamUpdate(Body):
-    """Only the keys present change; null clears a limit or the budget."""
-
-    name: Name | None = None
-    rpm: Limit | None = None
-    tpm: Limit | None = None
-    max_concurrency: Limit | None = None
-    budget_usd: Budget | None = None
-    budget_period: Period | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _name_is_not_cleared(cls, value: str | None) -> str | None:
-        if value is None:
-            raise ValueError("cannot be null: a team always has a name")
-        return value
+class TeamUpdate(Limits, Renamed):
+    pass
 
 
 # -- answers (documentation) ------------------------------------------------------------------
