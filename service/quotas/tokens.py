@@ -200,7 +200,12 @@ class TokenRegistry:
     # -- the local cache ---------------------------------------------------------------------
 
     def _cache(self, fields: dict[str, str], kind: str = "token") -> Record:
+        """Keep ``fields`` unless the cache holds a newer copy: a change message's read can
+        come back after this replica's own later write, and must not undo it."""
         record = Record.parse(fields)
+        held = self._records[kind].get(record.id)
+        if held is not None and held.updated_ms > record.updated_ms:
+            return held
         self._records[kind][record.id] = record
         if kind == "token":
             self._misses.pop(record.id, None)
