@@ -60,6 +60,9 @@ class _Supervisor(Multiprocess):
         super().handle_int()
 
 
+WORKER_START_S = 30
+
+
 def _config(app: Any, settings: Settings, **extra: Any) -> GatewayConfig:
     config = GatewayConfig(
         app,
@@ -116,7 +119,13 @@ def _serve_workers(settings: Settings, sock: socket.socket) -> None:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     try:
         config = _config(
-            "service.app:create_app", settings, factory=True, workers=settings.web_concurrency
+            "service.app:create_app",
+            settings,
+            factory=True,
+            workers=settings.web_concurrency,
+            # uvicorn's default (5 s) kills a worker still importing on a busy node and starts
+            # another, which is as slow: a loop in which the replica never becomes ready.
+            timeout_worker_healthcheck=WORKER_START_S,
         )
         _Supervisor(config, sockets=[sock]).run()
     finally:
