@@ -37,6 +37,7 @@ from service.quotas.tokens import TokenRegistry, token_id
 from service.store.backend import (
     ADMITTED,
     NO_BUDGET,
+    NOT_BUDGETED,
     OVER_BUDGET,
     OVER_CONCURRENCY,
     OVER_RPM,
@@ -252,7 +253,7 @@ class Quotas:
             admission.second,
             admission.cost,
             usage.tokens if usage is not None else -1,
-            to_micro(cost) if cost is not None else -1,
+            NOT_BUDGETED if not admission.budgeted else to_micro(cost) if cost is not None else -1,
         )
         self._queue(admission.keys, [settlement])
 

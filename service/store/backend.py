@@ -36,6 +36,9 @@ class StoreUnreachable(StoreError):
     """The store did not answer within ``STORE_TIMEOUT_MS``, or the connection failed."""
 
 
+NOT_BUDGETED = -2  # a settlement's cost when its admission reserved no budget
+
+
 @dataclass(frozen=True, slots=True)
 class Settlement:
     """A finished request's correction: its lease is released, its reservation replaced."""
@@ -44,7 +47,8 @@ class Settlement:
     second: int  # the store second of its admission (names its window bucket)
     reserved: int  # tokens reserved at admission
     used: int  # real tokens; -1 keeps the reservation
-    cost: int = -1  # real cost in micro-USD; -1 charges the budget reservation in full
+    cost: int = -1  # real cost in micro-USD; -1 charges the budget reservation in full;
+    # NOT_BUDGETED: no budget was reserved (nothing to charge, no budget key read)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ import orjson
 
 from service.store.backend import (
     ADMITTED,
+    NOT_BUDGETED,
     OVER_BUDGET,
     OVER_CONCURRENCY,
     OVER_RPM,
@@ -229,10 +230,12 @@ class MemoryBackend:
                     if window is not None:
                         window.correct(s.second, s.used - s.reserved)
             # Budgets: each side's reservation is its own proof (see quota.lua).
-            self._charge(keys.token_budget, s.entry, s.cost, now)
+            if s.cost != NOT_BUDGETED:
+                self._charge(keys.token_budget, s.entry, s.cost, now)
             if in_team and keys.team_leases is not None and keys.team_budget is not None:
                 self._leases.get(keys.team_leases, {}).pop(s.entry, None)
-                self._charge(keys.team_budget, s.entry, s.cost, now)
+                if s.cost != NOT_BUDGETED:
+                    self._charge(keys.team_budget, s.entry, s.cost, now)
         if admit is None:
             return QuotaDecision(ADMITTED, 0, now, False, -1, -1)
 

@@ -20,7 +20,8 @@
 --
 -- ARGV[1] S, the number of settlements, then S times:
 --   entry id, admission second, reserved tokens, real tokens (-1: keep the reservation),
---   real cost in micro-USD (-1: charge the budget reservation in full)
+--   real cost in micro-USD (-1: charge the budget reservation in full; -2: no budget was
+--   reserved, so no budget is read)
 -- then, when admitting (ARGV has more):
 --   entry id, tokens to reserve, lease ms, worst-case cost (micro-USD),
 --   token rpm, tpm, max_concurrency, team rpm, tpm, max_concurrency   (0 = no limit),
@@ -129,10 +130,10 @@ for i = 0, n - 1 do
     end
   end
   -- Budgets: each side's reservation is its own proof (one charge per entry and side).
-  charge(KEYS[3], entry, cost)
+  if cost ~= -2 then charge(KEYS[3], entry, cost) end
   if in_team then
     redis.call("ZREM", KEYS[5], entry)
-    charge(KEYS[6], entry, cost)
+    if cost ~= -2 then charge(KEYS[6], entry, cost) end
   end
 end
 local a = 2 + n * 5
