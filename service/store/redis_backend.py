@@ -122,12 +122,13 @@ class RedisBackend:
             raise StoreUnreachable(str(exc) or type(exc).__name__) from exc
         except RedisError as exc:
             raise StoreError(str(exc)) from exc
-        except (AttributeError, TypeError) as exc:
+        except (AttributeError, TypeError, RuntimeError) as exc:
             if not _raised_in_client(exc):
                 raise
-            # redis-py's Cluster client can trip over its own state while a node is
-            # replaced (a connection closed under a pipeline: "'NoneType' object has no
-            # attribute 'writelines'"; redis/redis-py#3835): a failed call, not our bug.
+            # redis-py can trip over its own state while a node is replaced: a connection
+            # closed under a Cluster pipeline ("'NoneType' object has no attribute
+            # 'writelines'"; redis/redis-py#3835), or a Sentinel reconnect writing to a
+            # transport already closed (uvloop's RuntimeError): a failed call, not our bug.
             log.warning("store: the Redis client failed mid-call (%r)", exc)
             raise StoreUnreachable(f"Redis client error: {exc}") from exc
 

@@ -22,6 +22,17 @@ def test_a_fault_inside_redis_py_is_an_unreachable_store_and_ours_is_not() -> No
         with pytest.raises(StoreUnreachable, match="writelines"):
             await backend._do(closed._send_packed_command([b"PING\r\n"]))
 
+        # What the Sentinel client hit when a promotion closed its transport under a
+        # reconnect (uvloop: "unable to perform operation on <TCPTransport closed=True>").
+        class ClosedTransport:
+            def writelines(self, data: object) -> None:
+                raise RuntimeError("the handler is closed")
+
+        reconnecting = Connection(host="127.0.0.1", port=1)
+        reconnecting._writer = ClosedTransport()  # type: ignore[assignment]
+        with pytest.raises(StoreUnreachable, match="handler is closed"):
+            await backend._do(reconnecting._send_packed_command([b"PING\r\n"]))
+
         async def our_bug() -> None:
             raise AttributeError("a bug of the gateway's own")
 
