@@ -175,9 +175,9 @@ def test_two_workers_refuse_new_connections_at_once_on_sigterm(
             started = time.monotonic()
             try:
                 status = httpx.get(f"{gateway.url}/ready", timeout=3).status_code
-            except httpx.ConnectError:
-                status = 0
-            except httpx.RemoteProtocolError:
+            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
+                # Refused, closed, or reset: a connection that reached the backlog of the
+                # socket as it closed is reset by the kernel, which is refusal too.
                 status = 0
             assert status in (0, 503)
             assert time.monotonic() - started < 2.5  # never left waiting
