@@ -22,10 +22,12 @@ from service.upstream.client import UpstreamStream
 from service.upstream.errors import (
     BAD_BODY,
     IN_BAND_ERROR,
+    STREAM_AS_JSON_INVALID,
     STREAM_BROKEN,
     TIMEOUT,
     UpstreamFailure,
     check_response,
+    checked_json,
 )
 from service.upstream.sse import DONE, EventDecoder
 
@@ -149,16 +151,7 @@ class EventRelay:
 
     async def _from_json(self) -> list[bytes]:
         """An upstream that answered the stream with a plain response: its events."""
-        raw = await self.upstream.read()
-        try:
-            parsed = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise UpstreamFailure(
-                BAD_BODY, "upstream answered a stream with invalid JSON"
-            ) from None
-        failure = check_response(parsed)
-        if failure is not None:
-            raise failure
+        parsed = checked_json(await self.upstream.read(), check_response, STREAM_AS_JSON_INVALID)
         self.response_id = parsed["id"]
         self.usage = parsed.get("usage")
         self.done = True

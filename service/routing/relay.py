@@ -18,10 +18,12 @@ from service.errors import StreamFailed
 from service.upstream.client import UpstreamStream
 from service.upstream.errors import (
     BAD_BODY,
+    STREAM_AS_JSON_INVALID,
     STREAM_BROKEN,
     TIMEOUT,
     UpstreamFailure,
     check_completion,
+    checked_json,
     in_band_failure,
 )
 from service.upstream.sse import DONE, SSEDecoder, frame
@@ -86,16 +88,7 @@ class StreamRelay:
         return frames
 
     async def _from_json(self) -> list[bytes]:
-        raw = await self.upstream.read()
-        try:
-            parsed = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise UpstreamFailure(
-                BAD_BODY, "upstream answered a stream with invalid JSON"
-            ) from None
-        failure = check_completion(parsed)
-        if failure is not None:
-            raise failure
+        parsed = checked_json(await self.upstream.read(), check_completion, STREAM_AS_JSON_INVALID)
         self.usage = parsed.get("usage")
         self.done = self.finished = True
         chunk: dict[str, Any]

@@ -35,7 +35,6 @@ from service.settings import Settings
 from service.types import Headers
 from service.upstream.client import UpstreamClient, UpstreamResponse, UpstreamStream
 from service.upstream.errors import (
-    BAD_BODY,
     RATE_LIMITED,
     STREAM_BROKEN,
     TIMEOUT,
@@ -44,6 +43,7 @@ from service.upstream.errors import (
     check_completion,
     check_embeddings,
     check_response,
+    checked_json,
     failure_for_status,
 )
 from service.upstream.usage import NOTHING_USED, Usage, read_usage
@@ -619,11 +619,4 @@ def _answer(response: UpstreamResponse, check: Checker) -> Any:
         raise failure_for_status(
             response.status, response.body, response.retry_after, response.content_type
         )
-    try:
-        parsed = orjson.loads(response.body)
-    except orjson.JSONDecodeError:
-        raise UpstreamFailure(BAD_BODY, "upstream answered a body that is not JSON") from None
-    failure = check(parsed)
-    if failure is not None:
-        raise failure
-    return parsed
+    return checked_json(response.body, check)

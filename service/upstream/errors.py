@@ -11,6 +11,7 @@ from __future__ import annotations
 import email.utils
 import math
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import orjson
@@ -220,3 +221,23 @@ def check_embeddings(parsed: Any) -> UpstreamFailure | None:
     if not isinstance(data, list) or not data:
         return UpstreamFailure(BAD_BODY, "upstream answered embeddings with no data")
     return None
+
+
+STREAM_AS_JSON_INVALID = "upstream answered a stream with invalid JSON"
+
+
+def checked_json(
+    raw: bytes,
+    check: Callable[[Any], UpstreamFailure | None],
+    not_json: str = "upstream answered a body that is not JSON",
+) -> Any:
+    """The parsed answer ``raw``; UpstreamFailure when it is not JSON or ``check`` finds it
+    unusable (the one place every JSON answer, streamed or not, is judged)."""
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UpstreamFailure(BAD_BODY, not_json) from None
+    failure = check(parsed)
+    if failure is not None:
+        raise failure
+    return parsed
