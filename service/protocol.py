@@ -19,7 +19,7 @@ class GatewayConfig(uvicorn.Config):
     read_timeout_s: float = 30.0
 
 
-def _mark_draining(asgi: Any) -> None:
+def mark_draining(asgi: Any) -> None:
     """Mark the gateway behind ``asgi`` (inside whatever middleware uvicorn wrapped around
     the App) as draining."""
     for _ in range(8):
@@ -57,7 +57,7 @@ class GatewayProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def shutdown(self) -> None:
-        _mark_draining(self.app)
+        mark_draining(self.app)
         super().shutdown()
 
     def _arm_read_timer(self) -> None:

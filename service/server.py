@@ -20,10 +20,10 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
-from uvicorn.supervisors import Multiprocess
+from uvicorn.supervisors import Multiprocess, multiprocess
+from uvicorn.supervisors.multiprocess import Process
 
-from service.app import App
-from service.protocol import GatewayConfig, GatewayProtocol
+from service.protocol import GatewayConfig, GatewayProtocol, mark_draining
 from service.settings import Settings
 
 log = logging.getLogger("best")
@@ -34,13 +34,27 @@ class ServeError(Exception):
 
 
 class _DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, app: App) -> None:
-        super().__init__(config)
-        self._app = app
+    """uvicorn's server, which on SIGTERM/SIGINT at once marks the app draining (``/ready``
+    answers 503) and stops accepting connections.  uvicorn alone notices the signal only at
+    its next tick (up to 0.1 s later, more on a busy loop) and meanwhile answers new
+    connections as if nothing happened."""
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self._app.gateway.draining = True
+        mark_draining(getattr(self.config, "loaded_app", None))
+        if self.started:
+            for server in self.servers:
+                server.close()  # idempotent: uvicorn's shutdown closes them again
         super().handle_exit(sig, frame)
+
+
+class _Worker(Process):
+    """A supervised worker process that runs the draining server."""
+
+    @property
+    def server(self) -> uvicorn.Server:
+        if self._server is None:
+            self._server = _DrainingServer(config=self.config)
+        return self._server
 
 
 class _Supervisor(Multiprocess):
@@ -107,8 +121,7 @@ def serve(settings: Settings) -> None:
         return
     from service.app import create_app
 
-    app = create_app(settings)
-    _DrainingServer(_config(app, settings), app).run(sockets=[sock])
+    _DrainingServer(_config(create_app(settings), settings)).run(sockets=[sock])
 
 
 def _serve_workers(settings: Settings, sock: socket.socket) -> None:
@@ -127,6 +140,8 @@ def _serve_workers(settings: Settings, sock: socket.socket) -> None:
             # another, which is as slow: a loop in which the replica never becomes ready.
             timeout_worker_healthcheck=WORKER_START_S,
         )
+        # uvicorn's supervisor makes its workers from this module-level name; ours drain.
+        multiprocess.Process = _Worker  # type: ignore[misc]
         _Supervisor(config, sockets=[sock]).run()
     finally:
         sock.close()
