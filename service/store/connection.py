@@ -14,7 +14,8 @@ URL forms (SPEC section 2):
   a Cluster from those startup nodes.
 
 Query options, on every form: ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``,
-``ssl_cert_reqs`` (none/optional/required), ``ssl_check_hostname``, ``client_name``, and for the
+``ssl_cert_reqs`` (none/optional/required), ``ssl_check_hostname``, ``client_name`` (default
+``best``, what ``CLIENT LIST`` shows), and for the
 one-server forms ``db``, ``username`` and ``password``.  Anything else is refused, so a typo is a
 start-up error and not a silently ignored setting.
 
@@ -64,7 +65,12 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
+from redis.asyncio.sentinel import (
+    MasterNotFoundError,
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+)
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MasterDownError, RedisError
@@ -86,6 +92,8 @@ _BOOL_WORDS = {"1": True, "true": True, "yes": True, "0": False, "false": False,
 # Connection errors are retried this many times, backing off 50, 100, 200 ms: enough to
 # reconnect after a demotion; a longer outage is the store's degraded mode, not a wait here.
 _RETRIES = 3
+# The name every gateway connection gives itself (CLIENT LIST), unless the URL sets client_name.
+DEFAULT_CLIENT_NAME = "best"
 
 
 class RedisUrlError(ValueError):
@@ -191,7 +199,7 @@ def parse_redis_url(
         raise _fail(f"has unknown option(s) {', '.join(unknown)}")
     username = options.pop("username", None) or username
     password = options.pop("password", None) or password
-    client_name = options.pop("client_name", None) or None
+    client_name = options.pop("client_name", None) or DEFAULT_CLIENT_NAME
     tls_options: dict[str, Any] = {k: options.pop(k) for k in _TLS_OPTIONS if k in options}
     if "ssl_cert_reqs" in tls_options and tls_options["ssl_cert_reqs"] not in (
         "none",
@@ -289,6 +297,35 @@ class _FailoverSSLConnection(_FailoverConnection, SSLConnection):
     pass
 
 
+class _NewestSentinel(Sentinel):
+    """Sentinels that name the master announced last, not the one the first sentinel names.
+
+    After a failover the sentinels that did not lead it learn of it from the leader within
+    about 2 s; until then they still name the old master, which in a manual failover (or a
+    partition) is alive and takes writes, all lost when it is demoted.  redis-py asks the
+    sentinels in turn and takes the first answer; this asks them all at once and follows the
+    answer with the highest ``config-epoch`` (each failover increments it).
+    """
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        async def ask(sentinel: Any) -> dict[str, Any] | None:
+            try:
+                masters = await sentinel.sentinel_masters()
+            except (RedisError, OSError):
+                return None
+            state: dict[str, Any] | None = masters.get(service_name)
+            if state is None or not self.check_master_state(state, service_name):
+                return None
+            return state
+
+        answers = await asyncio.gather(*(ask(sentinel) for sentinel in self.sentinels))
+        states = [state for state in answers if state is not None]
+        if not states:
+            raise MasterNotFoundError(f"no sentinel names a master for {service_name!r}")
+        newest = max(states, key=lambda state: int(state.get("config-epoch", 0)))
+        return newest["ip"], int(newest["port"])
+
+
 # How often, while commands flow, the sentinels are asked again who the master is.
 _SENTINEL_RECHECK_S = 0.5
 
@@ -300,8 +337,7 @@ class _FollowingPool(SentinelConnectionPool):
     the old master stays up (``SENTINEL FAILOVER``, a partition), pooled connections would keep
     writing to it, as a master, until the sentinels demote it, which takes up to 10 s; those
     writes are lost when it resyncs.  So at most every ``_SENTINEL_RECHECK_S`` a background
-    check asks again, off the command's path; on a change idle connections close at once and
-    busy ones when their command returns.
+    check asks again, off the command's path.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -318,15 +354,25 @@ class _FollowingPool(SentinelConnectionPool):
             self._check = asyncio.create_task(self._recheck())
         return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
 
+    async def ensure_connection(self, connection: Any) -> None:
+        """Never hand out a connection to a server that is no longer the master.
+
+        redis-py closes the idle connections when a lookup finds a new master, but a
+        connection busy at that moment goes back to the pool still connected to the old one,
+        and was reused there for as long as the old master lived (seen: 5 s and more)."""
+        master = self.master_address
+        if (
+            master is not None
+            and connection.is_connected
+            and (connection.host, connection.port) != master
+        ):
+            await connection.disconnect()
+        await super().ensure_connection(connection)
+
     async def _recheck(self) -> None:
-        previous = self.master_address
-        try:
-            # Closes the idle connections when the address changed.
-            current = await self.get_master_address()  # type: ignore[no-untyped-call]
-        except RedisError:
-            return  # sentinels unreachable: commands will find out on their own
-        if previous is not None and current != previous:
-            await self.update_active_connections_for_reconnect()  # type: ignore[no-untyped-call]
+        # Sentinels unreachable: commands will find out on their own.
+        with contextlib.suppress(RedisError):
+            await self.get_master_address()  # type: ignore[no-untyped-call]
 
     async def aclose(self) -> None:
         if self._check is not None:
@@ -373,6 +419,16 @@ class RedisTopology:
             await self.client.initialize()
         return self.client.pubsub()
 
+    def on_master(self, pubsub: PubSub) -> bool:
+        """False once ``pubsub``'s server is no longer the one the sentinels name as master
+        (its subscription then misses what is published on the new master); always True on
+        the other topologies, where a subscription sees every message."""
+        if self.kind != "sentinel" or pubsub.connection is None:
+            return True
+        master = getattr(self.client.connection_pool, "master_address", None)
+        connection = pubsub.connection
+        return master is None or (connection.host, connection.port) == master
+
     async def aclose(self) -> None:
         await self.client.aclose()
         if self.sentinel is not None:
@@ -414,7 +470,7 @@ def _sentinel(target: RedisTarget) -> tuple[Sentinel, Redis]:
         sentinel_options.update(username=target.username, password=target.password)
     elif target.sentinel_password:
         sentinel_options["password"] = target.sentinel_password
-    sentinel = Sentinel(list(target.nodes), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+    sentinel = _NewestSentinel(list(target.nodes), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
     return sentinel, sentinel_master_client(target, sentinel)
 
 

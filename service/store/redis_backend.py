@@ -366,17 +366,23 @@ class RedisBackend:
     async def listen(self, handler: Handler) -> None:
         while True:
             try:
-                if self._topology is not None:
-                    pubsub = await self._topology.pubsub()
-                else:
-                    pubsub = self._c.pubsub()
-                try:
-                    await pubsub.subscribe(self._keys.channel)
-                    async for message in pubsub.listen():
-                        if message.get("type") == "message":
-                            await handler(message["data"].decode())
-                finally:
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await self._listen_until_moved(handler)
+                continue  # the master moved: subscribe on the new one at once
             except (RedisError, StoreError, *UNREACHABLE) as exc:
                 log.debug("store: subscription lost (%r); retrying", exc)
             await asyncio.sleep(1.0)
+
+    async def _listen_until_moved(self, handler: Handler) -> None:
+        """Relay messages until the subscription breaks (raises) or its server is no longer
+        the master (returns): after a Sentinel failover the old master, still up, does not
+        see what is published on the new one."""
+        topology = self._topology
+        pubsub = await topology.pubsub() if topology is not None else self._c.pubsub()
+        try:
+            await pubsub.subscribe(self._keys.channel)
+            while topology is None or topology.on_master(pubsub):
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.25)
+                if message is not None and message["type"] == "message":
+                    await handler(message["data"].decode())
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]

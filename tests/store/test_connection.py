@@ -412,6 +412,40 @@ def test_sentinel_client_follows_a_killed_master(redis_sentinel_group: SentinelG
     assert "best-under-test" not in names
 
 
+def _lone_sentinel(directory: Path, master: RedisNode, epoch: int) -> RedisNode:
+    """A sentinel that watches ``master`` as ``mymaster`` at config epoch ``epoch``."""
+    port = free_port()
+    conf = [
+        f"port {port}",
+        f"bind {HOST}",
+        f"dir {directory}",
+        f"sentinel monitor mymaster {HOST} {master.port} 1",
+        f"sentinel config-epoch mymaster {epoch}",
+    ]
+    return RedisNode(port, directory, sentinel_conf="\n".join(conf) + "\n").start()
+
+
+def test_sentinels_that_disagree_are_settled_by_the_newest_epoch(tmp_path: Path) -> None:
+    """Just after a failover, a sentinel that has not heard of it yet still names the old
+    master (alive after a manual failover, and taking writes); the client follows the sentinel
+    that names the master of the latest failover, whichever it asks first."""
+    old = RedisNode(free_port(), tmp_path / "old").start()
+    new = RedisNode(free_port(), tmp_path / "new").start()
+    lagging = _lone_sentinel(tmp_path / "s-lagging", old, epoch=1)
+    informed = _lone_sentinel(tmp_path / "s-informed", new, epoch=2)
+    try:
+        for first, second in ((lagging, informed), (informed, lagging)):
+            url = f"redis+sentinel://{first.address},{second.address}/mymaster"
+            key = f"k-{first.port}"
+            assert run(url, lambda topology, key=key: roundtrip(topology, key)) == b"v"
+            with new.client() as on_new, old.client() as on_old:
+                assert on_new.get(key) == b"v"
+                assert on_old.get(key) is None
+    finally:
+        for node in (lagging, informed, old, new):
+            node.close()
+
+
 class _Sentinels:
     """A stand-in sentinel manager naming the given addresses in turn (then the last)."""
 
@@ -451,6 +485,51 @@ def test_masterdown_from_a_cut_off_replica_is_a_failover(tmp_path: Path) -> None
     finally:
         orphan.close()
         master.close()
+
+
+class _Switchable:
+    """A stand-in sentinel manager naming ``address`` (the test switches it)."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.address = address
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        return self.address
+
+
+def test_a_connection_busy_when_the_master_changes_never_writes_to_the_old_one(
+    tmp_path: Path,
+) -> None:
+    """The switch is found by another connection's lookup while one connection is busy: that
+    one reconnects when its command returns, instead of going back to the pool still
+    connected to the old master (alive after a manual failover, and taking writes)."""
+    old = RedisNode(free_port(), tmp_path / "old").start()
+    new = RedisNode(free_port(), tmp_path / "new").start()
+    sentinels = _Switchable((HOST, old.port))
+
+    async def main() -> None:
+        client = sentinel_master_client(
+            parse_redis_url("redis+sentinel://unused/mymaster"), sentinels
+        )
+        try:
+            busy = asyncio.create_task(client.blpop(["nothing"], timeout=0.5))
+            await asyncio.sleep(0.1)  # connected to the old master, blocked
+            sentinels.address = (HOST, new.port)
+            await client.set("k", b"v")  # a second connection, which finds the new master
+            await busy
+            for _ in range(20):
+                await client.incr("counter")
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(main())
+        with old.client() as on_old, new.client() as on_new:
+            assert on_old.keys("*") == []
+            assert on_new.get("counter") == b"20"
+    finally:
+        old.close()
+        new.close()
 
 
 def test_parse_only_for_rediss_sentinel_and_cluster() -> None:
