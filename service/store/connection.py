@@ -419,6 +419,13 @@ class RedisTopology:
             await self.client.initialize()
         return self.client.pubsub()
 
+    async def replicas_up(self) -> int:
+        """How many replicas of the master the sentinels see up (0 on other topologies)."""
+        if self.sentinel is None or self.target.master_name is None:
+            return 0
+        replicas = await self.sentinel.discover_slaves(self.target.master_name)
+        return len(replicas)
+
     def on_master(self, pubsub: PubSub) -> bool:
         """False once ``pubsub``'s server is no longer the one the sentinels name as master
         (its subscription then misses what is published on the new master); always True on

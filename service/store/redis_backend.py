@@ -304,7 +304,27 @@ class RedisBackend:
         args: list[Any] = [mode, record_id]
         for name, value in fields.items():
             args += [name, value]
-        return bool(await self._script("put_record", keys, args))
+        topology = self._topology
+        if topology is None or topology.sentinel is None:
+            return bool(await self._script("put_record", keys, args))
+        return bool(await self._do(self._put_replicated(topology, keys, args)))
+
+    async def _put_replicated(
+        self, topology: RedisTopology, keys: list[str], args: list[Any]
+    ) -> bool:
+        """On Sentinel a registry write is acknowledged once a replica has it (``WAIT``, on
+        the connection that wrote).  Replication is asynchronous: a write that reaches the
+        old master while a replica is being promoted is lost when the old master is demoted,
+        and would otherwise have been answered 201.  No replica acknowledging while the
+        sentinels see one up is refused as an outage (503, retry); with no replica up there is
+        nothing to fail over to, and the master's word is enough."""
+        pipe = self._c.pipeline(transaction=False)
+        pipe.eval(self._sources["put_record"], len(keys), *keys, *args)
+        pipe.execute_command("WAIT", 1, max(1, int(topology.target.timeout_s * 250)))
+        written, acknowledged = await pipe.execute()
+        if int(acknowledged) < 1 and await topology.replicas_up() > 0:
+            raise StoreUnreachable("no replica acknowledged the write: a failover may be under way")
+        return bool(written)
 
     async def get_record(self, kind: str, record_id: str) -> dict[str, str] | None:
         raw = await self._do(self._c.hgetall(self._keys.record(kind, record_id)))

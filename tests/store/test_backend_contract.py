@@ -488,3 +488,84 @@ def test_usage_ledger_adds_up_rows_per_day(run_backend: BackendRunner) -> None:
         (("2026-11-29", "tok", "team", "groq", "org/model-1.5b"), [3, 15, 25, 3_000_001, 1]),
         (("2026-11-30", "tok", "", "groq", "org/model-1.5b"), [1, 1, 1, 0, 1]),
     ]
+
+
+# -- the Redis script's bookkeeping -----------------------------------------------------------
+
+
+def _redis_backend(url: str, keys: Keys) -> Backend:
+    from service.store.connection import parse_redis_url
+    from service.store.redis_backend import RedisBackend
+
+    return RedisBackend(parse_redis_url(url), keys)
+
+
+def test_a_lost_lease_count_is_recounted_never_undercounted(redis_server: RedisServer) -> None:
+    """The script keeps the number of leases held beside the leases (so it need not count them
+    per request); when that count is lost (the windows key expired or was evicted while long
+    requests still hold their leases) it recounts, and never admits over the limit."""
+
+    async def body() -> list[int]:
+        keys = Keys("test-recount")
+        backend = _redis_backend(redis_server.url, keys)
+        await backend.ping()
+        q = keys.quota("tok", None)
+        limits = (100, 0, 2, 0, 0, 0)
+        try:
+            out = [
+                (await backend.quota(q, [], AdmitRequest(f"e{i}", 0, 10_000, limits))).status
+                for i in range(2)
+            ]
+            client = Redis.from_url(redis_server.url)
+            try:
+                await client.delete(q.token_windows)
+                refused = await backend.quota(q, [], AdmitRequest("e2", 0, 10_000, limits))
+                done = Settlement("e0", refused.now_ms // 1000, 0, 0)
+                freed = await backend.quota(q, [done], AdmitRequest("e3", 0, 10_000, limits))
+                full = await backend.quota(q, [], AdmitRequest("e4", 0, 10_000, limits))
+                count = int(await client.hget(q.token_windows, "c") or -1)
+            finally:
+                await client.aclose()
+            return [*out, refused.status, freed.status, full.status, count]
+        finally:
+            await backend.close()
+
+    assert asyncio.run(body()) == [
+        ADMITTED,
+        ADMITTED,
+        OVER_CONCURRENCY,
+        ADMITTED,
+        OVER_CONCURRENCY,
+        2,
+    ]
+
+
+def test_every_quota_key_expires_unless_it_guards_a_budget(redis_server: RedisServer) -> None:
+    """Windows and leases keys carry an expiry although the script no longer sets it on
+    every request; a leases key that emptied and was created again gets one too."""
+
+    async def body() -> tuple[int, int, int, int]:
+        keys = Keys("test-expiry")
+        backend = _redis_backend(redis_server.url, keys)
+        await backend.ping()
+        q = keys.quota("tok", None)
+        limits = (100, 1000, 5, 0, 0, 0)
+        client = Redis.from_url(redis_server.url)
+        try:
+            first = await backend.quota(q, [], AdmitRequest("a", 10, 10_000, limits))
+            windows_ttl = await client.pttl(q.token_windows)
+            done = Settlement("a", first.now_ms // 1000, 10, 10)
+            await backend.quota(q, [done], None)  # the leases key empties and vanishes
+            gone = await client.exists(q.token_leases)
+            await backend.quota(q, [], AdmitRequest("b", 10, 10_000, limits))
+            leases_ttl = await client.pttl(q.token_leases)
+            return windows_ttl, gone, leases_ttl, await client.pttl(q.token_windows)
+        finally:
+            await client.aclose()
+            await backend.close()
+
+    windows_ttl, gone, leases_ttl, windows_after = asyncio.run(body())
+    assert 61_000 <= windows_ttl <= 71_000
+    assert gone == 0
+    assert 11_000 <= leases_ttl <= 21_000
+    assert 0 < windows_after <= 71_000

@@ -1,7 +1,10 @@
 -- quota: settle finished requests of one token, then (optionally) admit a new one, atomically
 -- against the token's limits and budget and its team's.  Settlements ride along with the next
 -- admission of the same token (or travel alone after a short delay), so a limited request
--- costs one script call.
+-- costs one script call.  Inside it, each side's window is read with one HMGET and written
+-- with one HSET: a request with rpm, tpm and concurrency limits and a settlement riding along
+-- runs six commands (TIME, ZREM, HMGET, ZADD, HSET, and an HMGET/HDEL once a second to drop
+-- the second that left the window), not the HINCRBY per counter it would take otherwise.
 --
 -- KEYS[1] token windows (hash)   KEYS[2] token leases (zset: entry id -> lease expiry, ms)
 -- KEYS[3] token budget (hash)
@@ -11,7 +14,11 @@
 -- "r<second>"/"t<second>" per-second buckets.  At most 61 buckets of each: memory per owner is
 -- bounded whatever its limits.  A bucket is dropped once it is certainly older than 60 s, so
 -- a count may include requests up to 1 s older than the window: it refuses a little early,
--- never admits more than the limit.
+-- never admits more than the limit.  Bookkeeping fields: "c" leases held (a count kept beside
+-- the leases zset, never below it: recounted when missing or at the limit), "x" the second the
+-- key's expiry was last pushed out (every REFRESH_S, to 61 s + REFRESH_S, so the key outlives
+-- its newest bucket by 61 s without a PEXPIRE per request), "y" the time (ms) until which the
+-- leases key is known to live.
 -- Budget hash fields (micro-USD; durable, no expiry): "k" period kind (0 total, 1 UTC day,
 -- 2 ISO week, 3 UTC month), "p" start of the period (ms) that "s" belongs to, "s" settled
 -- spend of that period, "r" reserved by requests in flight, "e<entry>" each one's reservation.
@@ -37,6 +44,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local now_s = math.floor(now / 1000)
 local in_team = #KEYS == 6
 local DAY = 86400000
+local REFRESH_S = 10
 
 -- Calendar arithmetic (days since 1970-01-01 <-> year, month), as store/periods.py.
 local function days_from_civil(y, m)
@@ -99,100 +107,173 @@ local function charge(b, e, cost)
 end
 
 -- Drop the expired leases of `l`; their budget reservations on `b` are charged in full.
+-- Returns how many there were.
 local function expire(l, b)
   local gone = redis.call("ZRANGEBYSCORE", l, "-inf", now)
-  if #gone == 0 then return end
+  if #gone == 0 then return 0 end
   for _, e in ipairs(gone) do charge(b, e, -1) end
   redis.call("ZREMRANGEBYSCORE", l, "-inf", now)
+  return #gone
 end
 
--- 1. settlements
+-- 1. settlements: each lease removed is the proof that its request was admitted and not yet
+-- settled; their token corrections are applied to the windows below, with the admission.
 local n = tonumber(ARGV[1])
+local corrections = {}  -- admission second -> tokens to add (real less reserved)
+local released = {0, 0}  -- leases removed on the token side, on the team side
 for i = 0, n - 1 do
   local base = 2 + i * 5
   local entry = ARGV[base]
   local cost = tonumber(ARGV[base + 4])
   if redis.call("ZREM", KEYS[2], entry) == 1 then
+    released[1] = released[1] + 1
     local real = tonumber(ARGV[base + 3])
     if real >= 0 then
       local delta = real - tonumber(ARGV[base + 2])
-      local field = "t" .. ARGV[base + 1]
       if delta ~= 0 then
-        if redis.call("HEXISTS", KEYS[1], field) == 1 then
-          redis.call("HINCRBY", KEYS[1], field, delta)
-          redis.call("HINCRBY", KEYS[1], "ts", delta)
-        end
-        if in_team and redis.call("HEXISTS", KEYS[4], field) == 1 then
-          redis.call("HINCRBY", KEYS[4], field, delta)
-          redis.call("HINCRBY", KEYS[4], "ts", delta)
-        end
+        local second = ARGV[base + 1]
+        corrections[second] = (corrections[second] or 0) + delta
       end
     end
   end
   -- Budgets: each side's reservation is its own proof (one charge per entry and side).
   if cost ~= -2 then charge(KEYS[3], entry, cost) end
   if in_team then
-    redis.call("ZREM", KEYS[5], entry)
+    released[2] = released[2] + redis.call("ZREM", KEYS[5], entry)
     if cost ~= -2 then charge(KEYS[6], entry, cost) end
   end
 end
+
 local a = 2 + n * 5
-if #ARGV < a then return {0, 0, now, 0, -1, -1, -1} end
+local admitting = #ARGV >= a
+local entry, cost, lease_ms, reserve
+local limits, budgets = {0, 0, 0, 0, 0, 0}, {-1, 0, -1, 0}
+if admitting then
+  entry = ARGV[a]
+  cost = tonumber(ARGV[a + 1])
+  lease_ms = tonumber(ARGV[a + 2])
+  reserve = tonumber(ARGV[a + 3])
+  for i = 0, 5 do limits[i + 1] = tonumber(ARGV[a + 4 + i]) end
+  for i = 0, 3 do budgets[i + 1] = tonumber(ARGV[a + 10 + i]) end
+end
+local team_budget = in_team and budgets[3] or -1
+local function limited(first, budget) -- does this side have anything to check?
+  return limits[first] > 0 or limits[first + 1] > 0 or limits[first + 2] > 0 or budget >= 0
+end
+-- Leases: the token's is the proof of admission that settlement looks for; the team's counts
+-- its concurrency and guards its budget reservation.
+local token_lease = admitting and lease_ms > 0
+local team_lease = token_lease and in_team and (limits[6] > 0 or team_budget >= 0)
 
-local entry = ARGV[a]
-local cost = tonumber(ARGV[a + 1])
-local lease_ms = tonumber(ARGV[a + 2])
-local reserve = tonumber(ARGV[a + 3])
+-- 2. the windows of each side, read at once: {w, l, b, h = field values, dirty = fields set}
+local function set(side, field, value)
+  side.h[field] = value
+  side.dirty[field] = true
+end
 
--- Drop the buckets that left the window; returns rs, ts.
-local fresh = {}  -- windows that have no "o" yet (record sets it)
-local function prune(w)
-  local v = redis.call("HMGET", w, "o", "rs", "ts")
-  local limit = now_s - 60
-  if not v[1] then fresh[w] = true end
-  local oldest = tonumber(v[1]) or limit
-  local rs, ts = tonumber(v[2]) or 0, tonumber(v[3]) or 0
-  if oldest < limit then
-    -- The key expires 61 s after its last write, so at most 62 seconds are ever stale.
-    local fields = {}
-    for s = oldest, limit - 1 do
-      fields[#fields + 1] = "r" .. s
-      fields[#fields + 1] = "t" .. s
-    end
-    local values = redis.call("HMGET", w, unpack(fields))
-    local freed_r, freed_t = 0, 0
-    for i = 1, #values, 2 do
-      freed_r = freed_r + (tonumber(values[i]) or 0)
-      freed_t = freed_t + (tonumber(values[i + 1]) or 0)
-    end
-    redis.call("HDEL", w, unpack(fields))
-    rs, ts = rs - freed_r, ts - freed_t
-    redis.call("HSET", w, "o", limit, "rs", rs, "ts", ts)
+local function open(w, l, b, freed)
+  local fields = {"o", "rs", "ts", "c", "x", "y"}
+  if admitting then
+    fields[#fields + 1] = "r" .. now_s
+    fields[#fields + 1] = "t" .. now_s
   end
-  return rs, ts
+  for second in pairs(corrections) do fields[#fields + 1] = "t" .. second end
+  local values = redis.call("HMGET", w, unpack(fields))
+  local side = {w = w, l = l, b = b, h = {}, dirty = {}}
+  for i, field in ipairs(fields) do side.h[field] = tonumber(values[i]) end
+  local h = side.h
+  -- Drop the buckets that left the window.  The key expires 61 to 71 s after its newest
+  -- bucket, so at most 72 seconds are ever stale.
+  local limit = now_s - 60
+  if h.o ~= nil and h.o < limit then
+    local old = {}
+    for s = h.o, limit - 1 do
+      old[#old + 1] = "r" .. s
+      old[#old + 1] = "t" .. s
+    end
+    local v = redis.call("HMGET", w, unpack(old))
+    local freed_r, freed_t = 0, 0
+    for i = 1, #v, 2 do
+      freed_r = freed_r + (tonumber(v[i]) or 0)
+      freed_t = freed_t + (tonumber(v[i + 1]) or 0)
+    end
+    redis.call("HDEL", w, unpack(old))
+    for _, field in ipairs(old) do h[field] = nil end
+    set(side, "o", limit)
+    set(side, "rs", (h.rs or 0) - freed_r)
+    set(side, "ts", (h.ts or 0) - freed_t)
+  end
+  -- Corrections of buckets still in the window (one that left took its count with it).
+  for second, delta in pairs(corrections) do
+    local field = "t" .. second
+    if h[field] ~= nil then
+      set(side, field, h[field] + delta)
+      set(side, "ts", (h.ts or 0) + delta)
+    end
+  end
+  if freed > 0 and h.c ~= nil then set(side, "c", math.max(0, h.c - freed)) end
+  return side
+end
+
+local function close(side)
+  if next(side.dirty) == nil then return end
+  local h = side.h
+  local refresh = h.x == nil or now_s - h.x >= REFRESH_S
+  if refresh then set(side, "x", now_s) end
+  local args = {}
+  for field in pairs(side.dirty) do
+    args[#args + 1] = field
+    args[#args + 1] = h[field]
+  end
+  redis.call("HSET", side.w, unpack(args))
+  if refresh then redis.call("PEXPIRE", side.w, (61 + REFRESH_S) * 1000) end
+end
+
+local sides = {}
+if (admitting and (limited(1, budgets[1]) or token_lease)) or n > 0 then
+  sides[1] = open(KEYS[1], KEYS[2], KEYS[3], released[1])
+end
+if in_team and ((admitting and (limited(4, team_budget) or team_lease)) or n > 0) then
+  sides[2] = open(KEYS[4], KEYS[5], KEYS[6], released[2])
+end
+
+-- Leases held on a side, expired ones dropped: the count "c" unless it is missing or says the
+-- limit is reached, then a recount.
+local function held(side, conc, budget)
+  local c = side.h.c
+  if c == nil or c >= conc then
+    if budget < 0 then redis.call("ZREMRANGEBYSCORE", side.l, "-inf", now) end
+    c = redis.call("ZCARD", side.l)
+    set(side, "c", c)
+  end
+  return c
 end
 
 -- Milliseconds until enough of the window leaves that `need` more fits under `limit`.
-local function wait_for(w, prefix, used, need, limit)
+local function wait_for(side, prefix, used, need, limit)
   if need > limit then return 60000 end
+  local fields = {}
+  for s = now_s - 60, now_s do fields[#fields + 1] = prefix .. s end
+  local v = redis.call("HMGET", side.w, unpack(fields))
   local freed = 0
-  for s = now_s - 60, now_s do
-    freed = freed + (tonumber(redis.call("HGET", w, prefix .. s)) or 0)
-    if used - freed + need <= limit then return math.max(1, (s + 61) * 1000 - now) end
+  for i, field in ipairs(fields) do
+    freed = freed + (side.h[field] or tonumber(v[i]) or 0)
+    -- The bucket of second now_s - 61 + i leaves the window at the end of second now_s + i.
+    if used - freed + need <= limit then return math.max(1, (now_s + i) * 1000 - now) end
   end
   return 60000
 end
 
--- Check one side (token or team); returns status, retry, rpm remaining, tpm remaining,
--- budget remaining.
-local function check(w, l, b, rpm, tpm, conc, budget, kind)
+-- 3. check one side; returns status, retry, rpm remaining, tpm remaining, budget remaining.
+local function check(side, rpm, tpm, conc, budget, kind)
   local left = -1
   if budget >= 0 then
-    expire(l, b)
-    roll(b, kind)
-    local v = redis.call("HMGET", b, "s", "r")
-    local spent, held = tonumber(v[1]) or 0, tonumber(v[2]) or 0
-    left = budget - spent - held
+    local gone = expire(side.l, side.b)
+    if gone > 0 and side.h.c ~= nil then set(side, "c", math.max(0, side.h.c - gone)) end
+    roll(side.b, kind)
+    local v = redis.call("HMGET", side.b, "s", "r")
+    local spent, reserved = tonumber(v[1]) or 0, tonumber(v[2]) or 0
+    left = budget - spent - reserved
     if reserve > left then
       -- Room comes back when requests in flight settle, or else when the period ends.
       local retry = 1000
@@ -204,86 +285,90 @@ local function check(w, l, b, rpm, tpm, conc, budget, kind)
     end
     left = left - reserve
   end
+  local rpm_left, tpm_left = -1, -1
   if rpm > 0 or tpm > 0 then
-    local rs, ts = prune(w)
-    if rpm > 0 and rs + 1 > rpm then return 1, wait_for(w, "r", rs, 1, rpm), 0, -1, left end
+    local rs, ts = side.h.rs or 0, side.h.ts or 0
+    if rpm > 0 and rs + 1 > rpm then return 1, wait_for(side, "r", rs, 1, rpm), 0, -1, left end
     if tpm > 0 and ts + cost > tpm then
-      return 2, wait_for(w, "t", ts, cost, tpm), -1, math.max(0, tpm - ts), left
+      return 2, wait_for(side, "t", ts, cost, tpm), -1, math.max(0, tpm - ts), left
     end
-    if conc > 0 then
-      if budget < 0 then redis.call("ZREMRANGEBYSCORE", l, "-inf", now) end
-      if redis.call("ZCARD", l) >= conc then return 3, 1000, -1, -1, left end
+    rpm_left = rpm > 0 and rpm - rs - 1 or -1
+    tpm_left = tpm > 0 and tpm - ts - cost or -1
+  end
+  if conc > 0 and held(side, conc, budget) >= conc then return 3, 1000, -1, -1, left end
+  return 0, 0, rpm_left, tpm_left, left
+end
+
+-- 4. record an admission on a side that passed.
+local function record(side, windowed, lease, durable, hold)
+  local h = side.h
+  if windowed then
+    if h.o == nil then set(side, "o", now_s - 60) end
+    local r, tk = "r" .. now_s, "t" .. now_s
+    set(side, r, (h[r] or 0) + 1)
+    set(side, "rs", (h.rs or 0) + 1)
+    if cost > 0 then
+      set(side, tk, (h[tk] or 0) + cost)
+      set(side, "ts", (h.ts or 0) + cost)
     end
-    return 0, 0, rpm > 0 and rpm - rs - 1 or -1, tpm > 0 and tpm - ts - cost or -1, left
   end
-  if conc > 0 then
-    if budget < 0 then redis.call("ZREMRANGEBYSCORE", l, "-inf", now) end
-    if redis.call("ZCARD", l) >= conc then return 3, 1000, -1, -1, left end
+  if lease then
+    local before = h.c
+    redis.call("ZADD", side.l, now + lease_ms, entry)
+    if before ~= nil then set(side, "c", before + 1) end
+    if durable then
+      -- A lease that guards a budget reservation must outlive any gap in renewals: its key
+      -- does not expire (it empties as requests settle; expired entries are charged).
+      redis.call("PERSIST", side.l)
+    elseif h.y == nil or h.y < now + lease_ms + 1000 or before == nil or before == 0 then
+      -- Every lease runs lease_ms from its admission or renewal; the key outlives the newest.
+      -- (An empty leases key vanishes: one recreated by this ZADD has no expiry yet.)
+      local until_ms = now + lease_ms + 1000 + REFRESH_S * 1000
+      redis.call("PEXPIREAT", side.l, until_ms)
+      set(side, "y", until_ms)
+    end
   end
-  return 0, 0, -1, -1, left
+  if hold then
+    redis.call("HSET", side.b, "e" .. entry, reserve)
+    redis.call("HINCRBY", side.b, "r", reserve)
+  end
 end
 
-local limits = {}
-for i = 0, 5 do limits[i + 1] = tonumber(ARGV[a + 4 + i]) end
-local budgets = {}
-for i = 0, 3 do budgets[i + 1] = tonumber(ARGV[a + 10 + i]) end
-local function limited(first, budget) -- does this side have anything to check?
-  return limits[first] > 0 or limits[first + 1] > 0 or limits[first + 2] > 0 or budget >= 0
-end
-
-local rpm_left, tpm_left, budget_left = -1, -1, -1
-if limited(1, budgets[1]) then
-  local status, retry
-  status, retry, rpm_left, tpm_left, budget_left = check(
-    KEYS[1], KEYS[2], KEYS[3], limits[1], limits[2], limits[3], budgets[1], budgets[2])
-  if status ~= 0 then return {status, retry, now, 0, rpm_left, tpm_left, budget_left} end
-end
-local team_budget = in_team and budgets[3] or -1
-if in_team and limited(4, team_budget) then
-  local status, retry, rl, tl, bl = check(
-    KEYS[4], KEYS[5], KEYS[6], limits[4], limits[5], limits[6], team_budget, budgets[4])
-  if status ~= 0 then return {status, retry, now, 1, rl, tl, bl} end
-  -- The tighter side is what the client sees in its headers.
-  if rl >= 0 and (rpm_left < 0 or rl < rpm_left) then rpm_left = rl end
-  if tl >= 0 and (tpm_left < 0 or tl < tpm_left) then tpm_left = tl end
-  if bl >= 0 and (budget_left < 0 or bl < budget_left) then budget_left = bl end
-end
-
--- Every check passed: record the admission on each side that has limits.
-local function record(w)
-  if fresh[w] then redis.call("HSET", w, "o", now_s - 60) end
-  redis.call("HINCRBY", w, "r" .. now_s, 1)
-  redis.call("HINCRBY", w, "rs", 1)
-  if cost > 0 then
-    redis.call("HINCRBY", w, "t" .. now_s, cost)
-    redis.call("HINCRBY", w, "ts", cost)
+local result = {0, 0, now, 0, -1, -1, -1}
+if admitting then
+  local rpm_left, tpm_left, budget_left = -1, -1, -1
+  local refused = nil
+  if limited(1, budgets[1]) then
+    local status, retry
+    status, retry, rpm_left, tpm_left, budget_left = check(
+      sides[1], limits[1], limits[2], limits[3], budgets[1], budgets[2])
+    if status ~= 0 then refused = {status, retry, now, 0, rpm_left, tpm_left, budget_left} end
   end
-  redis.call("PEXPIRE", w, 61000)
-end
--- A lease that guards a budget reservation must outlive any gap in renewals: its key does
--- not expire (it empties as requests settle, and expired entries are charged, not lost).
-local function lease(l, durable)
-  redis.call("ZADD", l, now + lease_ms, entry)
-  if durable then
-    redis.call("PERSIST", l)
+  if refused == nil and in_team and limited(4, team_budget) then
+    local status, retry, rl, tl, bl = check(
+      sides[2], limits[4], limits[5], limits[6], team_budget, budgets[4])
+    if status ~= 0 then
+      refused = {status, retry, now, 1, rl, tl, bl}
+    else
+      -- The tighter side is what the client sees in its headers.
+      if rl >= 0 and (rpm_left < 0 or rl < rpm_left) then rpm_left = rl end
+      if tl >= 0 and (tpm_left < 0 or tl < tpm_left) then tpm_left = tl end
+      if bl >= 0 and (budget_left < 0 or bl < budget_left) then budget_left = bl end
+    end
+  end
+  if refused ~= nil then
+    result = refused
   else
-    -- Every lease runs lease_ms from its admission or renewal, so the newest is the longest.
-    redis.call("PEXPIRE", l, lease_ms + 1000)
+    if sides[1] then
+      record(sides[1], limits[1] > 0 or limits[2] > 0, token_lease, budgets[1] >= 0,
+        budgets[1] >= 0)
+    end
+    if sides[2] then
+      record(sides[2], limits[4] > 0 or limits[5] > 0, team_lease, team_budget >= 0,
+        team_budget >= 0)
+    end
+    result = {0, 0, now, 0, rpm_left, tpm_left, budget_left}
   end
 end
-local function hold(b)
-  redis.call("HSET", b, "e" .. entry, reserve)
-  redis.call("HINCRBY", b, "r", reserve)
-end
-if limits[1] > 0 or limits[2] > 0 then record(KEYS[1]) end
--- The token's lease is the proof of admission that settlement looks for.
-if lease_ms > 0 then lease(KEYS[2], budgets[1] >= 0) end
-if budgets[1] >= 0 then hold(KEYS[3]) end
-if in_team then
-  if limits[4] > 0 or limits[5] > 0 then record(KEYS[4]) end
-  if lease_ms > 0 and (limits[6] > 0 or team_budget >= 0) then
-    lease(KEYS[5], team_budget >= 0)
-  end
-  if team_budget >= 0 then hold(KEYS[6]) end
-end
-return {0, 0, now, 0, rpm_left, tpm_left, budget_left}
+for _, side in pairs(sides) do close(side) end
+return result
