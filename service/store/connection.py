@@ -307,19 +307,26 @@ class _NewestSentinel(Sentinel):
     answer with the highest ``config-epoch`` (each failover increments it).
     """
 
-    async def discover_master(self, service_name: str) -> tuple[str, int]:
+    async def master_states(self, service_name: str) -> list[dict[str, Any]]:
+        """What each sentinel that answers says of the master (``SENTINEL MASTERS``)."""
+
         async def ask(sentinel: Any) -> dict[str, Any] | None:
             try:
                 masters = await sentinel.sentinel_masters()
             except (RedisError, OSError):
                 return None
             state: dict[str, Any] | None = masters.get(service_name)
-            if state is None or not self.check_master_state(state, service_name):
-                return None
             return state
 
         answers = await asyncio.gather(*(ask(sentinel) for sentinel in self.sentinels))
-        states = [state for state in answers if state is not None]
+        return [state for state in answers if state is not None]
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        states = [
+            state
+            for state in await self.master_states(service_name)
+            if self.check_master_state(state, service_name)
+        ]
         if not states:
             raise MasterNotFoundError(f"no sentinel names a master for {service_name!r}")
         newest = max(states, key=lambda state: int(state.get("config-epoch", 0)))
@@ -419,12 +426,26 @@ class RedisTopology:
             await self.client.initialize()
         return self.client.pubsub()
 
-    async def replicas_up(self) -> int:
-        """How many replicas of the master the sentinels see up (0 on other topologies)."""
-        if self.sentinel is None or self.target.master_name is None:
-            return 0
-        replicas = await self.sentinel.discover_slaves(self.target.master_name)
-        return len(replicas)
+    def master_address(self) -> tuple[str, int] | None:
+        """The master this replica's Sentinel pool writes to now (None: not yet known)."""
+        pool = getattr(self.client, "connection_pool", None)
+        address: tuple[str, int] | None = getattr(pool, "master_address", None)
+        return address
+
+    async def failing_over(self, written_to: tuple[str, int] | None) -> bool:
+        """Whether a sentinel reports a failover of the master in progress, or the sentinels
+        name another master than ``written_to`` (False on other topologies)."""
+        if not isinstance(self.sentinel, _NewestSentinel) or self.target.master_name is None:
+            return False
+        states = await self.sentinel.master_states(self.target.master_name)
+        for state in states:
+            flags = state.get("flags", "")
+            if "failover_in_progress" in (flags.split(",") if isinstance(flags, str) else flags):
+                return True
+        if not states or written_to is None:
+            return False
+        newest = max(states, key=lambda state: int(state.get("config-epoch", 0)))
+        return (newest["ip"], int(newest["port"])) != written_to
 
     def on_master(self, pubsub: PubSub) -> bool:
         """False once ``pubsub``'s server is no longer the one the sentinels name as master
@@ -432,7 +453,7 @@ class RedisTopology:
         the other topologies, where a subscription sees every message."""
         if self.kind != "sentinel" or pubsub.connection is None:
             return True
-        master = getattr(self.client.connection_pool, "master_address", None)
+        master = self.master_address()
         connection = pubsub.connection
         return master is None or (connection.host, connection.port) == master
 

@@ -305,25 +305,28 @@ class RedisBackend:
         for name, value in fields.items():
             args += [name, value]
         topology = self._topology
-        if topology is None or topology.sentinel is None:
+        if topology is None or topology.kind != "sentinel":
             return bool(await self._script("put_record", keys, args))
         return bool(await self._do(self._put_replicated(topology, keys, args)))
 
     async def _put_replicated(
         self, topology: RedisTopology, keys: list[str], args: list[Any]
     ) -> bool:
-        """On Sentinel a registry write is acknowledged once a replica has it (``WAIT``, on
-        the connection that wrote).  Replication is asynchronous: a write that reaches the
-        old master while a replica is being promoted is lost when the old master is demoted,
-        and would otherwise have been answered 201.  No replica acknowledging while the
-        sentinels see one up is refused as an outage (503, retry); with no replica up there is
-        nothing to fail over to, and the master's word is enough."""
+        """On Sentinel a registry write must not be answered 201 and then lost.  Replication
+        is asynchronous: a write that reaches the old master while a replica is promoted, or
+        after the promotion but before this replica follows, is lost when the old master is
+        demoted.  So the write waits (``WAIT``, on the connection that wrote) for a replica;
+        if none acknowledges and the sentinels report a failover in progress, or name another
+        master than the one written to, it is refused (503, retry).  Otherwise (no replica
+        up, or one lagging with no failover) the master's word is enough.  A refusal does not
+        make the replica degraded: the store answers, it cannot promise this write yet."""
+        written_to = topology.master_address()
         pipe = self._c.pipeline(transaction=False)
         pipe.eval(self._sources["put_record"], len(keys), *keys, *args)
         pipe.execute_command("WAIT", 1, max(1, int(topology.target.timeout_s * 250)))
         written, acknowledged = await pipe.execute()
-        if int(acknowledged) < 1 and await topology.replicas_up() > 0:
-            raise StoreUnreachable("no replica acknowledged the write: a failover may be under way")
+        if int(acknowledged) < 1 and await topology.failing_over(written_to):
+            raise StoreError("no replica acknowledged the write during a failover; retry")
         return bool(written)
 
     async def get_record(self, kind: str, record_id: str) -> dict[str, str] | None:

@@ -26,7 +26,7 @@ from tests.topologies import RedisNode, SentinelGroup
 def _try_create(replica: GatewayProcess) -> tuple[str, str] | None:
     try:
         return create_token(replica, rpm=5)
-    except (AssertionError, httpx.HTTPError):  # 503 while the replica is degraded
+    except (AssertionError, httpx.HTTPError):  # 503: degraded, or a failover under way
         return None
 
 
