@@ -24,7 +24,7 @@ from typing import Any
 from service.errors import BadRequest, NotFound
 from service.quotas.limits import LIMITS, MICRO, PERIODS, Record
 from service.settings import Settings
-from service.store.backend import StoreError, WriteMode
+from service.store.backend import StoreError, StoreUnreachable, WriteMode
 from service.store.client import Store
 
 log = logging.getLogger("best.tokens")
@@ -228,13 +228,15 @@ class TokenRegistry:
         return list(self._records[kind].values())
 
     async def _look_up(self, tid: str) -> Record | None:
+        """Raises ``StoreError`` (503) when the store cannot say: a token this replica has not
+        seen may have been created on another one a moment ago, so "unknown" is not "invalid"
+        while the store is away."""
         now = _now_ms()
-        if self._misses.get(tid, 0) > now or self._store.degraded:
+        if self._misses.get(tid, 0) > now:
             return None
-        try:
-            fields = await self._store.get_record("token", tid)
-        except StoreError:
-            return None
+        if self._store.degraded:
+            raise StoreUnreachable("the shared store is unreachable: this token cannot be checked")
+        fields = await self._store.get_record("token", tid)
         if fields is None:
             if len(self._misses) >= MAX_MISSES:
                 self._misses.clear()

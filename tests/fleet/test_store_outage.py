@@ -36,6 +36,15 @@ def test_redis_outage_keeps_traffic_flowing_and_recovers(fleet: Fleet) -> None:
         assert httpx.get(f"{replica.url}/health").json()["store"] == "degraded"
         metrics = httpx.get(f"{replica.url}/metrics").text
         assert "best_store_degraded 1.0" in metrics
+    # A token no replica has seen may have been created a moment ago: while the store is
+    # away that is "cannot check" (503), not "invalid" (401).
+    unseen = httpx.post(
+        f"{fleet.replicas[0].url}/v1/chat/completions",
+        json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"Authorization": "Bearer best-0123456789abcdef-unseen"},
+    )
+    assert unseen.status_code == 503, unseen.text
+    assert unseen.json()["error"]["code"] == "service_unavailable"
 
     fleet.redis.start()  # same port, empty: the registry is restored from the replicas
     for replica in fleet.replicas:
