@@ -45,6 +45,8 @@ local now_s = math.floor(now / 1000)
 local in_team = #KEYS == 6
 local DAY = 86400000
 local REFRESH_S = 10
+-- This second's bucket fields (a number turned into a string costs more than a command here).
+local R_NOW, T_NOW = "r" .. now_s, "t" .. now_s
 
 -- Calendar arithmetic (days since 1970-01-01 <-> year, month), as store/periods.py.
 local function days_from_civil(y, m)
@@ -174,8 +176,8 @@ end
 local function open(w, l, b, freed)
   local fields = {"o", "rs", "ts", "c", "x", "y"}
   if admitting then
-    fields[#fields + 1] = "r" .. now_s
-    fields[#fields + 1] = "t" .. now_s
+    fields[#fields + 1] = R_NOW
+    fields[#fields + 1] = T_NOW
   end
   for second in pairs(corrections) do fields[#fields + 1] = "t" .. second end
   local values = redis.call("HMGET", w, unpack(fields))
@@ -304,11 +306,10 @@ local function record(side, windowed, lease, durable, hold)
   local h = side.h
   if windowed then
     if h.o == nil then set(side, "o", now_s - 60) end
-    local r, tk = "r" .. now_s, "t" .. now_s
-    set(side, r, (h[r] or 0) + 1)
+    set(side, R_NOW, (h[R_NOW] or 0) + 1)
     set(side, "rs", (h.rs or 0) + 1)
     if cost > 0 then
-      set(side, tk, (h[tk] or 0) + cost)
+      set(side, T_NOW, (h[T_NOW] or 0) + cost)
       set(side, "ts", (h.ts or 0) + cost)
     end
   end
