@@ -425,6 +425,20 @@ class RedisClusterGroup:
 SENTINEL_SERVICE = "mymaster"
 
 
+def lone_sentinel(directory: Path, master: RedisNode, epoch: int = 0) -> RedisNode:
+    """A sentinel of its own watching ``master`` as ``mymaster`` (quorum 1) at config epoch
+    ``epoch``: what one sentinel says, whatever any other says."""
+    port = free_port()
+    conf = [
+        f"port {port}",
+        f"bind {HOST}",
+        f"dir {directory}",
+        f"sentinel monitor {SENTINEL_SERVICE} {HOST} {master.port} 1",
+        f"sentinel config-epoch {SENTINEL_SERVICE} {epoch}",
+    ]
+    return RedisNode(port, directory, sentinel_conf="\n".join(conf) + "\n").start()
+
+
 class SentinelGroup:
     """A master, one replica and three sentinels (quorum 2) watching ``mymaster``."""
 

@@ -35,6 +35,7 @@ from tests.topologies import (
     RedisNode,
     SentinelGroup,
     free_port,
+    lone_sentinel,
     wait_until,
 )
 
@@ -412,27 +413,14 @@ def test_sentinel_client_follows_a_killed_master(redis_sentinel_group: SentinelG
     assert "best-under-test" not in names
 
 
-def _lone_sentinel(directory: Path, master: RedisNode, epoch: int) -> RedisNode:
-    """A sentinel that watches ``master`` as ``mymaster`` at config epoch ``epoch``."""
-    port = free_port()
-    conf = [
-        f"port {port}",
-        f"bind {HOST}",
-        f"dir {directory}",
-        f"sentinel monitor mymaster {HOST} {master.port} 1",
-        f"sentinel config-epoch mymaster {epoch}",
-    ]
-    return RedisNode(port, directory, sentinel_conf="\n".join(conf) + "\n").start()
-
-
 def test_sentinels_that_disagree_are_settled_by_the_newest_epoch(tmp_path: Path) -> None:
     """Just after a failover, a sentinel that has not heard of it yet still names the old
     master (alive after a manual failover, and taking writes); the client follows the sentinel
     that names the master of the latest failover, whichever it asks first."""
     old = RedisNode(free_port(), tmp_path / "old").start()
     new = RedisNode(free_port(), tmp_path / "new").start()
-    lagging = _lone_sentinel(tmp_path / "s-lagging", old, epoch=1)
-    informed = _lone_sentinel(tmp_path / "s-informed", new, epoch=2)
+    lagging = lone_sentinel(tmp_path / "s-lagging", old, epoch=1)
+    informed = lone_sentinel(tmp_path / "s-informed", new, epoch=2)
     try:
         for first, second in ((lagging, informed), (informed, lagging)):
             url = f"redis+sentinel://{first.address},{second.address}/mymaster"

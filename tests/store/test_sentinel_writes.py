@@ -6,25 +6,14 @@ import asyncio
 from pathlib import Path
 
 from service.store.connection import connect_url
-from tests.topologies import HOST, RedisNode, free_port
-
-
-def _lone_sentinel(directory: Path, master: RedisNode) -> RedisNode:
-    port = free_port()
-    conf = [
-        f"port {port}",
-        f"bind {HOST}",
-        f"dir {directory}",
-        f"sentinel monitor mymaster {HOST} {master.port} 1",
-    ]
-    return RedisNode(port, directory, sentinel_conf="\n".join(conf) + "\n").start()
+from tests.topologies import HOST, RedisNode, free_port, lone_sentinel
 
 
 def test_a_write_to_a_master_the_sentinels_no_longer_name_is_at_risk(tmp_path: Path) -> None:
     """``failing_over(address)``: False for the master the sentinels name, True for another
     one (a write that reached it is lost when it is demoted)."""
     master = RedisNode(free_port(), tmp_path / "m").start()
-    sentinel = _lone_sentinel(tmp_path / "s", master)
+    sentinel = lone_sentinel(tmp_path / "s", master)
 
     async def body() -> tuple[bool, bool, tuple[str, int] | None]:
         topology = await connect_url(f"redis+sentinel://{sentinel.address}/mymaster")
