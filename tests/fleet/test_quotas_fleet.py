@@ -7,7 +7,10 @@ import time
 from typing import Any
 
 import httpx
+import redis
 
+from devkit.procs import eventually
+from service.store.keys import Keys
 from tests.fakes.upstream import Behavior
 from tests.fleet.conftest import Fleet
 
@@ -54,7 +57,8 @@ def test_rpm_exact_under_contention_every_round(fleet: Fleet) -> None:
 def test_max_concurrency_bounds_requests_in_flight_upstream(fleet: Fleet) -> None:
     fleet.primary.clear()
     fleet.primary.set_behavior(Behavior.held(), model="chat-model")
-    _, token = fleet.create_token(max_concurrency=2)
+    token_id, token = fleet.create_token(max_concurrency=2)
+    leases = Keys().quota(token_id, None).token_leases
 
     async def scenario() -> list[httpx.Response]:
         task = asyncio.ensure_future(_burst(fleet, token, 8))
@@ -62,6 +66,8 @@ def test_max_concurrency_bounds_requests_in_flight_upstream(fleet: Fleet) -> Non
         # The other six were refused at admission while two were held upstream.
         await asyncio.sleep(0.5)
         assert fleet.primary.in_flight == 2
+        with redis.Redis.from_url(fleet.redis.url) as conn:
+            assert conn.zcard(leases) == 2  # the held requests' leases
         fleet.primary.release()
         return await task
 
@@ -73,7 +79,11 @@ def test_max_concurrency_bounds_requests_in_flight_upstream(fleet: Fleet) -> Non
     assert statuses.count(200) == 2, statuses
     assert statuses.count(429) == 6, statuses
     assert fleet.primary.max_in_flight == 2
-    # The leases were released: two more fit again.
+    # Each lease is released when its settlement reaches Redis: inside the token's next
+    # admission on the replica that held it, or on its own 25 ms after the answer.
+    with redis.Redis.from_url(fleet.redis.url) as conn:
+        eventually(lambda: conn.zcard(leases) == 0, "the leases released")
+    # Two more fit again.
     again = asyncio.run(_burst(fleet, token, 2))
     assert [r.status_code for r in again] == [200, 200]
 
