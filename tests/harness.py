@@ -193,3 +193,26 @@ class GatewayProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def run_cli(url: str, admin_token: str, command: str, *args: str) -> str:
+    """``best COMMAND --url URL --admin-token TOKEN ARGS...`` in a subprocess, as an operator
+    runs it; returns its stdout (a non-zero exit raises)."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from service.cli import main; sys.exit(main(sys.argv[1:]))",
+            command,
+            "--url",
+            url,
+            "--admin-token",
+            admin_token,
+            *args,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout

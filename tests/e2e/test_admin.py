@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +11,7 @@ import httpx
 import pytest
 
 from service.quotas.tokens import iso_utc, token_id
-from tests.harness import REPO, GatewayProcess
+from tests.harness import GatewayProcess, run_cli
 
 ADMIN = "admin-secret"
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
@@ -158,25 +156,7 @@ def test_admin_api_is_off_without_admin_tokens(single_provider_config: Path) -> 
 
 
 def _cli(gateway: GatewayProcess, *args: str) -> dict[str, object]:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from service.cli import main; sys.exit(main(sys.argv[1:]))",
-            "tokens",
-            "--url",
-            gateway.url,
-            "--admin-token",
-            ADMIN,
-            *args,
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    parsed: dict[str, object] = json.loads(result.stdout)
+    parsed: dict[str, object] = json.loads(run_cli(gateway.url, ADMIN, "tokens", *args))
     return parsed
 
 

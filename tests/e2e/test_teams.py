@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.harness import REPO, GatewayProcess
+from tests.harness import GatewayProcess, run_cli
 
 ADMIN = "admin-secret"
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
@@ -150,26 +148,8 @@ def test_team_patch_errors_are_400s(gateway: GatewayProcess) -> None:
         assert client.post("/admin/teams", content=b"[1,").status_code == 400
 
 
-def _cli(gateway: GatewayProcess, *args: str) -> dict[str, object]:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from service.cli import main; sys.exit(main(sys.argv[1:]))",
-            *args[:1],
-            "--url",
-            gateway.url,
-            "--admin-token",
-            ADMIN,
-            *args[1:],
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    parsed: dict[str, object] = json.loads(result.stdout)
+def _cli(gateway: GatewayProcess, command: str, *args: str) -> dict[str, object]:
+    parsed: dict[str, object] = json.loads(run_cli(gateway.url, ADMIN, command, *args))
     return parsed
 
 

@@ -8,7 +8,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import yaml
 
 from tests.fakes.openai_payloads import chat_usage
 from tests.fakes.upstream import FakeProvider
-from tests.harness import REPO, GatewayProcess, free_port, write_config
+from tests.harness import GatewayProcess, free_port, run_cli, write_config
 from tests.tools import require_tool
 
 ADMIN = "admin-secret"
@@ -254,24 +253,7 @@ def test_best_usage_prints_a_table_and_json(gateway: GatewayProcess) -> None:
     _use_plain(gateway.url, created["token"], _chat("no price", "free-model"))
 
     def usage(*args: str) -> str:
-        return subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "import sys; from service.cli import main; sys.exit(main(sys.argv[1:]))",
-                "usage",
-                "--url",
-                gateway.url,
-                "--admin-token",
-                ADMIN,
-                *args,
-            ],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
+        return run_cli(gateway.url, ADMIN, "usage", *args)
 
     document = json.loads(usage("--group-by", "team", "--json"))
     row = next(r for r in document["data"] if r["team"] == "cli-usage")
