@@ -252,17 +252,9 @@ def _adjustments(
     parsed, document = validated
     groups: list[AdjustmentGroup] = []
     for name, entry in parsed.adjustments.items():
-        patterns: list[re.Pattern[str]] = []
-        for i, pattern in enumerate(entry.regex):
-            try:
-                patterns.append(re.compile(pattern, re.IGNORECASE))
-            except re.error as exc:
-                line = document.line_of(("adjustments", name, "regex", i))
-                warnings.append(
-                    f"{path}:{line}: adjustments.{name}: regex {pattern!r} is invalid ({exc});"
-                    " ignored"
-                )
-        groups.append(AdjustmentGroup(name, entry.priority, tuple(patterns)))
+        where = ("adjustments", name, "regex")
+        patterns = _patterns(entry.regex, f"adjustments.{name}", where, path, document, warnings)
+        groups.append(AdjustmentGroup(name, entry.priority, patterns))
     return tuple(groups)
 
 
@@ -274,18 +266,33 @@ def _hedging(
     parsed, document = validated
     groups: list[HedgeGroup] = []
     for i, entry in enumerate(parsed.hedging):
-        patterns: list[re.Pattern[str]] = []
-        for j, pattern in enumerate(entry.models):
-            try:
-                patterns.append(re.compile(pattern, re.IGNORECASE))
-            except re.error as exc:
-                line = document.line_of(("hedging", i, "models", j))
-                warnings.append(
-                    f"{path}:{line}: hedging[{i}]: regex {pattern!r} is invalid ({exc}); ignored"
-                )
+        where = ("hedging", i, "models")
+        patterns = _patterns(entry.models, f"hedging[{i}]", where, path, document, warnings)
         if patterns:
-            groups.append(HedgeGroup(tuple(patterns), entry.after_ms))
+            groups.append(HedgeGroup(patterns, entry.after_ms))
     return tuple(groups)
+
+
+def _patterns(
+    sources: list[str],
+    label: str,
+    where: tuple[str | int, ...],
+    path: Path,
+    document: YamlDocument,
+    warnings: list[str],
+) -> tuple[re.Pattern[str], ...]:
+    """Each regex compiled, case-insensitive; an invalid one is a warning naming its line in
+    ``path`` (``where`` is the list's place in the document), and is ignored."""
+    patterns: list[re.Pattern[str]] = []
+    for i, pattern in enumerate(sources):
+        try:
+            patterns.append(re.compile(pattern, re.IGNORECASE))
+        except re.error as exc:
+            line = document.line_of((*where, i))
+            warnings.append(
+                f"{path}:{line}: {label}: regex {pattern!r} is invalid ({exc}); ignored"
+            )
+    return tuple(patterns)
 
 
 def _given(section: BaseModel) -> dict[str, object]:
