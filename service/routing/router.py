@@ -257,6 +257,22 @@ class Router:
             after = p95 if p95 is not None else HEDGE_DEFAULT_MS
         return after / 1000.0
 
+    async def _decide(
+        self, call: Call, plan: _Plan, attempt: Attempt[T]
+    ) -> tuple[Candidate, T, float] | Completion:
+        """``_race``, with the endings in which nothing is served settled here: the request
+        refused by the upstream (the client's fault) becomes the answer, anything else
+        propagates; either way the call finishes having used nothing."""
+        try:
+            return await self._race(call, plan, attempt)
+        except ClientFault as fault:
+            call.candidate = plan.last
+            call.finish(NOTHING_USED)
+            return Completion(fault.status, fault.body, fault.content_type or b"application/json")
+        except BaseException:
+            call.finish(NOTHING_USED)
+            raise
+
     async def _race(
         self, call: Call, plan: _Plan, attempt: Attempt[T]
     ) -> tuple[Candidate, T, float]:
@@ -361,15 +377,10 @@ class Router:
             )
             return _Answer(response, _answer(response, check))
 
-        try:
-            candidate, answer, elapsed = await self._race(call, plan, attempt)
-        except ClientFault as fault:
-            call.candidate = plan.last
-            call.finish(NOTHING_USED)
-            return Completion(fault.status, fault.body, fault.content_type or b"application/json")
-        except BaseException:
-            call.finish(NOTHING_USED)
-            raise
+        raced = await self._decide(call, plan, attempt)
+        if isinstance(raced, Completion):
+            return raced
+        candidate, answer, elapsed = raced
         call.candidate = candidate
         call.finish(self._succeeded(call, candidate, elapsed, answer.parsed.get("usage")))
         return Completion(answer.response.status, answer.response.body, b"application/json")
@@ -438,15 +449,10 @@ class Router:
             return _Opened(relay, first)
 
         started = time.monotonic()
-        try:
-            candidate, opened, first_byte_s = await self._race(call, plan, attempt)
-        except ClientFault as fault:
-            call.candidate = plan.last
-            call.finish(NOTHING_USED)
-            return Completion(fault.status, fault.body, fault.content_type or b"application/json")
-        except BaseException:
-            call.finish(NOTHING_USED)
-            raise
+        raced = await self._decide(call, plan, attempt)
+        if isinstance(raced, Completion):
+            return raced
+        candidate, opened, first_byte_s = raced
         call.candidate = candidate
         if on_open is not None:
             try:
