@@ -1,9 +1,14 @@
 """Script calls made during one event-loop turn go to Redis as one pipeline.
 
 Under load many requests reach their admission (or settlement) in the same turn; sending
-them together costs one write and one read instead of one per request, which is most of
-the store's cost per request.  Each call is still its own atomic script: batching changes
-how calls travel, not what they do.
+them together costs one write and one read instead of one per request.  Each call is still
+atomic: batching changes how calls travel, not what they do.
+
+Calls of a script that takes a batch (``MERGED``: lua/quota.lua) go further: the calls of one
+turn whose keys share a Cluster slot (on one server, all of them) travel as one script call,
+which reads and writes each owner's windows once for all its calls.  A script call has a
+fixed cost (dispatch, arguments, the script's own setup) that is most of a small call's, and
+under load it is shared by every request of the turn.
 """
 
 from __future__ import annotations
@@ -14,11 +19,39 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
 RedisClient = Redis | RedisCluster
 
 LAZY_S = 0.002
+MERGED = frozenset({"quota"})  # scripts whose arguments are a batch of calls
+MERGE_MAX = 64  # calls in one script call at most: Redis runs nothing else meanwhile
+
+Call = tuple[str, list[str], list[Any], asyncio.Future[Any]]
+
+
+class _Command:
+    """One EVALSHA of a pipeline, and the positions in the batch of the calls it carries
+    (``merged``: several, whose answers come back as a list; otherwise one)."""
+
+    __slots__ = ("args", "keys", "merged", "name", "positions")
+
+    def __init__(self, name: str, merged: bool) -> None:
+        self.name = name
+        self.merged = merged
+        self.keys: list[str] = []
+        self.args: list[Any] = [0] if merged else []
+        self.positions: list[int] = []
+
+    def add(self, position: int, keys: list[str], args: list[Any]) -> None:
+        self.positions.append(position)
+        self.keys += keys
+        if self.merged:
+            self.args[0] += 1
+            self.args += [len(keys), len(args), *args]
+        else:
+            self.args = args
 
 
 class ScriptBatcher:
@@ -26,7 +59,7 @@ class ScriptBatcher:
         self._client = client
         self._sources = sources
         self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in sources.items()}
-        self._queue: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]] = []
+        self._queue: list[Call] = []
         self._flusher: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
 
@@ -52,11 +85,30 @@ class ScriptBatcher:
         if self._flusher is None:
             self._flusher = asyncio.ensure_future(self._flush())
 
+    def _commands(self, batch: list[Call]) -> list[_Command]:
+        """The batch as script calls: the calls of a ``MERGED`` script grouped by slot."""
+        cluster = isinstance(self._client, RedisCluster)
+        commands: list[_Command] = []
+        groups: dict[tuple[str, int], _Command] = {}
+        for position, (name, keys, args, _) in enumerate(batch):
+            if name in MERGED:
+                group = (name, key_slot(keys[0].encode()) if cluster else 0)
+                command = groups.get(group)
+                if command is None or len(command.positions) >= MERGE_MAX:
+                    command = groups[group] = _Command(name, merged=True)
+                    commands.append(command)
+            else:
+                command = _Command(name, merged=False)
+                commands.append(command)
+            command.add(position, keys, args)
+        return commands
+
     async def _flush(self) -> None:
         await asyncio.sleep(0)  # let the rest of this loop turn queue its calls
         batch, self._queue, self._flusher = self._queue, [], None
+        commands = self._commands(batch)
         try:
-            results = await self._execute(batch)
+            results = await self._execute(commands)
             missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
             if missing:
                 # A server forgot the scripts (it restarted, or is a promoted replica: Redis
@@ -64,7 +116,7 @@ class ScriptBatcher:
                 # calls it refused: the others ran, and must not count twice.
                 for source in self._sources.values():
                     await self._client.script_load(source)
-                again = await self._execute([batch[i] for i in missing])
+                again = await self._execute([commands[i] for i in missing])
                 for i, result in zip(missing, again, strict=True):
                     results[i] = result
         except BaseException as exc:  # hand the failure to every waiting caller
@@ -74,19 +126,25 @@ class ScriptBatcher:
             if not isinstance(exc, Exception):
                 raise
             return
-        for (*_, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+        for command, result in zip(commands, results, strict=True):
+            failed = isinstance(result, Exception)
+            answers = [result] * len(command.positions) if failed or not command.merged else result
+            for position, answer in zip(command.positions, answers, strict=True):
+                future = batch[position][3]
+                if future.done():
+                    continue
+                if failed:
+                    future.set_exception(answer)
+                else:
+                    future.set_result(answer)
 
-    async def _execute(self, batch: list[tuple[str, list[str], list[Any], Any]]) -> list[Any]:
+    async def _execute(self, commands: list[_Command]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
-        for name, keys, args, _ in batch:
+        for command in commands:
             # Not pipe.evalsha(): redis-py refuses it in a Cluster pipeline; the raw command
             # works on every topology (each call's keys share one slot).
-            pipe.execute_command("EVALSHA", self._shas[name], len(keys), *keys, *args)
+            pipe.execute_command(
+                "EVALSHA", self._shas[command.name], len(command.keys), *command.keys, *command.args
+            )
         results: list[Any] = await pipe.execute(raise_on_error=False)
         return results

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -569,3 +570,82 @@ def test_every_quota_key_expires_unless_it_guards_a_budget(redis_server: RedisSe
     assert gone == 0
     assert 11_000 <= leases_ttl <= 21_000
     assert 0 < windows_after <= 71_000
+
+
+def test_calls_of_one_turn_decide_as_the_same_calls_one_at_a_time(
+    run_backend: BackendRunner,
+) -> None:
+    """A replica sends the quota calls of one event-loop turn together (on Redis, those that
+    share a slot as one script call reading each owner's windows once): every call must get
+    the answer it would get alone, in order, and leave the same counts."""
+    solo, team_ = (5, 100, 3, 0, 0, 0), (0, 0, 0, 8, 0, 4)
+    budget = (100, 0, -1, 0)  # 100 micro-USD in total for token "d"
+    Answer = tuple[int, bool, int, int, int]
+
+    async def rounds(backend: Backend, keys: Keys, together: bool) -> list[Any]:
+        owners = {
+            "a": keys.quota("a", None),
+            "b": keys.quota("b", "t"),
+            "c": keys.quota("c", "t"),
+            "d": keys.quota("d", None),
+        }
+        limits = {"a": solo, "b": team_, "c": team_, "d": (0, 0, 0, 0, 0, 0)}
+        admitted: dict[str, list[tuple[str, int]]] = {owner: [] for owner in owners}
+
+        async def run(
+            calls: list[tuple[str, list[Settlement], AdmitRequest | None]],
+        ) -> list[Answer]:
+            coros = [backend.quota(owners[o], settle, admit) for o, settle, admit in calls]
+            if together:
+                decisions = await asyncio.gather(*coros)
+            else:
+                decisions = [await coro for coro in coros]
+            out = []
+            for (owner, _, admit), d in zip(calls, decisions, strict=True):
+                if admit is not None and d.status == ADMITTED:
+                    admitted[owner].append((admit.entry, d.now_ms // 1000))
+                out.append(
+                    (d.status, d.team_side, d.rpm_remaining, d.tpm_remaining, d.budget_remaining)
+                )
+            return out
+
+        def admit(owner: str, n: int) -> AdmitRequest:
+            if owner == "d":
+                return AdmitRequest(f"{owner}{n}", 0, 10_000, limits[owner], 30, budget)
+            return AdmitRequest(f"{owner}{n}", 10, 10_000, limits[owner])
+
+        def done(owner: str, used: int) -> Settlement:
+            entry, second = admitted[owner].pop(0)
+            return Settlement(
+                entry, second, 10 if owner != "d" else 0, used, 20 if owner == "d" else -2
+            )
+
+        first = await run([(o, [], admit(o, n)) for n in range(6) for o in owners])
+        second = await run(
+            [
+                ("a", [done("a", 4)], admit("a", 6)),
+                ("b", [done("b", 10)], admit("b", 6)),
+                ("a", [done("a", 0)], admit("a", 7)),
+                ("c", [done("c", 10)], None),
+                ("d", [done("d", 0)], admit("d", 6)),
+                ("c", [], admit("c", 7)),
+                ("d", [done("d", 0)], admit("d", 7)),
+                ("a", [], admit("a", 8)),
+            ]
+        )
+        usage = [await backend.usage(q) for q in owners.values()]
+        spend = await backend.spend(owners["d"].token_budget, 0)
+        return [first, second, usage, (spend.spent, spend.reserved)]
+
+    async def body(backend: Backend, keys: Keys) -> tuple[list[Any], list[Any]]:
+        alone = await rounds(backend, Keys(keys.prefix + "-alone"), together=False)
+        together = await rounds(backend, Keys(keys.prefix + "-together"), together=True)
+        return alone, together
+
+    alone, together = run_backend(body)
+    assert together == alone
+    # And the answers are the limits': a has 3 leases, the team 4, d's budget 3 reservations.
+    first = alone[0]
+    assert [s for s, *_ in first[0::4]] == [ADMITTED] * 3 + [OVER_CONCURRENCY] * 3
+    assert sum(s == ADMITTED for s, *_ in first[1::4] + first[2::4]) == 4
+    assert [s for s, *_ in first[3::4]] == [ADMITTED] * 3 + [OVER_BUDGET] * 3

@@ -1,15 +1,18 @@
--- quota: settle finished requests of one token, then (optionally) admit a new one, atomically
--- against the token's limits and budget and its team's.  Settlements ride along with the next
--- admission of the same token (or travel alone after a short delay), so a limited request
--- costs one script call.  Inside it, each side's window is read with one HMGET and written
--- with one HSET: a request with rpm, tpm and concurrency limits and a settlement riding along
--- runs six commands (TIME, ZREM, HMGET, ZADD, HSET, and an HMGET/HDEL once a second to drop
--- the second that left the window), not the HINCRBY per counter it would take otherwise.
+-- quota: a batch of calls, run in order and atomically.  Each call settles finished requests
+-- of one token, then (optionally) admits a new one against the token's limits and budget and
+-- its team's.  Settlements ride along with the next admission of the same token (or travel
+-- alone after a short delay), and a replica sends the calls of one event-loop turn that share
+-- a slot as one batch (store/batching.py): a limited request costs at most one script call,
+-- and under load a fraction of one.  Each owner's windows are read with one HMGET and written
+-- with one HSET per batch, however many of its calls it holds: a request with rpm, tpm and
+-- concurrency limits and a settlement riding along runs ZREM and ZADD of its own, and shares
+-- TIME, HMGET and HSET (and, once a second, an HMGET/HDEL dropping the second that left the
+-- window) with the rest of its batch.
 --
--- KEYS[1] token windows (hash)   KEYS[2] token leases (zset: entry id -> lease expiry, ms)
--- KEYS[3] token budget (hash)
--- KEYS[4] team windows (hash)    KEYS[5] team leases (zset)   KEYS[6] team budget (hash)
---                                                        (KEYS[4..6] only for a team's token)
+-- ARGV[1] M, the number of calls, then for each: its key count (3, or 6 for a team's token),
+-- its argument count, its arguments.  KEYS holds each call's keys in turn:
+--   token windows (hash), token leases (zset: entry id -> lease expiry, ms), token budget
+--   (hash), then for a team's token the team's windows, leases and budget.
 -- Windows hash fields: "o" oldest live second; "rs"/"ts" requests/tokens in the window;
 -- "r<second>"/"t<second>" per-second buckets.  At most 61 buckets of each: memory per owner is
 -- bounded whatever its limits.  A bucket is dropped once it is certainly older than 60 s, so
@@ -25,24 +28,23 @@
 -- A reservation is held until its request settles; if its lease expires first (the replica
 -- died), the reservation is charged in full: spend is never under-counted.
 --
--- ARGV[1] S, the number of settlements, then S times:
+-- A call's arguments: S, the number of settlements, then S times:
 --   entry id, admission second, reserved tokens, real tokens (-1: keep the reservation),
 --   real cost in micro-USD (-1: charge the budget reservation in full; -2: no budget was
 --   reserved, so no budget is read)
--- then, when admitting (ARGV has more):
+-- then, when admitting (the call has more arguments):
 --   entry id, tokens to reserve, lease ms, worst-case cost (micro-USD),
 --   token rpm, tpm, max_concurrency, team rpm, tpm, max_concurrency   (0 = no limit),
 --   token budget (micro-USD, -1 none), its period kind, team budget, its period kind
 -- A settlement applies only if its lease (or, for budgets, its reservation) is still held:
 -- it is idempotent; a lease that expired keeps its reservation, which errs on the safe side.
--- Returns {status, retry_ms, now_ms, limiting side (0 token, 1 team), rpm remaining,
---          tpm remaining, budget remaining (micro-USD)} with remaining -1 when unlimited.
+-- Returns for each call {status, retry_ms, now_ms, limiting side (0 token, 1 team), rpm
+-- remaining, tpm remaining, budget remaining (micro-USD)} with remaining -1 when unlimited.
 -- status: 0 admitted (or only settled), 1 over rpm, 2 over tpm, 3 over max_concurrency,
 -- 4 over budget (retry_ms: until the period ends; 0 when it never does).
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local now_s = math.floor(now / 1000)
-local in_team = #KEYS == 6
 local DAY = 86400000
 local REFRESH_S = 10
 -- This second's bucket fields (a number turned into a string costs more than a command here).
@@ -118,74 +120,52 @@ local function expire(l, b)
   return #gone
 end
 
--- 1. settlements: each lease removed is the proof that its request was admitted and not yet
--- settled; their token corrections are applied to the windows below, with the admission.
-local n = tonumber(ARGV[1])
-local corrections = {}  -- admission second -> tokens to add (real less reserved)
-local released = {0, 0}  -- leases removed on the token side, on the team side
-for i = 0, n - 1 do
-  local base = 2 + i * 5
-  local entry = ARGV[base]
-  local cost = tonumber(ARGV[base + 4])
-  if redis.call("ZREM", KEYS[2], entry) == 1 then
-    released[1] = released[1] + 1
-    local real = tonumber(ARGV[base + 3])
-    if real >= 0 then
-      local delta = real - tonumber(ARGV[base + 2])
-      if delta ~= 0 then
-        local second = ARGV[base + 1]
-        corrections[second] = (corrections[second] or 0) + delta
-      end
-    end
-  end
-  -- Budgets: each side's reservation is its own proof (one charge per entry and side).
-  if cost ~= -2 then charge(KEYS[3], entry, cost) end
-  if in_team then
-    released[2] = released[2] + redis.call("ZREM", KEYS[5], entry)
-    if cost ~= -2 then charge(KEYS[6], entry, cost) end
-  end
-end
-
-local a = 2 + n * 5
-local admitting = #ARGV >= a
-local entry, cost, lease_ms, reserve
+-- The call being run (set by run() for each call of the batch; the helpers below read it).
+local kw, kl, kb, tw, tl, tb, in_team  -- its keys: token windows, leases, budget, then team's
+local admitting, entry, cost, lease_ms, reserve
 local limits, budgets = {0, 0, 0, 0, 0, 0}, {-1, 0, -1, 0}
-if admitting then
-  entry = ARGV[a]
-  cost = tonumber(ARGV[a + 1])
-  lease_ms = tonumber(ARGV[a + 2])
-  reserve = tonumber(ARGV[a + 3])
-  for i = 0, 5 do limits[i + 1] = tonumber(ARGV[a + 4 + i]) end
-  for i = 0, 3 do budgets[i + 1] = tonumber(ARGV[a + 10 + i]) end
-end
-local team_budget = in_team and budgets[3] or -1
-local function limited(first, budget) -- does this side have anything to check?
-  return limits[first] > 0 or limits[first + 1] > 0 or limits[first + 2] > 0 or budget >= 0
-end
--- Leases: the token's is the proof of admission that settlement looks for; the team's counts
--- its concurrency and guards its budget reservation.
-local token_lease = admitting and lease_ms > 0
-local team_lease = token_lease and in_team and (limits[6] > 0 or team_budget >= 0)
+local corrections  -- admission second -> tokens to add (real less reserved)
 
--- 2. the windows of each side, read at once: {w, l, b, h = field values, dirty = fields set}
+-- The windows read so far in this script call, by key, in the order first read.  A batch with
+-- several calls of one owner reads and writes its windows once: later calls see the values
+-- the earlier ones left.  A side is {w, l, b, h = field values, dirty = fields set, loaded =
+-- fields read (a nil value in h is then "absent")}.
+local cache, opened = {}, {}
+
 local function set(side, field, value)
   side.h[field] = value
   side.dirty[field] = true
+  side.loaded[field] = true
 end
 
+local BASE = {"o", "rs", "ts", "c", "x", "y"}
 local function open(w, l, b, freed)
-  local fields = {"o", "rs", "ts", "c", "x", "y"}
-  if admitting then
+  local side = cache[w]
+  local fields = {}
+  if side == nil then
+    side = {w = w, l = l, b = b, h = {}, dirty = {}, loaded = {}}
+    cache[w] = side
+    opened[#opened + 1] = side
+    for i = 1, 6 do fields[i] = BASE[i] end
+  end
+  local h, loaded = side.h, side.loaded
+  if admitting and not loaded[R_NOW] then
     fields[#fields + 1] = R_NOW
     fields[#fields + 1] = T_NOW
   end
-  for second in pairs(corrections) do fields[#fields + 1] = "t" .. second end
-  local values = redis.call("HMGET", w, unpack(fields))
-  local side = {w = w, l = l, b = b, h = {}, dirty = {}}
-  for i, field in ipairs(fields) do side.h[field] = tonumber(values[i]) end
-  local h = side.h
-  -- Drop the buckets that left the window.  The key expires 61 to 71 s after its newest
-  -- bucket, so at most 72 seconds are ever stale.
+  for second in pairs(corrections) do
+    local field = "t" .. second
+    if not loaded[field] then fields[#fields + 1] = field end
+  end
+  if #fields > 0 then
+    local values = redis.call("HMGET", w, unpack(fields))
+    for i, field in ipairs(fields) do
+      h[field] = tonumber(values[i])
+      loaded[field] = true
+    end
+  end
+  -- Drop the buckets that left the window (on the first read: "o" is then this second's).
+  -- The key expires 61 to 71 s after its newest bucket, so at most 72 seconds are ever stale.
   local limit = now_s - 60
   if h.o ~= nil and h.o < limit then
     local old = {}
@@ -200,7 +180,10 @@ local function open(w, l, b, freed)
       freed_t = freed_t + (tonumber(v[i + 1]) or 0)
     end
     redis.call("HDEL", w, unpack(old))
-    for _, field in ipairs(old) do h[field] = nil end
+    for _, field in ipairs(old) do
+      h[field] = nil
+      loaded[field] = true
+    end
     set(side, "o", limit)
     set(side, "rs", (h.rs or 0) - freed_r)
     set(side, "ts", (h.ts or 0) - freed_t)
@@ -231,12 +214,8 @@ local function close(side)
   if refresh then redis.call("PEXPIRE", side.w, (61 + REFRESH_S) * 1000) end
 end
 
-local sides = {}
-if (admitting and (limited(1, budgets[1]) or token_lease)) or n > 0 then
-  sides[1] = open(KEYS[1], KEYS[2], KEYS[3], released[1])
-end
-if in_team and ((admitting and (limited(4, team_budget) or team_lease)) or n > 0) then
-  sides[2] = open(KEYS[4], KEYS[5], KEYS[6], released[2])
+local function limited(first, budget) -- does this side have anything to check?
+  return limits[first] > 0 or limits[first + 1] > 0 or limits[first + 2] > 0 or budget >= 0
 end
 
 -- Leases held on a side, expired ones dropped: the count "c" unless it is missing or says the
@@ -335,41 +314,102 @@ local function record(side, windowed, lease, durable, hold)
   end
 end
 
-local result = {0, 0, now, 0, -1, -1, -1}
-if admitting then
+-- One call of the batch: its keys from KEYS[k] (3, or 6 with a team), its `na` arguments from
+-- ARGV[a].  Returns its answer.
+local function run(k, nk, a, na)
+  kw, kl, kb = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+  in_team = nk == 6
+  if in_team then tw, tl, tb = KEYS[k + 3], KEYS[k + 4], KEYS[k + 5] end
+
+  -- 1. settlements: each lease removed is the proof that its request was admitted and not
+  -- yet settled; their token corrections are applied to the windows below.
+  local n = tonumber(ARGV[a])
+  corrections = {}
+  local released, team_released = 0, 0  -- leases removed on the token side, on the team side
+  for i = 0, n - 1 do
+    local base = a + 1 + i * 5
+    local e = ARGV[base]
+    local c = tonumber(ARGV[base + 4])
+    if redis.call("ZREM", kl, e) == 1 then
+      released = released + 1
+      local real = tonumber(ARGV[base + 3])
+      if real >= 0 then
+        local delta = real - tonumber(ARGV[base + 2])
+        if delta ~= 0 then
+          local second = ARGV[base + 1]
+          corrections[second] = (corrections[second] or 0) + delta
+        end
+      end
+    end
+    -- Budgets: each side's reservation is its own proof (one charge per entry and side).
+    if c ~= -2 then charge(kb, e, c) end
+    if in_team then
+      team_released = team_released + redis.call("ZREM", tl, e)
+      if c ~= -2 then charge(tb, e, c) end
+    end
+  end
+
+  local p = a + 1 + n * 5
+  admitting = na > 1 + n * 5
+  if admitting then
+    entry = ARGV[p]
+    cost = tonumber(ARGV[p + 1])
+    lease_ms = tonumber(ARGV[p + 2])
+    reserve = tonumber(ARGV[p + 3])
+    for i = 0, 5 do limits[i + 1] = tonumber(ARGV[p + 4 + i]) end
+    for i = 0, 3 do budgets[i + 1] = tonumber(ARGV[p + 10 + i]) end
+  end
+  local team_budget = in_team and budgets[3] or -1
+  -- Leases: the token's is the proof of admission that settlement looks for; the team's
+  -- counts its concurrency and guards its budget reservation.
+  local token_lease = admitting and lease_ms > 0
+  local team_lease = token_lease and in_team and (limits[6] > 0 or team_budget >= 0)
+
+  -- 2. the windows of each side
+  local sides = {}
+  if (admitting and (limited(1, budgets[1]) or token_lease)) or n > 0 then
+    sides[1] = open(kw, kl, kb, released)
+  end
+  if in_team and ((admitting and (limited(4, team_budget) or team_lease)) or n > 0) then
+    sides[2] = open(tw, tl, tb, team_released)
+  end
+  if not admitting then return {0, 0, now, 0, -1, -1, -1} end
+
+  -- 3. check each side, 4. record on both if both passed
   local rpm_left, tpm_left, budget_left = -1, -1, -1
-  local refused = nil
   if limited(1, budgets[1]) then
     local status, retry
     status, retry, rpm_left, tpm_left, budget_left = check(
       sides[1], limits[1], limits[2], limits[3], budgets[1], budgets[2])
-    if status ~= 0 then refused = {status, retry, now, 0, rpm_left, tpm_left, budget_left} end
+    if status ~= 0 then return {status, retry, now, 0, rpm_left, tpm_left, budget_left} end
   end
-  if refused == nil and in_team and limited(4, team_budget) then
-    local status, retry, rl, tl, bl = check(
+  if in_team and limited(4, team_budget) then
+    local status, retry, rl, tl_, bl = check(
       sides[2], limits[4], limits[5], limits[6], team_budget, budgets[4])
-    if status ~= 0 then
-      refused = {status, retry, now, 1, rl, tl, bl}
-    else
-      -- The tighter side is what the client sees in its headers.
-      if rl >= 0 and (rpm_left < 0 or rl < rpm_left) then rpm_left = rl end
-      if tl >= 0 and (tpm_left < 0 or tl < tpm_left) then tpm_left = tl end
-      if bl >= 0 and (budget_left < 0 or bl < budget_left) then budget_left = bl end
-    end
+    if status ~= 0 then return {status, retry, now, 1, rl, tl_, bl} end
+    -- The tighter side is what the client sees in its headers.
+    if rl >= 0 and (rpm_left < 0 or rl < rpm_left) then rpm_left = rl end
+    if tl_ >= 0 and (tpm_left < 0 or tl_ < tpm_left) then tpm_left = tl_ end
+    if bl >= 0 and (budget_left < 0 or bl < budget_left) then budget_left = bl end
   end
-  if refused ~= nil then
-    result = refused
-  else
-    if sides[1] then
-      record(sides[1], limits[1] > 0 or limits[2] > 0, token_lease, budgets[1] >= 0,
-        budgets[1] >= 0)
-    end
-    if sides[2] then
-      record(sides[2], limits[4] > 0 or limits[5] > 0, team_lease, team_budget >= 0,
-        team_budget >= 0)
-    end
-    result = {0, 0, now, 0, rpm_left, tpm_left, budget_left}
+  if sides[1] then
+    record(sides[1], limits[1] > 0 or limits[2] > 0, token_lease, budgets[1] >= 0,
+      budgets[1] >= 0)
   end
+  if sides[2] then
+    record(sides[2], limits[4] > 0 or limits[5] > 0, team_lease, team_budget >= 0,
+      team_budget >= 0)
+  end
+  return {0, 0, now, 0, rpm_left, tpm_left, budget_left}
 end
-for _, side in pairs(sides) do close(side) end
-return result
+
+local results = {}
+local k, a = 1, 2
+for i = 1, tonumber(ARGV[1]) do
+  local nk, na = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  results[i] = run(k, nk, a + 2, na)
+  k = k + nk
+  a = a + 2 + na
+end
+for _, side in ipairs(opened) do close(side) end
+return results
