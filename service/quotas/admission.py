@@ -91,7 +91,8 @@ class Quotas:
         self._prices = prices  # the catalog's current prices (hot-reloaded)
         self.ledger = ledger or Ledger(store)
         self._refuse_degraded = refuse_degraded
-        self._pending: dict[str, tuple[QuotaKeys, list[Settlement]]] = {}
+        # token windows key -> its keys, settlements waiting for a ride, when the first waited
+        self._pending: dict[str, tuple[QuotaKeys, list[Settlement], float]] = {}
         self._flush: asyncio.TimerHandle | None = None
         self._in_flight: dict[str, Admission] = {}
         self._clock_offset_ms = 0  # store clock - local clock, from the last admission
@@ -121,7 +122,7 @@ class Quotas:
         """Send the settlements waiting for a ride now, and wait until they are applied."""
         if self._flush is not None:
             self._flush.cancel()
-        self._send_pending()
+        self._send_pending(everything=True)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
@@ -289,19 +290,31 @@ class Quotas:
         return total
 
     def _queue(self, keys: QuotaKeys, settlements: Sequence[Settlement]) -> None:
+        loop = asyncio.get_running_loop()
         pending = self._pending.get(keys.token_windows)
         if pending is None:
-            self._pending[keys.token_windows] = (keys, list(settlements))
+            self._pending[keys.token_windows] = (keys, list(settlements), loop.time())
         else:
             pending[1].extend(settlements)
         if self._flush is None:
-            self._flush = asyncio.get_running_loop().call_later(SETTLE_DELAY_S, self._send_pending)
+            self._flush = loop.call_later(SETTLE_DELAY_S, self._send_pending)
 
-    def _send_pending(self) -> None:
-        """Settlements that found no admission to ride with travel on their own."""
+    def _send_pending(self, everything: bool = False) -> None:
+        """Settlements that waited ``SETTLE_DELAY_S`` for an admission of their token to ride
+        with travel on their own (``everything``: all of them, now).  Younger ones keep
+        waiting: under load most ride, and cost no script call of their own."""
         self._flush = None
-        pending, self._pending = self._pending, {}
-        for keys, settlements in pending.values():
+        loop = asyncio.get_running_loop()
+        due = loop.time() - SETTLE_DELAY_S + 0.001  # a timer may fire a hair early
+        pending: list[tuple[QuotaKeys, list[Settlement], float]] = []
+        for key, waiting in list(self._pending.items()):
+            if everything or waiting[2] <= due:
+                pending.append(waiting)
+                del self._pending[key]
+        if self._pending:
+            oldest = min(since for *_, since in self._pending.values())
+            self._flush = loop.call_at(oldest + SETTLE_DELAY_S, self._send_pending)
+        for keys, settlements, _ in pending:
             task = asyncio.ensure_future(self._send(keys, settlements))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

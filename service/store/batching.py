@@ -32,26 +32,40 @@ Call = tuple[str, list[str], list[Any], asyncio.Future[Any]]
 
 
 class _Command:
-    """One EVALSHA of a pipeline, and the positions in the batch of the calls it carries
-    (``merged``: several, whose answers come back as a list; otherwise one)."""
+    """One EVALSHA of a pipeline, and the positions in the batch of the calls it carries.
 
-    __slots__ = ("args", "keys", "merged", "name", "positions")
+    A ``merged`` command carries several calls, whose answers come back as a list.  Its
+    arguments (see lua/quota.lua): the number of owners (distinct key lists) and each one's
+    key count, its keys once in KEYS; then the number of calls and, for each, its owner, its
+    argument count and its arguments."""
+
+    __slots__ = ("calls", "keys", "merged", "name", "owners", "positions", "sizes")
 
     def __init__(self, name: str, merged: bool) -> None:
         self.name = name
         self.merged = merged
         self.keys: list[str] = []
-        self.args: list[Any] = [0] if merged else []
+        self.calls: list[Any] = []
         self.positions: list[int] = []
+        self.owners: dict[tuple[str, ...], int] = {}
+        self.sizes: list[int] = []
 
     def add(self, position: int, keys: list[str], args: list[Any]) -> None:
         self.positions.append(position)
-        self.keys += keys
-        if self.merged:
-            self.args[0] += 1
-            self.args += [len(keys), len(args), *args]
-        else:
-            self.args = args
+        if not self.merged:
+            self.keys, self.calls = keys, args
+            return
+        owner = self.owners.setdefault(tuple(keys), len(self.owners) + 1)
+        if owner > len(self.sizes):
+            self.keys += keys
+            self.sizes.append(len(keys))
+        self.calls += [owner, len(args), *args]
+
+    @property
+    def args(self) -> list[Any]:
+        if not self.merged:
+            return self.calls
+        return [len(self.sizes), *self.sizes, len(self.positions), *self.calls]
 
 
 class ScriptBatcher:

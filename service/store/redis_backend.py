@@ -165,8 +165,8 @@ class RedisBackend:
         for s in settle:
             args += [s.entry, s.second, s.reserved, s.used, s.cost]
         if admit is not None:
-            args += [admit.entry, admit.cost, admit.lease_ms, admit.reserve]
-            args += [*admit.limits, *admit.budgets]
+            limits = ",".join(str(n) for n in (*admit.limits, *admit.budgets))
+            args += [admit.entry, admit.cost, admit.lease_ms, admit.reserve, limits]
         raw = await self._script("quota", keys.as_list(), args, urgent=admit is not None)
         status, retry, now, side, rpm_left, tpm_left, budget_left = (int(v) for v in raw)
         return QuotaDecision(status, retry, now, side == 1, rpm_left, tpm_left, budget_left)

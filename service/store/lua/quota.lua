@@ -3,16 +3,21 @@
 -- its team's.  Settlements ride along with the next admission of the same token (or travel
 -- alone after a short delay), and a replica sends the calls of one event-loop turn that share
 -- a slot as one batch (store/batching.py): a limited request costs at most one script call,
--- and under load a fraction of one.  Each owner's windows are read with one HMGET and written
--- with one HSET per batch, however many of its calls it holds: a request with rpm, tpm and
--- concurrency limits and a settlement riding along runs ZREM and ZADD of its own, and shares
--- TIME, HMGET and HSET (and, once a second, an HMGET/HDEL dropping the second that left the
--- window) with the rest of its batch.
+-- and under load a fraction of one.
 --
--- ARGV[1] M, the number of calls, then for each: its key count (3, or 6 for a team's token),
--- its argument count, its arguments.  KEYS holds each call's keys in turn:
---   token windows (hash), token leases (zset: entry id -> lease expiry, ms), token budget
---   (hash), then for a team's token the team's windows, leases and budget.
+-- What a batch costs is mostly per owner, not per call: each owner's windows are read with
+-- one HMGET and written with one HSET, and its leases read with one ZMSCORE (the leases its
+-- settlements name) and written with one ZADD and one ZREM, however many calls it holds.
+-- Inside Redis a number turned into a string (or back) costs about as much as a command, so
+-- the limits travel as one string parsed once per batch, and lease expiries are formatted
+-- once per batch.
+--
+-- ARGV[1] O, the number of owners (a token, or a team's token), then each one's key count (3,
+-- or 6 for a team's token); KEYS holds each owner's keys in turn: token windows (hash), token
+-- leases (zset: entry id -> lease expiry, ms), token budget (hash), then for a team's token
+-- the team's windows, leases and budget.  Then M, the number of calls, then for each: its
+-- owner (1 to O), its argument count, its arguments.
+--
 -- Windows hash fields: "o" oldest live second; "rs"/"ts" requests/tokens in the window;
 -- "r<second>"/"t<second>" per-second buckets.  At most 61 buckets of each: memory per owner is
 -- bounded whatever its limits.  A bucket is dropped once it is certainly older than 60 s, so
@@ -33,7 +38,8 @@
 --   real cost in micro-USD (-1: charge the budget reservation in full; -2: no budget was
 --   reserved, so no budget is read)
 -- then, when admitting (the call has more arguments):
---   entry id, tokens to reserve, lease ms, worst-case cost (micro-USD),
+--   entry id, tokens to reserve, lease ms, worst-case cost (micro-USD), and the limits, one
+--   comma-separated string (the same for every call of an owner, parsed once per batch):
 --   token rpm, tpm, max_concurrency, team rpm, tpm, max_concurrency   (0 = no limit),
 --   token budget (micro-USD, -1 none), its period kind, team budget, its period kind
 -- A settlement applies only if its lease (or, for budgets, its reservation) is still held:
@@ -110,20 +116,85 @@ local function charge(b, e, cost)
   redis.call("HINCRBY", b, "s", cost >= 0 and cost or held)
 end
 
+-- Leases of the batch, by leases key: the scores the batch's settlements found at its start
+-- (one ZMSCORE per key), and the changes it makes, written once at its end (one ZADD, one
+-- ZREM, and the key's expiry) or before anything that reads the zset itself.
+-- {score = entry -> score, taken = entries settled, adds = {score, entry, ...}, rems = {entry,
+--  ...}, purged = expired entries were dropped, expiry = "persist" or a time (ms) or nil}
+local leases = {}
+local function lease_set(l)
+  local set = leases[l]
+  if set == nil then
+    set = {score = {}, taken = {}, adds = {}, rems = {}, purged = false}
+    leases[l] = set
+  end
+  return set
+end
+
+-- Write the pending changes of leases key `l`: adds first, so that removing the last old
+-- lease never drops the key (and its expiry) under a lease just added.
+local function sync(l)
+  local set = leases[l]
+  if set == nil then return end
+  if #set.adds > 0 then
+    redis.call("ZADD", l, unpack(set.adds))
+    set.adds = {}
+  end
+  if #set.rems > 0 then
+    redis.call("ZREM", l, unpack(set.rems))
+    set.rems = {}
+  end
+  if set.expiry == "persist" then
+    redis.call("PERSIST", l)
+  elseif set.expiry ~= nil then
+    redis.call("PEXPIREAT", l, set.expiry)
+  end
+  set.expiry = nil
+end
+
+-- Release entry `e`'s lease on `l`: true if it was held (the proof that its request was
+-- admitted and is not settled yet), as ZREM would answer.
+local function take(l, e)
+  local set = leases[l]
+  local score = set and set.score[e]
+  if not score or set.taken[e] or (set.purged and score <= now) then return false end
+  set.taken[e] = true
+  set.rems[#set.rems + 1] = e
+  return true
+end
+
 -- Drop the expired leases of `l`; their budget reservations on `b` are charged in full.
 -- Returns how many there were.
 local function expire(l, b)
+  sync(l)
   local gone = redis.call("ZRANGEBYSCORE", l, "-inf", now)
   if #gone == 0 then return 0 end
   for _, e in ipairs(gone) do charge(b, e, -1) end
   redis.call("ZREMRANGEBYSCORE", l, "-inf", now)
+  lease_set(l).purged = true
   return #gone
 end
 
 -- The call being run (set by run() for each call of the batch; the helpers below read it).
 local kw, kl, kb, tw, tl, tb, in_team  -- its keys: token windows, leases, budget, then team's
-local admitting, entry, cost, lease_ms, reserve
-local limits, budgets = {0, 0, 0, 0, 0, 0}, {-1, 0, -1, 0}
+local admitting, entry, cost, lease_ms, reserve, expiry
+local limits, budgets = {0, 0, 0, 0, 0, 0}, {-1, 0, -1, 0}  -- read only when admitting
+
+-- A call's limits and budgets, parsed once per batch for each distinct string.
+local parsed = {}  -- string -> {limits = 6 numbers, budgets = 4 numbers}
+local function limits_of(text)
+  local v = parsed[text]
+  if v == nil then
+    local n = {}
+    for x in string.gmatch(text, "[^,]+") do n[#n + 1] = tonumber(x) end
+    v = {limits = {n[1], n[2], n[3], n[4], n[5], n[6]}, budgets = {n[7], n[8], n[9], n[10]}}
+    parsed[text] = v
+  end
+  return v
+end
+-- A lease's expiry as the string ZADD takes (a number passed to redis.call is formatted on
+-- every call), once per batch for each lease length.
+local expiries = {}  -- lease ms (argument string) -> expiry (ms)
 local corrections  -- admission second -> tokens to add (real less reserved)
 
 -- The windows read so far in this script call, by key, in the order first read.  A batch with
@@ -223,7 +294,11 @@ end
 local function held(side, conc, budget)
   local c = side.h.c
   if c == nil or c >= conc then
-    if budget < 0 then redis.call("ZREMRANGEBYSCORE", side.l, "-inf", now) end
+    sync(side.l)
+    if budget < 0 then
+      redis.call("ZREMRANGEBYSCORE", side.l, "-inf", now)
+      lease_set(side.l).purged = true
+    end
     c = redis.call("ZCARD", side.l)
     set(side, "c", c)
   end
@@ -294,17 +369,19 @@ local function record(side, windowed, lease, durable, hold)
   end
   if lease then
     local before = h.c
-    redis.call("ZADD", side.l, now + lease_ms, entry)
+    local set_ = lease_set(side.l)
+    set_.adds[#set_.adds + 1] = expiry
+    set_.adds[#set_.adds + 1] = entry
     if before ~= nil then set(side, "c", before + 1) end
     if durable then
       -- A lease that guards a budget reservation must outlive any gap in renewals: its key
       -- does not expire (it empties as requests settle; expired entries are charged).
-      redis.call("PERSIST", side.l)
+      set_.expiry = "persist"
     elseif h.y == nil or h.y < now + lease_ms + 1000 or before == nil or before == 0 then
       -- Every lease runs lease_ms from its admission or renewal; the key outlives the newest.
       -- (An empty leases key vanishes: one recreated by this ZADD has no expiry yet.)
       local until_ms = now + lease_ms + 1000 + REFRESH_S * 1000
-      redis.call("PEXPIREAT", side.l, until_ms)
+      set_.expiry = until_ms
       set(side, "y", until_ms)
     end
   end
@@ -314,8 +391,8 @@ local function record(side, windowed, lease, durable, hold)
   end
 end
 
--- One call of the batch: its keys from KEYS[k] (3, or 6 with a team), its `na` arguments from
--- ARGV[a].  Returns its answer.
+-- One call of the batch: its owner's keys from KEYS[k] (3, or 6 with a team), its `na`
+-- arguments from ARGV[a].  Returns its answer.
 local function run(k, nk, a, na)
   kw, kl, kb = KEYS[k], KEYS[k + 1], KEYS[k + 2]
   in_team = nk == 6
@@ -330,7 +407,7 @@ local function run(k, nk, a, na)
     local base = a + 1 + i * 5
     local e = ARGV[base]
     local c = tonumber(ARGV[base + 4])
-    if redis.call("ZREM", kl, e) == 1 then
+    if take(kl, e) then
       released = released + 1
       local real = tonumber(ARGV[base + 3])
       if real >= 0 then
@@ -344,7 +421,7 @@ local function run(k, nk, a, na)
     -- Budgets: each side's reservation is its own proof (one charge per entry and side).
     if c ~= -2 then charge(kb, e, c) end
     if in_team then
-      team_released = team_released + redis.call("ZREM", tl, e)
+      if take(tl, e) then team_released = team_released + 1 end
       if c ~= -2 then charge(tb, e, c) end
     end
   end
@@ -356,8 +433,13 @@ local function run(k, nk, a, na)
     cost = tonumber(ARGV[p + 1])
     lease_ms = tonumber(ARGV[p + 2])
     reserve = tonumber(ARGV[p + 3])
-    for i = 0, 5 do limits[i + 1] = tonumber(ARGV[p + 4 + i]) end
-    for i = 0, 3 do budgets[i + 1] = tonumber(ARGV[p + 10 + i]) end
+    local v = limits_of(ARGV[p + 4])
+    limits, budgets = v.limits, v.budgets
+    expiry = expiries[ARGV[p + 2]]
+    if expiry == nil then
+      expiry = tostring(now + lease_ms)
+      expiries[ARGV[p + 2]] = expiry
+    end
   end
   local team_budget = in_team and budgets[3] or -1
   -- Leases: the token's is the proof of admission that settlement looks for; the team's
@@ -403,13 +485,50 @@ local function run(k, nk, a, na)
   return {0, 0, now, 0, rpm_left, tpm_left, budget_left}
 end
 
-local results = {}
-local k, a = 1, 2
+-- The batch's owners: their keys, in turn in KEYS.
+local owners = {}  -- {first key, key count}
+local k = 1
 for i = 1, tonumber(ARGV[1]) do
-  local nk, na = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-  results[i] = run(k, nk, a + 2, na)
+  local nk = tonumber(ARGV[1 + i])
+  owners[i] = {k, nk}
   k = k + nk
+end
+local first_call = 3 + #owners
+
+-- The leases the batch's settlements name, read at once per leases key.
+local calls = tonumber(ARGV[first_call - 1])
+local wanted = {}  -- leases key -> entries
+local a = first_call
+for _ = 1, calls do
+  local owner, na = owners[tonumber(ARGV[a])], tonumber(ARGV[a + 1])
+  local n = tonumber(ARGV[a + 2])
+  for i = 0, n - 1 do
+    local e = ARGV[a + 3 + i * 5]
+    for j = 1, owner[2] == 6 and 2 or 1 do
+      local l = KEYS[owner[1] + 1 + (j - 1) * 3]
+      local list = wanted[l]
+      if list == nil then
+        list = {}
+        wanted[l] = list
+      end
+      list[#list + 1] = e
+    end
+  end
+  a = a + 2 + na
+end
+for l, list in pairs(wanted) do
+  local scores = redis.call("ZMSCORE", l, unpack(list))
+  local set = lease_set(l)
+  for i, e in ipairs(list) do set.score[e] = tonumber(scores[i]) end
+end
+
+local results = {}
+a = first_call
+for i = 1, calls do
+  local owner, na = owners[tonumber(ARGV[a])], tonumber(ARGV[a + 1])
+  results[i] = run(owner[1], owner[2], a + 2, na)
   a = a + 2 + na
 end
 for _, side in ipairs(opened) do close(side) end
+for l in pairs(leases) do sync(l) end
 return results
