@@ -287,6 +287,46 @@ def store_cost_markdown(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def capacity_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """Redis at saturation, driven through the store client (bench/capacity.py says how)."""
+    if not rows:
+        return []
+    header = [
+        "Redis store, tokens",
+        "admissions/s",
+        "Redis core busy",
+        "Redis CPU us per admission",
+        "fleet req/s per Redis core",
+        "admissions per script call / per windows read",
+        "errors",
+    ]
+    lines: list[list[str]] = []
+    for row in rows:
+        label = f"{row['topology']}, {row['tokens']} tokens (`{row['commit']}`)"
+        if row.get("failure"):
+            lines.append([label, f"failed: {row['failure'][:120]}", *["n/a"] * 5])
+            continue
+        fleet = row["fleet_rps_per_core"]
+        lines.append(
+            [
+                label,
+                f"{row['admissions_per_s']:,.0f}",
+                f"{row['busy']:.0%}",
+                f"{row['cpu_us']:.1f}",
+                "n/a" if fleet is None else f"{fleet:,.0f}",
+                f"{row['per_script_call']:.1f} / {row['per_windows_read']:.1f}",
+                str(row["errors"]),
+            ]
+        )
+    return [
+        "Redis at saturation (the gateway's store client and quota.lua driven directly: 4 "
+        "replicas x 32 admissions in flight in one process on core 0, Redis alone on core 1; "
+        "every admission settles the one before it):",
+        "",
+        *_table(header, lines),
+    ]
+
+
 def render_markdown(results: Results) -> str:
     meta = results["meta"]
     lines = [
@@ -303,6 +343,8 @@ def render_markdown(results: Results) -> str:
     ]
     if results.get("store_cost"):
         lines += ["", *store_cost_markdown(results["store_cost"])]
+    if results.get("capacity"):
+        lines += ["", *capacity_markdown(results["capacity"])]
     extra = notes(results)
     if extra:
         lines += ["", "Notes:", "", *extra]
@@ -329,6 +371,8 @@ def write_store_cost(cost: Results, results_dir: Path) -> Path:
     stem = f"store-cost-{str(meta['commit']).split('+')[0]}"
     (results_dir / f"{stem}.json").write_text(json.dumps(cost, indent=2) + "\n")
     md_path = results_dir / f"{stem}.md"
-    body = "\n".join(store_cost_markdown(cost["store_cost"]))
+    body = "\n".join(
+        [*store_cost_markdown(cost["store_cost"]), "", *capacity_markdown(cost.get("capacity", []))]
+    )
     md_path.write_text(f"{header}\n\n{body}\n")
     return md_path

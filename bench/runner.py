@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.capacity import run_capacity
 from bench.loadgen import WrkResult, render_script, request_body, run_wrk
 from bench.procs import HELPER_CORE, SUT_CORE, CpuMeter, Proc, free_port, tree_rss_bytes
 from bench.storecost import StoreCost, run_store_cost
@@ -198,6 +199,7 @@ def run_all(settings: Settings, workdir: Path) -> dict[str, object]:
     commit = git_commit(settings.gateway_root)
     results: list[TargetResult] = []
     store_cost: list[dict[str, object]] = []
+    capacity: list[dict[str, object]] = []
     upstream_port = free_port()
     nginx = start_nginx(workdir / "nginx", upstream_port)
     redis: Proc | None = None
@@ -254,6 +256,7 @@ def run_all(settings: Settings, workdir: Path) -> dict[str, object]:
             store_cost = [
                 row.to_dict() for row in store_cost_run(settings, workdir, upstream_port, commit)
             ]
+            capacity = capacity_run(settings, workdir, commit)
     finally:
         if redis is not None:
             redis.stop()
@@ -276,7 +279,22 @@ def run_all(settings: Settings, workdir: Path) -> dict[str, object]:
         },
         "targets": [_target_dict(result) for result in results],
         "store_cost": store_cost,
+        "capacity": capacity,
     }
+
+
+def capacity_run(settings: Settings, workdir: Path, commit: str) -> list[dict[str, object]]:
+    """Redis driven to saturation through the store client (capacity.py)."""
+    _wait_quiet(None, settings.quiet_wait_s)
+    points = run_capacity(
+        workdir / "capacity",
+        settings.store_topologies,
+        settings.store_cost_s,
+        commit,
+        log,
+        settings.gateway_root,
+    )
+    return [point.to_dict() for point in points]
 
 
 def store_cost_run(
@@ -306,6 +324,7 @@ def run_store_cost_only(settings: Settings, workdir: Path) -> dict[str, Any]:
         rows = store_cost_run(settings, workdir, upstream_port, commit)
     finally:
         nginx.stop()
+    capacity = capacity_run(settings, workdir, commit)
     return {
         "meta": {
             "started_at": started.isoformat(timespec="seconds"),
@@ -316,6 +335,7 @@ def run_store_cost_only(settings: Settings, workdir: Path) -> dict[str, Any]:
             "loadavg": _loadavg(),
         },
         "store_cost": [row.to_dict() for row in rows],
+        "capacity": capacity,
     }
 
 

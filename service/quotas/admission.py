@@ -56,6 +56,10 @@ log = logging.getLogger("best.quotas")
 LEASE_MS = 10_000
 RENEW_S = 3.0
 SETTLE_DELAY_S = 0.025
+# A settlement of a request admitted far from its limits (a tenth of each, and at least ten,
+# still free; no budget) waits longer for a ride: holding its lease and reservation a little longer refuses
+# nobody, and most then cost no script call of their own.
+SETTLE_PATIENT_S = 0.5
 GAUGE_S = 15.0
 _KINDS = {OVER_RPM: "rpm", OVER_CONCURRENCY: "concurrency"}
 
@@ -72,6 +76,7 @@ class Admission:
     headers: Headers = field(default_factory=list)
     settled: bool = False
     budgeted: bool = False  # a budget holds a reservation: settle with the real cost
+    patience: float = SETTLE_DELAY_S  # how long its settlement may wait for a ride
 
 
 class Quotas:
@@ -91,7 +96,7 @@ class Quotas:
         self._prices = prices  # the catalog's current prices (hot-reloaded)
         self.ledger = ledger or Ledger(store)
         self._refuse_degraded = refuse_degraded
-        # token windows key -> its keys, settlements waiting for a ride, when the first waited
+        # token windows key -> its keys, settlements waiting for a ride, when they go alone
         self._pending: dict[str, tuple[QuotaKeys, list[Settlement], float]] = {}
         self._flush: asyncio.TimerHandle | None = None
         self._in_flight: dict[str, Admission] = {}
@@ -232,6 +237,10 @@ class Quotas:
             rate_limit_headers(rpm, decision.rpm_remaining, tpm, decision.tpm_remaining) + spend,
             budgeted=budgeted,
         )
+        roomy = _roomy(decision.tpm_remaining, token.tpm, team.tpm if team else 0)
+        slots = (token.max_concurrency, team.max_concurrency if team else 0)
+        if roomy and not budgeted and _roomy(decision.concurrency_remaining, *slots):
+            admission.patience = SETTLE_PATIENT_S
         if leased:
             self._in_flight[entry] = admission
         return admission
@@ -256,7 +265,7 @@ class Quotas:
             usage.tokens if usage is not None else -1,
             NOT_BUDGETED if not admission.budgeted else to_micro(cost) if cost is not None else -1,
         )
-        self._queue(admission.keys, [settlement])
+        self._queue(admission.keys, [settlement], admission.patience)
 
     def _cost(self, admission: Admission, usage: Usage | None) -> int | None:
         """What the request cost in pico-USD (None: unknown), hedges that lost included;
@@ -289,31 +298,38 @@ class Quotas:
             total += cost
         return total
 
-    def _queue(self, keys: QuotaKeys, settlements: Sequence[Settlement]) -> None:
+    def _queue(
+        self, keys: QuotaKeys, settlements: Sequence[Settlement], wait: float = SETTLE_DELAY_S
+    ) -> None:
         loop = asyncio.get_running_loop()
+        due = loop.time() + wait
         pending = self._pending.get(keys.token_windows)
         if pending is None:
-            self._pending[keys.token_windows] = (keys, list(settlements), loop.time())
+            self._pending[keys.token_windows] = (keys, list(settlements), due)
         else:
             pending[1].extend(settlements)
-        if self._flush is None:
-            self._flush = loop.call_later(SETTLE_DELAY_S, self._send_pending)
+            if due < pending[2]:
+                self._pending[keys.token_windows] = (keys, pending[1], due)
+        if self._flush is None or due < self._flush.when():
+            if self._flush is not None:
+                self._flush.cancel()
+            self._flush = loop.call_at(due, self._send_pending)
 
     def _send_pending(self, everything: bool = False) -> None:
-        """Settlements that waited ``SETTLE_DELAY_S`` for an admission of their token to ride
-        with travel on their own (``everything``: all of them, now).  Younger ones keep
-        waiting: under load most ride, and cost no script call of their own."""
+        """Settlements whose wait for an admission of their token to ride with is over travel
+        on their own (``everything``: all of them, now).  The others keep waiting: under load
+        most ride, and cost no script call of their own."""
         self._flush = None
         loop = asyncio.get_running_loop()
-        due = loop.time() - SETTLE_DELAY_S + 0.001  # a timer may fire a hair early
+        now = loop.time() + 0.001  # a timer may fire a hair early
         pending: list[tuple[QuotaKeys, list[Settlement], float]] = []
         for key, waiting in list(self._pending.items()):
-            if everything or waiting[2] <= due:
+            if everything or waiting[2] <= now:
                 pending.append(waiting)
                 del self._pending[key]
         if self._pending:
-            oldest = min(since for *_, since in self._pending.values())
-            self._flush = loop.call_at(oldest + SETTLE_DELAY_S, self._send_pending)
+            soonest = min(due for *_, due in self._pending.values())
+            self._flush = loop.call_at(soonest, self._send_pending)
         for keys, settlements, _ in pending:
             task = asyncio.ensure_future(self._send(keys, settlements))
             self._tasks.add(task)
@@ -378,3 +394,10 @@ _WHAT = {
     "tpm": "tokens per minute",
     "concurrency": "concurrent requests",
 }
+
+
+def _roomy(remaining: int, *limits: int) -> bool:
+    """Far from a limit: none is set, or a tenth of the tightest one (and at least ten) is
+    still free."""
+    bound = min((n for n in limits if n > 0), default=0)
+    return bound == 0 or remaining < 0 or remaining >= max(10, bound // 10)

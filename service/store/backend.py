@@ -70,6 +70,7 @@ class QuotaDecision:
     rpm_remaining: int  # -1 when unlimited
     tpm_remaining: int
     budget_remaining: int = -1  # micro-USD of the tighter budget after this request; -1 none
+    concurrency_remaining: int = -1  # leases still free after this one (tighter side); -1 none
 
 
 @dataclass(frozen=True, slots=True)

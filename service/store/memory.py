@@ -248,7 +248,7 @@ class MemoryBackend:
             sides.append(
                 (keys.team_windows, keys.team_leases, keys.team_budget, limits[3:6], budgets[2:4])
             )
-        rpm_left = tpm_left = budget_left = -1
+        rpm_left = tpm_left = budget_left = conc_left = -1
         for team_side, side in enumerate(sides):
             windows_key, leases_key, budget_key, (rpm, tpm, conc), (budget, period) = side
             left = -1
@@ -291,6 +291,8 @@ class MemoryBackend:
                         del leases[entry]
                 if len(leases) >= conc:
                     return QuotaDecision(OVER_CONCURRENCY, 1000, now, bool(team_side), -1, -1, left)
+                remaining = conc - len(leases) - 1
+                conc_left = remaining if conc_left < 0 else min(conc_left, remaining)
             if left >= 0:
                 budget_left = left if budget_left < 0 else min(budget_left, left)
 
@@ -304,7 +306,7 @@ class MemoryBackend:
                 state = self._budgets[budget_key]
                 state.holds[admit.entry] = admit.reserve
                 state.reserved += admit.reserve
-        return QuotaDecision(ADMITTED, 0, now, False, rpm_left, tpm_left, budget_left)
+        return QuotaDecision(ADMITTED, 0, now, False, rpm_left, tpm_left, budget_left, conc_left)
 
     # -- budgets (see quota.lua) ---------------------------------------------------------------
 

@@ -168,8 +168,10 @@ class RedisBackend:
             limits = ",".join(str(n) for n in (*admit.limits, *admit.budgets))
             args += [admit.entry, admit.cost, admit.lease_ms, admit.reserve, limits]
         raw = await self._script("quota", keys.as_list(), args, urgent=admit is not None)
-        status, retry, now, side, rpm_left, tpm_left, budget_left = (int(v) for v in raw)
-        return QuotaDecision(status, retry, now, side == 1, rpm_left, tpm_left, budget_left)
+        status, retry, now, side, rpm_left, tpm_left, budget_left, conc_left = (int(v) for v in raw)
+        return QuotaDecision(
+            status, retry, now, side == 1, rpm_left, tpm_left, budget_left, conc_left
+        )
 
     async def renew(self, leases: Mapping[str, Sequence[str]], until_ms: int) -> None:
         if not leases:

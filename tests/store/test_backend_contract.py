@@ -580,7 +580,7 @@ def test_calls_of_one_turn_decide_as_the_same_calls_one_at_a_time(
     the answer it would get alone, in order, and leave the same counts."""
     solo, team_ = (5, 100, 3, 0, 0, 0), (0, 0, 0, 8, 0, 4)
     budget = (100, 0, -1, 0)  # 100 micro-USD in total for token "d"
-    Answer = tuple[int, bool, int, int, int]
+    Answer = tuple[int, bool, int, int, int, int]
 
     async def rounds(backend: Backend, keys: Keys, together: bool) -> list[Any]:
         owners = {
@@ -605,7 +605,14 @@ def test_calls_of_one_turn_decide_as_the_same_calls_one_at_a_time(
                 if admit is not None and d.status == ADMITTED:
                     admitted[owner].append((admit.entry, d.now_ms // 1000))
                 out.append(
-                    (d.status, d.team_side, d.rpm_remaining, d.tpm_remaining, d.budget_remaining)
+                    (
+                        d.status,
+                        d.team_side,
+                        d.rpm_remaining,
+                        d.tpm_remaining,
+                        d.budget_remaining,
+                        d.concurrency_remaining,
+                    )
                 )
             return out
 
@@ -647,5 +654,6 @@ def test_calls_of_one_turn_decide_as_the_same_calls_one_at_a_time(
     # And the answers are the limits': a has 3 leases, the team 4, d's budget 3 reservations.
     first = alone[0]
     assert [s for s, *_ in first[0::4]] == [ADMITTED] * 3 + [OVER_CONCURRENCY] * 3
+    assert [answer[5] for answer in first[0:12:4]] == [2, 1, 0]  # leases still free
     assert sum(s == ADMITTED for s, *_ in first[1::4] + first[2::4]) == 4
     assert [s for s, *_ in first[3::4]] == [ADMITTED] * 3 + [OVER_BUDGET] * 3

@@ -45,7 +45,8 @@
 -- A settlement applies only if its lease (or, for budgets, its reservation) is still held:
 -- it is idempotent; a lease that expired keeps its reservation, which errs on the safe side.
 -- Returns for each call {status, retry_ms, now_ms, limiting side (0 token, 1 team), rpm
--- remaining, tpm remaining, budget remaining (micro-USD)} with remaining -1 when unlimited.
+-- remaining, tpm remaining, budget remaining (micro-USD), leases free after an admission}
+-- with remaining -1 when unlimited (and leases free only when admitted).
 -- status: 0 admitted (or only settled), 1 over rpm, 2 over tpm, 3 over max_concurrency,
 -- 4 over budget (retry_ms: until the period ends; 0 when it never does).
 local t = redis.call("TIME")
@@ -320,7 +321,8 @@ local function wait_for(side, prefix, used, need, limit)
   return 60000
 end
 
--- 3. check one side; returns status, retry, rpm remaining, tpm remaining, budget remaining.
+-- 3. check one side; returns status, retry, rpm remaining, tpm remaining, budget remaining,
+-- leases free after this admission (-1 when unlimited).
 local function check(side, rpm, tpm, conc, budget, kind)
   local left = -1
   if budget >= 0 then
@@ -351,8 +353,13 @@ local function check(side, rpm, tpm, conc, budget, kind)
     rpm_left = rpm > 0 and rpm - rs - 1 or -1
     tpm_left = tpm > 0 and tpm - ts - cost or -1
   end
-  if conc > 0 and held(side, conc, budget) >= conc then return 3, 1000, -1, -1, left end
-  return 0, 0, rpm_left, tpm_left, left
+  local conc_left = -1
+  if conc > 0 then
+    local c = held(side, conc, budget)
+    if c >= conc then return 3, 1000, -1, -1, left end
+    conc_left = conc - c - 1
+  end
+  return 0, 0, rpm_left, tpm_left, left, conc_left
 end
 
 -- 4. record an admission on a side that passed.
@@ -455,24 +462,25 @@ local function run(k, nk, a, na)
   if in_team and ((admitting and (limited(4, team_budget) or team_lease)) or n > 0) then
     sides[2] = open(tw, tl, tb, team_released)
   end
-  if not admitting then return {0, 0, now, 0, -1, -1, -1} end
+  if not admitting then return {0, 0, now, 0, -1, -1, -1, -1} end
 
   -- 3. check each side, 4. record on both if both passed
-  local rpm_left, tpm_left, budget_left = -1, -1, -1
+  local rpm_left, tpm_left, budget_left, conc_left = -1, -1, -1, -1
   if limited(1, budgets[1]) then
     local status, retry
-    status, retry, rpm_left, tpm_left, budget_left = check(
+    status, retry, rpm_left, tpm_left, budget_left, conc_left = check(
       sides[1], limits[1], limits[2], limits[3], budgets[1], budgets[2])
-    if status ~= 0 then return {status, retry, now, 0, rpm_left, tpm_left, budget_left} end
+    if status ~= 0 then return {status, retry, now, 0, rpm_left, tpm_left, budget_left, -1} end
   end
   if in_team and limited(4, team_budget) then
-    local status, retry, rl, tl_, bl = check(
+    local status, retry, rl, tl_, bl, cl = check(
       sides[2], limits[4], limits[5], limits[6], team_budget, budgets[4])
-    if status ~= 0 then return {status, retry, now, 1, rl, tl_, bl} end
+    if status ~= 0 then return {status, retry, now, 1, rl, tl_, bl, -1} end
     -- The tighter side is what the client sees in its headers.
     if rl >= 0 and (rpm_left < 0 or rl < rpm_left) then rpm_left = rl end
     if tl_ >= 0 and (tpm_left < 0 or tl_ < tpm_left) then tpm_left = tl_ end
     if bl >= 0 and (budget_left < 0 or bl < budget_left) then budget_left = bl end
+    if cl >= 0 and (conc_left < 0 or cl < conc_left) then conc_left = cl end
   end
   if sides[1] then
     record(sides[1], limits[1] > 0 or limits[2] > 0, token_lease, budgets[1] >= 0,
@@ -482,7 +490,7 @@ local function run(k, nk, a, na)
     record(sides[2], limits[4] > 0 or limits[5] > 0, team_lease, team_budget >= 0,
       team_budget >= 0)
   end
-  return {0, 0, now, 0, rpm_left, tpm_left, budget_left}
+  return {0, 0, now, 0, rpm_left, tpm_left, budget_left, conc_left}
 end
 
 -- The batch's owners: their keys, in turn in KEYS.
