@@ -657,3 +657,34 @@ def test_calls_of_one_turn_decide_as_the_same_calls_one_at_a_time(
     assert [answer[5] for answer in first[0:12:4]] == [2, 1, 0]  # leases still free
     assert sum(s == ADMITTED for s, *_ in first[1::4] + first[2::4]) == 4
     assert [s for s, *_ in first[3::4]] == [ADMITTED] * 3 + [OVER_BUDGET] * 3
+
+
+def test_a_registry_written_again_after_a_loss_never_repeats_a_version(
+    redis_server: RedisServer,
+) -> None:
+    """Replicas reconcile when the registry's version differs from the one they last saw.  After
+    an empty restart, re-seeding N records must not bring the version back to a value a replica
+    saw before the loss (it would skip its reconciliation and its newer copies be lost)."""
+
+    async def body() -> tuple[int | None, int | None]:
+        keys = Keys("test-version-loss")
+        backend = _redis_backend(redis_server.url, keys)
+        await backend.ping()
+        try:
+            for n in range(3):
+                await backend.put_record("token", f"t{n}", {"id": f"t{n}"}, "create")
+            before = await backend.registry_version()
+            client = Redis.from_url(redis_server.url)
+            try:
+                await client.delete(*await client.keys("test-version-loss:*"))
+            finally:
+                await client.aclose()
+            for n in range(3):
+                await backend.put_record("token", f"t{n}", {"id": f"t{n}"}, "newest")
+            return before, await backend.registry_version()
+        finally:
+            await backend.close()
+
+    before, after = asyncio.run(body())
+    assert before is not None and after is not None
+    assert after != before

@@ -1,7 +1,8 @@
 -- put_record: write a token's or a team's record in the registry and bump its version.
 --
 -- KEYS[1] the record (hash)   KEYS[2] the index of its kind (set of ids)
--- KEYS[3] the registry version (integer; its absence means the store lost the registry)
+-- KEYS[3] the registry version (integer; its absence means the store lost the registry; it
+--         starts from the clock, so a version is never seen twice across such a loss)
 -- ARGV[1] mode: "create" (only if absent), "update" (merge into an existing record) or
 --         "newest" (replace unless the stored "updated_ms" is newer; used to re-seed)
 -- ARGV[2] the record id, then field, value, field, value, ...
@@ -24,5 +25,13 @@ if mode == "newest" and exists then
 end
 if #fields > 0 then redis.call("HSET", KEYS[1], unpack(fields)) end
 redis.call("SADD", KEYS[2], ARGV[2])
-redis.call("INCR", KEYS[3])
+if redis.call("EXISTS", KEYS[3]) == 1 then
+  redis.call("INCR", KEYS[3])
+else
+  -- A registry written again after it was lost (an empty restart) starts its version from the
+  -- clock in microseconds, never from 1: a replica that last saw version N before the loss
+  -- must not find N again after N re-seeded writes, and skip its own reconciliation.
+  local t = redis.call("TIME")
+  redis.call("SET", KEYS[3], string.format("%d", t[1] * 1000000 + t[2]))
+end
 return 1
