@@ -7,7 +7,8 @@
 --
 -- What a batch costs is mostly per owner, not per call: each owner's windows are read with
 -- one HMGET and written with one HSET, and its leases read with one ZMSCORE (the leases its
--- settlements name) and written with one ZADD and one ZREM, however many calls it holds.
+-- settlements name; none for a single settlement) and written with one ZADD and one ZREM,
+-- however many calls it holds.
 -- Inside Redis a number turned into a string (or back) costs about as much as a command, so
 -- the limits travel as one string parsed once per batch, and lease expiries are formatted
 -- once per batch.
@@ -121,7 +122,8 @@ end
 -- (one ZMSCORE per key), and the changes it makes, written once at its end (one ZADD, one
 -- ZREM, and the key's expiry) or before anything that reads the zset itself.
 -- {score = entry -> score, taken = entries settled, adds = {score, entry, ...}, rems = {entry,
---  ...}, purged = expired entries were dropped, expiry = "persist" or a time (ms) or nil}
+--  ...}, purged = expired entries were dropped, expiry = "persist" or a time (ms) or nil,
+--  direct = the batch settles one entry here: removed at once by ZREM, no ZMSCORE}
 local leases = {}
 local function lease_set(l)
   local set = leases[l]
@@ -157,6 +159,7 @@ end
 -- admitted and is not settled yet), as ZREM would answer.
 local function take(l, e)
   local set = leases[l]
+  if set and set.direct then return redis.call("ZREM", l, e) == 1 end
   local score = set and set.score[e]
   if not score or set.taken[e] or (set.purged and score <= now) then return false end
   set.taken[e] = true
@@ -525,9 +528,13 @@ for _ = 1, calls do
   a = a + 2 + na
 end
 for l, list in pairs(wanted) do
-  local scores = redis.call("ZMSCORE", l, unpack(list))
   local set = lease_set(l)
-  for i, e in ipairs(list) do set.score[e] = tonumber(scores[i]) end
+  if #list == 1 then
+    set.direct = true  -- one settlement: its own ZREM answers for it, one command not two
+  else
+    local scores = redis.call("ZMSCORE", l, unpack(list))
+    for i, e in ipairs(list) do set.score[e] = tonumber(scores[i]) end
+  end
 end
 
 local results = {}
