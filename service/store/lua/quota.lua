@@ -121,14 +121,15 @@ end
 -- Leases of the batch, by leases key: the scores the batch's settlements found at its start
 -- (one ZMSCORE per key), and the changes it makes, written once at its end (one ZADD, one
 -- ZREM, and the key's expiry) or before anything that reads the zset itself.
--- {score = entry -> score, taken = entries settled, adds = {score, entry, ...}, rems = {entry,
---  ...}, purged = expired entries were dropped, expiry = "persist" or a time (ms) or nil,
---  direct = the batch settles one entry here: removed at once by ZREM, no ZMSCORE}
+-- {score = entry -> score (an entry settled is removed), adds = {score, entry, ...}, rems =
+--  {entry, ...}, purged = expired entries were dropped, expiry = "persist" or a time (ms) or
+--  nil, direct = the batch settles one entry here: removed at once by ZREM, no ZMSCORE}; the
+--  tables only once needed (most owners of a batch add one lease and settle one).
 local leases = {}
 local function lease_set(l)
   local set = leases[l]
   if set == nil then
-    set = {score = {}, taken = {}, adds = {}, rems = {}, purged = false}
+    set = {purged = false}
     leases[l] = set
   end
   return set
@@ -139,13 +140,13 @@ end
 local function sync(l)
   local set = leases[l]
   if set == nil then return end
-  if #set.adds > 0 then
+  if set.adds then
     redis.call("ZADD", l, unpack(set.adds))
-    set.adds = {}
+    set.adds = nil
   end
-  if #set.rems > 0 then
+  if set.rems then
     redis.call("ZREM", l, unpack(set.rems))
-    set.rems = {}
+    set.rems = nil
   end
   if set.expiry == "persist" then
     redis.call("PERSIST", l)
@@ -160,10 +161,15 @@ end
 local function take(l, e)
   local set = leases[l]
   if set and set.direct then return redis.call("ZREM", l, e) == 1 end
-  local score = set and set.score[e]
-  if not score or set.taken[e] or (set.purged and score <= now) then return false end
-  set.taken[e] = true
-  set.rems[#set.rems + 1] = e
+  local score = set and set.score and set.score[e]
+  if not score or (set.purged and score <= now) then return false end
+  set.score[e] = nil
+  local rems = set.rems
+  if rems == nil then
+    set.rems = {e}
+  else
+    rems[#rems + 1] = e
+  end
   return true
 end
 
@@ -380,8 +386,13 @@ local function record(side, windowed, lease, durable, hold)
   if lease then
     local before = h.c
     local set_ = lease_set(side.l)
-    set_.adds[#set_.adds + 1] = expiry
-    set_.adds[#set_.adds + 1] = entry
+    local adds = set_.adds
+    if adds == nil then
+      set_.adds = {expiry, entry}
+    else
+      adds[#adds + 1] = expiry
+      adds[#adds + 1] = entry
+    end
     if before ~= nil then set(side, "c", before + 1) end
     if durable then
       -- A lease that guards a budget reservation must outlive any gap in renewals: its key
@@ -533,6 +544,7 @@ for l, list in pairs(wanted) do
     set.direct = true  -- one settlement: its own ZREM answers for it, one command not two
   else
     local scores = redis.call("ZMSCORE", l, unpack(list))
+    set.score = {}
     for i, e in ipairs(list) do set.score[e] = tonumber(scores[i]) end
   end
 end
