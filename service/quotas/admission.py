@@ -56,8 +56,8 @@ log = logging.getLogger("best.quotas")
 LEASE_MS = 10_000
 RENEW_S = 3.0
 SETTLE_DELAY_S = 0.025
-# A settlement of a request admitted far from its limits (a tenth of each, and at least ten,
-# still free; no budget) waits longer for a ride: holding its lease and reservation a little
+# A settlement of a request admitted far from its limits (a tenth of each, and at least ten
+# requests' worth, still free; no budget) waits longer for a ride: holding its lease and reservation a little
 # longer refuses nobody, and most then cost no script call of their own.
 SETTLE_PATIENT_S = 0.5
 GAUGE_S = 15.0
@@ -237,9 +237,10 @@ class Quotas:
             rate_limit_headers(rpm, decision.rpm_remaining, tpm, decision.tpm_remaining) + spend,
             budgeted=budgeted,
         )
-        roomy = _roomy(decision.tpm_remaining, token.tpm, team.tpm if team else 0)
+        tpms = (token.tpm, team.tpm if team else 0)
         slots = (token.max_concurrency, team.max_concurrency if team else 0)
-        if roomy and not budgeted and _roomy(decision.concurrency_remaining, *slots):
+        roomy = _roomy(decision.tpm_remaining, tpms, 10 * cost)
+        if roomy and not budgeted and _roomy(decision.concurrency_remaining, slots, 10):
             admission.patience = SETTLE_PATIENT_S
         if leased:
             self._in_flight[entry] = admission
@@ -396,8 +397,8 @@ _WHAT = {
 }
 
 
-def _roomy(remaining: int, *limits: int) -> bool:
-    """Far from a limit: none is set, or a tenth of the tightest one (and at least ten) is
-    still free."""
+def _roomy(remaining: int, limits: Sequence[int], least: int) -> bool:
+    """Far from a limit: none is set, or a tenth of the tightest one, and at least ``least``
+    (ten requests' worth), is still free."""
     bound = min((n for n in limits if n > 0), default=0)
-    return bound == 0 or remaining < 0 or remaining >= max(10, bound // 10)
+    return bound == 0 or remaining < 0 or remaining >= max(least, bound // 10)
