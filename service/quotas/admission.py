@@ -57,8 +57,8 @@ LEASE_MS = 10_000
 RENEW_S = 3.0
 SETTLE_DELAY_S = 0.025
 # A settlement of a request admitted far from its limits (a tenth of each, and at least ten
-# requests' worth, still free; no budget) waits longer for a ride: holding its lease and reservation a little
-# longer refuses nobody, and most then cost no script call of their own.
+# requests' worth, still free; no budget) waits longer for a ride: holding its lease and
+# reservation a little longer refuses nobody, and most then cost no script call of their own.
 SETTLE_PATIENT_S = 0.5
 GAUGE_S = 15.0
 _KINDS = {OVER_RPM: "rpm", OVER_CONCURRENCY: "concurrency"}
