@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.procs import SUT_CORE, Proc, pinned
-from bench.storecost import HOST, start_cluster
-from bench.targets import ROOT, start_redis
+from bench.storecost import HOST, first_line, start_store
+from bench.targets import ROOT
 
 SHAPES = (8, 1000)  # tokens
 REPLICAS = 4
@@ -114,18 +114,12 @@ def run_capacity(
         for tokens in SHAPES:
             label = "cluster (3 masters)" if topology == "cluster" else "standalone"
             point = CapacityPoint(label, tokens, commit)
-            name = workdir / f"capacity-{topology}-{tokens}"
-            name.mkdir(parents=True, exist_ok=True)
             procs: list[Proc] = []
             try:
-                if topology == "cluster":
-                    procs, ports = start_cluster(name)
-                else:
-                    proc, port = start_redis(name)
-                    procs, ports = [proc], [port]
+                procs, ports = start_store(topology, workdir / f"capacity-{topology}-{tokens}")
                 measure(ports, topology, point, seconds, root)
             except (RuntimeError, subprocess.SubprocessError, OSError, ValueError) as exc:
-                point.failure = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                point.failure = first_line(exc)
             finally:
                 for proc in procs:
                     proc.stop()

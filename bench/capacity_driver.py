@@ -90,7 +90,7 @@ async def _drive(args: argparse.Namespace) -> dict[str, Any]:
                     state["errors"] += 1
                     continue
                 state["admitted"] += 1
-                await asyncio.sleep(0)  # the request is served
+                await asyncio.sleep(args.pause)  # the request is served
                 done = Settlement(entry, decision.now_ms // 1000, COST, 19)
                 held = waiting.get(q.token_windows)
                 if held is None:
@@ -134,6 +134,9 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument(
+        "--pause", type=float, default=0.0, help="seconds each request is served for (0: none)"
+    )
     args = parser.parse_args()
     sys.path.insert(0, args.root)
     print(json.dumps(asyncio.run(_drive(args))))

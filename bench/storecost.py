@@ -430,13 +430,9 @@ def run_store_cost(
             procs: list[Proc] = []
             gateway: Target | None = None
             try:
-                if topology == "cluster":
-                    procs, ports = start_cluster(workdir / name)
-                    url = f"redis+cluster://{','.join(f'{HOST}:{p}' for p in ports)}"
-                else:
-                    proc, port = start_redis(_mkdir(workdir / name))
-                    procs, ports = [proc], [port]
-                    url = f"redis://{HOST}:{port}/0"
+                procs, ports = start_store(topology, workdir / name)
+                nodes = ",".join(f"{HOST}:{p}" for p in ports)
+                url = f"redis+cluster://{nodes}" if topology == "cluster" else f"redis://{nodes}/0"
                 log(f"store cost: {result.label} ({url})")
                 gateway = start_gateway(
                     workdir / name / "gateway",
@@ -452,7 +448,7 @@ def run_store_cost(
                     gateway, ports, result, duration_s, monitor_s, workdir / name, wait_quiet
                 )
             except (RuntimeError, subprocess.SubprocessError, redis.RedisError, OSError) as exc:
-                result.failure = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                result.failure = first_line(exc)
             finally:
                 if gateway is not None and gateway.proc is not None:
                     gateway.proc.stop()
@@ -463,9 +459,18 @@ def run_store_cost(
     return results
 
 
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def start_store(topology: str, directory: Path) -> tuple[list[Proc], list[int]]:
+    """A fresh store of ``topology`` ("standalone" or "cluster"): its processes and ports."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if topology == "cluster":
+        return start_cluster(directory)
+    proc, port = start_redis(directory)
+    return [proc], [port]
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else repr(exc)
 
 
 def describe(result: StoreCost) -> str:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import redis
 
-from bench.report import store_cost_details, store_cost_table
+from bench.capacity import CapacityPoint, measure
+from bench.report import capacity_markdown, store_cost_details, store_cost_table
 from bench.storecost import StoreCost, delta, parse_monitor, plain_command_us, snapshot
+from bench.targets import ROOT
 from tests.harness import RedisServer
 
 
@@ -85,3 +87,18 @@ def test_plain_command_yardstick(redis_server: RedisServer) -> None:
     us = plain_command_us(redis_server.port, calls=640)
     assert 0 < us < 1000
     assert not redis.Redis(port=redis_server.port).exists("bench:{yardstick}")
+
+
+def test_capacity_driver_runs_the_store_client_against_redis(redis_server: RedisServer) -> None:
+    """The saturation point drives this checkout's own store client (batcher and quota.lua)
+    against a real Redis and reads what it cost there."""
+    point = CapacityPoint("standalone", 8, "test")
+    measure([redis_server.port], "standalone", point, 1.0, ROOT)
+    assert point.failure is None
+    assert point.errors == 0
+    assert point.admissions_per_s > 0
+    assert point.cpu_us > 0 and point.fleet_rps_per_core is not None
+    assert point.per_script_call >= 1.0  # calls of one turn travel together
+    assert point.per_windows_read >= 1.0  # an owner's window is read once per batch at most
+    table = "\n".join(capacity_markdown([point.to_dict()]))
+    assert "| standalone, 8 tokens (`test`) |" in table
