@@ -205,6 +205,11 @@ def notes(results: Results) -> list[str]:
     return out
 
 
+def _failed(label: str, failure: str, columns: int) -> list[str]:
+    """A table row for a point that could not be measured."""
+    return [label, f"failed: {failure[:120]}", *["n/a"] * (columns - 2)]
+
+
 def store_cost_table(rows: list[dict[str, Any]]) -> list[str]:
     """Per gateway request, counted at Redis (bench/storecost.py says how)."""
     header = [
@@ -222,7 +227,7 @@ def store_cost_table(rows: list[dict[str, Any]]) -> list[str]:
     lines: list[list[str]] = []
     for row in rows:
         if row.get("failure"):
-            lines.append([row["label"], f"failed: {row['failure'][:120]}", *["n/a"] * 8])
+            lines.append(_failed(row["label"], row["failure"], len(header)))
             continue
         sent = row["commands_sent"]
         fleet = row["fleet_rps_per_core"]
@@ -304,7 +309,7 @@ def capacity_markdown(rows: list[dict[str, Any]]) -> list[str]:
     for row in rows:
         label = f"{row['topology']}, {row['tokens']} tokens (`{row['commit']}`)"
         if row.get("failure"):
-            lines.append([label, f"failed: {row['failure'][:120]}", *["n/a"] * 5])
+            lines.append(_failed(label, row["failure"], len(header)))
             continue
         fleet = row["fleet_rps_per_core"]
         lines.append(
@@ -321,7 +326,7 @@ def capacity_markdown(rows: list[dict[str, Any]]) -> list[str]:
     return [
         "Redis at saturation (the gateway's store client and quota.lua driven directly: 4 "
         "replicas x 32 admissions in flight in one process on core 0, Redis alone on core 1; "
-        "every admission settles the one before it):",
+        "settlements ride with their token's next admission on a replica, as in the gateway):",
         "",
         *_table(header, lines),
     ]

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -79,6 +80,15 @@ class Admission:
     patience: float = SETTLE_DELAY_S  # how long its settlement may wait for a ride
 
 
+@dataclass(slots=True)
+class _Waiting:
+    """A token's settlements waiting for a ride, and when they travel alone."""
+
+    keys: QuotaKeys
+    settlements: list[Settlement]
+    due: float  # event-loop time
+
+
 class Quotas:
     def __init__(
         self,
@@ -96,9 +106,11 @@ class Quotas:
         self._prices = prices  # the catalog's current prices (hot-reloaded)
         self.ledger = ledger or Ledger(store)
         self._refuse_degraded = refuse_degraded
-        # token windows key -> its keys, settlements waiting for a ride, when they go alone
-        self._pending: dict[str, tuple[QuotaKeys, list[Settlement], float]] = {}
-        self._flush: asyncio.TimerHandle | None = None
+        self._pending: dict[str, _Waiting] = {}  # by token windows key
+        # (due, token windows key), soonest first; an entry whose settlements rode meanwhile,
+        # or whose due was brought forward, is skipped when it comes up
+        self._dues: list[tuple[float, str]] = []
+        self._flush: asyncio.TimerHandle | None = None  # at the soonest due
         self._in_flight: dict[str, Admission] = {}
         self._clock_offset_ms = 0  # store clock - local clock, from the last admission
         self._tasks: set[asyncio.Task[None]] = set()
@@ -181,14 +193,14 @@ class Quotas:
         leased = leased or (team is not None and (team.tpm > 0 or team.max_concurrency > 0))
         pending = self._pending.pop(keys.token_windows, None)
         request = AdmitRequest(entry, cost, LEASE_MS if leased else 0, limits, reserve, budgets)
-        settle = pending[1] if pending else []
+        settle = pending.settlements if pending else []
         try:
             decision = await self._store.quota(
                 keys, settle, request, local_fallback=not self._refuse_degraded
             )
         except StoreError as exc:
             if pending is not None:  # keep them for the next try
-                self._queue(keys, pending[1])
+                self._queue(keys, pending.settlements)
             if isinstance(exc, StoreUnreachable):
                 self._metrics.quota_rejections.labels("store").inc()
                 raise Unavailable(
@@ -304,13 +316,15 @@ class Quotas:
     ) -> None:
         loop = asyncio.get_running_loop()
         due = loop.time() + wait
-        pending = self._pending.get(keys.token_windows)
-        if pending is None:
-            self._pending[keys.token_windows] = (keys, list(settlements), due)
+        waiting = self._pending.get(keys.token_windows)
+        if waiting is None:
+            self._pending[keys.token_windows] = _Waiting(keys, list(settlements), due)
         else:
-            pending[1].extend(settlements)
-            if due < pending[2]:
-                self._pending[keys.token_windows] = (keys, pending[1], due)
+            waiting.settlements.extend(settlements)
+            if due >= waiting.due:
+                return  # the timer is set for the earlier due already
+            waiting.due = due
+        heapq.heappush(self._dues, (due, keys.token_windows))
         if self._flush is None or due < self._flush.when():
             if self._flush is not None:
                 self._flush.cancel()
@@ -322,17 +336,22 @@ class Quotas:
         most ride, and cost no script call of their own."""
         self._flush = None
         loop = asyncio.get_running_loop()
-        now = loop.time() + 0.001  # a timer may fire a hair early
-        pending: list[tuple[QuotaKeys, list[Settlement], float]] = []
-        for key, waiting in list(self._pending.items()):
-            if everything or waiting[2] <= now:
-                pending.append(waiting)
-                del self._pending[key]
-        if self._pending:
-            soonest = min(due for *_, due in self._pending.values())
-            self._flush = loop.call_at(soonest, self._send_pending)
-        for keys, settlements, _ in pending:
-            task = asyncio.ensure_future(self._send(keys, settlements))
+        if everything:
+            going = list(self._pending.values())
+            self._pending.clear()
+            self._dues.clear()
+        else:
+            now = loop.time() + 0.001  # a timer may fire a hair early
+            going = []
+            while self._dues and self._dues[0][0] <= now:
+                key = heapq.heappop(self._dues)[1]
+                waiting = self._pending.get(key)
+                if waiting is not None and waiting.due <= now:
+                    going.append(self._pending.pop(key))
+            if self._dues:
+                self._flush = loop.call_at(self._dues[0][0], self._send_pending)
+        for waiting in going:
+            task = asyncio.ensure_future(self._send(waiting.keys, waiting.settlements))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
