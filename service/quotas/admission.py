@@ -348,8 +348,15 @@ class Quotas:
                 waiting = self._pending.get(key)
                 if waiting is not None and waiting.due <= now:
                     going.append(self._pending.pop(key))
-            if self._dues:
-                self._flush = loop.call_at(self._dues[0][0], self._send_pending)
+            # The timer waits for the soonest due still waiting: most entries rode with an
+            # admission meanwhile, and must not each cost a firing.
+            while self._dues:
+                due, key = self._dues[0]
+                waiting = self._pending.get(key)
+                if waiting is not None and waiting.due == due:
+                    self._flush = loop.call_at(due, self._send_pending)
+                    break
+                heapq.heappop(self._dues)
         for waiting in going:
             task = asyncio.ensure_future(self._send(waiting.keys, waiting.settlements))
             self._tasks.add(task)
