@@ -344,7 +344,10 @@ class TokenRegistry:
     ) -> Record | None:
         """Store a record, cache it and tell the fleet; None when ``create`` found it taken or
         an update found it missing."""
-        fields = {**fields, "updated_ms": str(_now_ms())}
+        # Strictly after the copy it replaces, even within the same millisecond: after an
+        # empty restart the newest copy wins, and two copies must never tie.
+        previous = int(fields.get("updated_ms") or 0)
+        fields = {**fields, "updated_ms": str(max(_now_ms(), previous + 1))}
         mode: WriteMode = "create" if create else "update"
         if not await self._store.put_record(kind, record_id, fields, mode):
             return None
