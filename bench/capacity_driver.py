@@ -40,7 +40,7 @@ async def _drive(args: argparse.Namespace) -> dict[str, Any]:
     import redis
 
     from service.quotas import admission
-    from service.store.backend import ADMITTED, AdmitRequest, Settlement
+    from service.store.backend import ADMITTED, NOT_BUDGETED, AdmitRequest, Settlement
     from service.store.connection import parse_redis_url
     from service.store.keys import Keys, QuotaKeys
     from service.store.redis_backend import RedisBackend
@@ -91,7 +91,7 @@ async def _drive(args: argparse.Namespace) -> dict[str, Any]:
                     continue
                 state["admitted"] += 1
                 await asyncio.sleep(args.pause)  # the request is served
-                done = Settlement(entry, decision.now_ms // 1000, COST, 19)
+                done = Settlement(entry, decision.now_ms // 1000, COST, 19, NOT_BUDGETED)
                 held = waiting.get(q.token_windows)
                 if held is None:
                     waiting[q.token_windows] = (q, [done], loop.time())

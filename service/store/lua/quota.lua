@@ -56,7 +56,7 @@ local now_s = math.floor(now / 1000)
 local DAY = 86400000
 local REFRESH_S = 10
 -- This second's bucket fields (a number turned into a string costs more than a command here).
-local R_NOW, T_NOW = "r" .. now_s, "t" .. now_s
+local R_NOW, T_NOW, NOW_S = "r" .. now_s, "t" .. now_s, tostring(now_s)
 
 -- Calendar arithmetic (days since 1970-01-01 <-> year, month), as store/periods.py.
 local function days_from_civil(y, m)
@@ -205,93 +205,126 @@ end
 -- A lease's expiry as the string ZADD takes (a number passed to redis.call is formatted on
 -- every call), once per batch for each lease length.
 local expiries = {}  -- lease ms (argument string) -> expiry (ms)
-local corrections  -- admission second -> tokens to add (real less reserved)
+local corrections  -- admission second (argument string) -> tokens to add (real less
+-- reserved), or nil when the call corrects nothing
 
 -- The windows read so far in this script call, by key, in the order first read.  A batch with
 -- several calls of one owner reads and writes its windows once: later calls see the values
--- the earlier ones left.  A side is {w, l, b, h = field values, dirty = fields set, loaded =
--- fields read (a nil value in h is then "absent")}.
+-- the earlier ones left.  A side is one flat table, since in Redis's Lua making a table, or
+-- adding a key to one, costs about as much as a command:
+--   w, l, b      its windows, leases and budget keys;
+--   o, rs, ts, c, x, y   the windows fields of those names (nil: absent), rn and tn this
+--                second's buckets; o0 ... tn0 the same as read, to write back only changes;
+--   t, t0        nil, or the token buckets of other seconds that settlements correct, by
+--                second (argument string): now and as read (false: absent).
 local cache, opened = {}, {}
+local fmt = string.format
 
-local function set(side, field, value)
-  side.h[field] = value
-  side.dirty[field] = true
-  side.loaded[field] = true
+-- Keep the token buckets of `seconds` (values `v` from index `first`) in side.t and side.t0.
+local function keep_buckets(side, seconds, v, first)
+  local t, t0 = side.t, side.t0
+  if t == nil then
+    t, t0 = {}, {}
+    side.t, side.t0 = t, t0
+  end
+  for i, second in ipairs(seconds) do
+    local n = tonumber(v[first + i - 1]) or false
+    t[second], t0[second] = n, n
+  end
 end
 
-local BASE = {"o", "rs", "ts", "c", "x", "y"}
 local function open(w, l, b, freed)
   local side = cache[w]
-  local fields = {}
+  -- The buckets of other seconds that this call's settlements correct, not read yet.
+  local missing, fields
+  if corrections ~= nil then
+    for second in pairs(corrections) do
+      if second ~= NOW_S and (side == nil or side.t == nil or side.t[second] == nil) then
+        if missing == nil then missing, fields = {}, {} end
+        missing[#missing + 1] = second
+        fields[#fields + 1] = "t" .. second
+      end
+    end
+  end
   if side == nil then
-    side = {w = w, l = l, b = b, h = {}, dirty = {}, loaded = {}}
+    local v
+    if missing == nil then
+      v = redis.call("HMGET", w, "o", "rs", "ts", "c", "x", "y", R_NOW, T_NOW)
+    else
+      v = redis.call("HMGET", w, "o", "rs", "ts", "c", "x", "y", R_NOW, T_NOW, unpack(fields))
+    end
+    local o, rs, ts, c = tonumber(v[1]), tonumber(v[2]), tonumber(v[3]), tonumber(v[4])
+    local x, y, rn, tn = tonumber(v[5]), tonumber(v[6]), tonumber(v[7]), tonumber(v[8])
+    side = {w = w, l = l, b = b, o = o, rs = rs, ts = ts, c = c, x = x, y = y, rn = rn,
+      tn = tn, o0 = o, rs0 = rs, ts0 = ts, c0 = c, x0 = x, y0 = y, rn0 = rn, tn0 = tn,
+      t = nil, t0 = nil}
     cache[w] = side
     opened[#opened + 1] = side
-    for i = 1, 6 do fields[i] = BASE[i] end
+    if missing ~= nil then keep_buckets(side, missing, v, 9) end
+    -- Drop the buckets that left the window.  The key expires 61 to 71 s after its newest
+    -- bucket, so at most 72 seconds are ever stale.
+    local limit = now_s - 60
+    if o ~= nil and o < limit then
+      local old = {}
+      for s = o, limit - 1 do
+        old[#old + 1] = "r" .. s
+        old[#old + 1] = "t" .. s
+      end
+      local gone = redis.call("HMGET", w, unpack(old))
+      local freed_r, freed_t = 0, 0
+      for i = 1, #gone, 2 do
+        freed_r = freed_r + (tonumber(gone[i]) or 0)
+        freed_t = freed_t + (tonumber(gone[i + 1]) or 0)
+      end
+      redis.call("HDEL", w, unpack(old))
+      side.o, side.rs, side.ts = limit, (rs or 0) - freed_r, (ts or 0) - freed_t
+    end
+  elseif missing ~= nil then
+    keep_buckets(side, missing, redis.call("HMGET", w, unpack(fields)), 1)
   end
-  local h, loaded = side.h, side.loaded
-  if admitting and not loaded[R_NOW] then
-    fields[#fields + 1] = R_NOW
-    fields[#fields + 1] = T_NOW
-  end
-  for second in pairs(corrections) do
-    local field = "t" .. second
-    if not loaded[field] then fields[#fields + 1] = field end
-  end
-  if #fields > 0 then
-    local values = redis.call("HMGET", w, unpack(fields))
-    for i, field in ipairs(fields) do
-      h[field] = tonumber(values[i])
-      loaded[field] = true
+  if corrections ~= nil then
+    -- Corrections of buckets still in the window (one that left took its count with it).
+    local o = side.o
+    for second, delta in pairs(corrections) do
+      if second == NOW_S then
+        if side.tn ~= nil then
+          side.tn = side.tn + delta
+          side.ts = (side.ts or 0) + delta
+        end
+      elseif side.t[second] and o ~= nil and tonumber(second) >= o then
+        side.t[second] = side.t[second] + delta
+        side.ts = (side.ts or 0) + delta
+      end
     end
   end
-  -- Drop the buckets that left the window (on the first read: "o" is then this second's).
-  -- The key expires 61 to 71 s after its newest bucket, so at most 72 seconds are ever stale.
-  local limit = now_s - 60
-  if h.o ~= nil and h.o < limit then
-    local old = {}
-    for s = h.o, limit - 1 do
-      old[#old + 1] = "r" .. s
-      old[#old + 1] = "t" .. s
-    end
-    local v = redis.call("HMGET", w, unpack(old))
-    local freed_r, freed_t = 0, 0
-    for i = 1, #v, 2 do
-      freed_r = freed_r + (tonumber(v[i]) or 0)
-      freed_t = freed_t + (tonumber(v[i + 1]) or 0)
-    end
-    redis.call("HDEL", w, unpack(old))
-    for _, field in ipairs(old) do
-      h[field] = nil
-      loaded[field] = true
-    end
-    set(side, "o", limit)
-    set(side, "rs", (h.rs or 0) - freed_r)
-    set(side, "ts", (h.ts or 0) - freed_t)
-  end
-  -- Corrections of buckets still in the window (one that left took its count with it).
-  for second, delta in pairs(corrections) do
-    local field = "t" .. second
-    if h[field] ~= nil then
-      set(side, field, h[field] + delta)
-      set(side, "ts", (h.ts or 0) + delta)
-    end
-  end
-  if freed > 0 and h.c ~= nil then set(side, "c", math.max(0, h.c - freed)) end
+  if freed > 0 and side.c ~= nil then side.c = math.max(0, side.c - freed) end
   return side
 end
 
+-- Write what changed of a side (numbers formatted as integers here: cheaper than the
+-- conversion redis.call makes).
 local function close(side)
-  if next(side.dirty) == nil then return end
-  local h = side.h
-  local refresh = h.x == nil or now_s - h.x >= REFRESH_S
-  if refresh then set(side, "x", now_s) end
-  local args = {}
-  for field in pairs(side.dirty) do
-    args[#args + 1] = field
-    args[#args + 1] = h[field]
+  local a, n = {}, 0
+  local function put(field, value)
+    n = n + 2
+    a[n - 1], a[n] = field, fmt("%d", value)
   end
-  redis.call("HSET", side.w, unpack(args))
+  if side.o ~= side.o0 then put("o", side.o) end
+  if side.rs ~= side.rs0 then put("rs", side.rs) end
+  if side.ts ~= side.ts0 then put("ts", side.ts) end
+  if side.c ~= side.c0 then put("c", side.c) end
+  if side.y ~= side.y0 then put("y", side.y) end
+  if side.rn ~= side.rn0 then put(R_NOW, side.rn) end
+  if side.tn ~= side.tn0 then put(T_NOW, side.tn) end
+  if side.t ~= nil then
+    for second, value in pairs(side.t) do
+      if value ~= side.t0[second] then put("t" .. second, value) end
+    end
+  end
+  if n == 0 then return end
+  local refresh = side.x == nil or now_s - side.x >= REFRESH_S
+  if refresh then put("x", now_s) end
+  redis.call("HSET", side.w, unpack(a))
   if refresh then redis.call("PEXPIRE", side.w, (61 + REFRESH_S) * 1000) end
 end
 
@@ -302,7 +335,7 @@ end
 -- Leases held on a side, expired ones dropped: the count "c" unless it is missing or says the
 -- limit is reached, then a recount.
 local function held(side, conc, budget)
-  local c = side.h.c
+  local c = side.c
   if c == nil or c >= conc then
     sync(side.l)
     if budget < 0 then
@@ -310,9 +343,19 @@ local function held(side, conc, budget)
       lease_set(side.l).purged = true
     end
     c = redis.call("ZCARD", side.l)
-    set(side, "c", c)
+    side.c = c
   end
   return c
+end
+
+-- A side's bucket `prefix` .. `s` as this batch left it: nil when not read here.
+local function cached(side, prefix, s)
+  if s == now_s then return prefix == "r" and side.rn or side.tn end
+  if prefix == "t" and side.t ~= nil then
+    local v = side.t[tostring(s)]
+    if v ~= nil then return v or 0 end
+  end
+  return nil
 end
 
 -- Milliseconds until enough of the window leaves that `need` more fits under `limit`.
@@ -322,9 +365,10 @@ local function wait_for(side, prefix, used, need, limit)
   for s = now_s - 60, now_s do fields[#fields + 1] = prefix .. s end
   local v = redis.call("HMGET", side.w, unpack(fields))
   local freed = 0
-  for i, field in ipairs(fields) do
-    freed = freed + (side.h[field] or tonumber(v[i]) or 0)
-    -- The bucket of second now_s - 61 + i leaves the window at the end of second now_s + i.
+  for i = 1, #fields do
+    local s = now_s - 61 + i
+    freed = freed + (cached(side, prefix, s) or tonumber(v[i]) or 0)
+    -- The bucket of second s leaves the window at the end of second s + 61.
     if used - freed + need <= limit then return math.max(1, (now_s + i) * 1000 - now) end
   end
   return 60000
@@ -336,7 +380,7 @@ local function check(side, rpm, tpm, conc, budget, kind)
   local left = -1
   if budget >= 0 then
     local gone = expire(side.l, side.b)
-    if gone > 0 and side.h.c ~= nil then set(side, "c", math.max(0, side.h.c - gone)) end
+    if gone > 0 and side.c ~= nil then side.c = math.max(0, side.c - gone) end
     roll(side.b, kind)
     local v = redis.call("HMGET", side.b, "s", "r")
     local spent, reserved = tonumber(v[1]) or 0, tonumber(v[2]) or 0
@@ -354,7 +398,7 @@ local function check(side, rpm, tpm, conc, budget, kind)
   end
   local rpm_left, tpm_left = -1, -1
   if rpm > 0 or tpm > 0 then
-    local rs, ts = side.h.rs or 0, side.h.ts or 0
+    local rs, ts = side.rs or 0, side.ts or 0
     if rpm > 0 and rs + 1 > rpm then return 1, wait_for(side, "r", rs, 1, rpm), 0, -1, left end
     if tpm > 0 and ts + cost > tpm then
       return 2, wait_for(side, "t", ts, cost, tpm), -1, math.max(0, tpm - ts), left
@@ -373,18 +417,17 @@ end
 
 -- 4. record an admission on a side that passed.
 local function record(side, windowed, lease, durable, hold)
-  local h = side.h
   if windowed then
-    if h.o == nil then set(side, "o", now_s - 60) end
-    set(side, R_NOW, (h[R_NOW] or 0) + 1)
-    set(side, "rs", (h.rs or 0) + 1)
+    if side.o == nil then side.o = now_s - 60 end
+    side.rn = (side.rn or 0) + 1
+    side.rs = (side.rs or 0) + 1
     if cost > 0 then
-      set(side, T_NOW, (h[T_NOW] or 0) + cost)
-      set(side, "ts", (h.ts or 0) + cost)
+      side.tn = (side.tn or 0) + cost
+      side.ts = (side.ts or 0) + cost
     end
   end
   if lease then
-    local before = h.c
+    local before = side.c
     local set_ = lease_set(side.l)
     local adds = set_.adds
     if adds == nil then
@@ -393,17 +436,17 @@ local function record(side, windowed, lease, durable, hold)
       adds[#adds + 1] = expiry
       adds[#adds + 1] = entry
     end
-    if before ~= nil then set(side, "c", before + 1) end
+    if before ~= nil then side.c = before + 1 end
     if durable then
       -- A lease that guards a budget reservation must outlive any gap in renewals: its key
       -- does not expire (it empties as requests settle; expired entries are charged).
       set_.expiry = "persist"
-    elseif h.y == nil or h.y < now + lease_ms + 1000 or before == nil or before == 0 then
+    elseif side.y == nil or side.y < now + lease_ms + 1000 or before == nil or before == 0 then
       -- Every lease runs lease_ms from its admission or renewal; the key outlives the newest.
       -- (An empty leases key vanishes: one recreated by this ZADD has no expiry yet.)
       local until_ms = now + lease_ms + 1000 + REFRESH_S * 1000
       set_.expiry = until_ms
-      set(side, "y", until_ms)
+      side.y = until_ms
     end
   end
   if hold then
@@ -422,7 +465,7 @@ local function run(k, nk, a, na)
   -- 1. settlements: each lease removed is the proof that its request was admitted and not
   -- yet settled; their token corrections are applied to the windows below.
   local n = tonumber(ARGV[a])
-  corrections = {}
+  corrections = nil
   local released, team_released = 0, 0  -- leases removed on the token side, on the team side
   for i = 0, n - 1 do
     local base = a + 1 + i * 5
@@ -435,6 +478,7 @@ local function run(k, nk, a, na)
         local delta = real - tonumber(ARGV[base + 2])
         if delta ~= 0 then
           local second = ARGV[base + 1]
+          corrections = corrections or {}
           corrections[second] = (corrections[second] or 0) + delta
         end
       end
@@ -469,12 +513,12 @@ local function run(k, nk, a, na)
   local team_lease = token_lease and in_team and (limits[6] > 0 or team_budget >= 0)
 
   -- 2. the windows of each side
-  local sides = {}
+  local mine, team  -- the token's side, the team's
   if (admitting and (limited(1, budgets[1]) or token_lease)) or n > 0 then
-    sides[1] = open(kw, kl, kb, released)
+    mine = open(kw, kl, kb, released)
   end
   if in_team and ((admitting and (limited(4, team_budget) or team_lease)) or n > 0) then
-    sides[2] = open(tw, tl, tb, team_released)
+    team = open(tw, tl, tb, team_released)
   end
   if not admitting then return {0, 0, now, 0, -1, -1, -1, -1} end
 
@@ -483,12 +527,12 @@ local function run(k, nk, a, na)
   if limited(1, budgets[1]) then
     local status, retry
     status, retry, rpm_left, tpm_left, budget_left, conc_left = check(
-      sides[1], limits[1], limits[2], limits[3], budgets[1], budgets[2])
+      mine, limits[1], limits[2], limits[3], budgets[1], budgets[2])
     if status ~= 0 then return {status, retry, now, 0, rpm_left, tpm_left, budget_left, -1} end
   end
   if in_team and limited(4, team_budget) then
     local status, retry, rl, tl_, bl, cl = check(
-      sides[2], limits[4], limits[5], limits[6], team_budget, budgets[4])
+      team, limits[4], limits[5], limits[6], team_budget, budgets[4])
     if status ~= 0 then return {status, retry, now, 1, rl, tl_, bl, -1} end
     -- The tighter side is what the client sees in its headers.
     if rl >= 0 and (rpm_left < 0 or rl < rpm_left) then rpm_left = rl end
@@ -496,12 +540,12 @@ local function run(k, nk, a, na)
     if bl >= 0 and (budget_left < 0 or bl < budget_left) then budget_left = bl end
     if cl >= 0 and (conc_left < 0 or cl < conc_left) then conc_left = cl end
   end
-  if sides[1] then
-    record(sides[1], limits[1] > 0 or limits[2] > 0, token_lease, budgets[1] >= 0,
+  if mine then
+    record(mine, limits[1] > 0 or limits[2] > 0, token_lease, budgets[1] >= 0,
       budgets[1] >= 0)
   end
-  if sides[2] then
-    record(sides[2], limits[4] > 0 or limits[5] > 0, team_lease, team_budget >= 0,
+  if team then
+    record(team, limits[4] > 0 or limits[5] > 0, team_lease, team_budget >= 0,
       team_budget >= 0)
   end
   return {0, 0, now, 0, rpm_left, tpm_left, budget_left, conc_left}
