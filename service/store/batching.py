@@ -5,22 +5,29 @@ them together costs one write and one read instead of one per request.  Each cal
 atomic: batching changes how calls travel, not what they do.
 
 Calls of a script that takes a batch (``MERGED``: lua/quota.lua) go further: the calls of one
-turn whose keys share a Cluster slot (on one server, all of them) travel as one script call,
-which reads and writes each owner's windows once for all its calls.  A script call has a
-fixed cost (dispatch, arguments, the script's own setup) that is most of a small call's, and
-under load it is shared by every request of the turn.
+turn bound for one server travel as one script call, which reads and writes each owner's
+windows once for all its calls.  A script call has a fixed cost (dispatch, arguments, the
+script's own setup) that is most of a small call's, and under load it is shared by every
+request of the turn.
+
+On a Cluster a command's keys must share a slot, so a batch for one master declares only its
+first owner's keys and passes the others as arguments; the script touches one key of each
+before writing anything, and a key whose slot the master no longer serves (the slot map moved
+under us) fails the batch with nothing done: its calls are sent again one slot per command,
+which redis-py routes by MOVED/ASK as any other.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Iterable
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisClusterException, ResponseError
 
 RedisClient = Redis | RedisCluster
 
@@ -35,15 +42,17 @@ class _Command:
     """One EVALSHA of a pipeline, and the positions in the batch of the calls it carries.
 
     A ``merged`` command carries several calls, whose answers come back as a list.  Its
-    arguments (see lua/quota.lua): the number of owners (distinct key lists) and each one's
-    key count, its keys once in KEYS; then the number of calls and, for each, its owner, its
-    argument count and its arguments."""
+    arguments (see lua/quota.lua): the keys not declared (``spread``: all but the first
+    owner's, for a batch of several Cluster slots); the number of owners (distinct key lists)
+    and each one's key count, its keys once; then the number of calls and, for each, its
+    owner, its argument count and its arguments."""
 
-    __slots__ = ("calls", "keys", "merged", "name", "owners", "positions", "sizes")
+    __slots__ = ("calls", "keys", "merged", "name", "owners", "positions", "sizes", "spread")
 
-    def __init__(self, name: str, merged: bool) -> None:
+    def __init__(self, name: str, merged: bool, spread: bool = False) -> None:
         self.name = name
         self.merged = merged
+        self.spread = spread
         self.keys: list[str] = []
         self.calls: list[Any] = []
         self.positions: list[int] = []
@@ -62,10 +71,22 @@ class _Command:
         self.calls += [owner, len(args), *args]
 
     @property
+    def declared(self) -> list[str]:
+        return self.keys[: self.sizes[0]] if self.spread else self.keys
+
+    @property
     def args(self) -> list[Any]:
         if not self.merged:
             return self.calls
-        return [len(self.sizes), *self.sizes, len(self.positions), *self.calls]
+        hidden = self.keys[self.sizes[0] :] if self.spread else []
+        return [
+            len(hidden),
+            *hidden,
+            len(self.sizes),
+            *self.sizes,
+            len(self.positions),
+            *self.calls,
+        ]
 
 
 class ScriptBatcher:
@@ -99,17 +120,22 @@ class ScriptBatcher:
         if self._flusher is None:
             self._flusher = asyncio.ensure_future(self._flush())
 
-    def _commands(self, batch: list[Call]) -> list[_Command]:
-        """The batch as script calls: the calls of a ``MERGED`` script grouped by slot."""
+    def _commands(
+        self, batch: list[Call], positions: Iterable[int] | None = None
+    ) -> list[_Command]:
+        """Calls of ``batch`` (those at ``positions``, or all) as script calls: the calls of a
+        ``MERGED`` script grouped by server (``by_slot``: by Cluster slot)."""
         cluster = isinstance(self._client, RedisCluster)
+        by_slot = positions is not None
         commands: list[_Command] = []
-        groups: dict[tuple[str, int], _Command] = {}
-        for position, (name, keys, args, _) in enumerate(batch):
+        groups: dict[tuple[str, Any], _Command] = {}
+        for position in range(len(batch)) if positions is None else positions:
+            name, keys, args, _ = batch[position]
             if name in MERGED:
-                group = (name, key_slot(keys[0].encode()) if cluster else 0)
+                group = (name, self._server(keys[0], by_slot) if cluster else None)
                 command = groups.get(group)
                 if command is None or len(command.positions) >= MERGE_MAX:
-                    command = groups[group] = _Command(name, merged=True)
+                    command = groups[group] = _Command(name, True, cluster and not by_slot)
                     commands.append(command)
             else:
                 command = _Command(name, merged=False)
@@ -117,22 +143,32 @@ class ScriptBatcher:
             command.add(position, keys, args)
         return commands
 
+    def _server(self, key: str, by_slot: bool) -> int | str:
+        """Where a Cluster sends ``key``'s calls: its master's name, or its slot when asked
+        (or when the slot map does not know it)."""
+        slot = key_slot(key.encode())
+        if by_slot:
+            return slot
+        assert isinstance(self._client, RedisCluster)
+        try:
+            return self._client.nodes_manager.get_node_from_slot(slot).name
+        except (RedisClusterException, IndexError, KeyError):
+            return slot
+
     async def _flush(self) -> None:
         await asyncio.sleep(0)  # let the rest of this loop turn queue its calls
         batch, self._queue, self._flusher = self._queue, [], None
         commands = self._commands(batch)
         try:
-            results = await self._execute(commands)
-            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-            if missing:
-                # A server forgot the scripts (it restarted, or is a promoted replica: Redis
-                # does not copy loaded scripts to replicas).  Load them and run again only the
-                # calls it refused: the others ran, and must not count twice.
-                for source in self._sources.values():
-                    await self._client.script_load(source)
-                again = await self._execute([commands[i] for i in missing])
-                for i, result in zip(missing, again, strict=True):
-                    results[i] = result
+            results = await self._run(commands)
+            done = list(zip(commands, results, strict=True))
+            moved = [c for c, r in done if c.spread and _misrouted(r)]
+            if moved:
+                # The slot map moved under a batch of several slots: it ran nothing.  Send its
+                # calls again one slot per command; redis-py follows MOVED/ASK for those.
+                again = self._commands(batch, [p for c in moved for p in c.positions])
+                done = [(c, r) for c, r in done if c not in moved]
+                done += zip(again, await self._run(again), strict=True)
         except BaseException as exc:  # hand the failure to every waiting caller
             for *_, future in batch:
                 if not future.done():
@@ -140,7 +176,7 @@ class ScriptBatcher:
             if not isinstance(exc, Exception):
                 raise
             return
-        for command, result in zip(commands, results, strict=True):
+        for command, result in done:
             failed = isinstance(result, Exception)
             answers = [result] * len(command.positions) if failed or not command.merged else result
             for position, answer in zip(command.positions, answers, strict=True):
@@ -152,13 +188,35 @@ class ScriptBatcher:
                 else:
                     future.set_result(answer)
 
+    async def _run(self, commands: list[_Command]) -> list[Any]:
+        results = await self._execute(commands)
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:
+            # A server forgot the scripts (it restarted, or is a promoted replica: Redis does
+            # not copy loaded scripts to replicas).  Load them and run again only the calls it
+            # refused: the others ran, and must not count twice.
+            for source in self._sources.values():
+                await self._client.script_load(source)
+            again = await self._execute([commands[i] for i in missing])
+            for i, result in zip(missing, again, strict=True):
+                results[i] = result
+        return results
+
     async def _execute(self, commands: list[_Command]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
         for command in commands:
             # Not pipe.evalsha(): redis-py refuses it in a Cluster pipeline; the raw command
-            # works on every topology (each call's keys share one slot).
+            # works on every topology (the keys declared share one slot).
+            keys = command.declared
             pipe.execute_command(
-                "EVALSHA", self._shas[command.name], len(command.keys), *command.keys, *command.args
+                "EVALSHA", self._shas[command.name], len(keys), *keys, *command.args
             )
         results: list[Any] = await pipe.execute(raise_on_error=False)
         return results
+
+
+def _misrouted(result: Any) -> bool:
+    """Did a batch of several slots fail because a key's slot is not on the server it ran on
+    (the script touches every owner before it writes: it ran nothing)?"""
+    text = str(result) if isinstance(result, ResponseError) else ""
+    return "non local key" in text or "same slot" in text

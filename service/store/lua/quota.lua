@@ -1,9 +1,9 @@
 -- quota: a batch of calls, run in order and atomically.  Each call settles finished requests
 -- of one token, then (optionally) admits a new one against the token's limits and budget and
 -- its team's.  Settlements ride along with the next admission of the same token (or travel
--- alone after a short delay), and a replica sends the calls of one event-loop turn that share
--- a slot as one batch (store/batching.py): a limited request costs at most one script call,
--- and under load a fraction of one.
+-- alone after a short delay), and a replica sends the calls of one event-loop turn bound for
+-- one server as one batch (store/batching.py): a limited request costs at most one script
+-- call, and under load a fraction of one.
 --
 -- What a batch costs is mostly per owner, not per call: each owner's windows are read with
 -- one HMGET and written with one HSET, and its leases read with one ZMSCORE (the leases its
@@ -13,11 +13,13 @@
 -- the limits travel as one string parsed once per batch, and lease expiries are formatted
 -- once per batch.
 --
--- ARGV[1] O, the number of owners (a token, or a team's token), then each one's key count (3,
--- or 6 for a team's token); KEYS holds each owner's keys in turn: token windows (hash), token
--- leases (zset: entry id -> lease expiry, ms), token budget (hash), then for a team's token
--- the team's windows, leases and budget.  Then M, the number of calls, then for each: its
--- owner (1 to O), its argument count, its arguments.
+-- ARGV[1] U, then U keys not declared in KEYS (on a Cluster, where a command's keys must
+-- share a slot, only the first owner's keys are declared: the others follow KEYS here).  Then
+-- O, the number of owners (a token, or a team's token), then each one's key count (3, or 6
+-- for a team's token); KEYS and then the undeclared keys hold each owner's keys in turn:
+-- token windows (hash), token leases (zset: entry id -> lease expiry, ms), token budget
+-- (hash), then for a team's token the team's windows, leases and budget.  Then M, the number
+-- of calls, then for each: its owner (1 to O), its argument count, its arguments.
 --
 -- Windows hash fields: "o" oldest live second; "rs"/"ts" requests/tokens in the window;
 -- "r<second>"/"t<second>" per-second buckets.  At most 61 buckets of each: memory per owner is
@@ -455,12 +457,21 @@ local function record(side, windowed, lease, durable, hold)
   end
 end
 
--- One call of the batch: its owner's keys from KEYS[k] (3, or 6 with a team), its `na`
+-- The batch's keys: KEYS, then the undeclared ones.
+local K = KEYS
+local undeclared = tonumber(ARGV[1])
+if undeclared > 0 then
+  K = {}
+  for i = 1, #KEYS do K[i] = KEYS[i] end
+  for i = 1, undeclared do K[#KEYS + i] = ARGV[1 + i] end
+end
+
+-- One call of the batch: its owner's keys from K[k] (3, or 6 with a team), its `na`
 -- arguments from ARGV[a].  Returns its answer.
 local function run(k, nk, a, na)
-  kw, kl, kb = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+  kw, kl, kb = K[k], K[k + 1], K[k + 2]
   in_team = nk == 6
-  if in_team then tw, tl, tb = KEYS[k + 3], KEYS[k + 4], KEYS[k + 5] end
+  if in_team then tw, tl, tb = K[k + 3], K[k + 4], K[k + 5] end
 
   -- 1. settlements: each lease removed is the proof that its request was admitted and not
   -- yet settled; their token corrections are applied to the windows below.
@@ -551,15 +562,21 @@ local function run(k, nk, a, na)
   return {0, 0, now, 0, rpm_left, tpm_left, budget_left, conc_left}
 end
 
--- The batch's owners: their keys, in turn in KEYS.
+-- The batch's owners: their keys, in turn in K.
 local owners = {}  -- {first key, key count}
-local k = 1
-for i = 1, tonumber(ARGV[1]) do
-  local nk = tonumber(ARGV[1 + i])
+local k, o_at = 1, 2 + undeclared
+for i = 1, tonumber(ARGV[o_at]) do
+  local nk = tonumber(ARGV[o_at + i])
   owners[i] = {k, nk}
   k = k + nk
 end
-local first_call = 3 + #owners
+local first_call = o_at + 2 + #owners
+if undeclared > 0 then
+  -- Touch one key of every owner not declared before anything is written (an owner's keys
+  -- share a slot): one whose slot this server does not serve fails the script here, with
+  -- nothing done, and the caller sends those calls again slot by slot.
+  for i = 2, #owners do redis.call("EXISTS", K[owners[i][1]]) end
+end
 
 -- The leases the batch's settlements name, read at once per leases key.
 local calls = tonumber(ARGV[first_call - 1])
@@ -571,7 +588,7 @@ for _ = 1, calls do
   for i = 0, n - 1 do
     local e = ARGV[a + 3 + i * 5]
     for j = 1, owner[2] == 6 and 2 or 1 do
-      local l = KEYS[owner[1] + 1 + (j - 1) * 3]
+      local l = K[owner[1] + 1 + (j - 1) * 3]
       local list = wanted[l]
       if list == nil then
         list = {}
