@@ -71,10 +71,11 @@ def test_script_calls_spread_over_every_master(
     total = sum(delta.values())
     shares = {port: calls / total for port, calls in delta.items()}
     print(f"\nEVALSHA per master over {requests} requests of 48 tokens in {elapsed:.1f} s: {delta}")
-    # One script per limited request (rpm only: nothing to settle), plus each replica's
-    # background reads of the routing state (cooldown refresh and stats loop: 2 a second).
+    # At most one script call per limited request (rpm only: nothing to settle; calls of one
+    # turn bound for one master share one), plus each replica's background reads of the
+    # routing state (cooldown refresh and stats loop: 2 a second).
     background = 3 * 2 * (elapsed + 1)
-    assert requests <= total <= requests + background, delta
+    assert 0 < total <= requests + background, delta
     # 48 owners over 3 masters: each master takes a fair part (binomial, never near 10 %).
     assert min(shares.values()) > 0.1, shares
 
