@@ -21,7 +21,8 @@
 -- (hash), then for a team's token the team's windows, leases and budget.  Then M, the number
 -- of calls, then for each: its owner (1 to O), its argument count, its arguments.
 --
--- Windows hash fields: "o" oldest live second; "rs"/"ts" requests/tokens in the window;
+-- Windows hash fields: "o" the oldest second that may hold a bucket; "rs"/"ts" requests/tokens
+-- in the window;
 -- "r<second>"/"t<second>" per-second buckets.  At most 61 buckets of each: memory per owner is
 -- bounded whatever its limits.  A bucket is dropped once it is certainly older than 60 s, so
 -- a count may include requests up to 1 s older than the window: it refuses a little early,
@@ -420,7 +421,7 @@ end
 -- 4. record an admission on a side that passed.
 local function record(side, windowed, lease, durable, hold)
   if windowed then
-    if side.o == nil then side.o = now_s - 60 end
+    if side.o == nil then side.o = now_s end  -- a new window: no older bucket to drop
     side.rn = (side.rn or 0) + 1
     side.rs = (side.rs or 0) + 1
     if cost > 0 then
