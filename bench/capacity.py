@@ -14,7 +14,9 @@ and each number of tokens:
   (how many calls of one owner a batch carried: one HMGET per owner and batch).
 
 With few tokens a batch carries several calls of each owner and shares its reads and writes;
-with many, each call is its owner's only one in the batch: the two ends of a real fleet.
+with many, each call is its owner's only one in the batch; with very many (each token back on
+a replica only every few seconds), every settlement also travels alone, so a request costs two
+visits to its owner's keys: the three shapes of a real fleet.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from bench.procs import SUT_CORE, Proc, pinned
 from bench.storecost import HOST, first_line, start_store
 from bench.targets import ROOT
 
-SHAPES = (8, 1000)  # tokens
+SHAPES = (8, 1000, 20_000)  # tokens
 REPLICAS = 4
 CONCURRENCY = 32
 

@@ -326,7 +326,8 @@ def capacity_markdown(rows: list[dict[str, Any]]) -> list[str]:
     return [
         "Redis at saturation (the gateway's store client and quota.lua driven directly: 4 "
         "replicas x 32 admissions in flight in one process on core 0, Redis alone on core 1; "
-        "settlements ride with their token's next admission on a replica, as in the gateway):",
+        "settlements ride with their token's next admission on a replica, or travel alone when it "
+        "does not come within their wait, as in the gateway):",
         "",
         *_table(header, lines),
     ]
