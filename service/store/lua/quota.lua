@@ -308,26 +308,23 @@ end
 -- conversion redis.call makes).
 local function close(side)
   local a, n = {}, 0
-  local function put(field, value)
-    n = n + 2
-    a[n - 1], a[n] = field, fmt("%d", value)
-  end
-  if side.o ~= side.o0 then put("o", side.o) end
-  if side.rs ~= side.rs0 then put("rs", side.rs) end
-  if side.ts ~= side.ts0 then put("ts", side.ts) end
-  if side.c ~= side.c0 then put("c", side.c) end
-  if side.y ~= side.y0 then put("y", side.y) end
-  if side.rn ~= side.rn0 then put(R_NOW, side.rn) end
-  if side.tn ~= side.tn0 then put(T_NOW, side.tn) end
+  if side.rs ~= side.rs0 then a[n + 1], a[n + 2], n = "rs", fmt("%d", side.rs), n + 2 end
+  if side.ts ~= side.ts0 then a[n + 1], a[n + 2], n = "ts", fmt("%d", side.ts), n + 2 end
+  if side.c ~= side.c0 then a[n + 1], a[n + 2], n = "c", fmt("%d", side.c), n + 2 end
+  if side.rn ~= side.rn0 then a[n + 1], a[n + 2], n = R_NOW, fmt("%d", side.rn), n + 2 end
+  if side.tn ~= side.tn0 then a[n + 1], a[n + 2], n = T_NOW, fmt("%d", side.tn), n + 2 end
+  if side.o ~= side.o0 then a[n + 1], a[n + 2], n = "o", fmt("%d", side.o), n + 2 end
+  if side.y ~= side.y0 then a[n + 1], a[n + 2], n = "y", fmt("%d", side.y), n + 2 end
   if side.t ~= nil then
+    local t0 = side.t0
     for second, value in pairs(side.t) do
-      if value ~= side.t0[second] then put("t" .. second, value) end
+      if value ~= t0[second] then a[n + 1], a[n + 2], n = "t" .. second, fmt("%d", value), n + 2 end
     end
   end
   if n == 0 then return end
   local refresh = side.x == nil or now_s - side.x >= REFRESH_S
-  if refresh then put("x", now_s) end
-  redis.call("HSET", side.w, unpack(a))
+  if refresh then a[n + 1], a[n + 2], n = "x", fmt("%d", now_s), n + 2 end
+  redis.call("HSET", side.w, unpack(a, 1, n))
   if refresh then redis.call("PEXPIRE", side.w, (61 + REFRESH_S) * 1000) end
 end
 
