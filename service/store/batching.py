@@ -123,8 +123,8 @@ class ScriptBatcher:
     def _commands(
         self, batch: list[Call], positions: Iterable[int] | None = None
     ) -> list[_Command]:
-        """Calls of ``batch`` (those at ``positions``, or all) as script calls: the calls of a
-        ``MERGED`` script grouped by server (``by_slot``: by Cluster slot)."""
+        """Calls of ``batch`` as script calls: the calls of a ``MERGED`` script grouped by
+        server, or (those at ``positions``, sent again after the slot map moved) by slot."""
         cluster = isinstance(self._client, RedisCluster)
         by_slot = positions is not None
         commands: list[_Command] = []
