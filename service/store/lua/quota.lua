@@ -217,7 +217,8 @@ local corrections  -- admission second (argument string) -> tokens to add (real 
 -- adding a key to one, costs about as much as a command:
 --   w, l, b      its windows, leases and budget keys;
 --   o, rs, ts, c, x, y   the windows fields of those names (nil: absent), rn and tn this
---                second's buckets; o0 ... tn0 the same as read, to write back only changes;
+--                second's buckets; o0, rs0, ... tn0 the same as read (x is written by close
+--                alone), to write back only what changed;
 --   t, t0        nil, or the token buckets of other seconds that settlements correct, by
 --                second (argument string): now and as read (false: absent).
 local cache, opened = {}, {}
@@ -259,8 +260,7 @@ local function open(w, l, b, freed)
     local o, rs, ts, c = tonumber(v[1]), tonumber(v[2]), tonumber(v[3]), tonumber(v[4])
     local x, y, rn, tn = tonumber(v[5]), tonumber(v[6]), tonumber(v[7]), tonumber(v[8])
     side = {w = w, l = l, b = b, o = o, rs = rs, ts = ts, c = c, x = x, y = y, rn = rn,
-      tn = tn, o0 = o, rs0 = rs, ts0 = ts, c0 = c, x0 = x, y0 = y, rn0 = rn, tn0 = tn,
-      t = nil, t0 = nil}
+      tn = tn, o0 = o, rs0 = rs, ts0 = ts, c0 = c, y0 = y, rn0 = rn, tn0 = tn, t = nil, t0 = nil}
     cache[w] = side
     opened[#opened + 1] = side
     if missing ~= nil then keep_buckets(side, missing, v, 9) end
@@ -318,7 +318,9 @@ local function close(side)
   if side.t ~= nil then
     local t0 = side.t0
     for second, value in pairs(side.t) do
-      if value ~= t0[second] then a[n + 1], a[n + 2], n = "t" .. second, fmt("%d", value), n + 2 end
+      if value ~= t0[second] then
+        a[n + 1], a[n + 2], n = "t" .. second, fmt("%d", value), n + 2
+      end
     end
   end
   if n == 0 then return end
