@@ -151,6 +151,7 @@ class MemoryBackend:
         self._ledger_dirty = False
         self._save_pending = False
         self._saving: set[asyncio.Future[None]] = set()
+        self._writing = asyncio.Lock()
         if data_dir is not None:
             self._load(data_dir)
 
@@ -192,17 +193,21 @@ class MemoryBackend:
     async def _save(self) -> None:
         if self._data_dir is None:
             return
-        saved: dict[str, Any] = {kind: list(rows.values()) for kind, rows in self._records.items()}
-        # Budget spend is durable like the registry; reservations in flight are not (a
-        # restart ends the requests that held them).
-        saved["budgets"] = {k: (b.period, b.start, b.spent) for k, b in self._budgets.items()}
-        if self._ledger_dirty:
-            self._ledger_dirty = False
-            ledger = orjson.dumps(self._ledger)
-            await asyncio.to_thread(write_atomically, self._data_dir / LEDGER_FILE, ledger)
-        await asyncio.to_thread(
-            write_atomically, self._data_dir / REGISTRY_FILE, orjson.dumps(saved)
-        )
+        # One write at a time, of the state as it is when that write starts: two writes at
+        # once would share the temporary file (one moves it away under the other), and the
+        # older state could land last.
+        async with self._writing:
+            saved: dict[str, Any] = {k: list(rows.values()) for k, rows in self._records.items()}
+            # Budget spend is durable like the registry; reservations in flight are not (a
+            # restart ends the requests that held them).
+            saved["budgets"] = {k: (b.period, b.start, b.spent) for k, b in self._budgets.items()}
+            if self._ledger_dirty:
+                self._ledger_dirty = False
+                ledger = orjson.dumps(self._ledger)
+                await asyncio.to_thread(write_atomically, self._data_dir / LEDGER_FILE, ledger)
+            await asyncio.to_thread(
+                write_atomically, self._data_dir / REGISTRY_FILE, orjson.dumps(saved)
+            )
 
     async def ping(self) -> None:
         return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
@@ -321,6 +322,28 @@ def test_expired_values_do_not_accumulate_in_memory() -> None:
     # Values written 1 ms apart expire while later ones are written: the store keeps only a
     # bounded number of them, never all 4096.
     assert asyncio.run(body()) < SWEEP_MIN * 2
+
+
+def test_concurrent_registry_writes_all_reach_the_data_file(tmp_path: Path) -> None:
+    """The embedded store writes its registry file at each change: writes that overlap must
+    neither trip over each other's temporary file nor leave an older state on disk."""
+    import orjson
+
+    from service.store.memory import REGISTRY_FILE, MemoryBackend
+
+    async def body() -> None:
+        backend = MemoryBackend(tmp_path)
+        written = await asyncio.gather(
+            *(
+                backend.put_record("team", f"team-{i}", {"name": f"t{i}"}, "create")
+                for i in range(40)
+            )
+        )
+        assert all(written)
+
+    asyncio.run(body())
+    saved = orjson.loads((tmp_path / REGISTRY_FILE).read_bytes())
+    assert sorted(row["name"] for row in saved["team"]) == sorted(f"t{i}" for i in range(40))
 
 
 # -- budgets ----------------------------------------------------------------------------------
