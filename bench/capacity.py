@@ -14,9 +14,11 @@ and each number of tokens:
   (how many calls of one owner a batch carried: one HMGET per owner and batch).
 
 With few tokens a batch carries several calls of each owner and shares its reads and writes;
-with many, each call is its owner's only one in the batch; with very many (each token back on
-a replica only every few seconds), every settlement also travels alone, so a request costs two
-visits to its owner's keys: the three shapes of a real fleet.
+with many, each call is its owner's only one in the batch; with 20,000, each token comes back
+to a replica every few seconds, and its settlement still rides within the wait for requests
+far from their limits (SETTLE_PATIENT_S); with 200,000 it comes back only after that wait, so
+every settlement travels alone and a request costs two visits to its owner's keys: the shapes
+of a real fleet, from few busy tenants to very many quiet ones.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from bench.procs import SUT_CORE, Proc, pinned
 from bench.storecost import HOST, first_line, start_store
 from bench.targets import ROOT
 
-SHAPES = (8, 1000, 20_000)  # tokens
+SHAPES = (8, 1000, 20_000, 200_000)  # tokens
 REPLICAS = 4
 CONCURRENCY = 32
 

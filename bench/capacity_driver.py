@@ -20,6 +20,7 @@ import asyncio
 import json
 import sys
 import time
+from collections import deque
 from typing import Any
 
 LIMITS = (1_000_000_000, 1_000_000_000, 100_000, 0, 0, 0)
@@ -57,6 +58,7 @@ async def _drive(args: argparse.Namespace) -> dict[str, Any]:
         backend = RedisBackend(parse_redis_url(url), keys)
         await backend.ping()
         waiting: dict[str, tuple[QuotaKeys, list[Settlement], float]] = {}
+        queued: deque[tuple[float, str]] = deque()  # (since, token) in the order they wait
         loop = asyncio.get_running_loop()
 
         alone: set[asyncio.Future[Any]] = set()
@@ -65,12 +67,15 @@ async def _drive(args: argparse.Namespace) -> dict[str, Any]:
             while state["running"]:
                 await asyncio.sleep(0.005)
                 due = loop.time() - wait
-                for key, (q, settle, since) in list(waiting.items()):
-                    if since <= due:
-                        del waiting[key]
-                        task = asyncio.ensure_future(backend.quota(q, settle, None))
-                        alone.add(task)
-                        task.add_done_callback(alone.discard)
+                while queued and queued[0][0] <= due:
+                    since, key = queued.popleft()
+                    held = waiting.get(key)
+                    if held is None or held[2] != since:
+                        continue  # they rode with an admission meanwhile
+                    del waiting[key]
+                    task = asyncio.ensure_future(backend.quota(held[0], held[1], None))
+                    alone.add(task)
+                    task.add_done_callback(alone.discard)
 
         async def requests(worker: int) -> None:
             n = 0
@@ -94,7 +99,9 @@ async def _drive(args: argparse.Namespace) -> dict[str, Any]:
                 done = Settlement(entry, decision.now_ms // 1000, COST, 19, NOT_BUDGETED)
                 held = waiting.get(q.token_windows)
                 if held is None:
-                    waiting[q.token_windows] = (q, [done], loop.time())
+                    since = loop.time()
+                    waiting[q.token_windows] = (q, [done], since)
+                    queued.append((since, q.token_windows))
                 else:
                     held[1].append(done)
 

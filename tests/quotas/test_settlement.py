@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from redis import Redis
 
+from service.quotas import admission
 from tests.harness import RedisServer, write_config
 from tests.inprocess import client, inprocess_settings, running_app
 
@@ -112,3 +113,12 @@ def test_settlements_wait_for_a_ride_unless_a_limit_is_near(
         assert calls >= 19, calls
     else:  # each rode with the next admission: one call per request
         assert calls <= 11, calls
+
+
+def test_a_patient_settlement_still_finds_its_lease() -> None:
+    """A finished request's lease is no longer renewed: the longest wait for a ride ends at
+    least 2 s before the lease could expire, so the settlement still releases it and corrects
+    the reservation rather than leaving the lease to expire."""
+    least_left_ms = admission.LEASE_MS - admission.RENEW_S * 1000
+    assert least_left_ms - 2000 >= admission.SETTLE_PATIENT_S * 1000
+    assert admission.SETTLE_DELAY_S < admission.SETTLE_PATIENT_S
