@@ -14,11 +14,12 @@ and each number of tokens:
   (how many calls of one owner a batch carried: one HMGET per owner and batch).
 
 With few tokens a batch carries several calls of each owner and shares its reads and writes;
-with many, each call is its owner's only one in the batch; with 20,000, each token comes back
-to a replica every few seconds, and its settlement still rides within the wait for requests
-far from their limits (SETTLE_PATIENT_S); with 200,000 it comes back only after that wait, so
-every settlement travels alone and a request costs two visits to its owner's keys: the shapes
-of a real fleet, from few busy tenants to very many quiet ones.
+with many, each call is its owner's only one in the batch, and a settlement rides with its
+token's next admission on that replica within the wait for requests far from their limits
+(SETTLE_PATIENT_S).  The last shape runs the many tokens with the short wait of requests near
+a limit (SETTLE_DELAY_S), which is also what a fleet whose tokens come back to a replica only
+after the long wait sees: every settlement travels alone, so a request costs two visits to its
+owner's keys.  From few busy tenants to very many quiet ones, the shapes of a real fleet.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from bench.procs import SUT_CORE, Proc, pinned
 from bench.storecost import HOST, first_line, start_store
 from bench.targets import ROOT
 
-SHAPES = (8, 1000, 20_000, 200_000)  # tokens
+SHAPES = ((8, False), (1000, False), (20_000, False), (20_000, True))  # tokens, alone
 REPLICAS = 4
 CONCURRENCY = 32
 
@@ -45,6 +46,7 @@ class CapacityPoint:
     topology: str
     tokens: int
     commit: str
+    alone: bool = False  # every settlement travels alone (the short wait)
     admissions_per_s: float = 0.0
     busy: float = 0.0  # share of one core Redis used (summed over masters)
     cpu_us: float = 0.0
@@ -88,6 +90,7 @@ def measure(
         str(point.tokens),
         "--seconds",
         str(seconds),
+        *(["--alone"] if point.alone else []),
     ]
     done = subprocess.run(
         pinned(argv, SUT_CORE), capture_output=True, text=True, timeout=seconds + 60, check=False
@@ -115,12 +118,13 @@ def run_capacity(
 ) -> list[CapacityPoint]:
     points: list[CapacityPoint] = []
     for topology in topologies:
-        for tokens in SHAPES:
+        for tokens, alone in SHAPES:
             label = "cluster (3 masters)" if topology == "cluster" else "standalone"
-            point = CapacityPoint(label, tokens, commit)
+            point = CapacityPoint(label, tokens, commit, alone)
             procs: list[Proc] = []
             try:
-                procs, ports = start_store(topology, workdir / f"capacity-{topology}-{tokens}")
+                name = f"capacity-{topology}-{tokens}{'-alone' if alone else ''}"
+                procs, ports = start_store(topology, workdir / name)
                 measure(ports, topology, point, seconds, root)
             except (RuntimeError, subprocess.SubprocessError, OSError, ValueError) as exc:
                 point.failure = first_line(exc)
@@ -132,11 +136,16 @@ def run_capacity(
     return points
 
 
+def shape(tokens: int, alone: bool) -> str:
+    return f"{tokens} tokens{', every settlement alone' if alone else ''}"
+
+
 def describe(point: CapacityPoint) -> str:
+    what = f"capacity, {point.topology}, {shape(point.tokens, point.alone)}"
     if point.failure:
-        return f"capacity, {point.topology}, {point.tokens} tokens: failed: {point.failure}"
+        return f"{what}: failed: {point.failure}"
     return (
-        f"capacity, {point.topology}, {point.tokens} tokens: {point.admissions_per_s:,.0f} "
+        f"{what}: {point.admissions_per_s:,.0f} "
         f"admissions/s, Redis {point.busy:.0%} busy, {point.cpu_us:.1f} us per admission -> "
         f"{point.fleet_rps_per_core or 0:,.0f} fleet req/s per Redis core "
         f"({point.per_script_call:.1f} per script call, {point.per_windows_read:.1f} per "

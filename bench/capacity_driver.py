@@ -6,8 +6,9 @@ lua/quota.lua).  Each simulated replica is one ``RedisBackend`` (one connection,
 with ``--concurrency`` admissions in flight; a finished request's settlement waits for the
 next admission of its token on that replica, or travels alone when its wait is over, as
 service/quotas/admission.py does (the checkout's own wait for requests far from their
-limits).  Tokens have the benchmark gateway's limits (rpm, tpm and
-concurrency, all far from binding), so every admission runs the whole script.
+limits, or with ``--alone`` the short one for requests near a limit).  Tokens have the
+benchmark gateway's limits (rpm, tpm and concurrency, all far from binding), so every
+admission runs the whole script.
 
 Prints one JSON object: admissions, seconds, errors, Redis CPU seconds (INFO cpu, summed
 over the nodes), script calls and windows reads (INFO commandstats).
@@ -52,7 +53,8 @@ async def _drive(args: argparse.Namespace) -> dict[str, Any]:
     owners = [keys.quota(f"capacity-{t:05d}", None) for t in range(args.tokens)]
     clients = [redis.Redis.from_url(f"redis://{node}/0") for node in nodes]
     state = {"admitted": 0, "errors": 0, "running": True}
-    wait = getattr(admission, "SETTLE_PATIENT_S", admission.SETTLE_DELAY_S)
+    patient = getattr(admission, "SETTLE_PATIENT_S", admission.SETTLE_DELAY_S)
+    wait = admission.SETTLE_DELAY_S if args.alone else patient
 
     async def replica(index: int) -> None:
         backend = RedisBackend(parse_redis_url(url), keys)
@@ -141,6 +143,9 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument(
+        "--alone", action="store_true", help="the short wait: every settlement travels alone"
+    )
     parser.add_argument(
         "--pause", type=float, default=0.0, help="seconds each request is served for (0: none)"
     )

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.capacity import shape
+
 Results = dict[str, Any]
 KINDS = ("json", "sse")
 
@@ -307,7 +309,8 @@ def capacity_markdown(rows: list[dict[str, Any]]) -> list[str]:
     ]
     lines: list[list[str]] = []
     for row in rows:
-        label = f"{row['topology']}, {row['tokens']} tokens (`{row['commit']}`)"
+        what = shape(row["tokens"], row.get("alone", False))
+        label = f"{row['topology']}, {what} (`{row['commit']}`)"
         if row.get("failure"):
             lines.append(_failed(label, row["failure"], len(header)))
             continue
