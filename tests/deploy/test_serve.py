@@ -59,8 +59,15 @@ def test_a_busy_port_ends_serve_at_once_with_one_line(tmp_path: Path) -> None:
 
 def test_ctrl_c_shuts_down_without_a_traceback(config_dir: Path) -> None:
     gateway = GatewayProcess(config_dir, GATEWAY_ENV)
+    # Started as a terminal starts it.  A shell's background job (a CI run started with `&`)
+    # hands its children SIGINT ignored; uvicorn still catches the signal, but re-raises it
+    # after shutdown under the disposition it found, so the gateway would exit 0, not 130.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         gateway.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
         process = gateway._process
         assert process is not None
         process.send_signal(signal.SIGINT)
