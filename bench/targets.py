@@ -176,6 +176,9 @@ def start_gateway(
             "DEFAULT_MAX_CONCURRENCY": "100000" if limited else "0",
             "LOG_LEVEL": "warning",
             "WEB_CONCURRENCY": "1",
+            # The checkout's own code first: a venv shared between worktrees (a symlink) holds
+            # an editable install of whichever checkout last synced it.
+            "PYTHONPATH": str(root),
         }
     )
     if redis_url:
