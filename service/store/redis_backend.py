@@ -198,7 +198,7 @@ class RedisBackend:
         async def run() -> list[Any]:
             pipe = self._c.pipeline(transaction=False)
             pipe.hmget(keys.token_windows, ["rs", "ts"])
-            pipe.zcard(keys.token_leases)
+            pipe.zcount(keys.token_leases, "-inf", "(+inf")  # below LIVE (lua/quota.lua)
             result: list[Any] = await pipe.execute()
             return result
 

@@ -207,7 +207,7 @@ def test_stalled_redis_leaves_no_lease_behind_for_long(
 
         def live_leases() -> int:
             with _client(redis) as conn:
-                return int(conn.zcount(leases, int(time.time() * 1000), "+inf"))
+                return int(conn.zcount(leases, int(time.time() * 1000), "(+inf"))
 
         try:
             eventually(lambda: live_leases() == 0, "orphaned leases released", timeout=5)

@@ -566,9 +566,11 @@ def test_a_lost_lease_count_is_recounted_never_undercounted(redis_server: RedisS
 
 def test_every_quota_key_expires_unless_it_guards_a_budget(redis_server: RedisServer) -> None:
     """Windows and leases keys carry an expiry although the script no longer sets it on
-    every request; a leases key that emptied and was created again gets one too."""
+    every request.  A leases key outlives its last lease (it holds a member that is never a
+    lease, so settling does not make it vanish and come back), and one that vanished anyway
+    is given an expiry again by the admission that creates it."""
 
-    async def body() -> tuple[int, int, int, int]:
+    async def body() -> tuple[int, int, int, int, int]:
         keys = Keys("test-expiry")
         backend = _redis_backend(redis_server.url, keys)
         await backend.ping()
@@ -579,18 +581,27 @@ def test_every_quota_key_expires_unless_it_guards_a_budget(redis_server: RedisSe
             first = await backend.quota(q, [], AdmitRequest("a", 10, 10_000, limits))
             windows_ttl = await client.pttl(q.token_windows)
             done = Settlement("a", first.now_ms // 1000, 10, 10)
-            await backend.quota(q, [done], None)  # the leases key empties and vanishes
-            gone = await client.exists(q.token_leases)
+            await backend.quota(q, [done], None)
+            emptied_ttl = await client.pttl(q.token_leases)
+            _, _, in_flight = await backend.usage(q)
+            await client.delete(q.token_leases)  # as if it expired: the windows still remember
             await backend.quota(q, [], AdmitRequest("b", 10, 10_000, limits))
             leases_ttl = await client.pttl(q.token_leases)
-            return windows_ttl, gone, leases_ttl, await client.pttl(q.token_windows)
+            return (
+                windows_ttl,
+                emptied_ttl,
+                in_flight,
+                leases_ttl,
+                await client.pttl(q.token_windows),
+            )
         finally:
             await client.aclose()
             await backend.close()
 
-    windows_ttl, gone, leases_ttl, windows_after = asyncio.run(body())
+    windows_ttl, emptied_ttl, in_flight, leases_ttl, windows_after = asyncio.run(body())
     assert 61_000 <= windows_ttl <= 71_000
-    assert gone == 0
+    assert 11_000 <= emptied_ttl <= 21_000
+    assert in_flight == 0
     assert 11_000 <= leases_ttl <= 21_000
     assert 0 < windows_after <= 71_000
 

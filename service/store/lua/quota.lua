@@ -126,9 +126,16 @@ end
 -- ZREM, and the key's expiry) or before anything that reads the zset itself.
 -- {score = entry -> score (an entry settled is removed), adds = {score, entry, ...}, rems =
 --  {entry, ...}, purged = expired entries were dropped, expiry = "persist" or a time (ms) or
---  nil, direct = the batch settles one entry here: removed at once by ZREM, no ZMSCORE}; the
---  tables only once needed (most owners of a batch add one lease and settle one).
+--  nil, fresh = the expiry a key created by the ZADD gets, direct = the batch settles one entry
+--  here: removed at once by ZREM, no ZMSCORE}; the tables only once needed (most owners of a
+--  batch add one lease and settle one).
+-- A leases key also holds LIVE, a member scored +inf that is never a lease: the key does not
+-- vanish when its last lease is settled (to be created again, with a new expiry, by the next
+-- admission).  Every ZADD names LIVE too, so its answer (members added) says whether the key
+-- was created (LIVE was missing): only then does it need an expiry set at once.  Leases are
+-- counted below +inf ("(+inf"), and expired ones are dropped by score, which never reaches it.
 local leases = {}
+local LIVE = "~"
 local function lease_set(l)
   local set = leases[l]
   if set == nil then
@@ -144,7 +151,10 @@ local function sync(l)
   local set = leases[l]
   if set == nil then return end
   if set.adds then
-    redis.call("ZADD", l, unpack(set.adds))
+    local adds = set.adds
+    if redis.call("ZADD", l, unpack(adds)) * 2 >= #adds and set.expiry == nil then
+      set.expiry = set.fresh  -- the key was created (LIVE was new): it has no expiry yet
+    end
     set.adds = nil
   end
   if set.rems then
@@ -344,7 +354,7 @@ local function held(side, conc, budget)
       redis.call("ZREMRANGEBYSCORE", side.l, "-inf", now)
       lease_set(side.l).purged = true
     end
-    c = redis.call("ZCARD", side.l)
+    c = redis.call("ZCOUNT", side.l, "-inf", "(+inf")
     side.c = c
   end
   return c
@@ -433,7 +443,7 @@ local function record(side, windowed, lease, durable, hold)
     local set_ = lease_set(side.l)
     local adds = set_.adds
     if adds == nil then
-      set_.adds = {expiry, entry}
+      set_.adds = {"+inf", LIVE, expiry, entry}
     else
       adds[#adds + 1] = expiry
       adds[#adds + 1] = entry
@@ -443,12 +453,14 @@ local function record(side, windowed, lease, durable, hold)
       -- A lease that guards a budget reservation must outlive any gap in renewals: its key
       -- does not expire (it empties as requests settle; expired entries are charged).
       set_.expiry = "persist"
-    elseif side.y == nil or side.y < now + lease_ms + 1000 or before == nil or before == 0 then
+    else
       -- Every lease runs lease_ms from its admission or renewal; the key outlives the newest.
-      -- (An empty leases key vanishes: one recreated by this ZADD has no expiry yet.)
       local until_ms = now + lease_ms + 1000 + REFRESH_S * 1000
-      set_.expiry = until_ms
-      side.y = until_ms
+      set_.fresh = until_ms
+      if side.y == nil or side.y < now + lease_ms + 1000 then
+        set_.expiry = until_ms
+        side.y = until_ms
+      end
     end
   end
   if hold then
