@@ -22,6 +22,7 @@ WriteMode = Literal["create", "update", "newest"]
 LedgerKey = tuple[str, str, str, str, str]
 
 ADMITTED, OVER_RPM, OVER_TPM, OVER_CONCURRENCY, OVER_BUDGET = range(5)
+WINDOW_S = 60  # rpm and tpm count the requests of the last WINDOW_S + 1 whole seconds
 NO_BUDGET = -1
 # token budget (micro-USD), its period, the team's budget, its period (store/periods.py)
 Budgets = tuple[int, int, int, int]

@@ -27,6 +27,7 @@ from service.store.backend import (
     OVER_CONCURRENCY,
     OVER_RPM,
     OVER_TPM,
+    WINDOW_S,
     AdmitRequest,
     BreakerResult,
     BreakerRule,
@@ -44,7 +45,6 @@ from service.store.periods import bounds
 
 log = logging.getLogger("best.store")
 
-WINDOW_S = 60
 SWEEP_MIN = 1024  # cached values held before the first sweep of expired ones
 SAVE_DELAY_S = 1.0
 REGISTRY_FILE = "registry.json"

@@ -25,6 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.store.backend import (
+    WINDOW_S,
     AdmitRequest,
     BreakerResult,
     BreakerRule,
@@ -195,15 +196,22 @@ class RedisBackend:
         return Spend((spent or 0) if current else 0, reserved or 0, now_start)
 
     async def usage(self, keys: QuotaKeys) -> tuple[int, int, int]:
+        # The buckets of the window, not the counts "rs"/"ts": those may still include buckets
+        # that left it (lua/quota.lua drops them lazily).
+        now_s = int(time.time())
+        seconds = range(now_s - WINDOW_S, now_s + 1)
+
         async def run() -> list[Any]:
             pipe = self._c.pipeline(transaction=False)
-            pipe.hmget(keys.token_windows, ["rs", "ts"])
+            pipe.hmget(keys.token_windows, [f"{kind}{s}" for kind in "rt" for s in seconds])
             pipe.zcount(keys.token_leases, "-inf", "(+inf")  # below LIVE (lua/quota.lua)
             result: list[Any] = await pipe.execute()
             return result
 
-        (requests, tokens), in_flight = await self._do(run())
-        return int(requests or 0), int(tokens or 0), int(in_flight)
+        buckets, in_flight = await self._do(run())
+        counts = [int(v) for v in buckets if v is not None]
+        requests = sum(int(v) for v in buckets[: len(seconds)] if v is not None)
+        return requests, sum(counts) - requests, int(in_flight)
 
     # -- routing state -----------------------------------------------------------------------
 
