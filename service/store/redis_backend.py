@@ -196,8 +196,8 @@ class RedisBackend:
         return Spend((spent or 0) if current else 0, reserved or 0, now_start)
 
     async def usage(self, keys: QuotaKeys) -> tuple[int, int, int]:
-        # The buckets of the window, not the counts "rs"/"ts": those may still include buckets
-        # that left it (lua/quota.lua drops them lazily).
+        # The buckets of the window, not the counts "rs"/"ts": those still include the buckets
+        # that left it until the token's next admission drops them (lua/quota.lua).
         now_s = int(time.time())
         seconds = range(now_s - WINDOW_S, now_s + 1)
 

@@ -23,14 +23,10 @@
 --
 -- Windows hash fields: "o" the oldest second that may hold a bucket; "rs"/"ts" requests/tokens
 -- in the window;
--- "r<second>"/"t<second>" per-second buckets.  At most 61 + LAG_S buckets of each: memory per
--- owner is bounded whatever its limits.  A decision counts the buckets of the last 61 seconds,
--- so it may include requests up to 1 s older than the window: it refuses a little early, never
--- admits more than the limit.  Buckets that left the window are dropped (read, subtracted from
--- "rs"/"ts", deleted) when a decision is near a limit, or else once the oldest is LAG_S seconds
--- past the window: a quiet token's visits mostly skip that read and delete.  Until then the
--- remaining counts an admission reports include those older requests (by less than a tenth of
--- the limit: farther from it than that, nothing is dropped).  Bookkeeping fields: "c" leases held (a count kept beside
+-- "r<second>"/"t<second>" per-second buckets.  At most 61 buckets of each: memory per owner is
+-- bounded whatever its limits.  A bucket is dropped once it is certainly older than 60 s, so
+-- a count may include requests up to 1 s older than the window: it refuses a little early,
+-- never admits more than the limit.  Bookkeeping fields: "c" leases held (a count kept beside
 -- the leases zset, never below it: recounted when missing or at the limit), "x" the second the
 -- key's expiry was last pushed out (every REFRESH_S, to 61 s + REFRESH_S, so the key outlives
 -- its newest bucket by 61 s without a PEXPIRE per request), "y" the time (ms) until which the
@@ -62,7 +58,6 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local now_s = math.floor(now / 1000)
 local DAY = 86400000
 local REFRESH_S = 10
-local LAG_S = 10  -- how long buckets that left the window may stay (see the header)
 -- This second's bucket fields (a number turned into a string costs more than a command here).
 local R_NOW, T_NOW, NOW_S = "r" .. now_s, "t" .. now_s, tostring(now_s)
 
@@ -233,8 +228,7 @@ local corrections  -- admission second (argument string) -> tokens to add (real 
 --   w, l, b      its windows, leases and budget keys;
 --   o, rs, ts, c, x, y   the windows fields of those names (nil: absent), rn and tn this
 --                second's buckets; o0, rs0, ... tn0 the same as read (x is written by close
---                alone), to write back only what changed; stale: rs and ts include buckets
---                that left the window (drop() removes them);
+--                alone), to write back only what changed;
 --   t, t0        nil, or the token buckets of other seconds that settlements correct, by
 --                second (argument string): now and as read (false: absent).
 local cache, opened = {}, {}
@@ -251,36 +245,6 @@ local function keep_buckets(side, seconds, v, first)
     local n = tonumber(v[first + i - 1]) or false
     t[second], t0[second] = n, n
   end
-end
-
--- Drop the buckets of a side that left the window, and take them out of its counts.  Buckets
--- this batch read and corrected (side.t) count as corrected, and are not written back.  The
--- key expires 61 to 71 s after its newest bucket, so at most 72 + LAG_S seconds are dropped.
-local function drop(side)
-  local limit, t = now_s - 60, side.t
-  local old = {}
-  for s = side.o, limit - 1 do
-    old[#old + 1] = "r" .. s
-    old[#old + 1] = "t" .. s
-  end
-  local gone = redis.call("HMGET", side.w, unpack(old))
-  local freed_r, freed_t = 0, 0
-  for i = 1, #gone, 2 do
-    freed_r = freed_r + (tonumber(gone[i]) or 0)
-    local n = tonumber(gone[i + 1]) or 0
-    if t ~= nil then
-      local second = string.sub(old[i + 1], 2)
-      local kept = t[second]
-      if kept ~= nil then
-        n = kept or 0
-        t[second], side.t0[second] = nil, nil
-      end
-    end
-    freed_t = freed_t + n
-  end
-  redis.call("HDEL", side.w, unpack(old))
-  side.o, side.rs, side.ts = limit, (side.rs or 0) - freed_r, (side.ts or 0) - freed_t
-  side.stale = false
 end
 
 local function open(w, l, b, freed)
@@ -306,14 +270,27 @@ local function open(w, l, b, freed)
     local o, rs, ts, c = tonumber(v[1]), tonumber(v[2]), tonumber(v[3]), tonumber(v[4])
     local x, y, rn, tn = tonumber(v[5]), tonumber(v[6]), tonumber(v[7]), tonumber(v[8])
     side = {w = w, l = l, b = b, o = o, rs = rs, ts = ts, c = c, x = x, y = y, rn = rn,
-      tn = tn, o0 = o, rs0 = rs, ts0 = ts, c0 = c, y0 = y, rn0 = rn, tn0 = tn, t = nil, t0 = nil,
-      stale = false}
+      tn = tn, o0 = o, rs0 = rs, ts0 = ts, c0 = c, y0 = y, rn0 = rn, tn0 = tn, t = nil, t0 = nil}
     cache[w] = side
     opened[#opened + 1] = side
     if missing ~= nil then keep_buckets(side, missing, v, 9) end
-    if o ~= nil and o < now_s - 60 then
-      side.stale = true
-      if o < now_s - 60 - LAG_S then drop(side) end
+    -- Drop the buckets that left the window.  The key expires 61 to 71 s after its newest
+    -- bucket, so at most 72 seconds are ever stale.
+    local limit = now_s - 60
+    if o ~= nil and o < limit then
+      local old = {}
+      for s = o, limit - 1 do
+        old[#old + 1] = "r" .. s
+        old[#old + 1] = "t" .. s
+      end
+      local gone = redis.call("HMGET", w, unpack(old))
+      local freed_r, freed_t = 0, 0
+      for i = 1, #gone, 2 do
+        freed_r = freed_r + (tonumber(gone[i]) or 0)
+        freed_t = freed_t + (tonumber(gone[i + 1]) or 0)
+      end
+      redis.call("HDEL", w, unpack(old))
+      side.o, side.rs, side.ts = limit, (rs or 0) - freed_r, (ts or 0) - freed_t
     end
   elseif missing ~= nil then
     keep_buckets(side, missing, redis.call("HMGET", w, unpack(fields)), 1)
@@ -433,10 +410,6 @@ local function check(side, rpm, tpm, conc, budget, kind)
   end
   local rpm_left, tpm_left = -1, -1
   if rpm > 0 or tpm > 0 then
-    if side.stale and ((rpm > 0 and ((side.rs or 0) + 1) * 10 > rpm)
-        or (tpm > 0 and ((side.ts or 0) + cost) * 10 > tpm)) then
-      drop(side)  -- near a limit: decide on the window alone
-    end
     local rs, ts = side.rs or 0, side.ts or 0
     if rpm > 0 and rs + 1 > rpm then return 1, wait_for(side, "r", rs, 1, rpm), 0, -1, left end
     if tpm > 0 and ts + cost > tpm then
