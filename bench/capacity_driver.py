@@ -11,7 +11,7 @@ benchmark gateway's limits (rpm, tpm and concurrency, all far from binding), so 
 admission runs the whole script.
 
 Prints one JSON object: admissions, seconds, errors, Redis CPU seconds (INFO cpu, summed
-over the nodes), script calls and windows reads (INFO commandstats).
+over the nodes), script calls, windows reads and µs inside script calls (INFO commandstats).
 """
 
 from __future__ import annotations
@@ -28,14 +28,15 @@ LIMITS = (1_000_000_000, 1_000_000_000, 100_000, 0, 0, 0)
 COST = 43  # tokens reserved per request, 19 used: every settlement corrects its bucket
 
 
-def _counters(clients: list[Any]) -> tuple[float, int, int]:
-    cpu = calls = reads = 0.0
+def _counters(clients: list[Any]) -> tuple[float, int, int, int]:
+    cpu = calls = reads = script_us = 0.0
     for client in clients:
         info = client.info("all")
         cpu += float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
         calls += int(info.get("cmdstat_evalsha", {}).get("calls", 0))
+        script_us += int(info.get("cmdstat_evalsha", {}).get("usec", 0))
         reads += int(info.get("cmdstat_hmget", {}).get("calls", 0))
-    return cpu, int(calls), int(reads)
+    return cpu, int(calls), int(reads), int(script_us)
 
 
 async def _drive(args: argparse.Namespace) -> dict[str, Any]:
@@ -114,10 +115,10 @@ async def _drive(args: argparse.Namespace) -> dict[str, Any]:
 
     tasks = [asyncio.ensure_future(replica(i)) for i in range(args.replicas)]
     await asyncio.sleep(args.warmup)
-    cpu0, calls0, reads0 = _counters(clients)
+    cpu0, calls0, reads0, script0 = _counters(clients)
     admitted0, start = state["admitted"], time.monotonic()
     await asyncio.sleep(args.seconds)
-    cpu1, calls1, reads1 = _counters(clients)
+    cpu1, calls1, reads1, script1 = _counters(clients)
     admitted1, seconds = state["admitted"], time.monotonic() - start
     state["running"] = False
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -130,6 +131,7 @@ async def _drive(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_s": round(cpu1 - cpu0, 4),
         "script_calls": calls1 - calls0,
         "windows_reads": reads1 - reads0,
+        "script_us": script1 - script0,  # time inside EVALSHA (INFO commandstats)
     }
 
 
