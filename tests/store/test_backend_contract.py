@@ -454,7 +454,7 @@ def test_lua_calendar_matches_python(redis_server: RedisServer) -> None:
     source = load_sources()["quota"]
     calendar = source[source.index("-- Calendar arithmetic") : source.index("-- Bring budget")]
     script = (
-        "local now = tonumber(ARGV[1]); local DAY = 86400000\n"
+        "local now = tonumber(ARGV[1]); local DAY = 86400000; local floor = math.floor\n"
         + calendar
         + "local s, e = period(tonumber(ARGV[2])); return {tostring(s), tostring(e)}"
     )

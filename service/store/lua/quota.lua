@@ -53,9 +53,13 @@
 -- with remaining -1 when unlimited (and leases free only when admitted).
 -- status: 0 admitted (or only settled), 1 over rpm, 2 over tpm, 3 over max_concurrency,
 -- 4 over budget (retry_ms: until the period ends; 0 when it never does).
-local t = redis.call("TIME")
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local now_s = math.floor(now / 1000)
+-- Globals as locals: in Redis's Lua each use of a global is a table lookup (two for
+-- redis.call), and this script makes hundreds per batch.
+local call, tonumber, tostring, unpack = redis.call, tonumber, tostring, unpack
+local pairs, ipairs, type, floor, max, fmt = pairs, ipairs, type, math.floor, math.max, string.format
+local t = call("TIME")
+local now = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
+local now_s = floor(now / 1000)
 local DAY = 86400000
 local REFRESH_S = 10
 -- This second's bucket fields (a number turned into a string costs more than a command here).
@@ -64,19 +68,19 @@ local R_NOW, T_NOW, NOW_S = "r" .. now_s, "t" .. now_s, tostring(now_s)
 -- Calendar arithmetic (days since 1970-01-01 <-> year, month), as store/periods.py.
 local function days_from_civil(y, m)
   if m <= 2 then y = y - 1 end
-  local era = math.floor(y / 400)
+  local era = floor(y / 400)
   local yoe = y - era * 400
-  local doy = math.floor((153 * ((m + 9) % 12) + 2) / 5)
-  return era * 146097 + yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy - 719468
+  local doy = floor((153 * ((m + 9) % 12) + 2) / 5)
+  return era * 146097 + yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy - 719468
 end
 local function civil_from_days(z)
   z = z + 719468
-  local era = math.floor(z / 146097)
+  local era = floor(z / 146097)
   local doe = z - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
-    - math.floor(doe / 146096)) / 365)
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
+  local yoe = floor((doe - floor(doe / 1460) + floor(doe / 36524)
+    - floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + floor(yoe / 4) - floor(yoe / 100))
+  local mp = floor((5 * doy + 2) / 153)
   local m = mp < 10 and mp + 3 or mp - 9
   local y = yoe + era * 400
   if m <= 2 then y = y + 1 end
@@ -85,7 +89,7 @@ end
 -- Start and end (ms) of the period of `kind` holding now; "total" is 0, -1 (no end).
 local function period(kind)
   if kind == 0 then return 0, -1 end
-  local day = math.floor(now / DAY)
+  local day = floor(now / DAY)
   if kind == 1 then return day * DAY, (day + 1) * DAY end
   if kind == 2 then
     local monday = day - (day + 3) % 7 -- 1970-01-01 was a Thursday
@@ -100,25 +104,25 @@ end
 -- Bring budget `b` to the current period of `kind` (nil: its stored kind).  A new period, or
 -- a new kind, starts from zero spend; reservations in flight stay held.
 local function roll(b, kind)
-  local v = redis.call("HMGET", b, "k", "p")
+  local v = call("HMGET", b, "k", "p")
   local stored = tonumber(v[1])
   kind = kind or stored
   if kind == nil then return end
   local start = period(kind)
   if stored ~= kind or tonumber(v[2]) ~= start then
-    redis.call("HSET", b, "k", kind, "p", start, "s", 0)
+    call("HSET", b, "k", kind, "p", start, "s", 0)
   end
 end
 
 -- Settle entry `e`'s reservation on budget `b` with `cost` (-1: the reservation in full).
 local function charge(b, e, cost)
-  local held = redis.call("HGET", b, "e" .. e)
+  local held = call("HGET", b, "e" .. e)
   if not held then return end
   held = tonumber(held)
   roll(b, nil)
-  redis.call("HDEL", b, "e" .. e)
-  redis.call("HINCRBY", b, "r", -held)
-  redis.call("HINCRBY", b, "s", cost >= 0 and cost or held)
+  call("HDEL", b, "e" .. e)
+  call("HINCRBY", b, "r", -held)
+  call("HINCRBY", b, "s", cost >= 0 and cost or held)
 end
 
 -- Leases of the batch, by leases key: the scores the batch's settlements found at its start
@@ -139,7 +143,8 @@ local LIVE = "~"
 local function lease_set(l)
   local set = leases[l]
   if set == nil then
-    set = {purged = false}
+    set = {purged = false, direct = nil, score = nil, adds = nil, rems = nil, expiry = nil,
+      fresh = nil}  -- its keys named here: the table is made with room for them
     leases[l] = set
   end
   return set
@@ -152,19 +157,19 @@ local function sync(l)
   if set == nil then return end
   if set.adds then
     local adds = set.adds
-    if redis.call("ZADD", l, unpack(adds)) * 2 >= #adds and set.expiry == nil then
+    if call("ZADD", l, unpack(adds)) * 2 >= #adds and set.expiry == nil then
       set.expiry = set.fresh  -- the key was created (LIVE was new): it has no expiry yet
     end
     set.adds = nil
   end
   if set.rems then
-    redis.call("ZREM", l, unpack(set.rems))
+    call("ZREM", l, unpack(set.rems))
     set.rems = nil
   end
   if set.expiry == "persist" then
-    redis.call("PERSIST", l)
+    call("PERSIST", l)
   elseif set.expiry ~= nil then
-    redis.call("PEXPIREAT", l, set.expiry)
+    call("PEXPIREAT", l, set.expiry)
   end
   set.expiry = nil
 end
@@ -173,7 +178,7 @@ end
 -- admitted and is not settled yet), as ZREM would answer.
 local function take(l, e)
   local set = leases[l]
-  if set and set.direct then return redis.call("ZREM", l, e) == 1 end
+  if set and set.direct then return call("ZREM", l, e) == 1 end
   local score = set and set.score and set.score[e]
   if not score or (set.purged and score <= now) then return false end
   set.score[e] = nil
@@ -190,10 +195,10 @@ end
 -- Returns how many there were.
 local function expire(l, b)
   sync(l)
-  local gone = redis.call("ZRANGEBYSCORE", l, "-inf", now)
+  local gone = call("ZRANGEBYSCORE", l, "-inf", now)
   if #gone == 0 then return 0 end
   for _, e in ipairs(gone) do charge(b, e, -1) end
-  redis.call("ZREMRANGEBYSCORE", l, "-inf", now)
+  call("ZREMRANGEBYSCORE", l, "-inf", now)
   lease_set(l).purged = true
   return #gone
 end
@@ -232,7 +237,6 @@ local corrections  -- admission second (argument string) -> tokens to add (real 
 --   t, t0        nil, or the token buckets of other seconds that settlements correct, by
 --                second (argument string): now and as read (false: absent).
 local cache, opened = {}, {}
-local fmt = string.format
 
 -- Keep the token buckets of `seconds` (values `v` from index `first`) in side.t and side.t0.
 local function keep_buckets(side, seconds, v, first)
@@ -263,9 +267,9 @@ local function open(w, l, b, freed)
   if side == nil then
     local v
     if missing == nil then
-      v = redis.call("HMGET", w, "o", "rs", "ts", "c", "x", "y", R_NOW, T_NOW)
+      v = call("HMGET", w, "o", "rs", "ts", "c", "x", "y", R_NOW, T_NOW)
     else
-      v = redis.call("HMGET", w, "o", "rs", "ts", "c", "x", "y", R_NOW, T_NOW, unpack(fields))
+      v = call("HMGET", w, "o", "rs", "ts", "c", "x", "y", R_NOW, T_NOW, unpack(fields))
     end
     local o, rs, ts, c = tonumber(v[1]), tonumber(v[2]), tonumber(v[3]), tonumber(v[4])
     local x, y, rn, tn = tonumber(v[5]), tonumber(v[6]), tonumber(v[7]), tonumber(v[8])
@@ -283,17 +287,17 @@ local function open(w, l, b, freed)
         old[#old + 1] = "r" .. s
         old[#old + 1] = "t" .. s
       end
-      local gone = redis.call("HMGET", w, unpack(old))
+      local gone = call("HMGET", w, unpack(old))
       local freed_r, freed_t = 0, 0
       for i = 1, #gone, 2 do
         freed_r = freed_r + (tonumber(gone[i]) or 0)
         freed_t = freed_t + (tonumber(gone[i + 1]) or 0)
       end
-      redis.call("HDEL", w, unpack(old))
+      call("HDEL", w, unpack(old))
       side.o, side.rs, side.ts = limit, (rs or 0) - freed_r, (ts or 0) - freed_t
     end
   elseif missing ~= nil then
-    keep_buckets(side, missing, redis.call("HMGET", w, unpack(fields)), 1)
+    keep_buckets(side, missing, call("HMGET", w, unpack(fields)), 1)
   end
   if corrections ~= nil then
     -- Corrections of buckets still in the window (one that left took its count with it).
@@ -310,7 +314,7 @@ local function open(w, l, b, freed)
       end
     end
   end
-  if freed > 0 and side.c ~= nil then side.c = math.max(0, side.c - freed) end
+  if freed > 0 and side.c ~= nil then side.c = max(0, side.c - freed) end
   return side
 end
 
@@ -336,8 +340,8 @@ local function close(side)
   if n == 0 then return end
   local refresh = side.x == nil or now_s - side.x >= REFRESH_S
   if refresh then a[n + 1], a[n + 2], n = "x", fmt("%d", now_s), n + 2 end
-  redis.call("HSET", side.w, unpack(a, 1, n))
-  if refresh then redis.call("PEXPIRE", side.w, (61 + REFRESH_S) * 1000) end
+  call("HSET", side.w, unpack(a, 1, n))
+  if refresh then call("PEXPIRE", side.w, (61 + REFRESH_S) * 1000) end
 end
 
 local function limited(first, budget) -- does this side have anything to check?
@@ -351,10 +355,10 @@ local function held(side, conc, budget)
   if c == nil or c >= conc then
     sync(side.l)
     if budget < 0 then
-      redis.call("ZREMRANGEBYSCORE", side.l, "-inf", now)
+      call("ZREMRANGEBYSCORE", side.l, "-inf", now)
       lease_set(side.l).purged = true
     end
-    c = redis.call("ZCOUNT", side.l, "-inf", "(+inf")
+    c = call("ZCOUNT", side.l, "-inf", "(+inf")
     side.c = c
   end
   return c
@@ -375,13 +379,13 @@ local function wait_for(side, prefix, used, need, limit)
   if need > limit then return 60000 end
   local fields = {}
   for s = now_s - 60, now_s do fields[#fields + 1] = prefix .. s end
-  local v = redis.call("HMGET", side.w, unpack(fields))
+  local v = call("HMGET", side.w, unpack(fields))
   local freed = 0
   for i = 1, #fields do
     local s = now_s - 61 + i
     freed = freed + (cached(side, prefix, s) or tonumber(v[i]) or 0)
     -- The bucket of second s leaves the window at the end of second s + 61.
-    if used - freed + need <= limit then return math.max(1, (now_s + i) * 1000 - now) end
+    if used - freed + need <= limit then return max(1, (now_s + i) * 1000 - now) end
   end
   return 60000
 end
@@ -392,9 +396,9 @@ local function check(side, rpm, tpm, conc, budget, kind)
   local left = -1
   if budget >= 0 then
     local gone = expire(side.l, side.b)
-    if gone > 0 and side.c ~= nil then side.c = math.max(0, side.c - gone) end
+    if gone > 0 and side.c ~= nil then side.c = max(0, side.c - gone) end
     roll(side.b, kind)
-    local v = redis.call("HMGET", side.b, "s", "r")
+    local v = call("HMGET", side.b, "s", "r")
     local spent, reserved = tonumber(v[1]) or 0, tonumber(v[2]) or 0
     left = budget - spent - reserved
     if reserve > left then
@@ -404,7 +408,7 @@ local function check(side, rpm, tpm, conc, budget, kind)
         local _, stop = period(kind)
         retry = stop < 0 and 0 or stop - now
       end
-      return 4, retry, -1, -1, math.max(0, left)
+      return 4, retry, -1, -1, max(0, left)
     end
     left = left - reserve
   end
@@ -413,7 +417,7 @@ local function check(side, rpm, tpm, conc, budget, kind)
     local rs, ts = side.rs or 0, side.ts or 0
     if rpm > 0 and rs + 1 > rpm then return 1, wait_for(side, "r", rs, 1, rpm), 0, -1, left end
     if tpm > 0 and ts + cost > tpm then
-      return 2, wait_for(side, "t", ts, cost, tpm), -1, math.max(0, tpm - ts), left
+      return 2, wait_for(side, "t", ts, cost, tpm), -1, max(0, tpm - ts), left
     end
     rpm_left = rpm > 0 and rpm - rs - 1 or -1
     tpm_left = tpm > 0 and tpm - ts - cost or -1
@@ -464,8 +468,8 @@ local function record(side, windowed, lease, durable, hold)
     end
   end
   if hold then
-    redis.call("HSET", side.b, "e" .. entry, reserve)
-    redis.call("HINCRBY", side.b, "r", reserve)
+    call("HSET", side.b, "e" .. entry, reserve)
+    call("HINCRBY", side.b, "r", reserve)
   end
 end
 
@@ -479,21 +483,20 @@ if undeclared > 0 then
 end
 
 -- One call of the batch: its owner's keys from K[k] (3, or 6 with a team), its `na`
--- arguments from ARGV[a].  Returns its answer.
-local function run(k, nk, a, na)
+-- arguments from ARGV[a], the first of them its number of settlements `n`.  Returns its answer.
+local function run(k, nk, a, na, n)
   kw, kl, kb = K[k], K[k + 1], K[k + 2]
   in_team = nk == 6
   if in_team then tw, tl, tb = K[k + 3], K[k + 4], K[k + 5] end
 
   -- 1. settlements: each lease removed is the proof that its request was admitted and not
   -- yet settled; their token corrections are applied to the windows below.
-  local n = tonumber(ARGV[a])
   corrections = nil
   local released, team_released = 0, 0  -- leases removed on the token side, on the team side
   for i = 0, n - 1 do
     local base = a + 1 + i * 5
     local e = ARGV[base]
-    local c = tonumber(ARGV[base + 4])
+    local c = ARGV[base + 4]  -- compared as a string: most settlements reserved no budget
     if take(kl, e) then
       released = released + 1
       local real = tonumber(ARGV[base + 3])
@@ -507,10 +510,10 @@ local function run(k, nk, a, na)
       end
     end
     -- Budgets: each side's reservation is its own proof (one charge per entry and side).
-    if c ~= -2 then charge(kb, e, c) end
+    if c ~= "-2" then charge(kb, e, tonumber(c)) end
     if in_team then
       if take(tl, e) then team_released = team_released + 1 end
-      if c ~= -2 then charge(tb, e, c) end
+      if c ~= "-2" then charge(tb, e, tonumber(c)) end
     end
   end
 
@@ -587,46 +590,50 @@ if undeclared > 0 then
   -- Touch one key of every owner not declared before anything is written (an owner's keys
   -- share a slot): one whose slot this server does not serve fails the script here, with
   -- nothing done, and the caller sends those calls again slot by slot.
-  for i = 2, #owners do redis.call("EXISTS", K[owners[i][1]]) end
+  for i = 2, #owners do call("EXISTS", K[owners[i][1]]) end
 end
 
--- The leases the batch's settlements name, read at once per leases key.
+-- Each call's owner, argument count and number of settlements (3 slots per call), and the
+-- leases the batch's settlements name, read at once per leases key.
 local calls = tonumber(ARGV[first_call - 1])
-local wanted = {}  -- leases key -> entries
+local plan = {}
+local wanted = {}  -- leases key -> the entry its settlements name, or a list when several
 local a = first_call
-for _ = 1, calls do
-  local owner, na = owners[tonumber(ARGV[a])], tonumber(ARGV[a + 1])
-  local n = tonumber(ARGV[a + 2])
-  for i = 0, n - 1 do
-    local e = ARGV[a + 3 + i * 5]
+for i = 1, calls do
+  local owner, na, n = owners[tonumber(ARGV[a])], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  plan[i * 3 - 2], plan[i * 3 - 1], plan[i * 3] = owner, na, n
+  for s = 0, n - 1 do
+    local e = ARGV[a + 3 + s * 5]
     for j = 1, owner[2] == 6 and 2 or 1 do
       local l = K[owner[1] + 1 + (j - 1) * 3]
-      local list = wanted[l]
-      if list == nil then
-        list = {}
-        wanted[l] = list
+      local named = wanted[l]
+      if named == nil then
+        wanted[l] = e
+      elseif type(named) == "string" then
+        wanted[l] = {named, e}
+      else
+        named[#named + 1] = e
       end
-      list[#list + 1] = e
     end
   end
   a = a + 2 + na
 end
-for l, list in pairs(wanted) do
+for l, named in pairs(wanted) do
   local set = lease_set(l)
-  if #list == 1 then
+  if type(named) == "string" then
     set.direct = true  -- one settlement: its own ZREM answers for it, one command not two
   else
-    local scores = redis.call("ZMSCORE", l, unpack(list))
+    local scores = call("ZMSCORE", l, unpack(named))
     set.score = {}
-    for i, e in ipairs(list) do set.score[e] = tonumber(scores[i]) end
+    for i, e in ipairs(named) do set.score[e] = tonumber(scores[i]) end
   end
 end
 
 local results = {}
 a = first_call
 for i = 1, calls do
-  local owner, na = owners[tonumber(ARGV[a])], tonumber(ARGV[a + 1])
-  results[i] = run(owner[1], owner[2], a + 2, na)
+  local owner, na = plan[i * 3 - 2], plan[i * 3 - 1]
+  results[i] = run(owner[1], owner[2], a + 2, na, plan[i * 3])
   a = a + 2 + na
 end
 for _, side in ipairs(opened) do close(side) end
