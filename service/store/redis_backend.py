@@ -46,6 +46,8 @@ from service.store.keys import Keys, QuotaKeys
 from service.store.periods import bounds
 from service.store.scripts import load_sources
 
+BUCKET_TOKEN_BITS = 33  # a window bucket is requests * 2^33 + tokens (lua/quota.lua)
+
 log = logging.getLogger("best.store")
 _REDIS_PACKAGE = os.path.dirname(redis.__file__) + os.sep
 
@@ -199,19 +201,21 @@ class RedisBackend:
         # The buckets of the window, not the counts "rs"/"ts": those still include the buckets
         # that left it until the token's next admission drops them (lua/quota.lua).
         now_s = int(time.time())
-        seconds = range(now_s - WINDOW_S, now_s + 1)
+        fields = [f"b{s}" for s in range(now_s - WINDOW_S, now_s + 1)]
 
         async def run() -> list[Any]:
             pipe = self._c.pipeline(transaction=False)
-            pipe.hmget(keys.token_windows, [f"{kind}{s}" for kind in "rt" for s in seconds])
+            pipe.hmget(keys.token_windows, fields)
             pipe.zcount(keys.token_leases, "-inf", "(+inf")  # below LIVE (lua/quota.lua)
             result: list[Any] = await pipe.execute()
             return result
 
         buckets, in_flight = await self._do(run())
-        counts = [int(v) for v in buckets if v is not None]
-        requests = sum(int(v) for v in buckets[: len(seconds)] if v is not None)
-        return requests, sum(counts) - requests, int(in_flight)
+        requests = tokens = 0
+        for packed in (int(v) for v in buckets if v is not None):
+            requests += packed >> BUCKET_TOKEN_BITS
+            tokens += packed & ((1 << BUCKET_TOKEN_BITS) - 1)
+        return requests, tokens, int(in_flight)
 
     # -- routing state -----------------------------------------------------------------------
 

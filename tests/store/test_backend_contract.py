@@ -618,11 +618,13 @@ def test_usage_counts_the_window_of_an_idle_token(redis_server: RedisServer) -> 
         try:
             now_s = int((await client.time())[0])
             q = keys.quota("idle", None)
-            old, recent = now_s - 65, now_s - 30  # 30 requests 65 s ago, one 30 s ago
+            # 30 requests (300 tokens) 65 s ago, one (10 tokens) 30 s ago; a bucket is
+            # requests * 2^33 + tokens (lua/quota.lua).
+            old, recent = now_s - 65, now_s - 30
             await client.hset(
                 q.token_windows,
-                mapping={"o": old, "rs": 31, "ts": 310, f"r{old}": 30, f"t{old}": 300}
-                | {f"r{recent}": 1, f"t{recent}": 10},
+                mapping={"o": old, "rs": 31, "ts": 310}
+                | {f"b{old}": 30 * 2**33 + 300, f"b{recent}": 1 * 2**33 + 10},
             )
             return await backend.usage(q)
         finally:

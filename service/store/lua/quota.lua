@@ -22,8 +22,11 @@
 -- of calls, then for each: its owner (1 to O), its argument count, its arguments.
 --
 -- Windows hash fields: "o" the oldest second that may hold a bucket; "rs"/"ts" requests/tokens
--- in the window;
--- "r<second>"/"t<second>" per-second buckets.  At most 61 buckets of each: memory per owner is
+-- in the window; "b<second>" per-second buckets, each the second's requests and tokens as one
+-- number, requests * 2^33 + tokens (exact in a double: fewer than 2^20 requests of one owner
+-- run in one second on one Redis server, and a request that would take a second's tokens to
+-- 2^33 is refused as over tpm).  One field, not two, per second: Redis keeps a hash this small
+-- as a listpack and finds a field by scanning it.  At most 61 buckets: memory per owner is
 -- bounded whatever its limits.  A bucket is dropped once it is certainly older than 60 s, so
 -- a count may include requests up to 1 s older than the window: it refuses a little early,
 -- never admits more than the limit.  Bookkeeping fields: "c" leases held (a count kept beside
@@ -63,7 +66,8 @@ local now_s = floor(now / 1000)
 local DAY = 86400000
 local REFRESH_S = 10
 -- This second's bucket fields (a number turned into a string costs more than a command here).
-local R_NOW, T_NOW, NOW_S = "r" .. now_s, "t" .. now_s, tostring(now_s)
+local B_NOW, NOW_S = "b" .. now_s, tostring(now_s)
+local PACK = 8589934592  -- 2^33: a bucket is requests * PACK + tokens
 
 -- Calendar arithmetic (days since 1970-01-01 <-> year, month), as store/periods.py.
 local function days_from_civil(y, m)
@@ -232,13 +236,13 @@ local corrections  -- admission second (argument string) -> tokens to add (real 
 -- adding a key to one, costs about as much as a command:
 --   w, l, b      its windows, leases and budget keys;
 --   o, rs, ts, c, x, y   the windows fields of those names (nil: absent), rn and tn this
---                second's buckets; o0, rs0, ... tn0 the same as read (x is written by close
---                alone), to write back only what changed;
---   t, t0        nil, or the token buckets of other seconds that settlements correct, by
+--                second's requests and tokens (nil: no bucket yet); o0, rs0, ... tn0 the same
+--                as read (x is written by close alone), to write back only what changed;
+--   t, t0        nil, or the buckets (packed) of other seconds that settlements correct, by
 --                second (argument string): now and as read (false: absent).
 local cache, opened = {}, {}
 
--- Keep the token buckets of `seconds` (values `v` from index `first`) in side.t and side.t0.
+-- Keep the buckets of `seconds` (values `v` from index `first`) in side.t and side.t0.
 local function keep_buckets(side, seconds, v, first)
   local t, t0 = side.t, side.t0
   if t == nil then
@@ -260,38 +264,42 @@ local function open(w, l, b, freed)
       if second ~= NOW_S and (side == nil or side.t == nil or side.t[second] == nil) then
         if missing == nil then missing, fields = {}, {} end
         missing[#missing + 1] = second
-        fields[#fields + 1] = "t" .. second
+        fields[#fields + 1] = "b" .. second
       end
     end
   end
   if side == nil then
     local v
     if missing == nil then
-      v = call("HMGET", w, "o", "rs", "ts", "c", "x", "y", R_NOW, T_NOW)
+      v = call("HMGET", w, "o", "rs", "ts", "c", "x", "y", B_NOW)
     else
-      v = call("HMGET", w, "o", "rs", "ts", "c", "x", "y", R_NOW, T_NOW, unpack(fields))
+      v = call("HMGET", w, "o", "rs", "ts", "c", "x", "y", B_NOW, unpack(fields))
     end
     local o, rs, ts, c = tonumber(v[1]), tonumber(v[2]), tonumber(v[3]), tonumber(v[4])
-    local x, y, rn, tn = tonumber(v[5]), tonumber(v[6]), tonumber(v[7]), tonumber(v[8])
+    local x, y, bn, rn, tn = tonumber(v[5]), tonumber(v[6]), tonumber(v[7]), nil, nil
+    if bn ~= nil then
+      rn = floor(bn / PACK)
+      tn = bn - rn * PACK
+    end
     side = {w = w, l = l, b = b, o = o, rs = rs, ts = ts, c = c, x = x, y = y, rn = rn,
       tn = tn, o0 = o, rs0 = rs, ts0 = ts, c0 = c, y0 = y, rn0 = rn, tn0 = tn, t = nil, t0 = nil}
     cache[w] = side
     opened[#opened + 1] = side
-    if missing ~= nil then keep_buckets(side, missing, v, 9) end
+    if missing ~= nil then keep_buckets(side, missing, v, 8) end
     -- Drop the buckets that left the window.  The key expires 61 to 71 s after its newest
     -- bucket, so at most 72 seconds are ever stale.
     local limit = now_s - 60
     if o ~= nil and o < limit then
       local old = {}
-      for s = o, limit - 1 do
-        old[#old + 1] = "r" .. s
-        old[#old + 1] = "t" .. s
-      end
+      for s = o, limit - 1 do old[#old + 1] = "b" .. s end
       local gone = call("HMGET", w, unpack(old))
       local freed_r, freed_t = 0, 0
-      for i = 1, #gone, 2 do
-        freed_r = freed_r + (tonumber(gone[i]) or 0)
-        freed_t = freed_t + (tonumber(gone[i + 1]) or 0)
+      for i = 1, #gone do
+        local packed = tonumber(gone[i])
+        if packed ~= nil then
+          local r = floor(packed / PACK)
+          freed_r, freed_t = freed_r + r, freed_t + packed - r * PACK
+        end
       end
       call("HDEL", w, unpack(old))
       side.o, side.rs, side.ts = limit, (rs or 0) - freed_r, (ts or 0) - freed_t
@@ -325,15 +333,16 @@ local function close(side)
   if side.rs ~= side.rs0 then a[n + 1], a[n + 2], n = "rs", fmt("%d", side.rs), n + 2 end
   if side.ts ~= side.ts0 then a[n + 1], a[n + 2], n = "ts", fmt("%d", side.ts), n + 2 end
   if side.c ~= side.c0 then a[n + 1], a[n + 2], n = "c", fmt("%d", side.c), n + 2 end
-  if side.rn ~= side.rn0 then a[n + 1], a[n + 2], n = R_NOW, fmt("%d", side.rn), n + 2 end
-  if side.tn ~= side.tn0 then a[n + 1], a[n + 2], n = T_NOW, fmt("%d", side.tn), n + 2 end
+  if side.rn ~= side.rn0 or side.tn ~= side.tn0 then
+    a[n + 1], a[n + 2], n = B_NOW, fmt("%d", side.rn * PACK + side.tn), n + 2
+  end
   if side.o ~= side.o0 then a[n + 1], a[n + 2], n = "o", fmt("%d", side.o), n + 2 end
   if side.y ~= side.y0 then a[n + 1], a[n + 2], n = "y", fmt("%d", side.y), n + 2 end
   if side.t ~= nil then
     local t0 = side.t0
     for second, value in pairs(side.t) do
       if value ~= t0[second] then
-        a[n + 1], a[n + 2], n = "t" .. second, fmt("%d", value), n + 2
+        a[n + 1], a[n + 2], n = "b" .. second, fmt("%d", value), n + 2
       end
     end
   end
@@ -364,26 +373,35 @@ local function held(side, conc, budget)
   return c
 end
 
--- A side's bucket `prefix` .. `s` as this batch left it: nil when not read here.
-local function cached(side, prefix, s)
-  if s == now_s then return prefix == "r" and side.rn or side.tn end
-  if prefix == "t" and side.t ~= nil then
+-- A packed bucket's requests (`tokens` false) or tokens.
+local function unpacked(packed, tokens)
+  local r = floor(packed / PACK)
+  if tokens then return packed - r * PACK end
+  return r
+end
+
+-- A side's bucket of second `s` as this batch left it, packed: nil when not read here.
+local function cached(side, s)
+  if s == now_s then return side.rn and side.rn * PACK + side.tn end
+  if side.t ~= nil then
     local v = side.t[tostring(s)]
     if v ~= nil then return v or 0 end
   end
   return nil
 end
 
--- Milliseconds until enough of the window leaves that `need` more fits under `limit`.
-local function wait_for(side, prefix, used, need, limit)
+-- Milliseconds until enough of the window leaves that `need` more fits under `limit`; of
+-- tokens (`tokens` true) or of requests.
+local function wait_for(side, tokens, used, need, limit)
   if need > limit then return 60000 end
   local fields = {}
-  for s = now_s - 60, now_s do fields[#fields + 1] = prefix .. s end
+  for s = now_s - 60, now_s do fields[#fields + 1] = "b" .. s end
   local v = call("HMGET", side.w, unpack(fields))
   local freed = 0
   for i = 1, #fields do
     local s = now_s - 61 + i
-    freed = freed + (cached(side, prefix, s) or tonumber(v[i]) or 0)
+    local packed = cached(side, s) or tonumber(v[i])
+    if packed ~= nil then freed = freed + unpacked(packed, tokens) end
     -- The bucket of second s leaves the window at the end of second s + 61.
     if used - freed + need <= limit then return max(1, (now_s + i) * 1000 - now) end
   end
@@ -415,9 +433,14 @@ local function check(side, rpm, tpm, conc, budget, kind)
   local rpm_left, tpm_left = -1, -1
   if rpm > 0 or tpm > 0 then
     local rs, ts = side.rs or 0, side.ts or 0
-    if rpm > 0 and rs + 1 > rpm then return 1, wait_for(side, "r", rs, 1, rpm), 0, -1, left end
+    if rpm > 0 and rs + 1 > rpm then
+      return 1, wait_for(side, false, rs, 1, rpm), 0, -1, left
+    end
     if tpm > 0 and ts + cost > tpm then
-      return 2, wait_for(side, "t", ts, cost, tpm), -1, max(0, tpm - ts), left
+      return 2, wait_for(side, true, ts, cost, tpm), -1, max(0, tpm - ts), left
+    end
+    if (side.tn or 0) + cost >= PACK then  -- this second's bucket is full (see the header)
+      return 2, 1000, -1, tpm > 0 and max(0, tpm - ts) or -1, left
     end
     rpm_left = rpm > 0 and rpm - rs - 1 or -1
     tpm_left = tpm > 0 and tpm - ts - cost or -1
@@ -437,10 +460,8 @@ local function record(side, windowed, lease, durable, hold)
     if side.o == nil then side.o = now_s end  -- a new window: no older bucket to drop
     side.rn = (side.rn or 0) + 1
     side.rs = (side.rs or 0) + 1
-    if cost > 0 then
-      side.tn = (side.tn or 0) + cost
-      side.ts = (side.ts or 0) + cost
-    end
+    side.tn = (side.tn or 0) + cost
+    if cost > 0 then side.ts = (side.ts or 0) + cost end
   end
   if lease then
     local before = side.c
