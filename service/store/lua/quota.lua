@@ -227,8 +227,10 @@ end
 -- A lease's expiry as the string ZADD takes (a number passed to redis.call is formatted on
 -- every call), once per batch for each lease length.
 local expiries = {}  -- lease ms (argument string) -> expiry (ms)
-local corrections  -- admission second (argument string) -> tokens to add (real less
--- reserved), or nil when the call corrects nothing
+-- The call's corrections: admission second (argument string) -> tokens to add (real less
+-- reserved), `corrected` of them.  The table is emptied and used again by each call, and so
+-- are the other buffers below: making a table costs about as much as a command here.
+local corrections, corrected = {}, 0
 
 -- The windows read so far in this script call, by key, in the order first read.  A batch with
 -- several calls of one owner reads and writes its windows once: later calls see the values
@@ -242,38 +244,40 @@ local corrections  -- admission second (argument string) -> tokens to add (real 
 --                second (argument string): now and as read (false: absent).
 local cache, opened = {}, {}
 
--- Keep the buckets of `seconds` (values `v` from index `first`) in side.t and side.t0.
-local function keep_buckets(side, seconds, v, first)
+-- The buckets of other seconds that a call's settlements correct and its side has not read:
+-- their seconds and their fields, `missing` of them.
+local seconds, fields, missing = {}, {}, 0
+
+-- Keep the `missing` buckets read (values `v` from index `first`) in side.t and side.t0.
+local function keep_buckets(side, v, first)
   local t, t0 = side.t, side.t0
   if t == nil then
     t, t0 = {}, {}
     side.t, side.t0 = t, t0
   end
-  for i, second in ipairs(seconds) do
+  for i = 1, missing do
     local n = tonumber(v[first + i - 1]) or false
-    t[second], t0[second] = n, n
+    t[seconds[i]], t0[seconds[i]] = n, n
   end
 end
 
 local function open(w, l, b, freed)
   local side = cache[w]
-  -- The buckets of other seconds that this call's settlements correct, not read yet.
-  local missing, fields
-  if corrections ~= nil then
+  missing = 0
+  if corrected > 0 then
     for second in pairs(corrections) do
       if second ~= NOW_S and (side == nil or side.t == nil or side.t[second] == nil) then
-        if missing == nil then missing, fields = {}, {} end
-        missing[#missing + 1] = second
-        fields[#fields + 1] = "b" .. second
+        missing = missing + 1
+        seconds[missing], fields[missing] = second, "b" .. second
       end
     end
   end
   if side == nil then
     local v
-    if missing == nil then
+    if missing == 0 then
       v = call("HMGET", w, "o", "rs", "ts", "c", "x", "y", B_NOW)
     else
-      v = call("HMGET", w, "o", "rs", "ts", "c", "x", "y", B_NOW, unpack(fields))
+      v = call("HMGET", w, "o", "rs", "ts", "c", "x", "y", B_NOW, unpack(fields, 1, missing))
     end
     local o, rs, ts, c = tonumber(v[1]), tonumber(v[2]), tonumber(v[3]), tonumber(v[4])
     local x, y, bn, rn, tn = tonumber(v[5]), tonumber(v[6]), tonumber(v[7]), nil, nil
@@ -285,7 +289,7 @@ local function open(w, l, b, freed)
       tn = tn, o0 = o, rs0 = rs, ts0 = ts, c0 = c, y0 = y, rn0 = rn, tn0 = tn, t = nil, t0 = nil}
     cache[w] = side
     opened[#opened + 1] = side
-    if missing ~= nil then keep_buckets(side, missing, v, 8) end
+    if missing > 0 then keep_buckets(side, v, 8) end
     -- Drop the buckets that left the window.  The key expires 61 to 71 s after its newest
     -- bucket, so at most 72 seconds are ever stale.
     local limit = now_s - 60
@@ -304,10 +308,10 @@ local function open(w, l, b, freed)
       call("HDEL", w, unpack(old))
       side.o, side.rs, side.ts = limit, (rs or 0) - freed_r, (ts or 0) - freed_t
     end
-  elseif missing ~= nil then
-    keep_buckets(side, missing, call("HMGET", w, unpack(fields)), 1)
+  elseif missing > 0 then
+    keep_buckets(side, call("HMGET", w, unpack(fields, 1, missing)), 1)
   end
-  if corrections ~= nil then
+  if corrected > 0 then
     -- Corrections of buckets still in the window (one that left took its count with it).
     local o = side.o
     for second, delta in pairs(corrections) do
@@ -328,8 +332,9 @@ end
 
 -- Write what changed of a side (numbers formatted as integers here: cheaper than the
 -- conversion redis.call makes).
+local written = {}  -- close()'s HSET arguments: the first n of them
 local function close(side)
-  local a, n = {}, 0
+  local a, n = written, 0
   if side.rs ~= side.rs0 then a[n + 1], a[n + 2], n = "rs", fmt("%d", side.rs), n + 2 end
   if side.ts ~= side.ts0 then a[n + 1], a[n + 2], n = "ts", fmt("%d", side.ts), n + 2 end
   if side.c ~= side.c0 then a[n + 1], a[n + 2], n = "c", fmt("%d", side.c), n + 2 end
@@ -512,7 +517,10 @@ local function run(k, nk, a, na, n)
 
   -- 1. settlements: each lease removed is the proof that its request was admitted and not
   -- yet settled; their token corrections are applied to the windows below.
-  corrections = nil
+  if corrected > 0 then
+    for second in pairs(corrections) do corrections[second] = nil end
+    corrected = 0
+  end
   local released, team_released = 0, 0  -- leases removed on the token side, on the team side
   for i = 0, n - 1 do
     local base = a + 1 + i * 5
@@ -525,8 +533,9 @@ local function run(k, nk, a, na, n)
         local delta = real - tonumber(ARGV[base + 2])
         if delta ~= 0 then
           local second = ARGV[base + 1]
-          corrections = corrections or {}
-          corrections[second] = (corrections[second] or 0) + delta
+          local sum = corrections[second]
+          if sum == nil then corrected = corrected + 1 end
+          corrections[second] = (sum or 0) + delta
         end
       end
     end
