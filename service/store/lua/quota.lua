@@ -59,7 +59,8 @@
 -- Globals as locals: in Redis's Lua each use of a global is a table lookup (two for
 -- redis.call), and this script makes hundreds per batch.
 local call, tonumber, tostring, unpack = redis.call, tonumber, tostring, unpack
-local pairs, ipairs, type, floor, max, fmt = pairs, ipairs, type, math.floor, math.max, string.format
+local pairs, ipairs, type = pairs, ipairs, type
+local floor, max, fmt = math.floor, math.max, string.format
 local t = call("TIME")
 local now = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
 local now_s = floor(now / 1000)
@@ -68,6 +69,12 @@ local REFRESH_S = 10
 -- This second's bucket fields (a number turned into a string costs more than a command here).
 local B_NOW, NOW_S = "b" .. now_s, tostring(now_s)
 local PACK = 8589934592  -- 2^33: a bucket is requests * PACK + tokens
+
+-- A bucket's requests and tokens.
+local function split(packed)
+  local r = floor(packed / PACK)
+  return r, packed - r * PACK
+end
 
 -- Calendar arithmetic (days since 1970-01-01 <-> year, month), as store/periods.py.
 local function days_from_civil(y, m)
@@ -281,7 +288,7 @@ local function open(w, l, b, freed)
     end
     local o, rs, ts, c = tonumber(v[1]), tonumber(v[2]), tonumber(v[3]), tonumber(v[4])
     local x, y, bn, rn, tn = tonumber(v[5]), tonumber(v[6]), tonumber(v[7]), nil, nil
-    if bn ~= nil then
+    if bn ~= nil then  -- split() written out: this runs on every visit
       rn = floor(bn / PACK)
       tn = bn - rn * PACK
     end
@@ -301,8 +308,8 @@ local function open(w, l, b, freed)
       for i = 1, #gone do
         local packed = tonumber(gone[i])
         if packed ~= nil then
-          local r = floor(packed / PACK)
-          freed_r, freed_t = freed_r + r, freed_t + packed - r * PACK
+          local r, t = split(packed)
+          freed_r, freed_t = freed_r + r, freed_t + t
         end
       end
       call("HDEL", w, unpack(old))
@@ -378,13 +385,6 @@ local function held(side, conc, budget)
   return c
 end
 
--- A packed bucket's requests (`tokens` false) or tokens.
-local function unpacked(packed, tokens)
-  local r = floor(packed / PACK)
-  if tokens then return packed - r * PACK end
-  return r
-end
-
 -- A side's bucket of second `s` as this batch left it, packed: nil when not read here.
 local function cached(side, s)
   if s == now_s then return side.rn and side.rn * PACK + side.tn end
@@ -399,14 +399,17 @@ end
 -- tokens (`tokens` true) or of requests.
 local function wait_for(side, tokens, used, need, limit)
   if need > limit then return 60000 end
-  local fields = {}
-  for s = now_s - 60, now_s do fields[#fields + 1] = "b" .. s end
-  local v = call("HMGET", side.w, unpack(fields))
+  local window = {}
+  for s = now_s - 60, now_s do window[#window + 1] = "b" .. s end
+  local v = call("HMGET", side.w, unpack(window))
   local freed = 0
-  for i = 1, #fields do
+  for i = 1, #window do
     local s = now_s - 61 + i
     local packed = cached(side, s) or tonumber(v[i])
-    if packed ~= nil then freed = freed + unpacked(packed, tokens) end
+    if packed ~= nil then
+      local r, t = split(packed)
+      freed = freed + (tokens and t or r)
+    end
     -- The bucket of second s leaves the window at the end of second s + 61.
     if used - freed + need <= limit then return max(1, (now_s + i) * 1000 - now) end
   end
