@@ -69,6 +69,7 @@ local REFRESH_S = 10
 -- This second's bucket fields (a number turned into a string costs more than a command here).
 local B_NOW, NOW_S = "b" .. now_s, tostring(now_s)
 local PACK = 8589934592  -- 2^33: a bucket is requests * PACK + tokens
+local SETTLED = {0, 0, now, 0, -1, -1, -1, -1}  -- the answer of every call that only settles
 
 -- A bucket's requests and tokens.
 local function split(packed)
@@ -247,24 +248,25 @@ local corrections, corrected = {}, 0
 --   o, rs, ts, c, x, y   the windows fields of those names (nil: absent), rn and tn this
 --                second's requests and tokens (nil: no bucket yet); o0, rs0, ... tn0 the same
 --                as read (x is written by close alone), to write back only what changed;
---   t, t0        nil, or the buckets (packed) of other seconds that settlements correct, by
---                second (argument string): now and as read (false: absent).
+--   t            nil, or the buckets (packed) of other seconds that settlements correct, by
+--                second (argument string): as corrected, so written back by close(); false
+--                when absent or left the window (not written).
 local cache, opened = {}, {}
 
 -- The buckets of other seconds that a call's settlements correct and its side has not read:
 -- their seconds and their fields, `missing` of them.
 local seconds, fields, missing = {}, {}, 0
 
--- Keep the `missing` buckets read (values `v` from index `first`) in side.t and side.t0.
+-- Keep the `missing` buckets read (values `v` from index `first`) in side.t.
 local function keep_buckets(side, v, first)
-  local t, t0 = side.t, side.t0
+  local t = side.t
   if t == nil then
-    t, t0 = {}, {}
-    side.t, side.t0 = t, t0
+    t = {}
+    side.t = t
   end
   for i = 1, missing do
     local n = tonumber(v[first + i - 1]) or false
-    t[seconds[i]], t0[seconds[i]] = n, n
+    t[seconds[i]] = n
   end
 end
 
@@ -293,7 +295,7 @@ local function open(w, l, b, freed)
       tn = bn - rn * PACK
     end
     side = {w = w, l = l, b = b, o = o, rs = rs, ts = ts, c = c, x = x, y = y, rn = rn,
-      tn = tn, o0 = o, rs0 = rs, ts0 = ts, c0 = c, y0 = y, rn0 = rn, tn0 = tn, t = nil, t0 = nil}
+      tn = tn, o0 = o, rs0 = rs, ts0 = ts, c0 = c, y0 = y, rn0 = rn, tn0 = tn, t = nil}
     cache[w] = side
     opened[#opened + 1] = side
     if missing > 0 then keep_buckets(side, v, 8) end
@@ -327,9 +329,13 @@ local function open(w, l, b, freed)
           side.tn = side.tn + delta
           side.ts = (side.ts or 0) + delta
         end
-      elseif side.t[second] and o ~= nil and tonumber(second) >= o then
-        side.t[second] = side.t[second] + delta
-        side.ts = (side.ts or 0) + delta
+      elseif side.t[second] then
+        if o ~= nil and tonumber(second) >= o then
+          side.t[second] = side.t[second] + delta
+          side.ts = (side.ts or 0) + delta
+        else
+          side.t[second] = false  -- dropped above: not to be written back
+        end
       end
     end
   end
@@ -351,11 +357,8 @@ local function close(side)
   if side.o ~= side.o0 then a[n + 1], a[n + 2], n = "o", fmt("%d", side.o), n + 2 end
   if side.y ~= side.y0 then a[n + 1], a[n + 2], n = "y", fmt("%d", side.y), n + 2 end
   if side.t ~= nil then
-    local t0 = side.t0
     for second, value in pairs(side.t) do
-      if value ~= t0[second] then
-        a[n + 1], a[n + 2], n = "b" .. second, fmt("%d", value), n + 2
-      end
+      if value then a[n + 1], a[n + 2], n = "b" .. second, fmt("%d", value), n + 2 end
     end
   end
   if n == 0 then return end
@@ -579,7 +582,7 @@ local function run(k, nk, a, na, n)
   if in_team and ((admitting and (limited(4, team_budget) or team_lease)) or n > 0) then
     team = open(tw, tl, tb, team_released)
   end
-  if not admitting then return {0, 0, now, 0, -1, -1, -1, -1} end
+  if not admitting then return SETTLED end
 
   -- 3. check each side, 4. record on both if both passed
   local rpm_left, tpm_left, budget_left, conc_left = -1, -1, -1, -1
