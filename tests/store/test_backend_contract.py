@@ -634,6 +634,27 @@ def test_usage_counts_the_window_of_an_idle_token(redis_server: RedisServer) -> 
     assert asyncio.run(body()) == (1, 10, 0)
 
 
+def test_a_request_that_would_fill_a_seconds_bucket_is_refused(redis_server: RedisServer) -> None:
+    """A bucket holds a second's requests and tokens as one number (requests * 2^33 + tokens):
+    a request that would take a second's tokens to 2^33 is refused as over tpm, even with no
+    tpm limit, rather than spill into the request count."""
+
+    async def body() -> list[int]:
+        keys = Keys("test-full-bucket")
+        backend = _redis_backend(redis_server.url, keys)
+        await backend.ping()
+        q = keys.quota("tok", None)
+        limits = (1000, 0, 0, 0, 0, 0)  # rpm only: tokens are still counted
+        try:
+            huge = await backend.quota(q, [], AdmitRequest("a", 2**33, 0, limits))
+            small = await backend.quota(q, [], AdmitRequest("b", 10, 0, limits))
+            return [huge.status, small.status, small.rpm_remaining]
+        finally:
+            await backend.close()
+
+    assert asyncio.run(body()) == [OVER_TPM, ADMITTED, 1000 - 1]
+
+
 def test_calls_of_one_turn_decide_as_the_same_calls_one_at_a_time(
     run_backend: BackendRunner,
 ) -> None:
