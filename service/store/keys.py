@@ -77,18 +77,19 @@ class Keys:
     # -- quotas ------------------------------------------------------------------------------
 
     def quota(self, token_id: str, team_id: str | None) -> QuotaKeys:
-        # ":window", not the ":windows" of earlier versions: its buckets are laid out anew
-        # (lua/quota.lua), so during a rolling upgrade each version counts in its own key.
+        # ":ring", not the ":window" or ":windows" of earlier versions: its buckets are laid
+        # out anew (lua/quota.lua), so during a rolling upgrade each version counts in its
+        # own key.
         group = f"{self.prefix}:{{q:{team_id or token_id}}}"
         token = f"{group}:token:{token_id}"
         if team_id is None:
-            return QuotaKeys(f"{token}:window", f"{token}:leases", f"{token}:budget")
+            return QuotaKeys(f"{token}:ring", f"{token}:leases", f"{token}:budget")
         team = f"{group}:team"
         return QuotaKeys(
-            f"{token}:window",
+            f"{token}:ring",
             f"{token}:leases",
             f"{token}:budget",
-            f"{team}:window",
+            f"{team}:ring",
             f"{team}:leases",
             f"{team}:budget",
         )

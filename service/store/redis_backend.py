@@ -47,6 +47,7 @@ from service.store.periods import bounds
 from service.store.scripts import load_sources
 
 BUCKET_TOKEN_BITS = 33  # a window bucket is requests * 2^33 + tokens (lua/quota.lua)
+RING_SLOTS = WINDOW_S + 1  # a window's one-second slots, "b0" to "b60" (lua/quota.lua)
 
 log = logging.getLogger("best.store")
 _REDIS_PACKAGE = os.path.dirname(redis.__file__) + os.sep
@@ -199,22 +200,27 @@ class RedisBackend:
 
     async def usage(self, keys: QuotaKeys) -> tuple[int, int, int]:
         # The buckets of the window, not the counts "rs"/"ts": those still include the buckets
-        # that left it until the token's next admission drops them (lua/quota.lua).
+        # that left it until the token's next visit drops them.  Slot i holds the bucket of
+        # the one second in [o, o + 60] that is i modulo 61 (lua/quota.lua).
         now_s = int(time.time())
-        fields = [f"b{s}" for s in range(now_s - WINDOW_S, now_s + 1)]
 
         async def run() -> list[Any]:
             pipe = self._c.pipeline(transaction=False)
-            pipe.hmget(keys.token_windows, fields)
+            pipe.hmget(keys.token_windows, ["o", *(f"b{i}" for i in range(RING_SLOTS))])
             pipe.zcount(keys.token_leases, "-inf", "(+inf")  # below LIVE (lua/quota.lua)
             result: list[Any] = await pipe.execute()
             return result
 
-        buckets, in_flight = await self._do(run())
+        (oldest, *slots), in_flight = await self._do(run())
         requests = tokens = 0
-        for packed in (int(v) for v in buckets if v is not None):
-            requests += packed >> BUCKET_TOKEN_BITS
-            tokens += packed & ((1 << BUCKET_TOKEN_BITS) - 1)
+        if oldest is not None:
+            o = int(oldest)
+            for i, value in enumerate(slots):
+                second = o + (i - o) % RING_SLOTS
+                if value is not None and now_s - WINDOW_S <= second <= now_s:
+                    packed = int(value)
+                    requests += packed >> BUCKET_TOKEN_BITS
+                    tokens += packed & ((1 << BUCKET_TOKEN_BITS) - 1)
         return requests, tokens, int(in_flight)
 
     # -- routing state -----------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import redis
 
+from bench import script_replay
 from bench.capacity import CapacityPoint, measure
 from bench.report import capacity_markdown, store_cost_details, store_cost_table
 from bench.storecost import StoreCost, delta, parse_monitor, plain_command_us, snapshot
@@ -102,3 +104,18 @@ def test_capacity_driver_runs_the_store_client_against_redis(redis_server: Redis
     assert point.per_windows_read >= 1.0  # an owner's window is read once per batch at most
     table = "\n".join(capacity_markdown([point.to_dict()]))
     assert "| standalone, 8 tokens (`test`) |" in table
+
+
+def test_script_replay_keeps_redis_busy_with_admitted_calls(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The lean driver replays this checkout's quota.lua on a Redis of its own, in both
+    shapes; it fails on any call refused or in error, so its figures are of admissions."""
+    for alone in ([], ["--alone"]):
+        argv = ["--tokens", "50", "--warmup", "0.2", "--seconds", "0.5", "--rounds", "1"]
+        assert script_replay.main([*argv, *alone, str(ROOT)]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == 2
+        us = float(lines[0].split(": ")[1].split(" us")[0])
+        assert us > 0
+        assert lines[1].endswith("1.000 of the first")

@@ -25,7 +25,7 @@ REGISTRY_KEY = "best:{registry}:version"
 
 
 def _quota_key(token_id: str) -> str:
-    return f"best:{{q:{token_id}}}:token:{token_id}:window"
+    return f"best:{{q:{token_id}}}:token:{token_id}:ring"
 
 
 @pytest.mark.parametrize(

@@ -22,14 +22,19 @@
 -- of calls, then for each: its owner (1 to O), its argument count, its arguments.
 --
 -- Windows hash fields: "o" the oldest second that may hold a bucket; "rs"/"ts" requests/tokens
--- in the window; "b<second>" per-second buckets, each the second's requests and tokens as one
--- number, requests * 2^33 + tokens (exact in a double: fewer than 2^20 requests of one owner
--- run in one second on one Redis server, and a request that would take a second's tokens to
--- 2^33 is refused as over tpm).  One field, not two, per second: Redis keeps a hash this small
--- as a listpack and finds a field by scanning it.  At most 61 buckets: memory per owner is
--- bounded whatever its limits.  A bucket is dropped once it is certainly older than 60 s, so
--- a count may include requests up to 1 s older than the window: it refuses a little early,
--- never admits more than the limit.  Bookkeeping fields: "c" leases held (a count kept beside
+-- in the window; "b0" to "b60" a ring of 61 one-second slots.  Slot i holds the bucket of the
+-- one second in [o, o + 60] that is i modulo 61 (or 0, or nothing: no request then): the
+-- second's requests and tokens as one number, requests * 2^33 + tokens (exact in a double:
+-- fewer than 2^20 requests of one owner run in one second on one Redis server, and a request
+-- that would take a second's tokens to 2^33 is refused as over tpm).  A bucket is dropped once
+-- it is certainly older than 60 s: "o" moves on and the slots of the seconds it passed are
+-- read (their counts leave "rs"/"ts") and set to 0 in the HSET that writes the side back.  So
+-- nothing is ever deleted, and for an owner visited about once a second the one second that
+-- leaves is now's slot (now - 61), read already: aging costs no command.  One field per
+-- second, and short names: Redis keeps a hash this small as a listpack and finds a field by
+-- scanning it.  At most 61 slots: memory per owner is bounded whatever its limits.  A count
+-- may include requests up to 1 s older than the window: it refuses a little early, never
+-- admits more than the limit.  Bookkeeping fields: "c" leases held (a count kept beside
 -- the leases zset, never below it: recounted when missing or at the limit), "x" the second the
 -- key's expiry was last pushed out (every REFRESH_S, to 61 s + REFRESH_S, so the key outlives
 -- its newest bucket by 61 s without a PEXPIRE per request), "y" the time (ms) until which the
@@ -66,9 +71,21 @@ local now = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
 local now_s = floor(now / 1000)
 local DAY = 86400000
 local REFRESH_S = 10
--- This second's bucket fields (a number turned into a string costs more than a command here).
-local B_NOW, NOW_S = "b" .. now_s, tostring(now_s)
 local PACK = 8589934592  -- 2^33: a bucket is requests * PACK + tokens
+local RING = 61  -- slots: the window's 61 seconds
+-- The field of second s's slot; names made once per script call, when first needed (a number
+-- turned into a string costs about as much as a command here).
+local names = {}
+local function slot(s)
+  local i = s % RING
+  local name = names[i]
+  if name == nil then
+    name = "b" .. i
+    names[i] = name
+  end
+  return name
+end
+local B_NOW = slot(now_s)
 local SETTLED = {0, 0, now, 0, -1, -1, -1, -1}  -- the answer of every call that only settles
 
 -- A bucket's requests and tokens.
@@ -235,9 +252,9 @@ end
 -- A lease's expiry as the string ZADD takes (a number passed to redis.call is formatted on
 -- every call), once per batch for each lease length.
 local expiries = {}  -- lease ms (argument string) -> expiry (ms)
--- The call's corrections: admission second (argument string) -> tokens to add (real less
--- reserved), `corrected` of them.  The table is emptied and used again by each call, and so
--- are the other buffers below: making a table costs about as much as a command here.
+-- The call's corrections: admission second -> tokens to add (real less reserved), `corrected`
+-- of them.  The table is emptied and used again by each call, and so are the other buffers
+-- below: making a table costs about as much as a command here.
 local corrections, corrected = {}, 0
 
 -- The windows read so far in this script call, by key, in the order first read.  A batch with
@@ -247,17 +264,18 @@ local corrections, corrected = {}, 0
 --   w, l, b      its windows, leases and budget keys;
 --   o, rs, ts, c, x, y   the windows fields of those names (nil: absent), rn and tn this
 --                second's requests and tokens (nil: no bucket yet); o0, rs0, ... tn0 the same
---                as read (x is written by close alone), to write back only what changed;
---   t            nil, or the buckets (packed) of other seconds that settlements correct, by
---                second (argument string): as corrected, so written back by close(); false
---                when absent or left the window (not written).
+--                as read (x is written by close alone), to write back only what changed (rn0
+--                is -1 when now's slot held a second that left: it is written, if only as 0);
+--   t            nil, or other slots, by field, to write back as they are here: the buckets
+--                that settlements correct, and 0 in the slots of seconds that left the
+--                window; false for a slot read that is empty (not written).
 local cache, opened = {}, {}
 
--- The buckets of other seconds that a call's settlements correct and its side has not read:
--- their seconds and their fields, `missing` of them.
-local seconds, fields, missing = {}, {}, 0
+-- The slots that a call's settlements correct and its side has not read, `missing` of them;
+-- and the slots of seconds leaving a window that were not read with it.
+local fields, missing, unread = {}, 0, {}
 
--- Keep the `missing` buckets read (values `v` from index `first`) in side.t.
+-- Keep the `missing` slots read (values `v` from index `first`) in side.t.
 local function keep_buckets(side, v, first)
   local t = side.t
   if t == nil then
@@ -265,19 +283,65 @@ local function keep_buckets(side, v, first)
     side.t = t
   end
   for i = 1, missing do
-    local n = tonumber(v[first + i - 1]) or false
-    t[seconds[i]] = n
+    local n = tonumber(v[first + i - 1])
+    t[fields[i]] = n ~= nil and n > 0 and n
   end
+end
+
+-- Drop the seconds [o, now - 61] that left the window of a side just read (`bn` its slot of
+-- now, which is now - 61's): their counts leave "rs"/"ts" and their slots are set to 0.  The
+-- key expires 61 to 71 s after its newest bucket, and o is never more than 60 s older than
+-- that bucket, so at most the 61 slots of [o, o + 60] hold anything.
+local function age(side, bn)
+  local o, t = side.o, side.t
+  local last = now_s - 61
+  if last > o + 60 then last = o + 60 end
+  local n = 0
+  for s = o, last do
+    local f = slot(s)
+    if f ~= B_NOW and (t == nil or t[f] == nil) then
+      n = n + 1
+      unread[n] = f
+    end
+  end
+  local got = n > 0 and call("HMGET", side.w, unpack(unread, 1, n))
+  if t == nil then
+    t = {}
+    side.t = t
+  end
+  local freed_r, freed_t, j = 0, 0, 0
+  for s = o, last do
+    local f = slot(s)
+    local packed
+    if f == B_NOW then
+      packed = bn
+    elseif t[f] ~= nil then
+      packed = t[f] or nil
+    else
+      j = j + 1
+      packed = tonumber(got[j])
+    end
+    if packed ~= nil and packed > 0 then
+      local r, tokens = split(packed)
+      freed_r, freed_t = freed_r + r, freed_t + tokens
+      if f == B_NOW then side.rn0 = -1 else t[f] = 0 end
+    end
+  end
+  side.o, side.rs, side.ts = now_s - 60, (side.rs or 0) - freed_r, (side.ts or 0) - freed_t
 end
 
 local function open(w, l, b, freed)
   local side = cache[w]
   missing = 0
   if corrected > 0 then
-    for second in pairs(corrections) do
-      if second ~= NOW_S and (side == nil or side.t == nil or side.t[second] == nil) then
-        missing = missing + 1
-        seconds[missing], fields[missing] = second, "b" .. second
+    -- A bucket older than now - 60 left the window, whatever its slot holds now.
+    for s in pairs(corrections) do
+      if s ~= now_s and s >= now_s - 60 then
+        local f = slot(s)
+        if side == nil or side.t == nil or side.t[f] == nil then
+          missing = missing + 1
+          fields[missing] = f
+        end
       end
     end
   end
@@ -290,7 +354,8 @@ local function open(w, l, b, freed)
     end
     local o, rs, ts, c = tonumber(v[1]), tonumber(v[2]), tonumber(v[3]), tonumber(v[4])
     local x, y, bn, rn, tn = tonumber(v[5]), tonumber(v[6]), tonumber(v[7]), nil, nil
-    if bn ~= nil then  -- split() written out: this runs on every visit
+    local aged = o ~= nil and o < now_s - 60  -- now's slot holds now - 61 (or nothing)
+    if bn ~= nil and not aged then  -- split() written out: this runs on every visit
       rn = floor(bn / PACK)
       tn = bn - rn * PACK
     end
@@ -299,42 +364,26 @@ local function open(w, l, b, freed)
     cache[w] = side
     opened[#opened + 1] = side
     if missing > 0 then keep_buckets(side, v, 8) end
-    -- Drop the buckets that left the window.  The key expires 61 to 71 s after its newest
-    -- bucket, so at most 72 seconds are ever stale.
-    local limit = now_s - 60
-    if o ~= nil and o < limit then
-      local old = {}
-      for s = o, limit - 1 do old[#old + 1] = "b" .. s end
-      local gone = call("HMGET", w, unpack(old))
-      local freed_r, freed_t = 0, 0
-      for i = 1, #gone do
-        local packed = tonumber(gone[i])
-        if packed ~= nil then
-          local r, t = split(packed)
-          freed_r, freed_t = freed_r + r, freed_t + t
-        end
-      end
-      call("HDEL", w, unpack(old))
-      side.o, side.rs, side.ts = limit, (rs or 0) - freed_r, (ts or 0) - freed_t
-    end
+    if aged then age(side, bn) end
   elseif missing > 0 then
     keep_buckets(side, call("HMGET", w, unpack(fields, 1, missing)), 1)
   end
   if corrected > 0 then
-    -- Corrections of buckets still in the window (one that left took its count with it).
-    local o = side.o
-    for second, delta in pairs(corrections) do
-      if second == NOW_S then
+    -- Corrections of buckets still in the window.  Once o is no older than now - 60, a slot
+    -- of a second in [now - 60, now] holds that second's bucket, or 0 (or false) when it has
+    -- none: a bucket is never 0, it counts its requests.
+    for s, delta in pairs(corrections) do
+      if s == now_s then
         if side.tn ~= nil then
           side.tn = side.tn + delta
           side.ts = (side.ts or 0) + delta
         end
-      elseif side.t[second] then
-        if o ~= nil and tonumber(second) >= o then
-          side.t[second] = side.t[second] + delta
+      elseif s >= now_s - 60 then
+        local f = slot(s)
+        local packed = side.t[f]
+        if packed and packed > 0 then
+          side.t[f] = packed + delta
           side.ts = (side.ts or 0) + delta
-        else
-          side.t[second] = false  -- dropped above: not to be written back
         end
       end
     end
@@ -352,13 +401,13 @@ local function close(side)
   if side.ts ~= side.ts0 then a[n + 1], a[n + 2], n = "ts", fmt("%d", side.ts), n + 2 end
   if side.c ~= side.c0 then a[n + 1], a[n + 2], n = "c", fmt("%d", side.c), n + 2 end
   if side.rn ~= side.rn0 or side.tn ~= side.tn0 then
-    a[n + 1], a[n + 2], n = B_NOW, fmt("%d", side.rn * PACK + side.tn), n + 2
+    a[n + 1], a[n + 2], n = B_NOW, fmt("%d", (side.rn or 0) * PACK + (side.tn or 0)), n + 2
   end
   if side.o ~= side.o0 then a[n + 1], a[n + 2], n = "o", fmt("%d", side.o), n + 2 end
   if side.y ~= side.y0 then a[n + 1], a[n + 2], n = "y", fmt("%d", side.y), n + 2 end
   if side.t ~= nil then
-    for second, value in pairs(side.t) do
-      if value then a[n + 1], a[n + 2], n = "b" .. second, fmt("%d", value), n + 2 end
+    for f, value in pairs(side.t) do
+      if value then a[n + 1], a[n + 2], n = f, fmt("%d", value), n + 2 end
     end
   end
   if n == 0 then return end
@@ -388,11 +437,13 @@ local function held(side, conc, budget)
   return c
 end
 
--- A side's bucket of second `s` as this batch left it, packed: nil when not read here.
+-- A side's bucket of second `s` (in the window) as this batch left it, packed: nil when its
+-- slot was not read here.  Now's slot is read with the side, and what it held is now's only
+-- when rn says so.
 local function cached(side, s)
-  if s == now_s then return side.rn and side.rn * PACK + side.tn end
+  if s == now_s then return side.rn and side.rn * PACK + side.tn or 0 end
   if side.t ~= nil then
-    local v = side.t[tostring(s)]
+    local v = side.t[slot(s)]
     if v ~= nil then return v or 0 end
   end
   return nil
@@ -403,7 +454,7 @@ end
 local function wait_for(side, tokens, used, need, limit)
   if need > limit then return 60000 end
   local window = {}
-  for s = now_s - 60, now_s do window[#window + 1] = "b" .. s end
+  for s = now_s - 60, now_s do window[#window + 1] = slot(s) end
   local v = call("HMGET", side.w, unpack(window))
   local freed = 0
   for i = 1, #window do
@@ -538,7 +589,7 @@ local function run(k, nk, a, na, n)
       if real >= 0 then
         local delta = real - tonumber(ARGV[base + 2])
         if delta ~= 0 then
-          local second = ARGV[base + 1]
+          local second = tonumber(ARGV[base + 1])
           local sum = corrections[second]
           if sum == nil then corrected = corrected + 1 end
           corrections[second] = (sum or 0) + delta

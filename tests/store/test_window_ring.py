@@ -1,0 +1,156 @@
+"""The Redis window's ring of one-second slots (lua/quota.lua): seconds leave the window
+exactly, and an owner visited about once a second ages its window without a command of its own.
+
+These windows are written directly, as they would stand after a token's earlier visits: a test
+cannot wait a minute for Redis's clock.  Slot i holds the bucket (requests * 2^33 + tokens) of
+the one second in [o, o + 60] that is i modulo 61."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from redis.asyncio import Redis
+
+from service.store.backend import ADMITTED, NOT_BUDGETED, OVER_RPM, AdmitRequest, Settlement
+from service.store.connection import parse_redis_url
+from service.store.keys import Keys, QuotaKeys
+from service.store.redis_backend import RedisBackend
+from tests.harness import RedisServer
+
+PACK = 2**33
+
+
+def bucket(requests: int, tokens: int) -> int:
+    return requests * PACK + tokens
+
+
+def slot(second: int) -> str:
+    return f"b{second % 61}"
+
+
+async def _early_in_a_second(client: Redis) -> int:
+    """Redis's current second, with most of it still ahead (so a test's calls share it)."""
+    while True:
+        seconds, micros = (int(v) for v in await client.time())
+        if micros < 600_000:
+            return seconds
+        await asyncio.sleep((1_000_000 - micros) / 1e6 + 0.01)
+
+
+async def _run(
+    server: RedisServer, prefix: str, body: Any
+) -> tuple[Any, dict[str, int], dict[str, int]]:
+    """Run ``body(backend, client, keys, now_s)``; return its answer, the window's fields after
+    it and the commands Redis ran meanwhile (by name)."""
+    keys = Keys(prefix)
+    backend = RedisBackend(parse_redis_url(server.url), keys)
+    client = Redis.from_url(server.url)
+    try:
+        await backend.ping()
+        now_s = await _early_in_a_second(client)
+        q = keys.quota("tok", None)
+        answer = await body(backend, client, q, now_s)
+        fields = {k.decode(): int(v) for k, v in (await client.hgetall(q.token_windows)).items()}
+        stats = await client.info("commandstats")
+        ran = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+        return answer, fields, ran
+    finally:
+        await client.aclose()
+        await backend.close()
+
+
+def test_a_window_visited_once_a_second_ages_without_a_command(
+    redis_server: RedisServer,
+) -> None:
+    """The second that leaves is the one in now's slot, read with the window anyway: its counts
+    leave the window, and the slot takes now's bucket in the one HSET that writes it back;
+    a settlement of the second before is corrected in its own slot."""
+    limits = (2, 0, 10, 0, 0, 0)  # rpm 2: the 5 requests of 61 s ago must have left
+
+    async def body(backend: RedisBackend, client: Redis, q: QuotaKeys, now: int) -> Any:
+        await client.hset(
+            q.token_windows,
+            mapping={
+                "o": now - 61,
+                "rs": 6,
+                "ts": 600,
+                "c": 1,
+                slot(now - 61): bucket(5, 500),  # now's slot, holding now - 61
+                slot(now - 1): bucket(1, 100),
+            },
+        )
+        await client.zadd(q.token_leases, {"~": float("inf"), "e1": (now + 60) * 1000})
+        await client.config_resetstat()
+        done = Settlement("e1", now - 1, 100, 40, NOT_BUDGETED)
+        return await backend.quota(q, [done], AdmitRequest("e2", 30, 10_000, limits))
+
+    decision, fields, ran = asyncio.run(_run(redis_server, "test-ring-steady", body))
+    assert (decision.status, decision.rpm_remaining) == (ADMITTED, 0)
+    assert fields["o"] == fields["x"] - 60  # now - 60
+    assert (fields["rs"], fields["ts"]) == (2, 40 + 30)
+    now = fields["x"]
+    assert fields[slot(now)] == bucket(1, 30)
+    assert fields[slot(now - 1)] == bucket(1, 40)
+    assert "hdel" not in ran
+    assert ran["hmget"] == 1  # the window's one read
+    assert ran["hset"] == 1  # and its one write
+
+
+def test_seconds_left_behind_by_a_gap_leave_the_window_and_their_slots_empty(
+    redis_server: RedisServer,
+) -> None:
+    """After a gap every second older than the window leaves it, whichever slot it sat in; the
+    next refusal's wait counts only what is left, and usage (`GET /admin/tokens`) agrees."""
+    limits = (2, 0, 0, 0, 0, 0)
+
+    async def body(backend: RedisBackend, client: Redis, q: QuotaKeys, now: int) -> Any:
+        await client.hset(
+            q.token_windows,
+            mapping={
+                "o": now - 70,
+                "rs": 6,
+                "ts": 60,
+                slot(now - 70): bucket(3, 30),
+                slot(now - 62): bucket(2, 20),
+                slot(now - 12): bucket(1, 10),  # leaves at the end of now + 49
+            },
+        )
+        first = await backend.quota(q, [], AdmitRequest("a", 5, 0, limits))
+        second = await backend.quota(q, [], AdmitRequest("b", 5, 0, limits))
+        return first, second, await backend.usage(q)
+
+    (first, second, usage), fields, _ = asyncio.run(_run(redis_server, "test-ring-gap", body))
+    assert first.status == ADMITTED
+    assert second.status == OVER_RPM
+    now = second.now_ms // 1000
+    assert 48_000 < second.retry_ms <= 50_000  # the bucket of now - 12, not the emptied slots
+    assert (fields["o"], fields["rs"], fields["ts"]) == (now - 60, 2, 15)
+    assert fields[slot(now - 70)] == 0 and fields[slot(now - 62)] == 0
+    assert fields[slot(now - 12)] == bucket(1, 10)
+    assert fields[slot(now)] == bucket(1, 5)
+    assert usage == (2, 15, 0)
+
+
+def test_a_slot_whose_second_left_is_not_corrected_as_its_new_second(
+    redis_server: RedisServer,
+) -> None:
+    """A settlement names its admission second; when that second's slot still holds an older
+    second that leaves now, the correction is not applied to it (nor counted): a bucket the
+    window no longer holds has nothing left to correct."""
+    limits = (100, 1000, 10, 0, 0, 0)
+
+    async def body(backend: RedisBackend, client: Redis, q: QuotaKeys, now: int) -> Any:
+        await client.hset(
+            q.token_windows,
+            mapping={"o": now - 62, "rs": 2, "ts": 200, "c": 1, slot(now - 62): bucket(2, 200)},
+        )
+        await client.zadd(q.token_leases, {"~": float("inf"), "e1": (now + 60) * 1000})
+        done = Settlement("e1", now - 1, 100, 10, NOT_BUDGETED)  # slot(now - 1) is now - 62's
+        return await backend.quota(q, [done], AdmitRequest("e2", 7, 10_000, limits))
+
+    decision, fields, _ = asyncio.run(_run(redis_server, "test-ring-stale", body))
+    now = decision.now_ms // 1000
+    assert decision.status == ADMITTED
+    assert (fields["rs"], fields["ts"], fields["c"]) == (1, 7, 1)
+    assert fields[slot(now - 1)] == 0
