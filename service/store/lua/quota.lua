@@ -305,17 +305,13 @@ local function age(side, bn)
     end
   end
   local got = n > 0 and call("HMGET", side.w, unpack(unread, 1, n))
-  if t == nil then
-    t = {}
-    side.t = t
-  end
   local freed_r, freed_t, j = 0, 0, 0
   for s = o, last do
     local f = slot(s)
     local packed
     if f == B_NOW then
       packed = bn
-    elseif t[f] ~= nil then
+    elseif t ~= nil and t[f] ~= nil then
       packed = t[f] or nil
     else
       j = j + 1
@@ -324,7 +320,15 @@ local function age(side, bn)
     if packed ~= nil and packed > 0 then
       local r, tokens = split(packed)
       freed_r, freed_t = freed_r + r, freed_t + tokens
-      if f == B_NOW then side.rn0 = -1 else t[f] = 0 end
+      if f == B_NOW then
+        side.rn0 = -1
+      else
+        if t == nil then  -- made only when needed: most visits drop now's slot alone
+          t = {}
+          side.t = t
+        end
+        t[f] = 0
+      end
     end
   end
   side.o, side.rs, side.ts = now_s - 60, (side.rs or 0) - freed_r, (side.ts or 0) - freed_t
