@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench.capacity import shape
+from bench.capacity import BUSY_ENOUGH, shape
 
 Results = dict[str, Any]
 KINDS = ("json", "sse")
@@ -326,6 +326,13 @@ def capacity_markdown(rows: list[dict[str, Any]]) -> list[str]:
                 str(row["errors"]),
             ]
         )
+    cold = [
+        "",
+        f"Redis was under {BUSY_ENOUGH:.0%} busy in some rows: the driver's Python, not Redis, "
+        "was the bottleneck there, and a Redis that is not kept busy runs cold and costs more "
+        "per request. `uv run python -m bench.script_replay` keeps it busy on such a machine.",
+    ]
+    driver_bound = any(row["busy"] < BUSY_ENOUGH for row in rows if not row.get("failure"))
     return [
         "Redis at saturation (the gateway's store client and quota.lua driven directly: 4 "
         "replicas x 32 admissions in flight in one process on core 0, Redis alone on core 1; "
@@ -333,6 +340,7 @@ def capacity_markdown(rows: list[dict[str, Any]]) -> list[str]:
         "does not come within their wait, as in the gateway):",
         "",
         *_table(header, lines),
+        *(cold if driver_bound else []),
     ]
 
 

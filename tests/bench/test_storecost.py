@@ -6,7 +6,7 @@ import pytest
 import redis
 
 from bench import script_replay
-from bench.capacity import CapacityPoint, measure
+from bench.capacity import CapacityPoint, describe, measure
 from bench.report import capacity_markdown, store_cost_details, store_cost_table
 from bench.storecost import StoreCost, delta, parse_monitor, plain_command_us, snapshot
 from bench.targets import ROOT
@@ -119,3 +119,15 @@ def test_script_replay_keeps_redis_busy_with_admitted_calls(
         us = float(lines[0].split(": ")[1].split(" us")[0])
         assert us > 0
         assert lines[1].endswith("1.000 of the first")
+
+
+def test_a_capacity_figure_redis_was_not_busy_for_is_marked() -> None:
+    """A point whose Redis was not kept busy measured the driver, not Redis: the report and
+    the log line say its figure is inflated; a busy one carries no such mark."""
+    busy = CapacityPoint("standalone", 8, "test", busy=0.97, cpu_us=10.0, admissions_per_s=1.0)
+    cold = CapacityPoint("standalone", 8, "test", busy=0.35, cpu_us=30.0, admissions_per_s=1.0)
+    assert not busy.driver_bound and cold.driver_bound
+    assert "not kept busy" not in describe(busy)
+    assert describe(cold).endswith("Redis not kept busy: the figure is inflated")
+    assert "script_replay" not in "\n".join(capacity_markdown([busy.to_dict()]))
+    assert "script_replay" in "\n".join(capacity_markdown([busy.to_dict(), cold.to_dict()]))
