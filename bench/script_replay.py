@@ -2,15 +2,18 @@
 
 The capacity driver (capacity_driver.py) runs the gateway's own store client, and on a slow
 core its Python cannot keep Redis busy: Redis then runs cold and every figure grows (seen at
-35% busy, 2.5x its saturated cost).  Here the batches are built and encoded in plain Python,
-sent over one socket with a few in flight, so Redis is the bottleneck.  The calls are the
+35% busy: twice what this replay measures for the same code).  Here the batches are built and
+encoded in plain Python, sent over one socket per server with a few in flight, so Redis is the
+bottleneck.  The calls are the
 capacity driver's "riding" shape: each settles its token's previous request (43 tokens
 reserved, 19 used: every settlement corrects a bucket) and admits a new one, with rpm, tpm and
 concurrency far from binding; tokens take turns; 32 calls per script call, as 4 replicas x 32
 in flight gave.  ``--alone``: half of each batch is admissions, half lone settlements of
-earlier requests, so a request costs two visits to its keys.
+earlier requests, so a request costs two visits to its keys.  ``--cluster``: a 3-master
+Cluster, each master sent batches of 11 calls of the tokens whose slots it holds (10.7 per
+script call with the capacity driver), only the first owner's keys declared.
 
-Checkouts are measured alternately on a fresh Redis each (their own ``.venv``, their own
+Checkouts are measured alternately on a fresh store each (their own ``.venv``, their own
 ``quota.lua`` and key names), and the means printed side by side:
 
     uv run python -m bench.script_replay --tokens 20000 --warmup 65 --rounds 4 . ../other
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import socket
 import subprocess
@@ -31,10 +35,12 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 BATCH = 32  # calls per script call
+CLUSTER_BATCH = 11  # per master's script call: 10.7 with the capacity driver's 4 x 32
 IN_FLIGHT = 4  # script calls sent ahead
 RESERVED, USED = 43, 19
 LIMITS = "1000000000,1000000000,100000,0,0,0,-1,0,-1,0"  # rpm, tpm, concurrency; no team, budget
@@ -49,26 +55,21 @@ def _encode(args: list[Any]) -> bytes:
     return b"".join(out)
 
 
-class _Worker:
-    """One connection replaying batches; runs under the measured checkout's interpreter."""
+class _Server:
+    """One Redis server (a master) and the tokens whose keys it holds: its batches, sent over
+    one connection."""
 
-    def __init__(self, root: Path, port: int, tokens: int, alone: bool) -> None:
+    def __init__(self, port: int, owners: list[list[str]], batch: int, spread: bool) -> None:
         import hiredis
 
-        sys.path.insert(0, str(root))
-        from service.store.keys import Keys
-
-        self.source = (root / "service/store/lua/quota.lua").read_text()
-        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
-        keys = Keys("best")
-        self.owners = [keys.quota(f"replay-{t:05d}", None).as_list() for t in range(tokens)]
-        self.alone = alone
+        self.owners = owners
+        self.batch = batch
+        self.spread = spread  # a Cluster: only the first owner's keys are declared
         self.sock = socket.create_connection(("127.0.0.1", port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.reader = hiredis.Reader()
         self.previous: dict[int, tuple[str, int]] = {}  # token -> its request not settled
         self.unsettled: deque[tuple[int, str, int]] = deque()  # --alone: in admission order
-        self.sent = 0
         self.turn = 0
 
     def reply(self) -> Any:
@@ -82,12 +83,19 @@ class _Worker:
         self.sock.sendall(_encode(list(args)))
         return self.reply()
 
-    def _batch(self) -> bytes:
+    def cpu_s(self) -> float:
+        info = self.command("INFO", "cpu").decode()
+        fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+        return float(fields["used_cpu_sys"]) + float(fields["used_cpu_user"])
+
+    def send_batch(self, sha: str, alone: bool, entries: Iterator[str]) -> int:
+        """Send one script call; the admissions it carries."""
         second = int(time.time())
         keys: list[str] = []
         calls: list[Any] = []
-        for i in range(BATCH):
-            if self.alone and i % 2 == 1 and self.unsettled:
+        admitted = 0
+        for i in range(self.batch):
+            if alone and i % 2 == 1 and self.unsettled:
                 token, entry, at = self.unsettled.popleft()
                 keys += self.owners[token]
                 calls += [i + 1, 6, 1, entry, at, RESERVED, USED, NO_BUDGET]
@@ -95,10 +103,10 @@ class _Worker:
             token = self.turn
             self.turn = (self.turn + 1) % len(self.owners)
             keys += self.owners[token]
-            self.sent += 1
-            entry = f"r{self.sent}"
+            admitted += 1
+            entry = next(entries)
             settle: list[Any] = [0]
-            if self.alone:
+            if alone:
                 self.unsettled.append((token, entry, second))
             else:
                 held = self.previous.pop(token, None)
@@ -107,49 +115,106 @@ class _Worker:
                 self.previous[token] = (entry, second)
             admit = [entry, RESERVED, 10_000, 0, LIMITS]
             calls += [i + 1, len(settle) + len(admit), *settle, *admit]
-        sizes = [len(self.owners[0])] * BATCH
-        return _encode(["EVALSHA", self.sha, len(keys), *keys, 0, BATCH, *sizes, BATCH, *calls])
+        size = len(self.owners[0])
+        declared, hidden = (keys[:size], keys[size:]) if self.spread else (keys, [])
+        self.sock.sendall(
+            _encode(
+                [
+                    "EVALSHA",
+                    sha,
+                    len(declared),
+                    *declared,
+                    len(hidden),
+                    *hidden,
+                    self.batch,
+                    *[size] * self.batch,
+                    self.batch,
+                    *calls,
+                ]
+            )
+        )
+        return admitted
+
+
+class _Replay:
+    """The replay of one checkout's script on one store; runs under that checkout's own
+    interpreter, with its key names."""
+
+    def __init__(self, root: Path, ports: list[int], tokens: int, alone: bool) -> None:
+        sys.path.insert(0, str(root))
+        from redis.crc import key_slot
+
+        from service.store.keys import Keys
+
+        self.source = (root / "service/store/lua/quota.lua").read_text()
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+        self.alone = alone
+        keys = Keys("best")
+        owners = [keys.quota(f"replay-{t:05d}", None).as_list() for t in range(tokens)]
+        if len(ports) == 1:
+            self.servers = [_Server(ports[0], owners, BATCH, spread=False)]
+        else:
+            # Each master's tokens, by the slot of their hash tag; a batch per master the
+            # size a Cluster batch had with 4 replicas x 32 in flight over 3 masters.
+            probe = _Server(ports[0], owners, 0, spread=True)
+            by_port: dict[int, list[list[str]]] = {port: [] for port in ports}
+            ranges = [
+                (int(r[0]), int(r[1]), int(r[2][1])) for r in probe.command("CLUSTER", "SLOTS")
+            ]
+            probe.sock.close()
+            for owner in owners:
+                slot = key_slot(owner[0].encode())
+                port = next(port for low, high, port in ranges if low <= slot <= high)
+                by_port[port].append(owner)
+            self.servers = [
+                _Server(port, mine, CLUSTER_BATCH, spread=True) for port, mine in by_port.items()
+            ]
+        for server in self.servers:
+            if server.command("SCRIPT", "LOAD", self.source) != self.sha.encode():
+                raise RuntimeError("SCRIPT LOAD answered another digest")
+        self.entries = (f"r{n}" for n in itertools.count())
 
     def cpu_s(self) -> float:
-        info = self.command("INFO", "cpu").decode()
-        fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
-        return float(fields["used_cpu_sys"]) + float(fields["used_cpu_user"])
+        return sum(server.cpu_s() for server in self.servers)
 
     def run(self, seconds: float) -> int:
         """Replay for ``seconds``; the admissions sent."""
-        start = self.sent
-        for _ in range(IN_FLIGHT):
-            self.sock.sendall(self._batch())
+        admitted = 0
+        for server in self.servers:
+            for _ in range(IN_FLIGHT):
+                admitted += server.send_batch(self.sha, self.alone, self.entries)
         end = time.monotonic() + seconds
         while time.monotonic() < end:
-            answer = self.reply()
-            if not isinstance(answer, list) or any(call[0] != 0 for call in answer):
-                # every call settles, or is admitted: its limits are far from binding
-                raise RuntimeError(f"script call failed or refused: {answer}")
-            self.sock.sendall(self._batch())
-        for _ in range(IN_FLIGHT):
-            self.reply()
-        return self.sent - start
+            for server in self.servers:
+                answer = server.reply()
+                if not isinstance(answer, list) or any(call[0] != 0 for call in answer):
+                    # every call settles, or is admitted: its limits are far from binding
+                    raise RuntimeError(f"script call failed or refused: {answer}")
+                admitted += server.send_batch(self.sha, self.alone, self.entries)
+        for server in self.servers:
+            for _ in range(IN_FLIGHT):
+                server.reply()
+        return admitted
 
 
 def _work(args: argparse.Namespace) -> None:
-    worker = _Worker(Path(args.root), args.port, args.tokens, args.alone)
-    if worker.command("SCRIPT", "LOAD", worker.source) != worker.sha.encode():
-        raise RuntimeError("SCRIPT LOAD answered another digest")
-    worker.run(args.warmup)
-    cpu, started = worker.cpu_s(), time.monotonic()
-    admissions = worker.run(args.seconds)
-    cpu, elapsed = worker.cpu_s() - cpu, time.monotonic() - started
+    replay = _Replay(
+        Path(args.root), [int(p) for p in args.ports.split(",")], args.tokens, args.alone
+    )
+    replay.run(args.warmup)
+    cpu, started = replay.cpu_s(), time.monotonic()
+    admissions = replay.run(args.seconds)
+    cpu, elapsed = replay.cpu_s() - cpu, time.monotonic() - started
     print(json.dumps({"admissions": admissions, "seconds": elapsed, "cpu_s": cpu}))
 
 
 def _measure(root: Path, args: argparse.Namespace) -> dict[str, float]:
     from bench.procs import SUT_CORE, pinned
-    from bench.targets import start_redis
+    from bench.storecost import start_store
 
     python = root / ".venv" / "bin" / "python"
     with tempfile.TemporaryDirectory() as workdir:
-        proc, port = start_redis(Path(workdir))
+        procs, ports = start_store("cluster" if args.cluster else "standalone", Path(workdir))
         try:
             argv = [
                 str(python if python.exists() else sys.executable),
@@ -157,8 +222,8 @@ def _measure(root: Path, args: argparse.Namespace) -> dict[str, float]:
                 "--work",
                 "--root",
                 str(root),
-                "--port",
-                str(port),
+                "--ports",
+                ",".join(str(port) for port in ports),
                 "--tokens",
                 str(args.tokens),
                 "--warmup",
@@ -174,7 +239,8 @@ def _measure(root: Path, args: argparse.Namespace) -> dict[str, float]:
                 raise RuntimeError(done.stderr.strip().splitlines()[-1])
             out = json.loads(done.stdout.strip().splitlines()[-1])
         finally:
-            proc.stop()
+            for proc in procs:
+                proc.stop()
     return {
         "us": out["cpu_s"] * 1e6 / out["admissions"],
         "per_s": out["admissions"] / out["seconds"],
@@ -190,9 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=2, help="each round runs every checkout")
     parser.add_argument("--alone", action="store_true", help="every settlement alone")
+    parser.add_argument("--cluster", action="store_true", help="a 3-master Cluster")
     parser.add_argument("--work", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--ports", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.work:
         _work(args)
