@@ -69,7 +69,10 @@ class _Server:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.reader = hiredis.Reader()
         self.previous: dict[int, tuple[str, int]] = {}  # token -> its request not settled
-        self.unsettled: deque[tuple[int, str, int]] = deque()  # --alone: in admission order
+        # --alone: the admissions of each batch in flight, then, once its answer is read (as a
+        # request settles only after its admission was answered), those to settle, in order
+        self.in_flight: deque[list[tuple[int, str, int]]] = deque()
+        self.unsettled: deque[tuple[int, str, int]] = deque()
         self.turn = 0
 
     def reply(self) -> Any:
@@ -78,6 +81,12 @@ class _Server:
             if answer is not False:
                 return answer
             self.reader.feed(self.sock.recv(1 << 20))
+
+    def answered(self) -> Any:
+        """The answer of the oldest script call in flight; its admissions may now settle."""
+        answer = self.reply()
+        self.unsettled.extend(self.in_flight.popleft())
+        return answer
 
     def command(self, *args: Any) -> Any:
         self.sock.sendall(_encode(list(args)))
@@ -94,6 +103,7 @@ class _Server:
         keys: list[str] = []
         calls: list[Any] = []
         admitted = 0
+        mine: list[tuple[int, str, int]] = []
         for i in range(self.batch):
             if alone and i % 2 == 1 and self.unsettled:
                 token, entry, at = self.unsettled.popleft()
@@ -107,7 +117,7 @@ class _Server:
             entry = next(entries)
             settle: list[Any] = [0]
             if alone:
-                self.unsettled.append((token, entry, second))
+                mine.append((token, entry, second))
             else:
                 held = self.previous.pop(token, None)
                 if held is not None:
@@ -115,6 +125,7 @@ class _Server:
                 self.previous[token] = (entry, second)
             admit = [entry, RESERVED, 10_000, 0, LIMITS]
             calls += [i + 1, len(settle) + len(admit), *settle, *admit]
+        self.in_flight.append(mine)
         size = len(self.owners[0])
         declared, hidden = (keys[:size], keys[size:]) if self.spread else (keys, [])
         self.sock.sendall(
@@ -177,6 +188,20 @@ class _Replay:
     def cpu_s(self) -> float:
         return sum(server.cpu_s() for server in self.servers)
 
+    def check_leases(self) -> None:
+        """Fail if the store holds more leases than requests are left unsettled: a settlement
+        that missed its lease (say, one sent before its admission ran) corrected nothing and
+        left its lease behind, and the figures would not be of the shape described."""
+        for server in self.servers:
+            held = 0
+            for owner in server.owners:
+                server.sock.sendall(_encode(["ZCARD", owner[1]]))
+            for _ in server.owners:
+                held += max(0, server.reply() - 1)  # LIVE is not a lease
+            unsettled = len(server.unsettled) + len(server.previous)
+            if held > unsettled:
+                raise RuntimeError(f"{held} leases held for {unsettled} requests unsettled")
+
     def run(self, seconds: float) -> int:
         """Replay for ``seconds``; the admissions sent."""
         admitted = 0
@@ -186,14 +211,14 @@ class _Replay:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             for server in self.servers:
-                answer = server.reply()
+                answer = server.answered()
                 if not isinstance(answer, list) or any(call[0] != 0 for call in answer):
                     # every call settles, or is admitted: its limits are far from binding
                     raise RuntimeError(f"script call failed or refused: {answer}")
                 admitted += server.send_batch(self.sha, self.alone, self.entries)
         for server in self.servers:
             for _ in range(IN_FLIGHT):
-                server.reply()
+                server.answered()
         return admitted
 
 
@@ -205,6 +230,7 @@ def _work(args: argparse.Namespace) -> None:
     cpu, started = replay.cpu_s(), time.monotonic()
     admissions = replay.run(args.seconds)
     cpu, elapsed = replay.cpu_s() - cpu, time.monotonic() - started
+    replay.check_leases()
     print(json.dumps({"admissions": admissions, "seconds": elapsed, "cpu_s": cpu}))
 
 

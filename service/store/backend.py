@@ -147,7 +147,8 @@ class Backend(Protocol):
         ...
 
     async def usage(self, keys: QuotaKeys) -> tuple[int, int, int]:
-        """(requests, tokens, in flight) of the token side in the current window."""
+        """(requests, tokens, leases held and not expired) of the token side in the current
+        window."""
         ...
 
     async def spend(self, budget_key: str, period: int) -> Spend:

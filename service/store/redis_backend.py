@@ -202,12 +202,14 @@ class RedisBackend:
         # The buckets of the window, not the counts "rs"/"ts": those still include the buckets
         # that left it until the token's next visit drops them.  Slot i holds the bucket of
         # the one second in [o, o + 60] that is i modulo 61 (lua/quota.lua).
-        now_s = int(time.time())
+        now_ms = int(time.time() * 1000)
+        now_s = now_ms // 1000
 
         async def run() -> list[Any]:
             pipe = self._c.pipeline(transaction=False)
             pipe.hmget(keys.token_windows, ["o", *(f"b{i}" for i in range(RING_SLOTS))])
-            pipe.zcount(keys.token_leases, "-inf", "(+inf")  # below LIVE (lua/quota.lua)
+            # leases not expired, below LIVE (lua/quota.lua)
+            pipe.zcount(keys.token_leases, f"({now_ms}", "(+inf")
             result: list[Any] = await pipe.execute()
             return result
 

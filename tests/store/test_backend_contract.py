@@ -74,6 +74,22 @@ def test_tpm_reservation_is_replaced_by_real_usage(run_backend: BackendRunner) -
     assert run_backend(body) == [ADMITTED, OVER_TPM, ADMITTED, 40, 1]
 
 
+def test_a_lease_that_expired_unsettled_is_not_in_flight(run_backend: BackendRunner) -> None:
+    """A request whose replica died never settles: once its lease expires it is no longer
+    counted in flight (`GET /admin/tokens`), on any backend."""
+
+    async def body(backend: Backend, keys: Keys) -> list[int]:
+        q = keys.quota("tok", None)
+        limits = (0, 100, 0, 0, 0, 0)
+        await backend.quota(q, [], AdmitRequest("orphan", 10, 150, limits))
+        held = (await backend.usage(q))[2]
+        await asyncio.sleep(0.3)
+        await backend.quota(q, [], AdmitRequest("live", 10, 10_000, limits))
+        return [held, (await backend.usage(q))[2]]
+
+    assert run_backend(body) == [1, 1]
+
+
 def test_team_limit_binds_every_token_of_the_team(run_backend: BackendRunner) -> None:
     async def body(backend: Backend, keys: Keys) -> list[tuple[int, bool]]:
         out = []
@@ -604,6 +620,45 @@ def test_every_quota_key_expires_unless_it_guards_a_budget(redis_server: RedisSe
     assert in_flight == 0
     assert 11_000 <= leases_ttl <= 21_000
     assert 0 < windows_after <= 71_000
+
+
+def test_leases_that_expired_unsettled_are_dropped_with_the_windows_refresh(
+    redis_server: RedisServer,
+) -> None:
+    """A token without a concurrency limit or a budget never recounts its leases; the ones that
+    expired unsettled are dropped when its windows' expiry is pushed out (every 10 s), so they
+    do not pile up while it stays busy.  In between, no command looks for them."""
+
+    async def body() -> tuple[int, int, int, dict[str, int]]:
+        keys = Keys("test-orphans")
+        backend = _redis_backend(redis_server.url, keys)
+        await backend.ping()
+        q = keys.quota("tok", None)
+        limits = (0, 1000, 0, 0, 0, 0)
+        client = Redis.from_url(redis_server.url)
+        try:
+            first = await backend.quota(q, [], AdmitRequest("a", 10, 10_000, limits))
+            expired = {f"dead{i}": first.now_ms - 1000 for i in range(5)}
+            await client.zadd(q.token_leases, expired)  # five requests whose replica died
+            await client.hset(q.token_windows, "c", 7)  # counted with them (never below)
+            await client.config_resetstat()
+            await backend.quota(q, [], AdmitRequest("b", 10, 10_000, limits))
+            between = await client.zcard(q.token_leases)
+            ran = await client.info("commandstats")
+            await client.hset(q.token_windows, "x", first.now_ms // 1000 - 10)  # 10 s later
+            await backend.quota(q, [], AdmitRequest("c", 10, 10_000, limits))
+            after = await client.zcard(q.token_leases)
+            count = int(await client.hget(q.token_windows, "c") or -1)
+            return between, after, count, ran
+        finally:
+            await client.aclose()
+            await backend.close()
+
+    between, after, count, ran = asyncio.run(body())
+    assert between == 1 + 2 + 5  # LIVE, a and b, the five expired ones
+    assert "cmdstat_zrangebyscore" not in ran and "cmdstat_zremrangebyscore" not in ran
+    assert after == 1 + 3  # LIVE, a, b and c
+    assert count == 7 + 1 - 5 + 1  # the five dropped from the count as well
 
 
 def test_usage_counts_the_window_of_an_idle_token(redis_server: RedisServer) -> None:

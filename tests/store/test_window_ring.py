@@ -154,3 +154,65 @@ def test_a_slot_whose_second_left_is_not_corrected_as_its_new_second(
     assert decision.status == ADMITTED
     assert (fields["rs"], fields["ts"], fields["c"]) == (1, 7, 1)
     assert fields[slot(now - 1)] == 0
+
+
+def test_a_settlement_alone_reads_and_writes_only_what_it_changes(
+    redis_server: RedisServer,
+) -> None:
+    """A token's settlement that travels alone releases its lease and corrects its bucket and
+    the window's tokens with one ZREM, one HMGET and one HSET; the window is not aged by it (the
+    next admission does that).  Sent again, it finds no lease and changes nothing."""
+
+    async def body(backend: RedisBackend, client: Redis, q: QuotaKeys, now: int) -> Any:
+        # o is a second behind (an admission would age the window), and now - 1's bucket is
+        # in its slot
+        await client.hset(
+            q.token_windows,
+            mapping={"o": now - 61, "rs": 1, "ts": 100, "c": 2, "x": now},
+        )
+        await client.hset(q.token_windows, slot(now - 1), bucket(1, 100))
+        await client.zadd(q.token_leases, {"~": float("inf"), "e1": (now + 60) * 1000})
+        await client.config_resetstat()
+        done = Settlement("e1", now - 1, 100, 40, NOT_BUDGETED)
+        first = await backend.quota(q, [done], None)
+        after_first = await client.hgetall(q.token_windows)
+        second = await backend.quota(q, [done], None)
+        return first, second, after_first
+
+    (first, second, after_first), fields, ran = asyncio.run(
+        _run(redis_server, "test-ring-alone", body)
+    )
+    now = first.now_ms // 1000
+    assert first.status == second.status == ADMITTED  # 0: only settled
+    assert (fields["ts"], fields[slot(now - 1)], fields["c"]) == (40, bucket(1, 40), 1)
+    assert (fields["o"], fields["rs"]) == (now - 61, 1)  # not aged
+    assert {k.decode(): int(v) for k, v in after_first.items()} == fields  # the retry: nothing
+    assert (ran["zrem"], ran["hmget"], ran["hset"]) == (2, 1, 1)
+    assert "pexpire" not in ran and "zmscore" not in ran
+
+
+def test_a_settlement_alone_leaves_a_stale_slot_and_a_missing_window_alone(
+    redis_server: RedisServer,
+) -> None:
+    """Alone, a settlement corrects its slot only when the window's o shows the slot holds its
+    second's bucket (o >= second - 60), and writes nothing when the window is gone: no key is
+    made without an expiry."""
+
+    async def body(backend: RedisBackend, client: Redis, q: QuotaKeys, now: int) -> Any:
+        await client.hset(
+            q.token_windows,
+            mapping={"o": now - 62, "rs": 2, "ts": 200, "c": 1, slot(now - 62): bucket(2, 200)},
+        )
+        await client.zadd(q.token_leases, {"~": float("inf"), "e1": (now + 60) * 1000})
+        stale = Settlement("e1", now - 1, 100, 10, NOT_BUDGETED)  # slot(now - 1) is now - 62's
+        await backend.quota(q, [stale], None)
+        other = Keys("test-ring-gone").quota("gone", None)
+        await client.zadd(other.token_leases, {"~": float("inf"), "e2": (now + 60) * 1000})
+        await backend.quota(other, [Settlement("e2", now, 100, 10, NOT_BUDGETED)], None)
+        return await client.exists(other.token_windows), await client.zcard(other.token_leases)
+
+    (gone, leases), fields, _ = asyncio.run(_run(redis_server, "test-ring-alone-stale", body))
+    now = fields["o"] + 62
+    assert (fields["rs"], fields["ts"], fields[slot(now - 1)]) == (2, 200, bucket(2, 200))
+    assert fields["c"] == 0  # its lease was released all the same
+    assert (gone, leases) == (0, 1)  # no window made; the lease released (LIVE stays)

@@ -37,8 +37,8 @@
 -- admits more than the limit.  Bookkeeping fields: "c" leases held (a count kept beside
 -- the leases zset, never below it: recounted when missing or at the limit), "x" the second the
 -- key's expiry was last pushed out (every REFRESH_S, to 61 s + REFRESH_S, so the key outlives
--- its newest bucket by 61 s without a PEXPIRE per request), "y" the time (ms) until which the
--- leases key is known to live.
+-- its newest bucket by 61 s without a PEXPIRE per request; the leases that expired unsettled
+-- are dropped then too), "y" the time (ms) until which the leases key is known to live.
 -- Budget hash fields (micro-USD; durable, no expiry): "k" period kind (0 total, 1 UTC day,
 -- 2 ISO week, 3 UTC month), "p" start of the period (ms) that "s" belongs to, "s" settled
 -- spend of that period, "r" reserved by requests in flight, "e<entry>" each one's reservation.
@@ -416,7 +416,17 @@ local function close(side)
   end
   if n == 0 then return end
   local refresh = side.x == nil or now_s - side.x >= REFRESH_S
-  if refresh then a[n + 1], a[n + 2], n = "x", fmt("%d", now_s), n + 2 end
+  if refresh then
+    -- With the expiry, drop the leases that expired unsettled (their replica died, or their
+    -- settlement was lost): a token without a concurrency limit or a budget never recounts
+    -- its leases, and they would pile up for as long as it is busy.
+    local gone = expire(side.l, side.b)
+    if gone > 0 and side.c ~= nil then
+      side.c = max(0, side.c - gone)
+      a[n + 1], a[n + 2], n = "c", fmt("%d", side.c), n + 2  -- a later field wins in HSET
+    end
+    a[n + 1], a[n + 2], n = "x", fmt("%d", now_s), n + 2
+  end
   call("HSET", side.w, unpack(a, 1, n))
   if refresh then call("PEXPIRE", side.w, (61 + REFRESH_S) * 1000) end
 end
@@ -569,12 +579,41 @@ if undeclared > 0 then
   for i = 1, undeclared do K[#KEYS + i] = ARGV[1 + i] end
 end
 
+-- A settlement travelling alone (arguments from ARGV[base]) of a token without a team or a
+-- budget, whose windows this batch has not opened: its lease, then only the fields it changes.
+-- It does not age the window (the token's next admission does): a bucket of second s in
+-- [now - 60, now] is in its slot once o >= s - 60, which the admission that made it ensured;
+-- and the key outlives that bucket by more than 60 s (close() pushed its expiry then), so
+-- nothing here needs to push it.  The HSET runs at once: a later call of the batch for the
+-- same token reads its windows after it.
+local function settle_alone(base)
+  if not take(kl, ARGV[base]) then return SETTLED end
+  local real, s = tonumber(ARGV[base + 3]), tonumber(ARGV[base + 1])
+  local delta = real >= 0 and real - tonumber(ARGV[base + 2]) or 0
+  local f = delta ~= 0 and s >= now_s - 60 and slot(s)
+  local v = f and call("HMGET", kw, "o", "c", "ts", f) or call("HMGET", kw, "o", "c")
+  local o, c = tonumber(v[1]), tonumber(v[2])
+  if o == nil then return SETTLED end  -- the window is gone: nothing to correct or count
+  local w, n = written, 0
+  if c ~= nil and c > 0 then w[1], w[2], n = "c", fmt("%d", c - 1), 2 end
+  local packed = f and o >= s - 60 and tonumber(v[4])
+  if packed and packed > 0 then
+    w[n + 1], w[n + 2] = f, fmt("%d", packed + delta)
+    w[n + 3], w[n + 4], n = "ts", fmt("%d", (tonumber(v[3]) or 0) + delta), n + 4
+  end
+  if n > 0 then call("HSET", kw, unpack(w, 1, n)) end
+  return SETTLED
+end
+
 -- One call of the batch: its owner's keys from K[k] (3, or 6 with a team), its `na`
 -- arguments from ARGV[a], the first of them its number of settlements `n`.  Returns its answer.
 local function run(k, nk, a, na, n)
   kw, kl, kb = K[k], K[k + 1], K[k + 2]
   in_team = nk == 6
   if in_team then tw, tl, tb = K[k + 3], K[k + 4], K[k + 5] end
+  if na == 6 and n == 1 and not in_team and ARGV[a + 5] == "-2" and cache[kw] == nil then
+    return settle_alone(a + 1)
+  end
 
   -- 1. settlements: each lease removed is the proof that its request was admitted and not
   -- yet settled; their token corrections are applied to the windows below.
