@@ -62,7 +62,9 @@
 -- status: 0 admitted (or only settled), 1 over rpm, 2 over tpm, 3 over max_concurrency,
 -- 4 over budget (retry_ms: until the period ends; 0 when it never does).
 -- Globals as locals: in Redis's Lua each use of a global is a table lookup (two for
--- redis.call), and this script makes hundreds per batch.
+-- redis.call), and this script makes hundreds per batch.  A numeric string on the hot path
+-- (an argument, a field read) is made a number by arithmetic, s + 0 (a field Redis had not:
+-- false, made nil), not by tonumber(), which parses it twice behind a C call.
 local call, tonumber, tostring, unpack = redis.call, tonumber, tostring, unpack
 local pairs, ipairs, type = pairs, ipairs, type
 local floor, max, fmt = math.floor, math.max, string.format
@@ -283,8 +285,9 @@ local function keep_buckets(side, v, first)
     side.t = t
   end
   for i = 1, missing do
-    local n = tonumber(v[first + i - 1])
-    t[fields[i]] = n ~= nil and n > 0 and n
+    local n = v[first + i - 1]
+    n = n and n + 0
+    t[fields[i]] = n and n > 0 and n
   end
 end
 
@@ -356,8 +359,10 @@ local function open(w, l, b, freed)
     else
       v = call("HMGET", w, "o", "rs", "ts", "c", "x", "y", B_NOW, unpack(fields, 1, missing))
     end
-    local o, rs, ts, c = tonumber(v[1]), tonumber(v[2]), tonumber(v[3]), tonumber(v[4])
-    local x, y, bn, rn, tn = tonumber(v[5]), tonumber(v[6]), tonumber(v[7]), nil, nil
+    local o, rs, ts, c, x, y, bn = v[1], v[2], v[3], v[4], v[5], v[6], v[7]
+    o, rs, ts = o and o + 0 or nil, rs and rs + 0 or nil, ts and ts + 0 or nil
+    c, x, y, bn = c and c + 0 or nil, x and x + 0 or nil, y and y + 0 or nil, bn and bn + 0 or nil
+    local rn, tn
     local aged = o ~= nil and o < now_s - 60  -- now's slot holds now - 61 (or nothing)
     if bn ~= nil and not aged then  -- split() written out: this runs on every visit
       rn = floor(bn / PACK)
@@ -588,18 +593,19 @@ end
 -- same token reads its windows after it.
 local function settle_alone(base)
   if not take(kl, ARGV[base]) then return SETTLED end
-  local real, s = tonumber(ARGV[base + 3]), tonumber(ARGV[base + 1])
-  local delta = real >= 0 and real - tonumber(ARGV[base + 2]) or 0
+  local real, s = ARGV[base + 3] + 0, ARGV[base + 1] + 0
+  local delta = real >= 0 and real - ARGV[base + 2] or 0
   local f = delta ~= 0 and s >= now_s - 60 and slot(s)
   local v = f and call("HMGET", kw, "o", "c", "ts", f) or call("HMGET", kw, "o", "c")
-  local o, c = tonumber(v[1]), tonumber(v[2])
-  if o == nil then return SETTLED end  -- the window is gone: nothing to correct or count
+  local o, c = v[1], v[2]
+  if not o then return SETTLED end  -- the window is gone: nothing to correct or count
+  o, c = o + 0, c and c + 0
   local w, n = written, 0
-  if c ~= nil and c > 0 then w[1], w[2], n = "c", fmt("%d", c - 1), 2 end
-  local packed = f and o >= s - 60 and tonumber(v[4])
-  if packed and packed > 0 then
+  if c and c > 0 then w[1], w[2], n = "c", fmt("%d", c - 1), 2 end
+  local packed = f and o >= s - 60 and v[4]
+  if packed and packed + 0 > 0 then
     w[n + 1], w[n + 2] = f, fmt("%d", packed + delta)
-    w[n + 3], w[n + 4], n = "ts", fmt("%d", (tonumber(v[3]) or 0) + delta), n + 4
+    w[n + 3], w[n + 4], n = "ts", fmt("%d", (v[3] or 0) + delta), n + 4
   end
   if n > 0 then call("HSET", kw, unpack(w, 1, n)) end
   return SETTLED
@@ -628,11 +634,11 @@ local function run(k, nk, a, na, n)
     local c = ARGV[base + 4]  -- compared as a string: most settlements reserved no budget
     if take(kl, e) then
       released = released + 1
-      local real = tonumber(ARGV[base + 3])
+      local real = ARGV[base + 3] + 0
       if real >= 0 then
-        local delta = real - tonumber(ARGV[base + 2])
+        local delta = real - ARGV[base + 2]
         if delta ~= 0 then
-          local second = tonumber(ARGV[base + 1])
+          local second = ARGV[base + 1] + 0
           local sum = corrections[second]
           if sum == nil then corrected = corrected + 1 end
           corrections[second] = (sum or 0) + delta
@@ -651,9 +657,9 @@ local function run(k, nk, a, na, n)
   admitting = na > 1 + n * 5
   if admitting then
     entry = ARGV[p]
-    cost = tonumber(ARGV[p + 1])
-    lease_ms = tonumber(ARGV[p + 2])
-    reserve = tonumber(ARGV[p + 3])
+    cost = ARGV[p + 1] + 0
+    lease_ms = ARGV[p + 2] + 0
+    reserve = ARGV[p + 3] + 0
     local v = limits_of(ARGV[p + 4])
     limits, budgets = v.limits, v.budgets
     expiry = expiries[ARGV[p + 2]]
@@ -711,7 +717,7 @@ end
 local owners = {}  -- {first key, key count}
 local k, o_at = 1, 2 + undeclared
 for i = 1, tonumber(ARGV[o_at]) do
-  local nk = tonumber(ARGV[o_at + i])
+  local nk = ARGV[o_at + i] + 0
   owners[i] = {k, nk}
   k = k + nk
 end
@@ -730,7 +736,7 @@ local plan = {}
 local wanted = {}  -- leases key -> the entry its settlements name, or a list when several
 local a = first_call
 for i = 1, calls do
-  local owner, na, n = owners[tonumber(ARGV[a])], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local owner, na, n = owners[ARGV[a] + 0], ARGV[a + 1] + 0, ARGV[a + 2] + 0
   plan[i * 3 - 2], plan[i * 3 - 1], plan[i * 3] = owner, na, n
   for s = 0, n - 1 do
     local e = ARGV[a + 3 + s * 5]
