@@ -713,20 +713,21 @@ local function run(k, nk, a, na, n)
   return {0, 0, now, 0, rpm_left, tpm_left, budget_left, conc_left}
 end
 
--- The batch's owners: their keys, in turn in K.
-local owners = {}  -- {first key, key count}
+-- The batch's owners: their keys, in turn in K (first key and key count, by owner).
+local first_key, key_count = {}, {}
 local k, o_at = 1, 2 + undeclared
-for i = 1, tonumber(ARGV[o_at]) do
+local owners = tonumber(ARGV[o_at])
+for i = 1, owners do
   local nk = ARGV[o_at + i] + 0
-  owners[i] = {k, nk}
+  first_key[i], key_count[i] = k, nk
   k = k + nk
 end
-local first_call = o_at + 2 + #owners
+local first_call = o_at + 2 + owners
 if undeclared > 0 then
   -- Touch one key of every owner not declared before anything is written (an owner's keys
   -- share a slot): one whose slot this server does not serve fails the script here, with
   -- nothing done, and the caller sends those calls again slot by slot.
-  for i = 2, #owners do call("EXISTS", K[owners[i][1]]) end
+  for i = 2, owners do call("EXISTS", K[first_key[i]]) end
 end
 
 -- Each call's owner, argument count and number of settlements (3 slots per call), and the
@@ -736,12 +737,12 @@ local plan = {}
 local wanted = {}  -- leases key -> the entry its settlements name, or a list when several
 local a = first_call
 for i = 1, calls do
-  local owner, na, n = owners[ARGV[a] + 0], ARGV[a + 1] + 0, ARGV[a + 2] + 0
+  local owner, na, n = ARGV[a] + 0, ARGV[a + 1] + 0, ARGV[a + 2] + 0
   plan[i * 3 - 2], plan[i * 3 - 1], plan[i * 3] = owner, na, n
   for s = 0, n - 1 do
     local e = ARGV[a + 3 + s * 5]
-    for j = 1, owner[2] == 6 and 2 or 1 do
-      local l = K[owner[1] + 1 + (j - 1) * 3]
+    for j = 1, key_count[owner] == 6 and 2 or 1 do
+      local l = K[first_key[owner] + 1 + (j - 1) * 3]
       local named = wanted[l]
       if named == nil then
         wanted[l] = e
@@ -769,7 +770,7 @@ local results = {}
 a = first_call
 for i = 1, calls do
   local owner, na = plan[i * 3 - 2], plan[i * 3 - 1]
-  results[i] = run(owner[1], owner[2], a + 2, na, plan[i * 3])
+  results[i] = run(first_key[owner], key_count[owner], a + 2, na, plan[i * 3])
   a = a + 2 + na
 end
 for _, side in ipairs(opened) do close(side) end
