@@ -11,7 +11,9 @@ concurrency far from binding; tokens take turns; 32 calls per script call, as 4 
 in flight gave.  ``--alone``: half of each batch is admissions, half lone settlements of
 earlier requests, so a request costs two visits to its keys.  ``--cluster``: a 3-master
 Cluster, each master sent batches of 11 calls of the tokens whose slots it holds (10.7 per
-script call with the capacity driver), only the first owner's keys declared.
+script call with the capacity driver), only the first owner's keys declared; its masters
+share one core here.  ``--one-master``: the same Cluster, only the first master's tokens sent
+(about a third of ``--tokens``), so that master has a core of its own, as in production.
 
 Checkouts are measured alternately on a fresh store each (their own ``.venv``, their own
 ``quota.lua`` and key names), and the means printed side by side:
@@ -151,7 +153,9 @@ class _Replay:
     """The replay of one checkout's script on one store; runs under that checkout's own
     interpreter, with its key names."""
 
-    def __init__(self, root: Path, ports: list[int], tokens: int, alone: bool) -> None:
+    def __init__(
+        self, root: Path, ports: list[int], tokens: int, alone: bool, one_master: bool
+    ) -> None:
         sys.path.insert(0, str(root))
         from redis.crc import key_slot
 
@@ -180,6 +184,8 @@ class _Replay:
             self.servers = [
                 _Server(port, mine, CLUSTER_BATCH, spread=True) for port, mine in by_port.items()
             ]
+            if one_master:  # the others idle: this one has a core of its own
+                self.servers = self.servers[:1]
         for server in self.servers:
             if server.command("SCRIPT", "LOAD", self.source) != self.sha.encode():
                 raise RuntimeError("SCRIPT LOAD answered another digest")
@@ -224,7 +230,11 @@ class _Replay:
 
 def _work(args: argparse.Namespace) -> None:
     replay = _Replay(
-        Path(args.root), [int(p) for p in args.ports.split(",")], args.tokens, args.alone
+        Path(args.root),
+        [int(p) for p in args.ports.split(",")],
+        args.tokens,
+        args.alone,
+        args.one_master,
     )
     replay.run(args.warmup)
     cpu, started = replay.cpu_s(), time.monotonic()
@@ -240,7 +250,8 @@ def _measure(root: Path, args: argparse.Namespace) -> dict[str, float]:
 
     python = root / ".venv" / "bin" / "python"
     with tempfile.TemporaryDirectory() as workdir:
-        procs, ports = start_store("cluster" if args.cluster else "standalone", Path(workdir))
+        cluster = args.cluster or args.one_master
+        procs, ports = start_store("cluster" if cluster else "standalone", Path(workdir))
         try:
             argv = [
                 str(python if python.exists() else sys.executable),
@@ -257,6 +268,7 @@ def _measure(root: Path, args: argparse.Namespace) -> dict[str, float]:
                 "--seconds",
                 str(args.seconds),
                 *(["--alone"] if args.alone else []),
+                *(["--one-master"] if args.one_master else []),
             ]
             done = subprocess.run(
                 pinned(argv, SUT_CORE), capture_output=True, text=True, check=False
@@ -283,6 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="each round runs every checkout")
     parser.add_argument("--alone", action="store_true", help="every settlement alone")
     parser.add_argument("--cluster", action="store_true", help="a 3-master Cluster")
+    parser.add_argument(
+        "--one-master",
+        action="store_true",
+        help="a 3-master Cluster, only the first master's tokens sent (a core of its own)",
+    )
     parser.add_argument("--work", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     parser.add_argument("--ports", help=argparse.SUPPRESS)

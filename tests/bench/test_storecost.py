@@ -111,8 +111,9 @@ def test_script_replay_keeps_redis_busy_with_admitted_calls(
 ) -> None:
     """The lean driver replays this checkout's quota.lua on a store of its own, in each shape
     and on a 3-master Cluster (owners beyond the first passed undeclared, as the batcher
-    does); it fails on any call refused or in error, so its figures are of admissions."""
-    for shape in ([], ["--alone"], ["--cluster"]):
+    does), all its masters or one; it fails on any call refused or in error, or leases left
+    behind, so its figures are of admissions that settle."""
+    for shape in ([], ["--alone"], ["--cluster"], ["--one-master"]):
         argv = ["--tokens", "50", "--warmup", "0.2", "--seconds", "0.5", "--rounds", "1"]
         assert script_replay.main([*argv, *shape, str(ROOT)]) == 0
         lines = capsys.readouterr().out.splitlines()
