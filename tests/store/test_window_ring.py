@@ -1,5 +1,6 @@
 """The Redis window's ring of one-second slots (lua/quota.lua): seconds leave the window
-exactly, and an owner visited about once a second ages its window without a command of its own.
+exactly, and an owner visited about once a second ages its window without a command of its own;
+a settlement travelling alone touches only what it changes; leases that expired unsettled go.
 
 These windows are written directly, as they would stand after a token's earlier visits: a test
 cannot wait a minute for Redis's clock.  Slot i holds the bucket (requests * 2^33 + tokens) of
@@ -58,6 +59,17 @@ async def _run(
     finally:
         await client.aclose()
         await backend.close()
+
+
+async def _stale_slot(client: Redis, q: QuotaKeys, now: int) -> Settlement:
+    """A window whose o is 62 s old, its only bucket (2 requests, 200 tokens) that of now - 62,
+    in the slot of now - 1; and the settlement, its lease held, of a request of now - 1."""
+    await client.hset(
+        q.token_windows,
+        mapping={"o": now - 62, "rs": 2, "ts": 200, "c": 1, slot(now - 62): bucket(2, 200)},
+    )
+    await client.zadd(q.token_leases, {"~": float("inf"), "e1": (now + 60) * 1000})
+    return Settlement("e1", now - 1, 100, 10, NOT_BUDGETED)
 
 
 def test_a_window_visited_once_a_second_ages_without_a_command(
@@ -141,12 +153,7 @@ def test_a_slot_whose_second_left_is_not_corrected_as_its_new_second(
     limits = (100, 1000, 10, 0, 0, 0)
 
     async def body(backend: RedisBackend, client: Redis, q: QuotaKeys, now: int) -> Any:
-        await client.hset(
-            q.token_windows,
-            mapping={"o": now - 62, "rs": 2, "ts": 200, "c": 1, slot(now - 62): bucket(2, 200)},
-        )
-        await client.zadd(q.token_leases, {"~": float("inf"), "e1": (now + 60) * 1000})
-        done = Settlement("e1", now - 1, 100, 10, NOT_BUDGETED)  # slot(now - 1) is now - 62's
+        done = await _stale_slot(client, q, now)
         return await backend.quota(q, [done], AdmitRequest("e2", 7, 10_000, limits))
 
     decision, fields, _ = asyncio.run(_run(redis_server, "test-ring-stale", body))
@@ -199,13 +206,7 @@ def test_a_settlement_alone_leaves_a_stale_slot_and_a_missing_window_alone(
     made without an expiry."""
 
     async def body(backend: RedisBackend, client: Redis, q: QuotaKeys, now: int) -> Any:
-        await client.hset(
-            q.token_windows,
-            mapping={"o": now - 62, "rs": 2, "ts": 200, "c": 1, slot(now - 62): bucket(2, 200)},
-        )
-        await client.zadd(q.token_leases, {"~": float("inf"), "e1": (now + 60) * 1000})
-        stale = Settlement("e1", now - 1, 100, 10, NOT_BUDGETED)  # slot(now - 1) is now - 62's
-        await backend.quota(q, [stale], None)
+        await backend.quota(q, [await _stale_slot(client, q, now)], None)
         other = Keys("test-ring-gone").quota("gone", None)
         await client.zadd(other.token_leases, {"~": float("inf"), "e2": (now + 60) * 1000})
         await backend.quota(other, [Settlement("e2", now, 100, 10, NOT_BUDGETED)], None)
@@ -216,3 +217,31 @@ def test_a_settlement_alone_leaves_a_stale_slot_and_a_missing_window_alone(
     assert (fields["rs"], fields["ts"], fields[slot(now - 1)]) == (2, 200, bucket(2, 200))
     assert fields["c"] == 0  # its lease was released all the same
     assert (gone, leases) == (0, 1)  # no window made; the lease released (LIVE stays)
+
+
+def test_leases_that_expired_unsettled_are_dropped_with_the_windows_refresh(
+    redis_server: RedisServer,
+) -> None:
+    """A token without a concurrency limit or a budget never recounts its leases; the ones that
+    expired unsettled are dropped when its windows' expiry is pushed out (every 10 s), so they
+    do not pile up while it stays busy.  In between, no command looks for them."""
+    limits = (0, 1000, 0, 0, 0, 0)
+
+    async def body(backend: RedisBackend, client: Redis, q: QuotaKeys, now: int) -> Any:
+        first = await backend.quota(q, [], AdmitRequest("a", 10, 10_000, limits))
+        expired = {f"dead{i}": first.now_ms - 1000 for i in range(5)}
+        await client.zadd(q.token_leases, expired)  # five requests whose replica died
+        await client.hset(q.token_windows, "c", 7)  # counted with them (never below)
+        await client.config_resetstat()
+        await backend.quota(q, [], AdmitRequest("b", 10, 10_000, limits))
+        between = await client.zcard(q.token_leases)
+        ran = await client.info("commandstats")
+        await client.hset(q.token_windows, "x", now - 10)  # as if 10 s later
+        await backend.quota(q, [], AdmitRequest("c", 10, 10_000, limits))
+        return between, ran, await client.zcard(q.token_leases)
+
+    (between, ran, after), fields, _ = asyncio.run(_run(redis_server, "test-orphans", body))
+    assert between == 1 + 2 + 5  # LIVE, a and b, the five expired ones
+    assert "cmdstat_zrangebyscore" not in ran and "cmdstat_zremrangebyscore" not in ran
+    assert after == 1 + 3  # LIVE, a, b and c
+    assert fields["c"] == 7 + 1 - 5 + 1  # the five dropped from the count as well
