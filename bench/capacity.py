@@ -69,6 +69,7 @@ class CapacityPoint:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["fleet_rps_per_core"] = self.fleet_rps_per_core
+        out["driver_bound"] = self.driver_bound
         return out
 
 

@@ -332,7 +332,7 @@ def capacity_markdown(rows: list[dict[str, Any]]) -> list[str]:
         "was the bottleneck there, and a Redis that is not kept busy runs cold and costs more "
         "per request. `uv run python -m bench.script_replay` keeps it busy on such a machine.",
     ]
-    driver_bound = any(row["busy"] < BUSY_ENOUGH for row in rows if not row.get("failure"))
+    driver_bound = any(row.get("driver_bound") for row in rows if not row.get("failure"))
     return [
         "Redis at saturation (the gateway's store client and quota.lua driven directly: 4 "
         "replicas x 32 admissions in flight in one process on core 0, Redis alone on core 1; "

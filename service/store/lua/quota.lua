@@ -424,8 +424,10 @@ local function close(side)
   if refresh then
     -- With the expiry, drop the leases that expired unsettled (their replica died, or their
     -- settlement was lost): a token without a concurrency limit or a budget never recounts
-    -- its leases, and they would pile up for as long as it is busy.
-    local gone = expire(side.l, side.b)
+    -- its leases, and they would pile up for as long as it is busy.  (A side checked against
+    -- a budget, or recounted at its concurrency limit, had them dropped in this batch.)
+    local set = leases[side.l]
+    local gone = (set and set.purged) and 0 or expire(side.l, side.b)
     if gone > 0 and side.c ~= nil then
       side.c = max(0, side.c - gone)
       a[n + 1], a[n + 2], n = "c", fmt("%d", side.c), n + 2  -- a later field wins in HSET
