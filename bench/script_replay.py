@@ -20,9 +20,10 @@ Checkouts are measured alternately on a fresh store each (their own ``.venv``, t
 
     uv run python -m bench.script_replay --tokens 20000 --warmup 65 --rounds 4 . ../other
 
-The batch layout is lua/quota.lua's (ARGV: undeclared keys, owners and their key counts,
-calls); it is written out here, not taken from service/store/batching.py, so that a checkout
-with another batcher is measured with the same calls.
+The batch layout is lua/quota.lua's (ARGV: undeclared keys, the owners that are a team's
+token, calls); it is written out here, not taken from service/store/batching.py.  Each
+checkout is replayed by its own copy of this file (when it has one), so a checkout whose
+script takes other arguments is sent the same requests in its own layout.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 BATCH = 32  # calls per script call
+OWNER_BASE = 1024  # a call's head: its shape * OWNER_BASE + its owner (lua/quota.lua)
 CLUSTER_BATCH = 11  # per master's script call: 10.7 with the capacity driver's 4 x 32
 IN_FLIGHT = 4  # script calls sent ahead
 RESERVED, USED = 43, 19
@@ -110,23 +112,24 @@ class _Server:
             if alone and i % 2 == 1 and self.unsettled:
                 token, entry, at = self.unsettled.popleft()
                 keys += self.owners[token]
-                calls += [i + 1, 6, 1, entry, at, RESERVED, USED, NO_BUDGET]
+                calls += [2 * OWNER_BASE + i + 1, entry, at, USED - RESERVED, NO_BUDGET]
                 continue
             token = self.turn
             self.turn = (self.turn + 1) % len(self.owners)
             keys += self.owners[token]
             admitted += 1
             entry = next(entries)
-            settle: list[Any] = [0]
+            settle: list[Any] = []
             if alone:
                 mine.append((token, entry, second))
             else:
                 held = self.previous.pop(token, None)
                 if held is not None:
-                    settle = [1, held[0], held[1], RESERVED, USED, NO_BUDGET]
+                    settle = [held[0], held[1], USED - RESERVED, NO_BUDGET]
                 self.previous[token] = (entry, second)
             admit = [entry, RESERVED, 10_000, 0, LIMITS]
-            calls += [i + 1, len(settle) + len(admit), *settle, *admit]
+            shape = 2 * (len(settle) // 4) + 1
+            calls += [shape * OWNER_BASE + i + 1, *settle, *admit]
         self.in_flight.append(mine)
         size = len(self.owners[0])
         declared, hidden = (keys[:size], keys[size:]) if self.spread else (keys, [])
@@ -139,8 +142,7 @@ class _Server:
                     *declared,
                     len(hidden),
                     *hidden,
-                    self.batch,
-                    *[size] * self.batch,
+                    0,  # no owner is a team's token
                     self.batch,
                     *calls,
                 ]
@@ -218,7 +220,7 @@ class _Replay:
         while time.monotonic() < end:
             for server in self.servers:
                 answer = server.answered()
-                if not isinstance(answer, list) or any(call[0] != 0 for call in answer):
+                if not isinstance(answer, list) or any(_refused(call) for call in answer):
                     # every call settles, or is admitted: its limits are far from binding
                     raise RuntimeError(f"script call failed or refused: {answer}")
                 admitted += server.send_batch(self.sha, self.alone, self.entries)
@@ -226,6 +228,11 @@ class _Replay:
             for _ in range(IN_FLIGHT):
                 server.answered()
         return admitted
+
+
+def _refused(answer: Any) -> bool:
+    """Was a call refused?  One that only settles answers 0, one that admits a list."""
+    return answer != 0 if isinstance(answer, int) else answer[0] != 0
 
 
 def _work(args: argparse.Namespace) -> None:
@@ -249,13 +256,14 @@ def _measure(root: Path, args: argparse.Namespace) -> dict[str, float]:
     from bench.storecost import start_store
 
     python = root / ".venv" / "bin" / "python"
+    replay = root / "bench" / "script_replay.py"
     with tempfile.TemporaryDirectory() as workdir:
         cluster = args.cluster or args.one_master
         procs, ports = start_store("cluster" if cluster else "standalone", Path(workdir))
         try:
             argv = [
                 str(python if python.exists() else sys.executable),
-                __file__,
+                str(replay if replay.exists() else __file__),
                 "--work",
                 "--root",
                 str(root),

@@ -139,7 +139,8 @@ class Backend(Protocol):
     async def quota(
         self, keys: QuotaKeys, settle: Sequence[Settlement], admit: AdmitRequest | None
     ) -> QuotaDecision:
-        """Apply ``settle``, then admit or refuse ``admit`` (see lua/quota.lua)."""
+        """Apply ``settle``, then admit or refuse ``admit`` (see lua/quota.lua).  With no
+        ``admit`` the answer is ADMITTED, and nothing else in it counts."""
         ...
 
     async def renew(self, leases: Mapping[str, Sequence[str]], until_ms: int) -> None:

@@ -34,6 +34,8 @@ RedisClient = Redis | RedisCluster
 LAZY_S = 0.002
 MERGED = frozenset({"quota"})  # scripts whose arguments are a batch of calls
 MERGE_MAX = 64  # calls in one script call at most: Redis runs nothing else meanwhile
+OWNER_KEYS = 3  # keys of an owner of a merged call (a token); more (6) for a team's token
+OWNER_BASE = 1024  # a merged call's head: its first argument * OWNER_BASE + its owner
 
 Call = tuple[str, list[str], list[Any], asyncio.Future[Any]]
 
@@ -42,10 +44,11 @@ class _Command:
     """One EVALSHA of a pipeline, and the positions in the batch of the calls it carries.
 
     A ``merged`` command carries several calls, whose answers come back as a list.  Its
-    arguments (see lua/quota.lua): the keys not declared (``spread``: all but the first
-    owner's, for a batch of several Cluster slots); the number of owners (distinct key lists)
-    and each one's key count, its keys once; then the number of calls and, for each, its
-    owner, its argument count and its arguments."""
+    arguments (see lua/quota.lua; each costs Redis about 150 ns, so there are few): the keys
+    not declared (``spread``: all but the first owner's, for a batch of several Cluster
+    slots); the owners (distinct key lists, numbered in turn) with more than OWNER_KEYS keys;
+    then the number of calls and, for each, its head (its first argument, which says what
+    follows, times OWNER_BASE plus its owner) and its other arguments."""
 
     __slots__ = ("calls", "keys", "merged", "name", "owners", "positions", "sizes", "spread")
 
@@ -68,7 +71,7 @@ class _Command:
         if owner > len(self.sizes):
             self.keys += keys
             self.sizes.append(len(keys))
-        self.calls += [owner, len(args), *args]
+        self.calls += [args[0] * OWNER_BASE + owner, *args[1:]]
 
     @property
     def declared(self) -> list[str]:
@@ -79,14 +82,8 @@ class _Command:
         if not self.merged:
             return self.calls
         hidden = self.keys[self.sizes[0] :] if self.spread else []
-        return [
-            len(hidden),
-            *hidden,
-            len(self.sizes),
-            *self.sizes,
-            len(self.positions),
-            *self.calls,
-        ]
+        wide = [owner for owner, size in enumerate(self.sizes, 1) if size > OWNER_KEYS]
+        return [len(hidden), *hidden, len(wide), *wide, len(self.positions), *self.calls]
 
 
 class ScriptBatcher:

@@ -25,6 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.store.backend import (
+    ADMITTED,
     WINDOW_S,
     AdmitRequest,
     BreakerResult,
@@ -165,13 +166,17 @@ class RedisBackend:
     async def quota(
         self, keys: QuotaKeys, settle: Sequence[Settlement], admit: AdmitRequest | None
     ) -> QuotaDecision:
-        args: list[Any] = [len(settle)]
+        # The call's shape first (its settlements, and whether it admits), then each
+        # settlement's correction of its bucket, then the admission (lua/quota.lua).
+        args: list[Any] = [2 * len(settle) + (admit is not None)]
         for s in settle:
-            args += [s.entry, s.second, s.reserved, s.used, s.cost]
+            args += [s.entry, s.second, s.used - s.reserved if s.used >= 0 else 0, s.cost]
         if admit is not None:
             limits = ",".join(str(n) for n in (*admit.limits, *admit.budgets))
             args += [admit.entry, admit.cost, admit.lease_ms, admit.reserve, limits]
         raw = await self._script("quota", keys.as_list(), args, urgent=admit is not None)
+        if admit is None:  # the script answers 0: settled (its clock read by no one)
+            return QuotaDecision(ADMITTED, 0, int(time.time() * 1000), False, -1, -1)
         status, retry, now, side, rpm_left, tpm_left, budget_left, conc_left = (int(v) for v in raw)
         return QuotaDecision(
             status, retry, now, side == 1, rpm_left, tpm_left, budget_left, conc_left

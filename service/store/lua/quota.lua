@@ -11,15 +11,18 @@
 -- however many calls it holds.
 -- Inside Redis a number turned into a string (or back) costs about as much as a command, so
 -- the limits travel as one string parsed once per batch, and lease expiries are formatted
--- once per batch.
+-- once per batch.  Each argument costs too (about 150 ns: Redis parses it, then makes it a
+-- Lua string), as much as the rest of a lone settlement's Lua: the layout below spends as
+-- few as it can, and a call that only settles answers one number, not eight.
 --
 -- ARGV[1] U, then U keys not declared in KEYS (on a Cluster, where a command's keys must
 -- share a slot, only the first owner's keys are declared: the others follow KEYS here).  Then
--- O, the number of owners (a token, or a team's token), then each one's key count (3, or 6
--- for a team's token); KEYS and then the undeclared keys hold each owner's keys in turn:
+-- T, then the T owners (a token, or a team's token, numbered 1, 2, ... in turn) that are a
+-- team's token, in order; KEYS and then the undeclared keys hold each owner's keys in turn:
 -- token windows (hash), token leases (zset: entry id -> lease expiry, ms), token budget
 -- (hash), then for a team's token the team's windows, leases and budget.  Then M, the number
--- of calls, then for each: its owner (1 to O), its argument count, its arguments.
+-- of calls, then for each: its head, (2 * S + A) * 1024 + its owner (S its settlements, A 1
+-- when it admits), then its arguments.
 --
 -- Windows hash fields: "o" the oldest second that may hold a bucket; "rs"/"ts" requests/tokens
 -- in the window; "b0" to "b60" a ring of 61 one-second slots.  Slot i holds the bucket of the
@@ -45,27 +48,29 @@
 -- A reservation is held until its request settles; if its lease expires first (the replica
 -- died), the reservation is charged in full: spend is never under-counted.
 --
--- A call's arguments: S, the number of settlements, then S times:
---   entry id, admission second, reserved tokens, real tokens (-1: keep the reservation),
---   real cost in micro-USD (-1: charge the budget reservation in full; -2: no budget was
---   reserved, so no budget is read)
--- then, when admitting (the call has more arguments):
+-- A call's arguments: S times, a settlement:
+--   entry id, admission second, tokens to correct its bucket by (real less reserved; 0 when
+--   the reservation stands), real cost in micro-USD (-1: charge the budget reservation in
+--   full; -2: no budget was reserved, so no budget is read)
+-- then, when admitting:
 --   entry id, tokens to reserve, lease ms, worst-case cost (micro-USD), and the limits, one
 --   comma-separated string (the same for every call of an owner, parsed once per batch):
 --   token rpm, tpm, max_concurrency, team rpm, tpm, max_concurrency   (0 = no limit),
 --   token budget (micro-USD, -1 none), its period kind, team budget, its period kind
 -- A settlement applies only if its lease (or, for budgets, its reservation) is still held:
 -- it is idempotent; a lease that expired keeps its reservation, which errs on the safe side.
--- Returns for each call {status, retry_ms, now_ms, limiting side (0 token, 1 team), rpm
--- remaining, tpm remaining, budget remaining (micro-USD), leases free after an admission}
--- with remaining -1 when unlimited (and leases free only when admitted).
--- status: 0 admitted (or only settled), 1 over rpm, 2 over tpm, 3 over max_concurrency,
--- 4 over budget (retry_ms: until the period ends; 0 when it never does).
+-- Returns for each call that admits {status, retry_ms, now_ms, limiting side (0 token, 1
+-- team), rpm remaining, tpm remaining, budget remaining (micro-USD), leases free after an
+-- admission} with remaining -1 when unlimited (and leases free only when admitted); 0 for a
+-- call that only settles.
+-- status: 0 admitted, 1 over rpm, 2 over tpm, 3 over max_concurrency, 4 over budget
+-- (retry_ms: until the period ends; 0 when it never does).
 -- Globals as locals: in Redis's Lua each use of a global is a table lookup (two for
 -- redis.call), and this script makes hundreds per batch.  A numeric string on the hot path
 -- (an argument, a field read) is made a number by arithmetic, s + 0 (a field Redis had not:
 -- false, made nil), not by tonumber(), which parses it twice behind a C call.
 local call, tonumber, tostring, unpack = redis.call, tonumber, tostring, unpack
+local ARGV = ARGV
 local pairs, ipairs, type = pairs, ipairs, type
 local floor, max, fmt = math.floor, math.max, string.format
 local t = call("TIME")
@@ -88,7 +93,7 @@ local function slot(s)
   return name
 end
 local B_NOW = slot(now_s)
-local SETTLED = {0, 0, now, 0, -1, -1, -1, -1}  -- the answer of every call that only settles
+local SETTLED = 0  -- the answer of every call that only settles
 
 -- A bucket's requests and tokens.
 local function split(packed)
@@ -161,21 +166,22 @@ end
 -- ZREM, and the key's expiry) or before anything that reads the zset itself.
 -- {score = entry -> score (an entry settled is removed), adds = {score, entry, ...}, rems =
 --  {entry, ...}, purged = expired entries were dropped, expiry = "persist" or a time (ms) or
---  nil, fresh = the expiry a key created by the ZADD gets, direct = the batch settles one entry
---  here: removed at once by ZREM, no ZMSCORE}; the tables only once needed (most owners of a
---  batch add one lease and settle one).
+--  nil, fresh = the expiry a key created by the ZADD gets}; the tables only once needed (most
+--  owners of a batch add one lease and settle one).  A key where the batch settles one entry
+--  alone is in `direct` instead: that entry is removed at once by ZREM, no ZMSCORE (and no
+--  table made for a lone settlement).
 -- A leases key also holds LIVE, a member scored +inf that is never a lease: the key does not
 -- vanish when its last lease is settled (to be created again, with a new expiry, by the next
 -- admission).  Every ZADD names LIVE too, so its answer (members added) says whether the key
 -- was created (LIVE was missing): only then does it need an expiry set at once.  Leases are
 -- counted below +inf ("(+inf"), and expired ones are dropped by score, which never reaches it.
-local leases = {}
+local leases, direct = {}, {}
 local LIVE = "~"
 local function lease_set(l)
   local set = leases[l]
   if set == nil then
-    set = {purged = false, direct = nil, score = nil, adds = nil, rems = nil, expiry = nil,
-      fresh = nil}  -- its keys named here: the table is made with room for them
+    set = {purged = false, score = nil, adds = nil, rems = nil, expiry = nil, fresh = nil}
+    -- (its keys named here: the table is made with room for them)
     leases[l] = set
   end
   return set
@@ -208,8 +214,8 @@ end
 -- Release entry `e`'s lease on `l`: true if it was held (the proof that its request was
 -- admitted and is not settled yet), as ZREM would answer.
 local function take(l, e)
+  if direct[l] then return call("ZREM", l, e) == 1 end
   local set = leases[l]
-  if set and set.direct then return call("ZREM", l, e) == 1 end
   local score = set and set.score and set.score[e]
   if not score or (set.purged and score <= now) then return false end
   set.score[e] = nil
@@ -595,8 +601,7 @@ end
 -- same token reads its windows after it.
 local function settle_alone(base)
   if not take(kl, ARGV[base]) then return SETTLED end
-  local real, s = ARGV[base + 3] + 0, ARGV[base + 1] + 0
-  local delta = real >= 0 and real - ARGV[base + 2] or 0
+  local s, delta = ARGV[base + 1] + 0, ARGV[base + 2] + 0
   local f = delta ~= 0 and s >= now_s - 60 and slot(s)
   local v = f and call("HMGET", kw, "o", "c", "ts", f) or call("HMGET", kw, "o", "c")
   local o, c = v[1], v[2]
@@ -613,14 +618,14 @@ local function settle_alone(base)
   return SETTLED
 end
 
--- One call of the batch: its owner's keys from K[k] (3, or 6 with a team), its `na`
--- arguments from ARGV[a], the first of them its number of settlements `n`.  Returns its answer.
-local function run(k, nk, a, na, n)
+-- One call of the batch: its owner's keys from K[k] (3, or 6 with a team), its arguments
+-- from ARGV[a]: `n` settlements, then an admission when `admits`.  Returns its answer.
+local function run(k, nk, a, n, admits)
   kw, kl, kb = K[k], K[k + 1], K[k + 2]
   in_team = nk == 6
   if in_team then tw, tl, tb = K[k + 3], K[k + 4], K[k + 5] end
-  if na == 6 and n == 1 and not in_team and ARGV[a + 5] == "-2" and cache[kw] == nil then
-    return settle_alone(a + 1)
+  if n == 1 and not admits and not in_team and ARGV[a + 3] == "-2" and cache[kw] == nil then
+    return settle_alone(a)
   end
 
   -- 1. settlements: each lease removed is the proof that its request was admitted and not
@@ -631,20 +636,17 @@ local function run(k, nk, a, na, n)
   end
   local released, team_released = 0, 0  -- leases removed on the token side, on the team side
   for i = 0, n - 1 do
-    local base = a + 1 + i * 5
+    local base = a + i * 4
     local e = ARGV[base]
-    local c = ARGV[base + 4]  -- compared as a string: most settlements reserved no budget
+    local c = ARGV[base + 3]  -- compared as a string: most settlements reserved no budget
     if take(kl, e) then
       released = released + 1
-      local real = ARGV[base + 3] + 0
-      if real >= 0 then
-        local delta = real - ARGV[base + 2]
-        if delta ~= 0 then
-          local second = ARGV[base + 1] + 0
-          local sum = corrections[second]
-          if sum == nil then corrected = corrected + 1 end
-          corrections[second] = (sum or 0) + delta
-        end
+      local delta = ARGV[base + 2] + 0
+      if delta ~= 0 then
+        local second = ARGV[base + 1] + 0
+        local sum = corrections[second]
+        if sum == nil then corrected = corrected + 1 end
+        corrections[second] = (sum or 0) + delta
       end
     end
     -- Budgets: each side's reservation is its own proof (one charge per entry and side).
@@ -655,8 +657,8 @@ local function run(k, nk, a, na, n)
     end
   end
 
-  local p = a + 1 + n * 5
-  admitting = na > 1 + n * 5
+  local p = a + n * 4
+  admitting = admits
   if admitting then
     entry = ARGV[p]
     cost = ARGV[p + 1] + 0
@@ -715,16 +717,24 @@ local function run(k, nk, a, na, n)
   return {0, 0, now, 0, rpm_left, tpm_left, budget_left, conc_left}
 end
 
--- The batch's owners: their keys, in turn in K (first key and key count, by owner).
+-- The batch's owners: their keys, in turn in K (first key and key count, by owner): 3, or 6
+-- for the teams' tokens listed.
+local t_at = 2 + undeclared
+local teams = ARGV[t_at] + 0
+local owners = (#KEYS + undeclared) / 3 - teams
 local first_key, key_count = {}, {}
-local k, o_at = 1, 2 + undeclared
-local owners = tonumber(ARGV[o_at])
+local k, listed = 1, 1
+local team_owner = teams > 0 and ARGV[t_at + 1] + 0
 for i = 1, owners do
-  local nk = ARGV[o_at + i] + 0
+  local nk = 3
+  if i == team_owner then
+    nk, listed = 6, listed + 1
+    team_owner = listed <= teams and ARGV[t_at + listed] + 0
+  end
   first_key[i], key_count[i] = k, nk
   k = k + nk
 end
-local first_call = o_at + 2 + owners
+local first_call = t_at + teams + 2
 if undeclared > 0 then
   -- Touch one key of every owner not declared before anything is written (an owner's keys
   -- share a slot): one whose slot this server does not serve fails the script here, with
@@ -732,17 +742,21 @@ if undeclared > 0 then
   for i = 2, owners do call("EXISTS", K[first_key[i]]) end
 end
 
--- Each call's owner, argument count and number of settlements (3 slots per call), and the
--- leases the batch's settlements name, read at once per leases key.
-local calls = tonumber(ARGV[first_call - 1])
+-- Each call's owner, first argument, settlements and whether it admits (4 slots per call),
+-- and the leases the batch's settlements name, read at once per leases key.
+local calls = ARGV[first_call - 1] + 0
 local plan = {}
 local wanted = {}  -- leases key -> the entry its settlements name, or a list when several
 local a = first_call
 for i = 1, calls do
-  local owner, na, n = ARGV[a] + 0, ARGV[a + 1] + 0, ARGV[a + 2] + 0
-  plan[i * 3 - 2], plan[i * 3 - 1], plan[i * 3] = owner, na, n
+  local head = ARGV[a] + 0
+  local owner = head % 1024
+  local shape = (head - owner) / 1024
+  local admits = shape % 2
+  local n = (shape - admits) / 2
+  plan[i * 4 - 3], plan[i * 4 - 2], plan[i * 4 - 1], plan[i * 4] = owner, a + 1, n, admits == 1
   for s = 0, n - 1 do
-    local e = ARGV[a + 3 + s * 5]
+    local e = ARGV[a + 1 + s * 4]
     for j = 1, key_count[owner] == 6 and 2 or 1 do
       local l = K[first_key[owner] + 1 + (j - 1) * 3]
       local named = wanted[l]
@@ -755,13 +769,13 @@ for i = 1, calls do
       end
     end
   end
-  a = a + 2 + na
+  a = a + 1 + n * 4 + admits * 5
 end
 for l, named in pairs(wanted) do
-  local set = lease_set(l)
   if type(named) == "string" then
-    set.direct = true  -- one settlement: its own ZREM answers for it, one command not two
+    direct[l] = true  -- one settlement: its own ZREM answers for it, one command not two
   else
+    local set = lease_set(l)
     local scores = call("ZMSCORE", l, unpack(named))
     set.score = {}
     for i, e in ipairs(named) do set.score[e] = tonumber(scores[i]) end
@@ -769,11 +783,10 @@ for l, named in pairs(wanted) do
 end
 
 local results = {}
-a = first_call
 for i = 1, calls do
-  local owner, na = plan[i * 3 - 2], plan[i * 3 - 1]
-  results[i] = run(first_key[owner], key_count[owner], a + 2, na, plan[i * 3])
-  a = a + 2 + na
+  local owner = plan[i * 4 - 3]
+  results[i] = run(first_key[owner], key_count[owner], plan[i * 4 - 2], plan[i * 4 - 1],
+    plan[i * 4])
 end
 for _, side in ipairs(opened) do close(side) end
 for l in pairs(leases) do sync(l) end
