@@ -47,7 +47,8 @@ OWNER_BASE = 1024  # a call's head: its shape * OWNER_BASE + its owner (lua/quot
 CLUSTER_BATCH = 11  # per master's script call: 10.7 with the capacity driver's 4 x 32
 IN_FLIGHT = 4  # script calls sent ahead
 RESERVED, USED = 43, 19
-LIMITS = "1000000000,1000000000,100000,0,0,0,-1,0,-1,0"  # rpm, tpm, concurrency; no team, budget
+# rpm, tpm, concurrency; no team, no budget; the lease ms
+TERMS = "1000000000,1000000000,100000,0,0,0,-1,0,-1,0,10000"
 NO_BUDGET = -2
 
 
@@ -112,7 +113,7 @@ class _Server:
             if alone and i % 2 == 1 and self.unsettled:
                 token, entry, at = self.unsettled.popleft()
                 keys += self.owners[token]
-                calls += [2 * OWNER_BASE + i + 1, entry, at, USED - RESERVED, NO_BUDGET]
+                calls += [4 * OWNER_BASE + i + 1, entry, at, USED - RESERVED, NO_BUDGET]
                 continue
             token = self.turn
             self.turn = (self.turn + 1) % len(self.owners)
@@ -127,8 +128,8 @@ class _Server:
                 if held is not None:
                     settle = [held[0], held[1], USED - RESERVED, NO_BUDGET]
                 self.previous[token] = (entry, second)
-            admit = [entry, RESERVED, 10_000, 0, LIMITS]
-            shape = 2 * (len(settle) // 4) + 1
+            admit = [entry, RESERVED, TERMS]
+            shape = 4 * (len(settle) // 4) + 1
             calls += [shape * OWNER_BASE + i + 1, *settle, *admit]
         self.in_flight.append(mine)
         size = len(self.owners[0])

@@ -166,14 +166,17 @@ class RedisBackend:
     async def quota(
         self, keys: QuotaKeys, settle: Sequence[Settlement], admit: AdmitRequest | None
     ) -> QuotaDecision:
-        # The call's shape first (its settlements, and whether it admits), then each
-        # settlement's correction of its bucket, then the admission (lua/quota.lua).
-        args: list[Any] = [2 * len(settle) + (admit is not None)]
+        # The call's shape first (its settlements, and whether it admits and reserves), then
+        # each settlement's correction of its bucket, then the admission (lua/quota.lua).
+        shape = 0 if admit is None else 2 if admit.reserve else 1
+        args: list[Any] = [4 * len(settle) + shape]
         for s in settle:
             args += [s.entry, s.second, s.used - s.reserved if s.used >= 0 else 0, s.cost]
         if admit is not None:
-            limits = ",".join(str(n) for n in (*admit.limits, *admit.budgets))
-            args += [admit.entry, admit.cost, admit.lease_ms, admit.reserve, limits]
+            terms = ",".join(str(n) for n in (*admit.limits, *admit.budgets, admit.lease_ms))
+            args += [admit.entry, admit.cost, terms]
+            if admit.reserve:
+                args.append(admit.reserve)
         raw = await self._script("quota", keys.as_list(), args, urgent=admit is not None)
         if admit is None:  # the script answers 0: settled (its clock read by no one)
             return QuotaDecision(ADMITTED, 0, int(time.time() * 1000), False, -1, -1)

@@ -10,8 +10,8 @@
 -- settlements name; none for a single settlement) and written with one ZADD and one ZREM,
 -- however many calls it holds.
 -- Inside Redis a number turned into a string (or back) costs about as much as a command, so
--- the limits travel as one string parsed once per batch, and lease expiries are formatted
--- once per batch.  Each argument costs too (about 150 ns: Redis parses it, then makes it a
+-- the limits travel as one string parsed once per batch, and so are lease expiries
+-- formatted.  Each argument costs too (about 150 ns: Redis parses it, then makes it a
 -- Lua string), as much as the rest of a lone settlement's Lua: the layout below spends as
 -- few as it can, and a call that only settles answers one number, not eight.
 --
@@ -21,8 +21,9 @@
 -- team's token, in order; KEYS and then the undeclared keys hold each owner's keys in turn:
 -- token windows (hash), token leases (zset: entry id -> lease expiry, ms), token budget
 -- (hash), then for a team's token the team's windows, leases and budget.  Then M, the number
--- of calls, then for each: its head, (2 * S + A) * 1024 + its owner (S its settlements, A 1
--- when it admits), then its arguments.
+-- of calls, then for each: its head, (4 * S + A) * 1024 + its owner (S its settlements; A 0
+-- when it only settles, 1 when it admits, 2 when it admits and holds a budget reservation),
+-- then its arguments.
 --
 -- Windows hash fields: "o" the oldest second that may hold a bucket; "rs"/"ts" requests/tokens
 -- in the window; "b0" to "b60" a ring of 61 one-second slots.  Slot i holds the bucket of the
@@ -53,10 +54,12 @@
 --   the reservation stands), real cost in micro-USD (-1: charge the budget reservation in
 --   full; -2: no budget was reserved, so no budget is read)
 -- then, when admitting:
---   entry id, tokens to reserve, lease ms, worst-case cost (micro-USD), and the limits, one
---   comma-separated string (the same for every call of an owner, parsed once per batch):
---   token rpm, tpm, max_concurrency, team rpm, tpm, max_concurrency   (0 = no limit),
---   token budget (micro-USD, -1 none), its period kind, team budget, its period kind
+--   entry id, tokens to reserve, the terms: one comma-separated string (the same for every
+--   call of an owner, parsed once per batch) of
+--     token rpm, tpm, max_concurrency, team rpm, tpm, max_concurrency   (0 = no limit),
+--     token budget (micro-USD, -1 none), its period kind, team budget, its period kind,
+--     lease ms (0: no lease, nothing will settle),
+--   then, when A is 2, the worst-case cost (micro-USD) to reserve on the budgets.
 -- A settlement applies only if its lease (or, for budgets, its reservation) is still held:
 -- it is idempotent; a lease that expired keeps its reservation, which errs on the safe side.
 -- Returns for each call that admits {status, retry_ms, now_ms, limiting side (0 token, 1
@@ -245,21 +248,21 @@ local kw, kl, kb, tw, tl, tb, in_team  -- its keys: token windows, leases, budge
 local admitting, entry, cost, lease_ms, reserve, expiry
 local limits, budgets = {0, 0, 0, 0, 0, 0}, {-1, 0, -1, 0}  -- read only when admitting
 
--- A call's limits and budgets, parsed once per batch for each distinct string.
-local parsed = {}  -- string -> {limits = 6 numbers, budgets = 4 numbers}
-local function limits_of(text)
+-- A call's terms, parsed once per batch for each distinct string: {limits = 6 numbers,
+-- budgets = 4 numbers, lease = lease ms, expiry = a lease's expiry as the string ZADD takes
+-- (a number passed to redis.call is formatted on every call)}.
+local parsed = {}  -- string -> its terms
+local function terms_of(text)
   local v = parsed[text]
   if v == nil then
     local n = {}
     for x in string.gmatch(text, "[^,]+") do n[#n + 1] = tonumber(x) end
-    v = {limits = {n[1], n[2], n[3], n[4], n[5], n[6]}, budgets = {n[7], n[8], n[9], n[10]}}
+    v = {limits = {n[1], n[2], n[3], n[4], n[5], n[6]}, budgets = {n[7], n[8], n[9], n[10]},
+      lease = n[11], expiry = tostring(now + n[11])}
     parsed[text] = v
   end
   return v
 end
--- A lease's expiry as the string ZADD takes (a number passed to redis.call is formatted on
--- every call), once per batch for each lease length.
-local expiries = {}  -- lease ms (argument string) -> expiry (ms)
 -- The call's corrections: admission second -> tokens to add (real less reserved), `corrected`
 -- of them.  The table is emptied and used again by each call, and so are the other buffers
 -- below: making a table costs about as much as a command here.
@@ -619,12 +622,13 @@ local function settle_alone(base)
 end
 
 -- One call of the batch: its owner's keys from K[k] (3, or 6 with a team), its arguments
--- from ARGV[a]: `n` settlements, then an admission when `admits`.  Returns its answer.
+-- from ARGV[a]: `n` settlements, then an admission when `admits` (A, see the header) is not
+-- 0.  Returns its answer.
 local function run(k, nk, a, n, admits)
   kw, kl, kb = K[k], K[k + 1], K[k + 2]
   in_team = nk == 6
   if in_team then tw, tl, tb = K[k + 3], K[k + 4], K[k + 5] end
-  if n == 1 and not admits and not in_team and ARGV[a + 3] == "-2" and cache[kw] == nil then
+  if n == 1 and admits == 0 and not in_team and ARGV[a + 3] == "-2" and cache[kw] == nil then
     return settle_alone(a)
   end
 
@@ -658,19 +662,13 @@ local function run(k, nk, a, n, admits)
   end
 
   local p = a + n * 4
-  admitting = admits
+  admitting = admits > 0
   if admitting then
     entry = ARGV[p]
     cost = ARGV[p + 1] + 0
-    lease_ms = ARGV[p + 2] + 0
-    reserve = ARGV[p + 3] + 0
-    local v = limits_of(ARGV[p + 4])
-    limits, budgets = v.limits, v.budgets
-    expiry = expiries[ARGV[p + 2]]
-    if expiry == nil then
-      expiry = tostring(now + lease_ms)
-      expiries[ARGV[p + 2]] = expiry
-    end
+    local v = terms_of(ARGV[p + 2])
+    limits, budgets, lease_ms, expiry = v.limits, v.budgets, v.lease, v.expiry
+    reserve = admits == 2 and ARGV[p + 3] + 0 or 0
   end
   local team_budget = in_team and budgets[3] or -1
   -- Leases: the token's is the proof of admission that settlement looks for; the team's
@@ -742,7 +740,7 @@ if undeclared > 0 then
   for i = 2, owners do call("EXISTS", K[first_key[i]]) end
 end
 
--- Each call's owner, first argument, settlements and whether it admits (4 slots per call),
+-- Each call's owner, first argument, settlements and A (4 slots per call),
 -- and the leases the batch's settlements name, read at once per leases key.
 local calls = ARGV[first_call - 1] + 0
 local plan = {}
@@ -752,9 +750,9 @@ for i = 1, calls do
   local head = ARGV[a] + 0
   local owner = head % 1024
   local shape = (head - owner) / 1024
-  local admits = shape % 2
-  local n = (shape - admits) / 2
-  plan[i * 4 - 3], plan[i * 4 - 2], plan[i * 4 - 1], plan[i * 4] = owner, a + 1, n, admits == 1
+  local admits = shape % 4
+  local n = (shape - admits) / 4
+  plan[i * 4 - 3], plan[i * 4 - 2], plan[i * 4 - 1], plan[i * 4] = owner, a + 1, n, admits
   for s = 0, n - 1 do
     local e = ARGV[a + 1 + s * 4]
     for j = 1, key_count[owner] == 6 and 2 or 1 do
@@ -769,7 +767,7 @@ for i = 1, calls do
       end
     end
   end
-  a = a + 1 + n * 4 + admits * 5
+  a = a + 1 + n * 4 + (admits > 0 and admits + 2 or 0)
 end
 for l, named in pairs(wanted) do
   if type(named) == "string" then
