@@ -102,6 +102,43 @@ def test_team_limit_binds_every_token_of_the_team(run_backend: BackendRunner) ->
     assert run_backend(body) == [(ADMITTED, False)] * 3 + [(OVER_RPM, True)]
 
 
+def test_calls_of_several_owners_in_one_turn_are_each_answered_as_alone(
+    run_backend: BackendRunner,
+) -> None:
+    """Calls made in one event-loop turn travel as one script call on Redis (owners with and
+    without a team, admissions and lone settlements in one batch): each gets the answer it
+    would get alone, on every backend."""
+
+    async def body(backend: Backend, keys: Keys) -> list[object]:
+        solo, mate, other = (
+            keys.quota("solo", None),
+            keys.quota("mate", "team"),
+            keys.quota("o", None),
+        )
+        solo_limits, team_limits = (2, 100, 0, 0, 0, 0), (0, 0, 0, 3, 0, 0)
+        calls = []
+        for i in range(4):
+            calls.append(backend.quota(solo, [], AdmitRequest(f"s{i}", 40, 10_000, solo_limits)))
+            calls.append(backend.quota(mate, [], AdmitRequest(f"m{i}", 0, 0, team_limits)))
+        calls.append(backend.quota(other, [], AdmitRequest("o", 0, 0, (1, 0, 0, 0, 0, 0))))
+        first = await asyncio.gather(*calls)
+        second = first[0].now_ms // 1000
+        # one turn again: the lone settlements of the two admitted, and an admission of another
+        await asyncio.gather(
+            backend.quota(solo, [Settlement("s0", second, 40, 10)], None),
+            backend.quota(other, [], AdmitRequest("o2", 0, 0, (1, 0, 0, 0, 0, 0))),
+            backend.quota(solo, [Settlement("s1", second, 40, 0)], None),
+        )
+        return [[(d.status, d.team_side) for d in first], await backend.usage(solo)]
+
+    answers, usage = run_backend(body)
+    solo_answers, mate_answers = answers[0:8:2], answers[1:8:2]
+    assert solo_answers == [(ADMITTED, False)] * 2 + [(OVER_RPM, False)] * 2
+    assert mate_answers == [(ADMITTED, False)] * 3 + [(OVER_RPM, True)]
+    assert answers[8] == (ADMITTED, False)
+    assert usage == (2, 10, 0)  # 2 requests, their 80 tokens corrected to 10, none in flight
+
+
 def test_registry_modes_and_version(run_backend: BackendRunner) -> None:
     async def body(backend: Backend, keys: Keys) -> list[object]:
         before = await backend.registry_version()
