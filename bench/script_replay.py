@@ -113,6 +113,7 @@ class _Server:
             if alone and i % 2 == 1 and self.unsettled:
                 token, entry, at = self.unsettled.popleft()
                 keys += self.owners[token]
+                # one settlement, no admission: shape 4 * 1 + 0
                 calls += [4 * OWNER_BASE + i + 1, entry, at, USED - RESERVED, NO_BUDGET]
                 continue
             token = self.turn
@@ -129,7 +130,7 @@ class _Server:
                     settle = [held[0], held[1], USED - RESERVED, NO_BUDGET]
                 self.previous[token] = (entry, second)
             admit = [entry, RESERVED, TERMS]
-            shape = 4 * (len(settle) // 4) + 1
+            shape = (4 if settle else 0) + 1  # its settlement (if any), and it admits
             calls += [shape * OWNER_BASE + i + 1, *settle, *admit]
         self.in_flight.append(mine)
         size = len(self.owners[0])

@@ -51,6 +51,12 @@ class Settlement:
     cost: int = -1  # real cost in micro-USD; -1 charges the budget reservation in full;
     # NOT_BUDGETED: no budget was reserved (nothing to charge, no budget key read)
 
+    @property
+    def correction(self) -> int:
+        """Tokens to add to its admission's bucket: real less reserved (0: the reservation
+        stands)."""
+        return self.used - self.reserved if self.used >= 0 else 0
+
 
 @dataclass(frozen=True, slots=True)
 class AdmitRequest:

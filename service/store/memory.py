@@ -229,11 +229,11 @@ class MemoryBackend:
         token_leases = self._leases.setdefault(keys.token_leases, {})
         for s in settle:
             held = token_leases.pop(s.entry, None) is not None
-            if held and s.used >= 0 and s.used != s.reserved:
+            if held and s.correction:
                 for name in (keys.token_windows, keys.team_windows):
                     window = self._windows.get(name) if name else None
                     if window is not None:
-                        window.correct(s.second, s.used - s.reserved)
+                        window.correct(s.second, s.correction)
             # Budgets: each side's reservation is its own proof (see quota.lua).
             if s.cost != NOT_BUDGETED:
                 self._charge(keys.token_budget, s.entry, s.cost, now)

@@ -171,7 +171,7 @@ class RedisBackend:
         shape = 0 if admit is None else 2 if admit.reserve else 1
         args: list[Any] = [4 * len(settle) + shape]
         for s in settle:
-            args += [s.entry, s.second, s.used - s.reserved if s.used >= 0 else 0, s.cost]
+            args += [s.entry, s.second, s.correction, s.cost]
         if admit is not None:
             terms = ",".join(str(n) for n in (*admit.limits, *admit.budgets, admit.lease_ms))
             args += [admit.entry, admit.cost, terms]

@@ -84,6 +84,7 @@ local DAY = 86400000
 local REFRESH_S = 10
 local PACK = 8589934592  -- 2^33: a bucket is requests * PACK + tokens
 local RING = 61  -- slots: the window's 61 seconds
+local OWNER_BASE = 1024  -- a call's head: (4 * S + A) * OWNER_BASE + its owner (see above)
 -- The field of second s's slot; names made once per script call, when first needed (a number
 -- turned into a string costs about as much as a command here).
 local names = {}
@@ -749,8 +750,8 @@ local wanted = {}  -- leases key -> the entry its settlements name, or a list wh
 local a = first_call
 for i = 1, calls do
   local head = ARGV[a] + 0
-  local owner = head % 1024
-  local shape = (head - owner) / 1024
+  local owner = head % OWNER_BASE
+  local shape = (head - owner) / OWNER_BASE
   local admits = shape % 4
   local n = (shape - admits) / 4
   plan[i * 4 - 3], plan[i * 4 - 2], plan[i * 4 - 1], plan[i * 4] = owner, a + 1, n, admits
