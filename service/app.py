@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from service import errors
 from service.api import chat, completions, responses_api
@@ -31,6 +31,7 @@ from service.api.http import (
     send_response,
 )
 from service.api.ops import create_ops_app
+from service.apis import Api
 from service.errors import GatewayError
 from service.gateway import Gateway
 from service.settings import Settings, settings_from_env
@@ -42,10 +43,10 @@ Handler = Callable[[Gateway, Request], Awaitable[Response | StreamResponse]]
 
 # The hot routes: path -> (route label, {method: handler}).  Every other path goes to FastAPI.
 Route = tuple[str, dict[str, Handler]]
-_CHAT: Route = ("chat", {"POST": chat.chat_completions})
-_EMBEDDINGS: Route = ("embeddings", {"POST": chat.embeddings})
-_RESPONSES: Route = ("responses", {"POST": responses_api.create_response})
-_COMPLETIONS: Route = ("completions", {"POST": completions.completions})
+_CHAT: Route = (Api.CHAT, {"POST": chat.chat_completions})
+_EMBEDDINGS: Route = (Api.EMBEDDINGS, {"POST": chat.embeddings})
+_RESPONSES: Route = (Api.RESPONSES, {"POST": responses_api.create_response})
+_COMPLETIONS: Route = (Api.COMPLETIONS, {"POST": completions.completions})
 ROUTES: dict[str, Route] = {
     "/v1/chat/completions": _CHAT,
     "/chat/completions": _CHAT,
@@ -69,9 +70,9 @@ OPS_ROUTES: dict[str, str] = {
 OPS_PREFIXES = (
     ("/v1/models/", "models"),
     ("/models/", "models"),
-    ("/v1/responses/", "responses"),
+    ("/v1/responses/", Api.RESPONSES),
 )
-_HOT_LABELS = ("chat", "embeddings", "responses", "completions")
+_HOT_LABELS = (Api.CHAT, Api.EMBEDDINGS, Api.RESPONSES, Api.COMPLETIONS)
 _LABELS = (*_HOT_LABELS, *sorted(set(OPS_ROUTES.values())), "admin", "other")
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -86,7 +87,9 @@ class App:
         self._counters: dict[tuple[str, int, str, str], Counter] = {}
         self._in_flight = {route: self._metrics.in_flight.labels(route) for route in _LABELS}
         self._durations = {route: self._metrics.request_duration.labels(route) for route in _LABELS}
-        self._overhead = {route: self._metrics.overhead.labels(route) for route in _HOT_LABELS}
+        self._overhead: dict[str, Histogram] = {
+            route: self._metrics.overhead.labels(route) for route in _HOT_LABELS
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

@@ -87,7 +87,7 @@ class Section(BaseModel):
 
 
 # The APIs a provider may serve; ``apis:`` lists them (default: chat and embeddings).
-ApiName = Literal["chat", "embeddings", "responses", "completions"]
+ApiName = Literal["chat", "embeddings", "responses", "completions", "messages"]
 DEFAULT_APIS: tuple[ApiName, ...] = ("chat", "embeddings")
 
 

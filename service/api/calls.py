@@ -8,6 +8,7 @@ from typing import Any
 
 from service import errors
 from service.api.http import Request, Response
+from service.apis import Api
 from service.gateway import Gateway
 from service.quotas.limits import Estimate, Record
 from service.routing.router import Call, Completion
@@ -55,7 +56,7 @@ async def open_call(
     token: Record | None,
     model: str,
     need: Estimate,
-    api: str = "chat",
+    api: str = Api.CHAT,
     pinned: list[Candidate] | None = None,
 ) -> tuple[Call, list[Candidate]]:
     """Which candidates (``pinned``, or those serving ``api``), and the quota admission (no

@@ -9,12 +9,13 @@ from service import errors
 from service.api.auth import require_token
 from service.api.calls import finish_failed, int_field, open_call, relayed, served_headers
 from service.api.http import SSE_HEADERS, Request, Response, StreamResponse, parse_json
+from service.apis import Api
 from service.gateway import Gateway
 from service.quotas.limits import estimate
 from service.routing.relay import DONE_FRAME
 from service.routing.router import Completion
 
-COMPLETIONS = "completions"
+COMPLETIONS = Api.COMPLETIONS
 
 
 def validate_completion(body: Any) -> tuple[str, bool, bool]:

@@ -17,6 +17,7 @@ from urllib.parse import quote
 import orjson
 
 from service import errors
+from service.apis import Api
 from service.routing.catalog import Catalog
 from service.routing.cooldowns import Cooldowns
 from service.routing.table import Candidate
@@ -27,7 +28,7 @@ from service.upstream.errors import UpstreamFailure
 log = logging.getLogger("best.conversations")
 
 TTL_S = 30 * 86400  # as long as OpenAI keeps a stored response
-RESPONSES = "responses"
+RESPONSES = Api.RESPONSES
 # What a response id may look like: bounded, and safe in a URL path and a store key.
 _ID = re.compile(r"^[A-Za-z0-9_.:-]{1,256}$")
 

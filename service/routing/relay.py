@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from service.apis import Api
 from service.errors import StreamFailed
 from service.upstream.client import UpstreamStream
 from service.upstream.errors import (
@@ -50,7 +51,7 @@ class StreamRelay:
     response_id: str | None = None
 
     def __init__(
-        self, upstream: UpstreamStream, client_wants_usage: bool, api: str = "chat"
+        self, upstream: UpstreamStream, client_wants_usage: bool, api: str = Api.CHAT
     ) -> None:
         self.upstream = upstream
         self._client_wants_usage = client_wants_usage
@@ -92,7 +93,7 @@ class StreamRelay:
         self.usage = parsed.get("usage")
         self.done = self.finished = True
         chunk: dict[str, Any]
-        if self._api == "completions":
+        if self._api == Api.COMPLETIONS:
             # A legacy completion's choices are already in chunk form (``text``).
             chunk = {k: v for k, v in parsed.items() if k != "usage"}
         else:

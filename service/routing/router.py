@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import orjson
 
 from service import errors
+from service.apis import Api
 from service.errors import GatewayError
 from service.ids import IdGenerator
 from service.observability.metrics import Metrics
@@ -53,12 +54,11 @@ log = logging.getLogger("best.router")
 Checker = Callable[[Any], UpstreamFailure | None]
 # What a usable 200 answer of each API looks like.
 CHECKS: dict[str, Checker] = {
-    "chat": check_completion,
-    "completions": check_completion,
-    "embeddings": check_embeddings,
-    "responses": check_response,
+    Api.CHAT: check_completion,
+    Api.COMPLETIONS: check_completion,
+    Api.EMBEDDINGS: check_embeddings,
+    Api.RESPONSES: check_response,
 }
-API_NAMES = {"responses": "Responses", "completions": "Completions", "embeddings": "Embeddings"}
 # Called with the chosen candidate and its relay before a stream's first byte leaves.
 OnOpen = Callable[[Candidate, Relay], Awaitable[None]]
 
@@ -78,7 +78,7 @@ class Call:
     upstream_s: float = 0.0
     candidate: Candidate | None = None
     headers: Headers = field(default_factory=list)  # quota headers for the client
-    operation: str = "chat"  # or "embeddings"
+    operation: Api = Api.CHAT
     settle: Callable[[Usage | None], None] = _no_settlement
     finished: bool = False
     hedge_after_ms: float | None = None  # None: no hedging; HEDGE_P95: the pair's p95
@@ -174,7 +174,7 @@ class Router:
                 raise errors.unavailable(no_keys)
             if api != CHAT and table.resolve(model):
                 raise errors.ModelNotFound(
-                    f"No provider serving the {API_NAMES.get(api, api)} API serves the model "
+                    f"No provider serving the {Api(api).display} API serves the model "
                     f"`{model or AUTO}` (see apis: in meta-providers.yaml).",
                     param="model",
                 )
@@ -244,7 +244,7 @@ class Router:
         self._metrics.upstream_duration.labels(*labels, "ok").observe(elapsed)
         if used:
             self._metrics.tokens.labels(*labels, "input").observe(prompt)
-            if call.operation != "embeddings":
+            if call.operation != Api.EMBEDDINGS:
                 self._metrics.tokens.labels(*labels, "output").observe(completion)
         return used
 
@@ -360,9 +360,9 @@ class Router:
     ) -> Completion:
         """A non-streaming answer of ``api`` (default: chat, or embeddings) with failover
         (and hedging)."""
-        api = api or ("embeddings" if embeddings else CHAT)
+        api = api or (Api.EMBEDDINGS if embeddings else Api.CHAT)
         check = CHECKS[api]
-        call.operation = api
+        call.operation = Api(api)
         plan = _Plan(call, candidates, self._settings.max_attempts, self._cooldowns)
 
         async def attempt(candidate: Candidate) -> _Answer:
@@ -399,8 +399,8 @@ class Router:
         request (the client's fault).  ``on_open`` runs once the stream is chosen, before
         its first byte is sent; if it raises, the upstream is closed and the error
         propagates."""
-        call.operation = api
-        if api == "responses":
+        call.operation = Api(api)
+        if api == Api.RESPONSES:
             client_wants_usage = True  # the Responses API always reports usage on its own
         elif not client_wants_usage:
             options = body.get("stream_options")
@@ -430,7 +430,7 @@ class Router:
                         )
                     relay: Relay = (
                         EventRelay(upstream)
-                        if api == "responses"
+                        if api == Api.RESPONSES
                         else StreamRelay(upstream, client_wants_usage, api)
                     )
                     first = await relay.first_frames()

@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
+from service.apis import Api
 from service.routing.scoring import Score
 from service.store.keys import pair_field, provider_field
 
 AUTO = "priority-auto"
-CHAT = "chat"
+CHAT = Api.CHAT
 # Every API a provider may serve (``apis:`` in meta-providers.yaml); each has a table of its own.
-APIS = ("chat", "embeddings", "responses", "completions")
+APIS = tuple(Api)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -45,21 +46,22 @@ class Candidate:
         base_url: str,
         api_key: str,
         timeout_s: float,
-        apis: frozenset[str] = frozenset(("chat", "embeddings")),
+        apis: frozenset[str] = frozenset((Api.CHAT, Api.EMBEDDINGS)),
         first_token_timeout_s: float | None = None,
     ) -> Candidate:
-        urls = {
-            "chat": f"{base_url}/chat/completions",
-            "embeddings": f"{base_url}/embeddings",
-            "responses": f"{base_url}/responses",
-            "completions": f"{base_url}/completions",
+        urls: dict[str, str] = {
+            Api.CHAT: f"{base_url}/chat/completions",
+            Api.EMBEDDINGS: f"{base_url}/embeddings",
+            Api.RESPONSES: f"{base_url}/responses",
+            Api.COMPLETIONS: f"{base_url}/completions",
+            Api.MESSAGES: f"{base_url}/messages",
         }
         return cls(
             provider=provider,
             model=model,
             score=score,
-            chat_url=urls["chat"],
-            embeddings_url=urls["embeddings"],
+            chat_url=urls[Api.CHAT],
+            embeddings_url=urls[Api.EMBEDDINGS],
             base_url=base_url,
             apis=apis,
             urls=urls,
