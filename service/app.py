@@ -4,9 +4,9 @@ long-lived objects for both.
 
 Why two: chat and embeddings are the gateway's throughput, and a framework's per-request
 machinery (request objects, dependency resolution, middleware stack) would show in their
-profile (README, "Why the hot routes are plain ASGI"); the admin and operations routes gain
-FastAPI's validation and OpenAPI document, and cost nothing on the hot path: dispatch is the
-same one dict lookup.
+profile (docs/architecture.md, "Why the hot routes are plain ASGI"); the admin and operations
+routes gain FastAPI's validation and OpenAPI document, and cost nothing on the hot path:
+dispatch is the same one dict lookup.
 """
 
 from __future__ import annotations

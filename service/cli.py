@@ -338,7 +338,7 @@ def _limit_options(parser: argparse.ArgumentParser) -> None:
 
 
 SERVE_EPILOG = """\
-environment (see the README's Environment table for every variable):
+environment (docs/configuration.md lists every variable):
   PORT, HOST                  where to listen (default 127.0.0.1:12345)
   CONFIG_DIR                  folder of meta-providers.yaml and friends (default config)
   <provider>_API_KEY          each provider's key, named by api_key_env_var in the config

@@ -94,15 +94,15 @@ def test_serve_help_points_to_the_environment(capsys: pytest.CaptureFixture[str]
     out = capsys.readouterr().out
     for name in ("PORT", "CONFIG_DIR", "AUTH_TOKENS", "REDIS_URL", "REQUEST_READ_TIMEOUT_S"):
         assert name in out, out
-    assert "README" in out
+    assert "docs/configuration.md" in out
 
 
 def test_check_config_help_explains_offline(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["check-config", "--help"])
     assert "--offline" in capsys.readouterr().out
-    readme = (REPO / "README.md").read_text()
-    assert "--offline" in readme
+    manual = (REPO / "docs" / "configuration.md").read_text()
+    assert "--offline" in manual
 
 
 def test_check_config_shows_the_fleets_live_factor_and_breaker_state(

@@ -35,7 +35,7 @@ class TeamNotFound(NotFound):
 
 
 def to_team(fields: dict[str, str]) -> dict[str, Any]:
-    """The public team record (SPEC section 8)."""
+    """The public team record (docs/teams-budgets.md)."""
     return {
         "id": fields["id"],
         "name": fields.get("name", ""),

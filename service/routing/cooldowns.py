@@ -1,7 +1,7 @@
 """Cooldowns and circuit breakers: which providers and pairs are out of rotation, as every
 replica sees it.
 
-Policy (SPEC section 3):
+Policy (docs/routing.md, "Circuit breakers" and "Cooldowns"):
 - a provider's 429 cools the whole provider for its ``Retry-After`` (clamped to 1 s .. 1 h;
   without one 10 s, doubling per 429 in a row up to 5 minutes); 401/403 cool it 5 minutes;
 - any other failure is evidence against the (provider, model) pair, never a verdict on its

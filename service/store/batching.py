@@ -44,7 +44,7 @@ class _Command:
     """One EVALSHA of a pipeline, and the positions in the batch of the calls it carries.
 
     A ``merged`` command carries several calls, whose answers come back as a list.  Its
-    arguments (see lua/quota.lua; each costs Redis about 150 ns, so there are few): the keys
+    arguments (see lua/quota.lua; Redis parses each one, so there are few): the keys
     not declared (``spread``: all but the first owner's, for a batch of several Cluster
     slots); the owners (distinct key lists, numbered in turn) with more than OWNER_KEYS keys;
     then the number of calls and, for each, its head (its first argument, which says what

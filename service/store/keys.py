@@ -77,9 +77,9 @@ class Keys:
     # -- quotas ------------------------------------------------------------------------------
 
     def quota(self, token_id: str, team_id: str | None) -> QuotaKeys:
-        # ":ring", not the ":window" or ":windows" of earlier versions: its buckets are laid
-        # out anew (lua/quota.lua), so during a rolling upgrade each version counts in its
-        # own key.
+        # ":ring": buckets laid out as lua/quota.lua says.  Keys of other layouts (":window",
+        # ":windows") are never read, so during a rolling upgrade each layout counts in its
+        # own key (docs/operations/redis.md).
         group = f"{self.prefix}:{{q:{team_id or token_id}}}"
         token = f"{group}:token:{token_id}"
         if team_id is None:
