@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import plot
+from bench.page import soak_documents, write_page
 from bench.procs import HELPER_CORE, cpu_count, pin_self
 from bench.report import (
     main_table,
@@ -26,6 +27,7 @@ from bench.soak import run_soak, write_soak
 from bench.targets import ROOT, setup_litellm, sync_project
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DOCS_DIR = ROOT / "docs"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -97,9 +99,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--report-only",
         action="store_true",
-        help="re-render latest.md and the plot from latest.json without measuring",
+        help="re-render latest.md, the docs' performance page and its plots from latest.json "
+        "(and the soak documents) without measuring",
     )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument(
+        "--docs-dir",
+        type=Path,
+        default=DOCS_DIR,
+        help="where performance.md and img/ are written (default: the project's docs/)",
+    )
+    parser.add_argument(
+        "--no-docs",
+        action="store_true",
+        help="leave the docs' performance page alone (a quick run, or another --gateway-root, "
+        "never writes it)",
+    )
     parser.add_argument("--keep-workdir", action="store_true", help="keep configs and logs")
     return parser.parse_args(argv)
 
@@ -162,16 +177,42 @@ def _plot(kind: str, data: Path, out: Path) -> None:
         log(problem)
 
 
+def publish(args: argparse.Namespace) -> None:
+    """The docs' performance page from ``latest.json`` (and the soaks), with its plots."""
+    results_dir: Path = args.results_dir
+    docs_dir: Path = args.docs_dir
+    results = json.loads((results_dir / "latest.json").read_text())
+    page = write_page(results, results_dir, docs_dir)
+    log(f"wrote {page}")
+    if args.no_plot:
+        return
+    (docs_dir / "img").mkdir(parents=True, exist_ok=True)
+    _plot("latency", results_dir / "latest.json", docs_dir / "img" / "latency.png")
+    for store in soak_documents(results_dir):
+        _plot("soak", results_dir / f"soak-{store}.json", docs_dir / "img" / f"soak-{store}.png")
+
+
+def _writes_docs(args: argparse.Namespace) -> bool:
+    """A smoke test, or a run of another checkout, is not the project's latest figures."""
+    return not (args.no_docs or args.quick or args.gateway_root.resolve() != ROOT)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     results_dir: Path = args.results_dir
 
     if args.report_only:
+        if not (results_dir / "latest.json").exists():
+            print(f"no {results_dir / 'latest.json'}: run the benchmark first", file=sys.stderr)
+            return 2
         results = json.loads((results_dir / "latest.json").read_text())
         _print_report(results)
         write_outputs(results, results_dir)
-        if not args.no_plot:
-            _plot("latency", results_dir / "latest.json", results_dir / "latency.png")
+        if args.no_docs:
+            if not args.no_plot:
+                _plot("latency", results_dir / "latest.json", results_dir / "latency.png")
+        else:
+            publish(args)
         return 0
 
     for tool in ("nginx", "wrk", "redis-server"):
@@ -211,13 +252,17 @@ def main(argv: list[str] | None = None) -> int:
             print(md_path.read_text())
             if not args.no_plot:
                 _plot("soak", json_path, json_path.with_suffix(".png"))
+            if _writes_docs(args) and (results_dir / "latest.json").exists():
+                publish(args)
             ok = soak["crash"] is None
         else:
             results = run_all(settings_from(args), workdir)
             _print_report(results)
             json_path, md_path = write_outputs(results, results_dir)
             log(f"wrote {json_path} and {md_path}")
-            if not args.no_plot:
+            if _writes_docs(args):
+                publish(args)
+            elif not args.no_plot:
                 _plot("latency", json_path, results_dir / "latency.png")
             ok = True
     finally:

@@ -212,7 +212,11 @@ def _failed(label: str, failure: str, columns: int) -> list[str]:
     return [label, f"failed: {failure[:120]}", *["n/a"] * (columns - 2)]
 
 
-def store_cost_table(rows: list[dict[str, Any]]) -> list[str]:
+def _labelled(label: str, commit: str, with_commit: bool) -> str:
+    return f"{label} (`{commit}`)" if with_commit else label
+
+
+def store_cost_table(rows: list[dict[str, Any]], with_commit: bool = True) -> list[str]:
     """Per gateway request, counted at Redis (bench/storecost.py says how)."""
     header = [
         "Redis store, token",
@@ -228,14 +232,15 @@ def store_cost_table(rows: list[dict[str, Any]]) -> list[str]:
     ]
     lines: list[list[str]] = []
     for row in rows:
+        label = _labelled(row["label"], row["commit"], with_commit)
         if row.get("failure"):
-            lines.append(_failed(row["label"], row["failure"], len(header)))
+            lines.append(_failed(label, row["failure"], len(header)))
             continue
         sent = row["commands_sent"]
         fleet = row["fleet_rps_per_core"]
         lines.append(
             [
-                f"{row['label']} (`{row['commit']}`)",
+                label,
                 f"{row['rps']:,.0f}",
                 f"{row['commands_run']:.2f} / {'n/a' if sent is None else f'{sent:.2f}'}",
                 f"{row['script_calls']:.2f}",
@@ -255,14 +260,15 @@ def _by_name(counts: dict[str, float]) -> str:
     return ", ".join(shown) or "none"
 
 
-def store_cost_details(rows: list[dict[str, Any]]) -> list[str]:
+def store_cost_details(rows: list[dict[str, Any]], with_commit: bool = True) -> list[str]:
     """Commands per request by name (MONITOR run) and how script calls spread over masters."""
     out: list[str] = []
     for row in rows:
         if row.get("failure"):
             continue
         line = (
-            f"- {row['label']} (`{row['commit']}`): sent {_by_name(row['sent_by_name'])}; "
+            f"- {_labelled(row['label'], row['commit'], with_commit)}: "
+            f"sent {_by_name(row['sent_by_name'])}; "
             f"in scripts {_by_name(row['in_scripts_by_name'])}"
         )
         if "idle_cpu_us_per_s" in row:
@@ -281,20 +287,20 @@ def store_cost_details(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def store_cost_markdown(rows: list[dict[str, Any]]) -> list[str]:
+def store_cost_markdown(rows: list[dict[str, Any]], with_commit: bool = True) -> list[str]:
     return [
         "Store cost per request (JSON, c=32, 8 tokens in turn; counted at Redis, summed over "
         "masters):",
         "",
-        *store_cost_table(rows),
+        *store_cost_table(rows, with_commit),
         "",
         "Commands per request by name (from a separate run under MONITOR):",
         "",
-        *store_cost_details(rows),
+        *store_cost_details(rows, with_commit),
     ]
 
 
-def capacity_markdown(rows: list[dict[str, Any]]) -> list[str]:
+def capacity_markdown(rows: list[dict[str, Any]], with_commit: bool = True) -> list[str]:
     """Redis at saturation, driven through the store client (bench/capacity.py says how)."""
     if not rows:
         return []
@@ -310,7 +316,7 @@ def capacity_markdown(rows: list[dict[str, Any]]) -> list[str]:
     lines: list[list[str]] = []
     for row in rows:
         what = shape(row["tokens"], row.get("alone", False))
-        label = f"{row['topology']}, {what} (`{row['commit']}`)"
+        label = _labelled(f"{row['topology']}, {what}", row["commit"], with_commit)
         if row.get("failure"):
             lines.append(_failed(label, row["failure"], len(header)))
             continue

@@ -1,0 +1,92 @@
+"""The docs' performance page, written from a results document and the template beside this
+module: the method text with the latest run's tables filled in (``$name`` placeholders)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import string
+from pathlib import Path
+from typing import Any
+
+from bench.report import (
+    Results,
+    capacity_markdown,
+    main_table,
+    notes,
+    ratio_table,
+    store_cost_markdown,
+    sweep_table,
+)
+from bench.soak import render_soak_markdown
+
+TEMPLATE = Path(__file__).resolve().parent / "performance_template.md"
+SOAK_STORES = ("redis", "embedded")
+
+
+def run_line(meta: dict[str, Any]) -> str:
+    """When, on which commit and on what machine the run was made."""
+    started = dt.datetime.fromisoformat(meta["started_at"]).astimezone(dt.UTC)
+    machine = ", ".join(part for part in (meta.get("cpu"), meta.get("machine")) if part)
+    return (
+        f"Run on {started:%Y-%m-%d} at {started:%H:%M} UTC, commit `{meta['commit']}` "
+        f"({meta['mode']}, {meta['duration_s']:g} s per point), on {machine}: "
+        f"{meta['pinning']}."
+    )
+
+
+def soak_section(soaks: dict[str, dict[str, Any]]) -> str:
+    if not soaks:
+        return "Not measured with this run: `uv run python -m bench --soak`, then `--report-only`."
+    parts = []
+    for store, soak in soaks.items():
+        parts.append(render_soak_markdown(soak).rstrip())
+        parts.append(f"![Gateway memory during the {store}-store soak](img/soak-{store}.png)")
+    return "\n\n".join(parts)
+
+
+def render_page(
+    results: Results, soaks: dict[str, dict[str, Any]] | None = None, template: str | None = None
+) -> str:
+    """The page for ``results`` (and the soak documents, by store)."""
+    text = TEMPLATE.read_text() if template is None else template
+    store_cost = results.get("store_cost")
+    capacity = results.get("capacity")
+    extra = notes(results)
+    sections = {
+        "run": run_line(results["meta"]),
+        "concurrency": str(results["meta"]["throughput_concurrency"]),
+        "throughput": "\n".join(main_table(results)),
+        "ratios": "\n".join(ratio_table(results)),
+        "sweep": "\n".join(sweep_table(results)),
+        "store_cost": "\n".join(store_cost_markdown(store_cost, with_commit=False))
+        if store_cost
+        else "Not measured in this run (`--store-topologies none`).",
+        "capacity": "\n".join(capacity_markdown(capacity, with_commit=False))
+        if capacity
+        else "Not measured in this run.",
+        "soak": soak_section(soaks or {}),
+        "notes": "\n".join(["### Notes on this run", "", *extra]) if extra else "",
+    }
+    page = string.Template(text).substitute(sections)
+    while "\n\n\n" in page:  # an empty section leaves blank lines behind
+        page = page.replace("\n\n\n", "\n\n")
+    return page
+
+
+def soak_documents(results_dir: Path) -> dict[str, dict[str, Any]]:
+    """The latest soak of each store that has one in ``results_dir``."""
+    found: dict[str, dict[str, Any]] = {}
+    for store in SOAK_STORES:
+        path = results_dir / f"soak-{store}.json"
+        if path.exists():
+            found[store] = json.loads(path.read_text())
+    return found
+
+
+def write_page(results: Results, results_dir: Path, docs_dir: Path) -> Path:
+    """Write ``docs_dir/performance.md``; the plots are made by the caller."""
+    path = docs_dir / "performance.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_page(results, soak_documents(results_dir)))
+    return path
