@@ -61,11 +61,14 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _need(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+_KINDS: dict[type, str] = {str: "a string", dict: "an object", list: "a list"}
+
+
+def _need(obj: dict[str, Any], key: str, kind: type, where: str) -> Any:
     value = obj.get(key)
     if not isinstance(value, kind):
-        name = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise _bad(f"{where}.{key}", f"{'required, ' if value is None else ''}must be {name}")
+        required = "required, " if value is None else ""
+        raise _bad(f"{where}.{key}", f"{required}must be {_KINDS[kind]}")
     return value
 
 
