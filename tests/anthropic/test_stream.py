@@ -411,3 +411,46 @@ def test_a_replayed_message_keeps_raw_arguments_and_signatures() -> None:
     events = parse(message_events(message))
     check_grammar(events)
     assert reassemble(events) == message
+
+
+@st.composite
+def any_order(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Reasoning, text and tool-call deltas in any order, as a careless upstream might."""
+    deltas: list[dict[str, Any]] = []
+    for _ in range(draw(st.integers(0, 12))):
+        kind = draw(st.sampled_from(["reasoning_content", "content", "tool"]))
+        if kind == "tool":
+            index = draw(st.integers(0, 2))
+            deltas.append(
+                tool_delta(
+                    index, id=draw(st.sampled_from([None, f"c{index}"])), arguments=draw(TEXT)
+                )
+            )
+        else:
+            deltas.append({kind: draw(TEXT)})
+    return [chunk(d) for d in deltas] + [chunk({}, draw(FINISH))]
+
+
+@QUICK
+@given(any_order())
+def test_any_order_of_deltas_keeps_the_grammar_and_the_text(chunks: list[dict[str, Any]]) -> None:
+    message = reassemble_events_loosely(run(chunks))
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    for kind, key in (("text", "content"), ("thinking", "reasoning_content")):
+        streamed = "".join(b[kind] for b in message["content"] if b["type"] == kind)
+        assert streamed == "".join(d.get(key) or "" for d in deltas)
+
+
+def reassemble_events_loosely(events: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The message without parsing tool input (arbitrary pieces are no JSON)."""
+    content: list[dict[str, Any]] = []
+    for name, data in events:
+        if name == "content_block_start":
+            content.append(dict(data["content_block"]))
+        elif name == "content_block_delta" and data["delta"]["type"] in (
+            "text_delta",
+            "thinking_delta",
+        ):
+            key = data["delta"]["type"].removesuffix("_delta")
+            content[data["index"]][key] += data["delta"][key]
+    return {"content": content}
