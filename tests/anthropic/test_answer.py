@@ -171,3 +171,16 @@ def test_an_answer_without_usage_or_id() -> None:
         "cache_creation_input_tokens": 0,
     }
     assert message["id"].startswith("msg_") and len(message["id"]) > 10
+
+
+def test_a_malformed_completion_gives_an_empty_message_not_a_crash() -> None:
+    for broken in (
+        {"choices": [5]},
+        {"choices": [{"message": "text"}]},
+        {"choices": [{"message": {"tool_calls": [3, {"function": "f"}]}}]},
+        {"choices": "none"},
+        {},
+    ):
+        message = from_chat(broken, "m")
+        assert message["type"] == "message"
+        assert all(block["type"] == "tool_use" for block in message["content"])
