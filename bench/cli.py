@@ -19,6 +19,7 @@ from bench.report import (
     ratio_table,
     store_cost_markdown,
     sweep_table,
+    tracing_table,
     write_outputs,
     write_store_cost,
 )
@@ -158,6 +159,8 @@ def _print_report(results: dict[str, Any]) -> None:
     print("\n".join(main_table(results)))
     print()
     print("\n".join(ratio_table(results)))
+    print()
+    print("\n".join(tracing_table(results)))
     print()
     print("\n".join(sweep_table(results)))
     if results.get("store_cost"):

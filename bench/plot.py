@@ -20,6 +20,8 @@ STYLES = {
     "direct": ("#555555", "o"),
     "gateway-embedded": ("#1f77b4", "s"),
     "gateway-redis": ("#2ca02c", "^"),
+    "gateway-embedded-traced": ("#9467bd", "s"),
+    "gateway-redis-traced": ("#8c564b", "^"),
     "litellm": ("#d62728", "D"),
 }
 

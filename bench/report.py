@@ -155,6 +155,28 @@ def ratio_table(results: Results) -> list[str]:
     return _table(header, rows)
 
 
+TRACED = "-traced"  # a target measured again with tracing on: "<name>-traced"
+
+
+def tracing_table(results: Results) -> list[str]:
+    """Each traced gateway's req/s as a share of the same gateway untraced, in the same run."""
+    derived = derive(results)
+    names = {target["name"]: target for target in _targets(results)}
+    rows: list[list[str]] = []
+    for name, target in names.items():
+        if not name.endswith(TRACED) or name.removesuffix(TRACED) not in derived:
+            continue
+        untraced = derived[name.removesuffix(TRACED)]
+        cells = []
+        for kind in KINDS:
+            on, off = derived[name][kind]["rps"], untraced[kind]["rps"]
+            cells.append(_num(on / off if on and off else None, ".1%"))
+        rows.append([target["label"], *cells])
+    if not rows:
+        return []
+    return _table(["tracing on (every request sampled) vs off", "JSON req/s", "SSE req/s"], rows)
+
+
 def sweep_table(results: Results) -> list[str]:
     concurrencies: list[int] = results["meta"]["concurrencies"]
     header = ["", "kind", *[f"c={c} p50 ms (req/s)" for c in concurrencies]]
@@ -359,6 +381,8 @@ def render_markdown(results: Results) -> str:
         *main_table(results),
         "",
         *ratio_table(results),
+        "",
+        *tracing_table(results),
         "",
         "Latency sweep (p50 ms, with req/s):",
         "",

@@ -217,19 +217,25 @@ def run_all(settings: Settings, workdir: Path) -> dict[str, object]:
         log(f"upstream alone at c={top}: {figures}; every other row must stay far below it")
 
         redis, redis_port = start_redis(workdir)
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        # Tracing on (every request sampled, exported to nginx's OTLP receiver) beside off.
+        otlp = f"http://127.0.0.1:{upstream_port}"
         gateways = [
-            ("gateway-embedded", "BEST gateway, embedded store", None),
-            ("gateway-redis", "BEST gateway, Redis store", f"redis://127.0.0.1:{redis_port}/0"),
+            ("gateway-embedded", "BEST gateway, embedded store", None, None),
+            ("gateway-embedded-traced", "BEST gateway, embedded store, traced", None, otlp),
+            ("gateway-redis", "BEST gateway, Redis store", redis_url, None),
+            ("gateway-redis-traced", "BEST gateway, Redis store, traced", redis_url, otlp),
         ]
-        for name, label, redis_url in gateways:
+        for name, label, store_url, traces_to in gateways:
             start = functools.partial(
                 start_gateway,
                 workdir / name,
                 upstream_port,
-                redis_url,
+                store_url,
                 name,
                 label,
                 root=settings.gateway_root,
+                otlp_endpoint=traces_to,
             )
             results.append(_measure_started(name, label, start, settings, scripts))
 

@@ -147,11 +147,13 @@ def start_gateway(
     limited: bool = True,
     tokens: Sequence[str] = (BENCH_TOKEN,),
     root: Path = ROOT,
+    otlp_endpoint: str | None = None,
 ) -> Target:
     """One gateway worker on the core under test.
 
     ``limited``: static tokens get large non-zero rpm/tpm/concurrency limits, so the quota path
     runs on every request; otherwise they have none (the hot path of a token without limits).
+    ``otlp_endpoint``: tracing on, every request sampled, spans exported there.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     config_dir = workdir / "config"
@@ -161,6 +163,7 @@ def start_gateway(
         key: value
         for key, value in os.environ.items()
         if key not in {"REDIS_URL", "ADMIN_TOKENS", "VIRTUAL_ENV", "WEB_CONCURRENCY"}
+        and not key.startswith("OTEL_")
     }
     env.update(
         {
@@ -183,6 +186,9 @@ def start_gateway(
     )
     if redis_url:
         env["REDIS_URL"] = redis_url
+    if otlp_endpoint:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp_endpoint
+        env["OTEL_TRACES_SAMPLER"] = "always_on"
     # Run from the work dir so a developer's .env in the repository does not leak in.
     proc = Proc(
         name, pinned(gateway_command(root), SUT_CORE), workdir / "gateway.log", env, workdir

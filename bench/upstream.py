@@ -1,6 +1,7 @@
 """The fake provider: nginx answering with a fixed chat.completion or a fixed SSE stream.
 
-Two providers share one nginx: ``json`` under ``/json/v1`` always answers JSON and ``sse``
+It also accepts the traced gateway's OTLP exports (``/v1/traces``).  Two providers share
+one nginx: ``json`` under ``/json/v1`` always answers JSON and ``sse``
 under ``/sse/v1`` always answers an event stream, because nginx cannot cheaply tell a
 streaming request from the body the gateway forwards.
 """
@@ -99,6 +100,9 @@ def render_nginx_conf(workdir: Path, port: int) -> str:
             location("/sse/v1/chat/completions", "text/event-stream", sse_body(), no_cache),
             location("/json/v1/models", "application/json", models_body(JSON_MODEL)),
             location("/sse/v1/models", "application/json", models_body(SSE_MODEL)),
+            # An OTLP/HTTP trace receiver for the traced gateway's rows: an empty body is an
+            # empty ExportTraceServiceResponse (every span accepted).
+            location("/v1/traces", "application/x-protobuf", ""),
         ]
     )
     temp_paths = "".join(

@@ -84,6 +84,7 @@ class App:
         self.gateway = gateway
         self.ops = create_ops_app(gateway)
         self._metrics = gateway.metrics
+        self._tracing = gateway.tracing  # None: tracing off, and no OpenTelemetry work at all
         self._counters: dict[tuple[str, int, str, str], Counter] = {}
         self._in_flight = {route: self._metrics.in_flight.labels(route) for route in _LABELS}
         self._durations = {route: self._metrics.request_duration.labels(route) for route in _LABELS}
@@ -126,6 +127,13 @@ class App:
         )
         route, methods = entry
         handler = methods.get(request.method)
+        trace = request.trace = (
+            None
+            if self._tracing is None
+            else self._tracing.server(
+                request.method, request.path, request.path, request_id, scope["headers"]
+            )
+        )
         gauge = self._in_flight.get(route)
         if gauge is not None:
             gauge.inc()
@@ -147,6 +155,8 @@ class App:
             except Exception:
                 log.exception("request %s: unexpected error", request_id)
                 response = error_response(INTERNAL)
+            if trace is not None:
+                trace.status = response.status
             extra = [(b"x-request-id", request_id.encode())]
             try:
                 if isinstance(response, StreamResponse):
@@ -158,7 +168,7 @@ class App:
             finally:
                 if response.call is not None:
                     response.call.finish()  # settles quotas if nothing did (no-op otherwise)
-            self._observe(route, response, started)
+            self._observe(route, response, started, None if trace is None else trace.exemplar)
         except asyncio.CancelledError:
             if watch is None or not watch.gone:
                 raise  # a shutdown, not the client leaving
@@ -168,6 +178,8 @@ class App:
                 watch.stop()
             if gauge is not None:
                 gauge.dec()
+            if trace is not None:
+                trace.end()  # a stream's span too: _stream has sent its end
 
     async def _ops(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A path FastAPI serves; the request id and the metrics are the same as on the hot
@@ -180,6 +192,13 @@ class App:
             incoming if incoming and _REQUEST_ID.match(incoming) else self.gateway.ids().encode()
         )
         status = 500
+        trace = (
+            None
+            if self._tracing is None
+            else self._tracing.server(
+                scope["method"], path, "", request_id.decode(), scope["headers"]
+            )
+        )
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -198,8 +217,16 @@ class App:
             pass
         finally:
             gauge.dec()
+            if trace is not None:
+                # Starlette's router leaves the route it matched in the scope.
+                template = getattr(scope.get("route"), "path", None)
+                if isinstance(template, str):
+                    trace.route(scope["method"], template)
+                trace.status = status
+                trace.end()
         self._count(route, status, "", "")
-        self._durations[route].observe(time.perf_counter() - started)
+        exemplar = None if trace is None else trace.exemplar
+        self._durations[route].observe(time.perf_counter() - started, exemplar)
 
     async def _stream(
         self,
@@ -252,12 +279,19 @@ class App:
         if call is None or served is None:
             return
         elapsed = time.perf_counter() - started
-        self._metrics.time_to_first_token.labels(*served).observe(elapsed)
+        exemplar = None if call.trace is None else call.trace.exemplar
+        self._metrics.time_to_first_token.labels(*served).observe(elapsed, exemplar)
         overhead = self._overhead.get(route)
         if overhead is not None:
-            overhead.observe(max(0.0, elapsed - call.upstream_s))
+            overhead.observe(max(0.0, elapsed - call.upstream_s), exemplar)
 
-    def _observe(self, route: str, response: Response | StreamResponse, started: float) -> None:
+    def _observe(
+        self,
+        route: str,
+        response: Response | StreamResponse,
+        started: float,
+        exemplar: dict[str, str] | None,
+    ) -> None:
         elapsed = time.perf_counter() - started
         call = response.call
         served = call.served_by if call is not None else None
@@ -265,11 +299,11 @@ class App:
         self._count(route, response.status, model, provider)
         duration = self._durations.get(route)
         if duration is not None:
-            duration.observe(elapsed)
+            duration.observe(elapsed, exemplar)
         if call is not None and isinstance(response, Response):
             overhead = self._overhead.get(route)
             if overhead is not None:
-                overhead.observe(max(0.0, elapsed - call.upstream_s))
+                overhead.observe(max(0.0, elapsed - call.upstream_s), exemplar)
 
     def _count(self, route: str, status: int, model: str, provider: str) -> None:
         key = (route, status, model, provider)

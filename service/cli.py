@@ -38,9 +38,21 @@ def _check_redis_url(settings: Settings) -> None:
         raise SystemExit(2) from None
 
 
+def _check_tracing(settings: Settings) -> None:
+    """Unusable OTEL_* variables are one line and exit 2, before anything starts."""
+    from service.observability.tracing import TracingError, check_env
+
+    try:
+        check_env(settings.env)
+    except TracingError as exc:
+        print(f"best: invalid environment: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings()
     _check_redis_url(settings)
+    _check_tracing(settings)
     configure_logging(settings.log_level)
     try:
         load_config(settings.config_dir)

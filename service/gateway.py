@@ -6,8 +6,11 @@ import gc
 import logging
 from dataclasses import dataclass
 
+from opentelemetry.sdk.trace.export import SpanExporter
+
 from service.ids import IdGenerator
 from service.observability.metrics import Metrics, create_metrics, prime
+from service.observability.tracing import Tracing
 from service.quotas.admission import Quotas
 from service.quotas.teams import Teams
 from service.quotas.tokens import TokenRegistry
@@ -42,12 +45,20 @@ class Gateway:
     router: Router
     ids: IdGenerator
     conversations: Conversations
+    tracing: Tracing | None = None  # None: tracing is off (no OTLP endpoint set)
     draining: bool = False
     started: bool = False
 
     @classmethod
-    def build(cls, settings: Settings, metrics: Metrics | None = None) -> Gateway:
-        """Wire every component; raises ConfigError for an unusable configuration."""
+    def build(
+        cls,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        span_exporter: SpanExporter | None = None,
+    ) -> Gateway:
+        """Wire every component; raises ConfigError for an unusable configuration, and
+        TracingError for unusable OTEL_* variables.  ``span_exporter`` replaces the OTLP
+        exporter (tests)."""
         metrics = metrics or create_metrics(per_token=settings.metrics_per_token)
         store = open_store(settings, metrics)
         client = UpstreamClient()
@@ -73,6 +84,7 @@ class Gateway:
         ids = IdGenerator()
         router = Router(settings, catalog, cooldowns, client, stats, metrics, ids)
         conversations = Conversations(store, catalog, cooldowns, client)
+        tracing = Tracing.from_env(settings.env, lambda: catalog.config.prices, span_exporter)
         return cls(
             settings,
             metrics,
@@ -87,6 +99,7 @@ class Gateway:
             router,
             ids,
             conversations,
+            tracing,
         )
 
     async def start(self) -> None:
@@ -128,3 +141,5 @@ class Gateway:
         await self.tokens.close()
         await self.client.close()
         await self.store.close()
+        if self.tracing is not None:
+            await self.tracing.close()

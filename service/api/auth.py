@@ -22,7 +22,10 @@ def bearer(request: Request) -> str | None:
 
 async def require_token(gw: Gateway, request: Request) -> Record | None:
     """The caller's token record (None when auth is off); raises Unauthorized."""
-    return await gw.quotas.authenticate(bearer(request))
+    record = await gw.quotas.authenticate(bearer(request))
+    if request.trace is not None and record is not None:
+        request.trace.caller(record.id, record.team)  # the token's id, never the token
+    return record
 
 
 def require_admin(gw: Gateway, request: Request) -> None:

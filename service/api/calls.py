@@ -64,6 +64,7 @@ async def open_call(
     whatever happens: it settles the quotas."""
     candidates = pinned if pinned is not None else gw.router.candidates(model, api)
     call = gw.router.new_call(request.request_id, model, hedge_header(request))
+    call.trace = request.trace
     admission = await gw.quotas.admit(token, call.entry_id, need, candidates)
     call.headers = admission.headers
     call.settle = partial(gw.quotas.settle, admission)

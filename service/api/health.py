@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Header
 from fastapi.responses import Response
 
 from service.api.dependencies import GatewayDep
@@ -62,9 +64,17 @@ async def ready(gw: GatewayDep) -> Response:
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
-    summary="Prometheus text format (every worker)",
+    responses={
+        200: {
+            "content": {
+                "text/plain": {"schema": {"type": "string"}},
+                "application/openmetrics-text": {"schema": {"type": "string"}},
+            }
+        }
+    },
+    summary="Prometheus text format, or OpenMetrics with exemplars when the Accept header "
+    "asks (every worker)",
 )
-async def metrics(gw: GatewayDep) -> Response:
-    body, content_type = gw.metrics.render()
+async def metrics(gw: GatewayDep, accept: Annotated[str, Header()] = "") -> Response:
+    body, content_type = gw.metrics.render(accept)
     return Response(body, media_type=content_type)

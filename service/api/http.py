@@ -14,6 +14,7 @@ import orjson
 
 from service.api.errors import error_body, error_headers, sse_error_event, status_of
 from service.errors import BadRequest, GatewayError, payload_too_large
+from service.observability.tracing import RequestTrace
 from service.types import Headers, Receive, Scope, Send
 
 JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
@@ -36,6 +37,7 @@ class Request:
         "receive",
         "request_id",
         "scope",
+        "trace",
     )
 
     def __init__(self, scope: Scope, receive: Receive, request_id: str = "") -> None:
@@ -48,6 +50,7 @@ class Request:
         self._headers: dict[bytes, bytes] | None = None
         # Called once the whole body is in: from then on only a disconnect can arrive.
         self.on_body_read: Callable[[], None] | None = None
+        self.trace: RequestTrace | None = None  # the request's SERVER span (tracing on)
 
     def header(self, name: bytes) -> bytes | None:
         """A request header by lower-case name (the last one wins if repeated)."""
@@ -132,6 +135,7 @@ class Routed(Protocol):
     """What the edge needs to know of a routed request (see routing/router.py ``Call``)."""
 
     upstream_s: float
+    trace: RequestTrace | None
 
     @property
     def served_by(self) -> tuple[str, str] | None:

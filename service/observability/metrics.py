@@ -14,14 +14,13 @@ import os
 from dataclasses import dataclass
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
     multiprocess,
 )
+from prometheus_client.exposition import choose_encoder
 
 # Latency buckets: from tens of microseconds (gateway overhead) to minutes (long streams).
 _FAST_BUCKETS = (
@@ -74,13 +73,17 @@ class Metrics:
     budget_spent: Gauge
     token_spend: Counter | None = None  # METRICS_PER_TOKEN only: one series per token
 
-    def render(self) -> tuple[bytes, str]:
-        """The exposition text of this process, or of every worker in multiprocess mode."""
+    def render(self, accept: str = "") -> tuple[bytes, str]:
+        """The exposition of this process, or of every worker in multiprocess mode: the
+        OpenMetrics format when ``accept`` (the scrape's Accept header) asks for it, the
+        only one that carries exemplars (trace ids), else the Prometheus text format.
+        Exemplars are kept per process: multiprocess mode has none."""
+        encode, content_type = choose_encoder(accept)
         if multiprocess_dir():
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-            return generate_latest(registry), CONTENT_TYPE_LATEST
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+            return encode(registry), content_type
+        return encode(self.registry), content_type
 
 
 def multiprocess_dir() -> str | None:

@@ -49,6 +49,7 @@ class EventRelay:
         self.usage: Any = None
         self.failure: UpstreamFailure | None = None
         self.response_id: str | None = None
+        self.finish_reasons: list[str] = []  # the final response's status (traces)
         self.sequence = -1  # the last sequence_number relayed
         self.done = False
 
@@ -142,6 +143,8 @@ class EventRelay:
                 self.usage = response["usage"]
         if kind in TERMINAL:
             self.done = True
+            if isinstance(response, dict) and isinstance(response.get("status"), str):
+                self.finish_reasons = [response["status"]]
             if kind in FAILED:
                 failure = UpstreamFailure(IN_BAND_ERROR, f"upstream {kind}: {_message(event)}")
                 if opening:
@@ -155,6 +158,8 @@ class EventRelay:
         self.response_id = parsed["id"]
         self.usage = parsed.get("usage")
         self.done = True
+        if isinstance(parsed.get("status"), str):
+            self.finish_reasons = [parsed["status"]]
         created = {**parsed, "status": "in_progress", "output": [], "usage": None}
         return [
             event_frame(

@@ -39,6 +39,7 @@ class Relay(Protocol):
     usage: Any
     failure: UpstreamFailure | None
     response_id: str | None  # the id a provider stores the answer under (Responses API)
+    finish_reasons: list[str]  # as the stream reported them, one per choice that finished
 
     async def first_frames(self) -> list[bytes]: ...
 
@@ -63,6 +64,7 @@ class StreamRelay:
         self.done = False
         self.finished = False  # saw a finish_reason
         self.has_choices = False  # saw a chunk with choices: the answer has begun
+        self.finish_reasons: list[str] = []
 
     async def first_frames(self) -> list[bytes]:
         """Frames up to the end of the upstream read holding the first chunk with choices
@@ -92,6 +94,11 @@ class StreamRelay:
         parsed = checked_json(await self.upstream.read(), check_completion, STREAM_AS_JSON_INVALID)
         self.usage = parsed.get("usage")
         self.done = self.finished = True
+        self.finish_reasons = [
+            str(c["finish_reason"])
+            for c in parsed["choices"]
+            if isinstance(c, dict) and c.get("finish_reason")
+        ]
         chunk: dict[str, Any]
         if self._api == Api.COMPLETIONS:
             # A legacy completion's choices are already in chunk form (``text``).
@@ -158,6 +165,7 @@ class StreamRelay:
             for choice in choices:
                 if isinstance(choice, dict) and choice.get("finish_reason"):
                     self.finished = True
+                    self.finish_reasons.append(str(choice["finish_reason"]))
         return frame(payload)
 
     async def rest(self, deadline: float) -> AsyncIterator[bytes]:

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -26,6 +26,7 @@ from service.apis import Api
 from service.errors import GatewayError
 from service.ids import IdGenerator
 from service.observability.metrics import Metrics
+from service.observability.tracing import LOST, WON, AttemptSpan, RequestTrace
 from service.routing.catalog import Catalog
 from service.routing.cooldowns import Cooldowns
 from service.routing.events import EventRelay
@@ -83,6 +84,7 @@ class Call:
     finished: bool = False
     hedge_after_ms: float | None = None  # None: no hedging; HEDGE_P95: the pair's p95
     extra_usage: list[Usage] = field(default_factory=list)  # hedges that lost but answered
+    trace: RequestTrace | None = None  # the request's SERVER span (tracing on)
 
     @property
     def served_by(self) -> tuple[str, str] | None:
@@ -206,7 +208,7 @@ class Router:
         self._stats.record(candidate.provider, candidate.model, ok=False, latency_s=elapsed)
         self._metrics.upstream_duration.labels(
             call.operation, candidate.provider, candidate.model, failure.reason
-        ).observe(elapsed)
+        ).observe(elapsed, None if call.trace is None else call.trace.exemplar)
         self._metrics.failovers.labels(candidate.provider, failure.reason).inc()
         log.info(
             "request %s: %s/%s failed (%s): %s",
@@ -241,7 +243,8 @@ class Router:
         )
         self._cooldowns.succeeded(candidate)
         labels = (call.operation, candidate.provider, candidate.model)
-        self._metrics.upstream_duration.labels(*labels, "ok").observe(elapsed)
+        exemplar = None if call.trace is None else call.trace.exemplar
+        self._metrics.upstream_duration.labels(*labels, "ok").observe(elapsed, exemplar)
         if used:
             self._metrics.tokens.labels(*labels, "input").observe(prompt)
             if call.operation != Api.EMBEDDINGS:
@@ -365,24 +368,29 @@ class Router:
         call.operation = Api(api)
         plan = _Plan(call, candidates, self._settings.max_attempts, self._cooldowns)
 
-        async def attempt(candidate: Candidate) -> _Answer:
+        async def attempt(
+            candidate: Candidate, headers: Mapping[str, str], span: AttemptSpan | None
+        ) -> _Answer:
             url = candidate.urls[api]
             payload = orjson.dumps({**body, "model": candidate.model})
             response = await self._client.post(
                 url,
-                candidate.headers,
+                headers,
                 payload,
                 plan.attempt_timeout(candidate),
                 candidate.first_token_timeout_s,
             )
-            return _Answer(response, _answer(response, check))
+            return _Answer(response, _answer(response, check), span)
 
-        raced = await self._decide(call, plan, attempt)
+        raced = await self._decide(call, plan, _traced(call, api, body, attempt))
         if isinstance(raced, Completion):
             return raced
         candidate, answer, elapsed = raced
         call.candidate = candidate
-        call.finish(self._succeeded(call, candidate, elapsed, answer.parsed.get("usage")))
+        used = self._succeeded(call, candidate, elapsed, answer.parsed.get("usage"))
+        call.finish(used)
+        if answer.span is not None:
+            answer.span.answered(WON, answer.parsed, used)
         return Completion(answer.response.status, answer.response.body, b"application/json")
 
     async def stream(
@@ -410,7 +418,9 @@ class Router:
             }
         plan = _Plan(call, candidates, self._settings.max_attempts, self._cooldowns)
 
-        async def attempt(candidate: Candidate) -> _Opened:
+        async def attempt(
+            candidate: Candidate, headers: Mapping[str, str], span: AttemptSpan | None
+        ) -> _Opened:
             payload = orjson.dumps({**body, "model": candidate.model})
             upstream: UpstreamStream | None = None
             limit = candidate.first_token_timeout_s
@@ -419,7 +429,7 @@ class Router:
                 async with first_byte:
                     upstream = await self._client.open_stream(
                         candidate.urls[api],
-                        candidate.headers,
+                        headers,
                         payload,
                         plan.attempt_timeout(candidate),
                     )
@@ -446,10 +456,10 @@ class Router:
                 if upstream is not None:
                     upstream.close()  # failed, refused or cancelled: the connection goes now
                 raise
-            return _Opened(relay, first)
+            return _Opened(relay, first, span)
 
         started = time.monotonic()
-        raced = await self._decide(call, plan, attempt)
+        raced = await self._decide(call, plan, _traced(call, api, body, attempt))
         if isinstance(raced, Completion):
             return raced
         candidate, opened, first_byte_s = raced
@@ -490,6 +500,16 @@ class Router:
                     )
                     self._metrics.failovers.labels(candidate.provider, STREAM_BROKEN).inc()
             call.finish(used)
+            if opened.span is not None:
+                failure = relay.failure
+                cut = None if ok else "cancelled"  # the client left, or the shutdown cut it
+                opened.span.streamed(
+                    opened.first,
+                    relay.finish_reasons,
+                    used,
+                    first_byte_s,
+                    failure.reason if failure is not None else cut,
+                )
 
 
 T = TypeVar("T")
@@ -500,12 +520,48 @@ Attempt = Callable[[Candidate], Awaitable[T]]
 class _Answer:
     response: UpstreamResponse
     parsed: Any
+    span: AttemptSpan | None = None
 
 
 @dataclass(slots=True)
 class _Opened:
     relay: Relay
     first: list[bytes]
+    span: AttemptSpan | None = None
+
+
+# An attempt as the router's closures write it: the headers to send (the candidate's, plus
+# the attempt span's traceparent when tracing is on) and the span to keep in the result.
+TracedAttempt = Callable[[Candidate, Mapping[str, str], AttemptSpan | None], Awaitable[T]]
+
+
+def _traced(call: Call, api: str, body: dict[str, Any], attempt: TracedAttempt[T]) -> Attempt[T]:
+    """``attempt`` with a CLIENT span per call when the request is traced; a failed or
+    cancelled attempt's span ends here, an answered one's where its outcome is known."""
+    trace = call.trace
+    if trace is None:
+        return lambda candidate: attempt(candidate, candidate.headers, None)
+
+    async def traced(candidate: Candidate) -> T:
+        span = trace.attempt(
+            api, candidate.provider, candidate.model, candidate.urls[api], body, candidate.headers
+        )
+        try:
+            return await attempt(candidate, span.headers, span)
+        except asyncio.CancelledError:
+            span.cancelled()
+            raise
+        except UpstreamFailure as failure:
+            span.failed(failure.reason)
+            raise
+        except ClientFault as fault:
+            span.failed(str(fault.status))  # the upstream's status: the client's fault
+            raise
+        except Exception as exc:
+            span.failed(type(exc).__qualname__)
+            raise
+
+    return traced
 
 
 def _start(attempt: Attempt[T], candidate: Candidate) -> asyncio.Task[T]:
@@ -516,9 +572,14 @@ def _loser_usage(candidate: Candidate, result: Any) -> Usage | None:
     """What the upstream of a hedge that lost reported (a stream is closed unread: None)."""
     if isinstance(result, _Opened):
         result.relay.upstream.close()
+        if result.span is not None:
+            result.span.answered(LOST, None, None)
         return None
     if isinstance(result, _Answer):
-        return read_usage(candidate.provider, candidate.model, result.parsed.get("usage"))
+        used = read_usage(candidate.provider, candidate.model, result.parsed.get("usage"))
+        if result.span is not None:
+            result.span.answered(LOST, result.parsed, used)
+        return used
     return None
 
 

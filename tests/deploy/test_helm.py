@@ -203,6 +203,23 @@ def test_service_selects_only_gateway_pods(all_on: list[Obj]) -> None:
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
 
 
+def test_tracing_is_off_by_default_and_configured_by_values(
+    default: list[Obj], all_on: list[Obj]
+) -> None:
+    assert not any(name.startswith("OTEL_") for name in env_of(gateway_container(default)))
+    env = env_of(gateway_container(all_on))
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://tempo.observability:4317"
+    assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
+    assert env["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+    assert env["OTEL_TRACES_SAMPLER_ARG"] == "0.25"
+    assert env["OTEL_SERVICE_NAME"] == "best"
+    assert "k8s.pod.name=$(POD_NAME)" in env["OTEL_RESOURCE_ATTRIBUTES"]
+    assert "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT" not in env  # opt-in only
+    # $(POD_NAME) expands only when POD_NAME is defined earlier in the list.
+    names = [e["name"] for e in gateway_container(all_on)["env"]]
+    assert names.index("POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES")
+
+
 def test_service_monitor_structure(all_on: list[Obj]) -> None:
     monitor = one(all_on, "ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
