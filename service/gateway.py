@@ -6,6 +6,7 @@ import gc
 import logging
 from dataclasses import dataclass
 
+from service.identities.identities import Identities
 from service.ids import IdGenerator
 from service.observability.metrics import Metrics, create_metrics, prime
 from service.quotas.admission import Quotas
@@ -42,6 +43,7 @@ class Gateway:
     router: Router
     ids: IdGenerator
     conversations: Conversations
+    identities: Identities
     draining: bool = False
     started: bool = False
 
@@ -73,6 +75,7 @@ class Gateway:
         ids = IdGenerator()
         router = Router(settings, catalog, cooldowns, client, stats, metrics, ids)
         conversations = Conversations(store, catalog, cooldowns, client)
+        identities = Identities(settings, tokens, metrics)
         return cls(
             settings,
             metrics,
@@ -87,6 +90,7 @@ class Gateway:
             router,
             ids,
             conversations,
+            identities,
         )
 
     async def start(self) -> None:
@@ -94,6 +98,7 @@ class Gateway:
         await self.store.start()
         await self.client.start()
         await self.tokens.start()
+        await self.identities.start()
         await self.quotas.start()
         await self.cooldowns.start()
         await self.catalog.start()
@@ -105,7 +110,7 @@ class Gateway:
         gc.collect()
         gc.freeze()
         gc.set_threshold(GC_THRESHOLD, 20, 100)
-        if not self.tokens.auth_enabled:
+        if not self.tokens.auth_enabled and not self.identities.configured:
             log.warning(
                 "auth is DISABLED: AUTH_TOKENS and ADMIN_TOKENS are unset and no managed token "
                 "exists; anyone who can reach this port can use every provider"
@@ -125,6 +130,7 @@ class Gateway:
         await self.catalog.close()
         await self.stats.close()
         await self.cooldowns.close()
+        await self.identities.close()
         await self.tokens.close()
         await self.client.close()
         await self.store.close()

@@ -21,8 +21,11 @@ def bearer(request: Request) -> str | None:
 
 
 async def require_token(gw: Gateway, request: Request) -> Record | None:
-    """The caller's token record (None when auth is off); raises Unauthorized."""
-    return await gw.quotas.authenticate(bearer(request))
+    """The caller's record: an identity's (a JWT of a trusted issuer) or a token's (None when
+    auth is off); raises Unauthorized, or Forbidden for an identity of an unknown team."""
+    raw = bearer(request)
+    identity = await gw.identities.authenticate(raw)
+    return identity if identity is not None else await gw.quotas.authenticate(raw)
 
 
 def require_admin(gw: Gateway, request: Request) -> None:

@@ -143,7 +143,7 @@ class TokenUsage(Answer):
 class TokenRecord(Answer):
     id: str
     name: str
-    kind: Literal["static", "managed"]
+    kind: Literal["static", "managed", "identity"]
     team: str | None = None
     rpm: int | None
     tpm: int | None
