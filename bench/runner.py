@@ -217,11 +217,18 @@ def run_all(settings: Settings, workdir: Path) -> dict[str, object]:
         log(f"upstream alone at c={top}: {figures}; every other row must stay far below it")
 
         redis, redis_port = start_redis(workdir)
+        # The JWT row right after the static-token row it is compared with (same store).
         gateways = [
-            ("gateway-embedded", "BEST gateway, embedded store", None),
-            ("gateway-redis", "BEST gateway, Redis store", f"redis://127.0.0.1:{redis_port}/0"),
+            ("gateway-embedded", "BEST gateway, embedded store", None, False),
+            ("gateway-jwt", "BEST gateway, embedded store, JWT identity", None, True),
+            (
+                "gateway-redis",
+                "BEST gateway, Redis store",
+                f"redis://127.0.0.1:{redis_port}/0",
+                False,
+            ),
         ]
-        for name, label, redis_url in gateways:
+        for name, label, redis_url, identity in gateways:
             start = functools.partial(
                 start_gateway,
                 workdir / name,
@@ -230,6 +237,7 @@ def run_all(settings: Settings, workdir: Path) -> dict[str, object]:
                 name,
                 label,
                 root=settings.gateway_root,
+                identity=identity,
             )
             results.append(_measure_started(name, label, start, settings, scripts))
 
