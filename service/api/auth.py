@@ -25,7 +25,11 @@ async def require_token(gw: Gateway, request: Request) -> Record | None:
     auth is off); raises Unauthorized, or Forbidden for an identity of an unknown team."""
     raw = bearer(request)
     identity = await gw.identities.authenticate(raw)
-    return identity if identity is not None else await gw.quotas.authenticate(raw)
+    if identity is not None:
+        return identity
+    record = await gw.quotas.authenticate(raw)
+    gw.identities.refuse_as_token(record)
+    return record
 
 
 def require_admin(gw: Gateway, request: Request) -> None:

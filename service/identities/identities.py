@@ -144,6 +144,13 @@ class Identities:
             self._known.popitem(last=False)
         return self._admitted(record)
 
+    def refuse_as_token(self, record: Record | None) -> None:
+        """Only a verified JWT calls as an identity: a bearer token whose hash happens to be
+        an identity's id (the issuer, NUL and the subject, sent as a token) is unknown."""
+        if record is not None and record.fields.get("kind") == KIND:
+            self._metrics.auth_failures.labels("unknown").inc()
+            raise Unauthorized("The API token is unknown.")
+
     def _other(self, raw: str | None) -> None:
         """Not an identity.  With issuers trusted and no token configured, nothing else may
         call: refuse here what the registry (auth off) would let through."""

@@ -13,7 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
+from service.api.auth import require_token
+from service.api.http import Request
 from service.app import App
+from service.errors import Unauthorized
 from service.identities.identities import identity_id
 from tests.identities.issuer import (
     ISSUER,
@@ -361,3 +364,21 @@ async def test_trusted_issuers_turn_auth_on_without_static_tokens(
         valid = await _chat(app, sign(keys["rsa"], claims("frank")))
     assert missing.status_code == 401 and other.status_code == 401
     assert valid.status_code == 200, valid.text
+
+
+@pytest.mark.anyio
+async def test_an_identitys_id_preimage_is_not_a_token(app: App, keys: dict[str, Key]) -> None:
+    # The identity exists; its id is the token id of "<issuer> NUL <subject>".
+    assert (await _chat(app, sign(keys["rsa"], _claims("olga")))).status_code == 200
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "headers": [(b"authorization", f"Bearer {ISSUER}\0olga".encode())],
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    with pytest.raises(Unauthorized, match="The API token is unknown"):
+        await require_token(app.gateway, Request(scope, receive))
