@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STYLES = {
     "direct": ("#555555", "o"),
     "gateway-embedded": ("#1f77b4", "s"),
+    "gateway-jwt": ("#9467bd", "v"),
     "gateway-redis": ("#2ca02c", "^"),
     "gateway-embedded-traced": ("#9467bd", "s"),
     "gateway-redis-traced": ("#8c564b", "^"),

@@ -191,10 +191,29 @@ def sweep_table(results: Results) -> list[str]:
     return _table(header, rows)
 
 
+def jwt_ratio(results: Results) -> dict[str, float | None]:
+    """Per kind: the JWT identity row's req/s over the static-token row's (same store)."""
+    derived = derive(results)
+    jwt_row, static_row = derived.get("gateway-jwt"), derived.get("gateway-embedded")
+    out: dict[str, float | None] = {}
+    for kind in KINDS:
+        jwt_rps = jwt_row[kind]["rps"] if jwt_row else None
+        static_rps = static_row[kind]["rps"] if static_row else None
+        out[kind] = jwt_rps / static_rps if jwt_rps and static_rps else None
+    return out
+
+
 def notes(results: Results) -> list[str]:
-    """Skipped or failed rows, failed checks, crashes and first wrong answers."""
+    """The JWT row against the static-token row; skipped or failed rows, failed checks,
+    crashes and first wrong answers."""
     out: list[str] = []
     derived = derive(results)
+    ratio = jwt_ratio(results)
+    if any(value is not None for value in ratio.values()):
+        out.append(
+            "- JWT identity vs static token (embedded store), req/s: "
+            + ", ".join(f"{kind.upper()} {_num(value, '.1%')}" for kind, value in ratio.items())
+        )
     for target in _targets(results):
         for kind in KINDS:
             share = derived[target["name"]][kind]["vs_direct"]

@@ -218,15 +218,17 @@ def run_all(settings: Settings, workdir: Path) -> dict[str, object]:
 
         redis, redis_port = start_redis(workdir)
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
-        # Tracing on (every request sampled, exported to nginx's OTLP receiver) beside off.
+        # Tracing on (every request sampled, exported to nginx's OTLP receiver) beside off, and
+        # the JWT row right after the static-token row it is compared with (same store).
         otlp = f"http://127.0.0.1:{upstream_port}"
         gateways = [
-            ("gateway-embedded", "BEST gateway, embedded store", None, None),
-            ("gateway-embedded-traced", "BEST gateway, embedded store, traced", None, otlp),
-            ("gateway-redis", "BEST gateway, Redis store", redis_url, None),
-            ("gateway-redis-traced", "BEST gateway, Redis store, traced", redis_url, otlp),
+            ("gateway-embedded", "BEST gateway, embedded store", None, None, False),
+            ("gateway-jwt", "BEST gateway, embedded store, JWT identity", None, None, True),
+            ("gateway-embedded-traced", "BEST gateway, embedded store, traced", None, otlp, False),
+            ("gateway-redis", "BEST gateway, Redis store", redis_url, None, False),
+            ("gateway-redis-traced", "BEST gateway, Redis store, traced", redis_url, otlp, False),
         ]
-        for name, label, store_url, traces_to in gateways:
+        for name, label, store_url, traces_to, identity in gateways:
             start = functools.partial(
                 start_gateway,
                 workdir / name,
@@ -236,6 +238,7 @@ def run_all(settings: Settings, workdir: Path) -> dict[str, object]:
                 label,
                 root=settings.gateway_root,
                 otlp_endpoint=traces_to,
+                identity=identity,
             )
             results.append(_measure_started(name, label, start, settings, scripts))
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.identity import write_issuer
 from bench.procs import (
     HELPER_CORE,
     SUT_CORE,
@@ -148,16 +149,20 @@ def start_gateway(
     tokens: Sequence[str] = (BENCH_TOKEN,),
     root: Path = ROOT,
     otlp_endpoint: str | None = None,
+    identity: bool = False,
 ) -> Target:
     """One gateway worker on the core under test.
 
     ``limited``: static tokens get large non-zero rpm/tpm/concurrency limits, so the quota path
     runs on every request; otherwise they have none (the hot path of a token without limits).
     ``otlp_endpoint``: tracing on, every request sampled, spans exported there.
+    ``identity``: requests carry a JWT of a trusted issuer instead (bench/identity.py), whose
+    identity has the same limits.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     config_dir = workdir / "config"
     write_gateway_config(config_dir, upstream_port)
+    jwt_token = write_issuer(config_dir, LARGE_LIMIT if limited else "0") if identity else None
     port = free_port()
     env = {
         key: value
@@ -204,7 +209,7 @@ def start_gateway(
         proc.stop()
         raise
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
-    return Target(name, label, {"json": url, "sse": url}, tokens[0], proc)
+    return Target(name, label, {"json": url, "sse": url}, jwt_token or tokens[0], proc)
 
 
 # --- LiteLLM ---------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import urllib.request
 from typing import Any
 
 from service.config import ConfigError, ProviderConfig, load_config
+from service.identities.config import load_auth
 from service.observability.logging import configure_logging
 from service.settings import Settings, SettingsError, settings_from_env
 
@@ -161,6 +162,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     configure_logging("error")
     try:
         config = load_config(settings.config_dir)
+        load_auth(settings.config_dir)
     except ConfigError as exc:
         print(f"best: invalid configuration: {exc}", file=sys.stderr)
         return 2
@@ -296,7 +298,9 @@ def cmd_usage(args: argparse.Namespace) -> int:
         return 0
     rows = result["data"]
     key = args.group_by
-    width = max([len(key), 6, *(len(str(r[key] or "-")) for r in rows)])
+    width = max(
+        [len(key), 6, *(len(str(r[key] or "-")) + len(r.get("name") or "") + 1 for r in rows)]
+    )
     print(
         f"{key:<{width}}  {'requests':>9}  {'prompt':>12}  {'completion':>12}  "
         f"{'cost_usd':>14}  {'unpriced':>8}"
@@ -312,7 +316,10 @@ def cmd_usage(args: argparse.Namespace) -> int:
         )
         for i, value in enumerate(values):
             totals[i] += value
-        print(_usage_line(str(r[key] or "-"), width, values))
+        label = str(r[key] or "-")
+        if r.get("name"):  # group_by token: whose it is (an identity: <issuer>:<claim>)
+            label = f"{label} {r['name']}"
+        print(_usage_line(label, width, values))
     print(_usage_line("total", width, tuple(totals)))
     return 0
 

@@ -42,6 +42,10 @@ class Unauthorized(GatewayError):
     """Missing, unknown, revoked or expired token."""
 
 
+class Forbidden(GatewayError):
+    """The caller is known but may not do this (an identity whose team claim names no team)."""
+
+
 class NotFound(GatewayError):
     """No such route or record."""
 

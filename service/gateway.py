@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from opentelemetry.sdk.trace.export import SpanExporter
 
+from service.identities.identities import Identities
 from service.ids import IdGenerator
 from service.observability.metrics import Metrics, create_metrics, prime
 from service.observability.tracing import Tracing
@@ -45,6 +46,7 @@ class Gateway:
     router: Router
     ids: IdGenerator
     conversations: Conversations
+    identities: Identities
     tracing: Tracing | None = None  # None: tracing is off (no OTLP endpoint set)
     draining: bool = False
     started: bool = False
@@ -84,6 +86,7 @@ class Gateway:
         ids = IdGenerator()
         router = Router(settings, catalog, cooldowns, client, stats, metrics, ids)
         conversations = Conversations(store, catalog, cooldowns, client)
+        identities = Identities(settings, tokens, metrics)
         tracing = Tracing.from_env(settings.env, lambda: catalog.config.prices, span_exporter)
         return cls(
             settings,
@@ -99,6 +102,7 @@ class Gateway:
             router,
             ids,
             conversations,
+            identities,
             tracing,
         )
 
@@ -107,6 +111,7 @@ class Gateway:
         await self.store.start()
         await self.client.start()
         await self.tokens.start()
+        await self.identities.start()
         await self.quotas.start()
         await self.cooldowns.start()
         await self.catalog.start()
@@ -118,7 +123,7 @@ class Gateway:
         gc.collect()
         gc.freeze()
         gc.set_threshold(GC_THRESHOLD, 20, 100)
-        if not self.tokens.auth_enabled:
+        if not self.tokens.auth_enabled and not self.identities.configured:
             log.warning(
                 "auth is DISABLED: AUTH_TOKENS and ADMIN_TOKENS are unset and no managed token "
                 "exists; anyone who can reach this port can use every provider"
@@ -138,6 +143,7 @@ class Gateway:
         await self.catalog.close()
         await self.stats.close()
         await self.cooldowns.close()
+        await self.identities.close()
         await self.tokens.close()
         await self.client.close()
         await self.store.close()

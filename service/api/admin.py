@@ -168,4 +168,8 @@ async def usage(
     end: Annotated[str | None, Query(alias="to", description="YYYY-MM-DD; default: today")] = None,
 ) -> Response:
     rows = await gw.quotas.ledger.query(group_by, start, end)
+    if group_by == "token":  # an identity's name says whose it is: "<issuer>:<claim>"
+        names = {r.id: r.fields.get("name") for r in gw.tokens.cached("token")}
+        for row in rows:
+            row["name"] = names.get(row["token"] or "") or None
     return orjson_response({"object": "list", "data": rows})

@@ -21,10 +21,15 @@ def bearer(request: Request) -> str | None:
 
 
 async def require_token(gw: Gateway, request: Request) -> Record | None:
-    """The caller's token record (None when auth is off); raises Unauthorized."""
-    record = await gw.quotas.authenticate(bearer(request))
+    """The caller's record: an identity's (a JWT of a trusted issuer) or a token's (None when
+    auth is off); raises Unauthorized, or Forbidden for an identity of an unknown team."""
+    raw = bearer(request)
+    record = await gw.identities.authenticate(raw)
+    if record is None:
+        record = await gw.quotas.authenticate(raw)
+        gw.identities.refuse_as_token(record)
     if request.trace is not None and record is not None:
-        request.trace.caller(record.id, record.team)  # the token's id, never the token
+        request.trace.caller(record.id, record.team)  # the id, never the token
     return record
 
 

@@ -15,6 +15,7 @@ JSON: Headers = [(b"content-type", b"application/json")]
 TABLE: dict[type[errors.GatewayError], tuple[int, str, str | None]] = {
     errors.BadRequest: (400, "invalid_request_error", None),
     errors.Unauthorized: (401, "authentication_error", "invalid_api_key"),
+    errors.Forbidden: (403, "permission_error", "permission_denied"),
     errors.NotFound: (404, "invalid_request_error", "not_found"),
     errors.ModelNotFound: (404, "invalid_request_error", "model_not_found"),
     errors.MethodNotAllowed: (405, "invalid_request_error", "method_not_allowed"),

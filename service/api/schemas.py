@@ -143,7 +143,7 @@ class TokenUsage(Answer):
 class TokenRecord(Answer):
     id: str
     name: str
-    kind: Literal["static", "managed"]
+    kind: Literal["static", "managed", "identity"]
     team: str | None = None
     rpm: int | None
     tpm: int | None
@@ -192,6 +192,9 @@ class UsageRow(Answer):
     completion_tokens: int
     cost_usd: float
     unpriced_requests: int
+    name: str | None = Field(
+        None, description="group_by=token: the token's name (an identity's <issuer>:<claim>)"
+    )
 
 
 class UsageList(Answer):

@@ -61,6 +61,7 @@ class Metrics:
     hedges: Counter
     quota_rejections: Counter
     auth_failures: Counter
+    identity_verifications: Counter
     in_flight: Gauge
     store_errors: Counter
     store_latency: Histogram
@@ -192,8 +193,16 @@ def create_metrics(per_token: bool = False) -> Metrics:
         ),
         auth_failures=Counter(
             "best_auth_failures",
-            "Requests refused for a missing, unknown, revoked or expired token.",
+            "Requests refused for a missing, unknown, revoked or expired token, or a JWT "
+            "refused (reason: the error's code).",
             ["reason"],
+            registry=registry,
+        ),
+        identity_verifications=Counter(
+            "best_identity_verifications",
+            "Signature checks of JWTs of a trusted issuer, by issuer name and result (ok, or "
+            "the refusal's code); a remembered token is not checked again.",
+            ["issuer", "result"],
             registry=registry,
         ),
         in_flight=Gauge(
@@ -275,6 +284,18 @@ def create_metrics(per_token: bool = False) -> Metrics:
 
 
 AUTH_FAILURE_REASONS = ("missing", "unknown", "revoked", "expired", "admin")
+# Why a JWT of a trusted issuer was refused (the error's code), and an unknown team claim.
+IDENTITY_REFUSALS = (
+    "token_expired",
+    "token_not_yet_valid",
+    "invalid_signature",
+    "invalid_algorithm",
+    "invalid_audience",
+    "unknown_key",
+    "missing_claim",
+    "invalid_claim",
+    "unknown_team",
+)
 QUOTA_LIMITS = ("rpm", "tpm", "concurrency", "budget", "store")
 STORE_OPS = ("admit", "settle", "cool", "other")
 
@@ -282,7 +303,7 @@ STORE_OPS = ("admit", "settle", "cool", "other")
 def prime(metrics: Metrics, providers: list[str], failover_reasons: tuple[str, ...]) -> None:
     """Create the known label sets at zero, so every series exists before its first event
     (in multiprocess mode a series with no sample is not exported at all)."""
-    for reason in AUTH_FAILURE_REASONS:
+    for reason in (*AUTH_FAILURE_REASONS, *IDENTITY_REFUSALS):
         metrics.auth_failures.labels(reason)
     for limit in QUOTA_LIMITS:
         metrics.quota_rejections.labels(limit)

@@ -116,7 +116,8 @@ class Teams:
         members = [
             r["id"]
             for r in await self._store.all_records("token")
-            if r.get("team") == team_id and r.get("revoked") != "1"
+            # An identity's team follows its token's claim: it does not hold the team.
+            if r.get("team") == team_id and r.get("revoked") != "1" and r.get("kind") != "identity"
         ]
         if members:
             raise Conflict(

@@ -219,6 +219,11 @@ class TokenRegistry:
         record = self._tokens.get(tid)
         return record if record is not None else await self._look_up(tid)
 
+    async def load(self, kind: str, record_id: str) -> Record | None:
+        """A record read from the store now, and cached (None: the store has none)."""
+        fields = await self._store.get_record(kind, record_id)
+        return self._cache(fields, kind) if fields is not None else None
+
     def team(self, team_id: str) -> Record | None:
         """A team's record from the cache; a deleted team is no team (its limits are gone)."""
         record = self._teams.get(team_id)
