@@ -40,7 +40,7 @@ class MessageStream:
         out = b""
         if not self._started:
             self._started = True
-            message = {
+            message: dict[str, Any] = {
                 "id": "msg_" + str(chunk.get("id", "")),
                 "type": "message",
                 "role": "assistant",
