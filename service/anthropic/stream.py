@@ -1,4 +1,10 @@
-"""Chat completion chunks as Anthropic stream events.  Placeholder: text and tool calls."""
+"""Anthropic's server-sent events, from a chat-completions stream or from a whole message.
+
+A stream is ``message_start``; per content block ``content_block_start``, its deltas and
+``content_block_stop`` (indexes from 0, one block open at a time, in the order the upstream
+sends them); then ``message_delta`` (stop reason and the upstream's usage) and
+``message_stop``.  Each frame is ``event: <type>\\ndata: <compact JSON>\\n\\n``.
+"""
 
 from __future__ import annotations
 
@@ -6,138 +12,250 @@ from typing import Any
 
 import orjson
 
-from service.anthropic.answer import stop_reason
+from service.anthropic.answer import (
+    ending,
+    matched_stop,
+    message_id,
+    reasoning,
+    tool_id,
+    usage,
+)
 
 
-def event(kind: str, data: dict[str, Any]) -> bytes:
-    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **data}) + b"\n\n"
-
-
-class MessageStream:
-    def __init__(self, model: str, input_tokens_estimate: int) -> None:
-        self._model = model
-        self._estimate = input_tokens_estimate
-        self._started = False
-        self._block = -1
-        self._kind: str | None = None
-        self._tools: dict[int, int] = {}
-        self._stop: str | None = None
-        self.usage: dict[str, int] = {"input_tokens": 0, "output_tokens": 0}
-
-    def _open(self, kind: str, block: dict[str, Any]) -> bytes:
-        out = self._close()
-        self._block += 1
-        self._kind = kind
-        return out + event("content_block_start", {"index": self._block, "content_block": block})
-
-    def _close(self) -> bytes:
-        if self._kind is None:
-            return b""
-        self._kind = None
-        return event("content_block_stop", {"index": self._block})
-
-    def feed(self, chunk: dict[str, Any]) -> bytes:
-        out = b""
-        if not self._started:
-            self._started = True
-            message: dict[str, Any] = {
-                "id": "msg_" + str(chunk.get("id", "")),
-                "type": "message",
-                "role": "assistant",
-                "model": self._model,
-                "content": [],
-                "stop_reason": None,
-                "stop_sequence": None,
-                "usage": {"input_tokens": self._estimate, "output_tokens": 0},
-            }
-            out += event("message_start", {"message": message})
-        usage = chunk.get("usage")
-        if usage:
-            self.usage = {
-                "input_tokens": usage.get("prompt_tokens", 0),
-                "output_tokens": usage.get("completion_tokens", 0),
-            }
-        for choice in chunk.get("choices") or []:
-            delta = choice.get("delta") or {}
-            if delta.get("content"):
-                if self._kind != "text":
-                    out += self._open("text", {"type": "text", "text": ""})
-                out += event(
-                    "content_block_delta",
-                    {
-                        "index": self._block,
-                        "delta": {"type": "text_delta", "text": delta["content"]},
-                    },
-                )
-            for call in delta.get("tool_calls") or []:
-                function = call.get("function") or {}
-                index = call.get("index", 0)
-                if index not in self._tools:
-                    block = {
-                        "type": "tool_use",
-                        "id": call.get("id"),
-                        "name": function.get("name"),
-                        "input": {},
-                    }
-                    out += self._open("tool", block)
-                    self._tools[index] = self._block
-                if function.get("arguments"):
-                    out += event(
-                        "content_block_delta",
-                        {
-                            "index": self._block,
-                            "delta": {
-                                "type": "input_json_delta",
-                                "partial_json": function["arguments"],
-                            },
-                        },
-                    )
-            if choice.get("finish_reason"):
-                self._stop = stop_reason(choice["finish_reason"])
-        return out
-
-    def end(self) -> bytes:
-        return (
-            self._close()
-            + event(
-                "message_delta",
-                {"delta": {"stop_reason": self._stop, "stop_sequence": None}, "usage": self.usage},
-            )
-            + event("message_stop", {})
-        )
-
-
-def message_events(message: dict[str, Any]) -> bytes:
-    out = event("message_start", {"message": {**message, "content": [], "stop_reason": None}})
-    for index, block in enumerate(message.get("content") or []):
-        if block.get("type") == "text":
-            out += event(
-                "content_block_start",
-                {"index": index, "content_block": {"type": "text", "text": ""}},
-            )
-            out += event(
-                "content_block_delta",
-                {"index": index, "delta": {"type": "text_delta", "text": block["text"]}},
-            )
-        else:
-            out += event(
-                "content_block_start", {"index": index, "content_block": {**block, "input": {}}}
-            )
-            partial = orjson.dumps(block.get("input", {})).decode()
-            out += event(
-                "content_block_delta",
-                {"index": index, "delta": {"type": "input_json_delta", "partial_json": partial}},
-            )
-        out += event("content_block_stop", {"index": index})
-    out += event(
-        "message_delta",
-        {
-            "delta": {"stop_reason": message.get("stop_reason"), "stop_sequence": None},
-            "usage": message.get("usage", {}),
-        },
-    )
-    return out + event("message_stop", {})
+def frame(event: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
 def error_event(error_type: str, message: str) -> bytes:
-    return event("error", {"error": {"type": error_type, "message": message}})
+    """The event that ends a stream which failed after its first event."""
+    return frame("error", {"type": "error", "error": {"type": error_type, "message": message}})
+
+
+# A delta frame is its block's head (index and delta type known when the block opens), the
+# piece as a JSON string, and this tail: one orjson call per upstream chunk.
+_DELTA_HEAD = (
+    'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
+    '"delta":{"type":"%s","%s":'
+)
+_DELTA_TAIL = b"}}\n\n"
+_DELTAS = {
+    "text": ("text_delta", "text"),
+    "thinking": ("thinking_delta", "thinking"),
+    "tool_use": ("input_json_delta", "partial_json"),
+}
+
+
+def _delta_head(index: int, kind: str) -> bytes:
+    return (_DELTA_HEAD % (index, *_DELTAS[kind])).encode()
+
+
+def _empty_block(kind: str) -> dict[str, Any]:
+    if kind == "thinking":
+        return {"type": "thinking", "thinking": "", "signature": ""}
+    return {"type": "text", "text": ""}
+
+
+def _start(message_id: str, model: str, usage: dict[str, int]) -> bytes:
+    message: dict[str, Any] = {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {**usage, "output_tokens": 0},
+    }
+    return frame("message_start", {"type": "message_start", "message": message})
+
+
+def _stop(index: int) -> bytes:
+    return frame("content_block_stop", {"type": "content_block_stop", "index": index})
+
+
+def _finish(reason: str | None, sequence: str | None, usage: dict[str, int]) -> bytes:
+    delta = {"stop_reason": reason, "stop_sequence": sequence}
+    return frame("message_delta", {"type": "message_delta", "delta": delta, "usage": usage}) + (
+        frame("message_stop", {"type": "message_stop"})
+    )
+
+
+class MessageStream:
+    """Translates a chat-completions stream (parsed chunks, ``include_usage`` on) into
+    Anthropic's events.
+
+    Reasoning deltas go to a ``thinking`` block, content to a ``text`` block, each tool call
+    to its own ``tool_use`` block whose ``partial_json`` pieces are the arguments' pieces
+    exactly as received (they concatenate to the arguments).  A block opens at its first
+    non-empty piece, so no block is empty.  A new tool call is one with another ``index``
+    or another ``id`` than the open one; upstreams send tool calls one after another.
+
+    ``message_delta`` goes out in ``end()``, after the final usage chunk: its usage is the
+    upstream's (``input_tokens`` is the estimate only if the upstream reported none)."""
+
+    __slots__ = (
+        "_blocks",
+        "_called",
+        "_ended",
+        "_finish",
+        "_head",
+        "_open",
+        "_stop_sequence",
+        "_tool_id",
+        "_tool_index",
+        "id",
+        "model",
+        "started",
+        "usage",
+    )
+
+    def __init__(self, model: str, input_tokens_estimate: int) -> None:
+        self.model = model
+        self.id = ""
+        self.started = False  # message_start sent
+        self.usage: dict[str, int] = {
+            "input_tokens": input_tokens_estimate,
+            "output_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": 0,
+        }
+        self._blocks = 0  # blocks opened so far; the open block is the last
+        self._open: str | None = None  # the open block's type
+        self._head = b""  # the open block's delta head
+        self._tool_id: str | None = None  # the open tool call's upstream id and index
+        self._tool_index: Any = None
+        self._called = False
+        self._finish: str | None = None
+        self._stop_sequence: str | None = None
+        self._ended = False
+
+    def _close(self) -> bytes:
+        if self._open is None:
+            return b""
+        self._open = None
+        return _stop(self._blocks - 1)
+
+    def _begin(self, kind: str, block: dict[str, Any]) -> bytes:
+        closed = self._close()
+        index = self._blocks
+        self._blocks += 1
+        self._open = kind
+        self._head = _delta_head(index, kind)
+        started = {"type": "content_block_start", "index": index, "content_block": block}
+        return closed + frame("content_block_start", started)
+
+    def _piece(self, kind: str, piece: str) -> bytes:
+        opened = b"" if self._open == kind else self._begin(kind, _empty_block(kind))
+        return opened + self._head + orjson.dumps(piece) + _DELTA_TAIL
+
+    def _tool_call(self, call: dict[str, Any]) -> bytes:
+        index = call.get("index")
+        call_id = call.get("id")
+        function = call.get("function")
+        if not isinstance(function, dict):
+            function = {}
+        out = b""
+        if (
+            self._open != "tool_use"
+            or (index is not None and index != self._tool_index)
+            or (call_id and self._tool_id and call_id != self._tool_id)
+        ):
+            self._tool_index = index
+            self._tool_id = call_id or None
+            self._called = True
+            block: dict[str, Any] = {
+                "type": "tool_use",
+                "id": tool_id(call_id, self._blocks),
+                "name": function.get("name") or "",
+                "input": {},
+            }
+            out = self._begin("tool_use", block)
+        arguments = function.get("arguments")
+        if arguments:
+            if not isinstance(arguments, str):  # an object, from a provider that sends one
+                arguments = orjson.dumps(arguments).decode()
+            out += self._head + orjson.dumps(arguments) + _DELTA_TAIL
+        return out
+
+    def feed(self, chunk: dict[str, Any]) -> bytes:
+        """The frames one parsed chat chunk makes (``b""`` if none); the first call also
+        makes ``message_start``."""
+        out = b""
+        if not self.started:
+            out = self._message_start(chunk.get("id"))
+        choices = chunk.get("choices")
+        # The relay forwards chunks unchecked: a malformed one is skipped, never a crash.
+        if choices and isinstance(choices, list) and isinstance(choices[0], dict):
+            choice = choices[0]
+            delta = choice.get("delta")
+            if delta and isinstance(delta, dict):
+                thought = reasoning(delta)
+                if thought:
+                    out += self._piece("thinking", thought)
+                text = delta.get("content")
+                if text and isinstance(text, str):
+                    out += self._piece("text", text)
+                calls = delta.get("tool_calls")
+                if calls and isinstance(calls, list):
+                    for call in calls:
+                        if isinstance(call, dict):
+                            out += self._tool_call(call)
+            finish = choice.get("finish_reason")
+            if finish and isinstance(finish, str):
+                self._finish = finish
+                self._stop_sequence = matched_stop(choice)
+        reported = chunk.get("usage")
+        if reported:
+            self.usage = usage(reported)
+        return out
+
+    def _message_start(self, upstream_id: Any) -> bytes:
+        self.started = True
+        self.id = message_id(upstream_id)
+        return _start(self.id, self.model, self.usage)
+
+    def end(self) -> bytes:
+        """Closes the open block, then ``message_delta`` and ``message_stop``; ``b""`` when
+        called again."""
+        if self._ended:
+            return b""
+        self._ended = True
+        out = b"" if self.started else self._message_start(None)
+        reason, sequence = ending(self._finish, self._stop_sequence, self._called)
+        return out + self._close() + _finish(reason, sequence, self.usage)
+
+
+def message_events(message: dict[str, Any]) -> bytes:
+    """A whole message (``from_chat``'s) as the events that reassemble into it: each block's
+    whole text, reasoning or input in one delta."""
+    out = [_start(message["id"], message["model"], message["usage"])]
+    for index, block in enumerate(message["content"]):
+        kind = block["type"]
+        start: dict[str, Any]
+        if kind == "tool_use":
+            piece = orjson.dumps(block["input"]).decode() if block["input"] else ""
+            start = {**block, "input": {}}
+        elif kind in _DELTAS:
+            piece = block[kind]
+            start = _empty_block(kind)
+        else:
+            piece, start = "", block
+        out.append(
+            frame(
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": start},
+            )
+        )
+        if piece:
+            out.append(_delta_head(index, kind) + orjson.dumps(piece) + _DELTA_TAIL)
+        if kind == "thinking" and block.get("signature"):
+            signature = {"type": "signature_delta", "signature": block["signature"]}
+            out.append(
+                frame(
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": index, "delta": signature},
+                )
+            )
+        out.append(_stop(index))
+    out.append(_finish(message["stop_reason"], message["stop_sequence"], message["usage"]))
+    return b"".join(out)
