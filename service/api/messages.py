@@ -17,7 +17,8 @@ from urllib.parse import parse_qsl
 import orjson
 
 from service import errors
-from service.anthropic.request import estimate_input_tokens, validate
+from service.anthropic.request import estimate_input_tokens, to_chat, validate
+from service.anthropic.stream import frame
 from service.api.auth import require_api_key
 from service.api.calls import finish_failed, open_call, served_headers
 from service.api.errors import anthropic_error_event, anthropic_refusal
@@ -38,6 +39,8 @@ from service.routing.table import AUTO
 from service.types import Headers
 
 MESSAGES = Api.MESSAGES
+# The last event of every complete stream (the edge ends the response on it).
+MESSAGE_STOP = frame("message_stop", {"type": "message_stop"})
 COUNT_TIMEOUT_S = 10.0
 
 
@@ -60,9 +63,13 @@ async def create_message(gw: Gateway, request: Request) -> Response | StreamResp
     prompt = estimate_input_tokens(body)
     cap = body.get("max_tokens")
     need = Estimate(prompt, cap if isinstance(cap, int) else None)
-    call, candidates = await open_call(gw, request, token, model, need, MESSAGES)
+    candidates = gw.router.candidates(model, MESSAGES)
+    # Translated before the admission: content chat cannot carry is the client's 400.
+    chat = None if all(is_native(c) for c in candidates) else to_chat(body)
+    call, candidates = await open_call(gw, request, token, model, need, MESSAGES, candidates)
     exchange = MessagesExchange(
         body,
+        chat,
         model,
         _text_header(request, b"anthropic-version"),
         _text_header(request, b"anthropic-beta"),
@@ -75,7 +82,12 @@ async def create_message(gw: Gateway, request: Request) -> Response | StreamResp
                 return _refused(opened, call)
             headers = [*SSE_HEADERS, *_served(call)]
             return StreamResponse(
-                200, opened, headers, call=call, error_event=anthropic_error_event
+                200,
+                opened,
+                headers,
+                call=call,
+                final=MESSAGE_STOP,
+                error_event=anthropic_error_event,
             )
         result = await gw.router.complete_via(call, exchange, candidates)
         if result.status >= 300:
@@ -110,10 +122,7 @@ async def count_tokens(gw: Gateway, request: Request) -> Response:
     too (never 404)."""
     await require_api_key(gw, request)
     body = parse_json(await request.body(gw.settings.max_body_bytes))
-    if isinstance(body, dict):
-        validate({**body, "max_tokens": 1})  # count_tokens takes no max_tokens
-    else:
-        validate(body)
+    validate({**body, "max_tokens": 1} if isinstance(body, dict) else body)  # no max_tokens
     count: int | None = None
     try:
         candidates = gw.router.candidates(_model(body), MESSAGES)

@@ -3,8 +3,8 @@ the request through to a provider that speaks it natively (``messages`` in its `
 and translating it to chat completions for any other.
 
 One request's candidates may mix both: each attempt picks its URL, headers, body and relay
-for the candidate it tries.  The chat translation is made once, on the first attempt that
-needs it.  Answers carry the model name the client asked for.
+for the candidate it tries.  The chat translation is made once per request.  Answers carry
+the model name the client asked for.
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ def is_native(candidate: Candidate) -> bool:
 
 
 class MessagesExchange:
-    """Attempts of one Messages request: ``body`` as the client sent it, ``model`` the name
-    it asked for; ``version`` and ``beta`` its ``anthropic-*`` headers (for native
-    providers); ``input_estimate`` the prompt tokens ``message_start`` reports before the
-    upstream's count is known."""
+    """Attempts of one Messages request: ``body`` as the client sent it, ``chat`` its
+    translation (made on first use when None), ``model`` the name it asked for; ``version``
+    and ``beta`` its ``anthropic-*`` headers (for native providers); ``input_estimate`` the
+    prompt tokens ``message_start`` reports before the upstream's count is known."""
 
     __slots__ = ("_body", "_chat", "_input_estimate", "_model", "_native_extra")
     operation = Api.MESSAGES
@@ -49,6 +49,7 @@ class MessagesExchange:
     def __init__(
         self,
         body: dict[str, Any],
+        chat: dict[str, Any] | None,
         model: str,
         version: str | None,
         beta: str | None,
@@ -57,7 +58,7 @@ class MessagesExchange:
         self._body = body
         self._model = model
         self._input_estimate = input_estimate
-        self._chat: dict[str, Any] | None = None
+        self._chat = chat
         self._native_extra = native_headers(version, beta)
 
     def request(self, candidate: Candidate) -> Outgoing:
