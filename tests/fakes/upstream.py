@@ -173,6 +173,7 @@ class FakeProvider:
         self._queued: dict[str, deque[Behavior]] = {}
         self._persistent: dict[str, Behavior] = {}
         self._models_behavior = Behavior.ok()
+        self._chooser: Callable[[JSONObject], Behavior | None] | None = None
         self._reported_cost: float | None = None
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
@@ -258,11 +259,24 @@ class FakeProvider:
         with self._state:
             self._queued.setdefault(model, deque()).extend(behaviors)
 
+    def choose(self, chooser: Callable[[JSONObject], Behavior | None] | None) -> None:
+        """Pick each chat or embeddings answer from its request body (an agent's tool loop
+        answers by what the conversation holds); None from ``chooser``, or no chooser: the
+        queued and persistent behaviours as usual."""
+        with self._state:
+            self._chooser = chooser
+
+    def _chosen(self, body: JSONObject) -> Behavior | None:
+        with self._state:
+            chooser = self._chooser
+        return chooser(body) if chooser is not None else None
+
     def clear_behaviors(self) -> None:
         """Forget queued and persistent behaviours (``GET /models`` included)."""
         with self._state:
             self._queued.clear()
             self._persistent.clear()
+            self._chooser = None
             self._models_behavior = Behavior.ok()
 
     def report_cost(self, usd: float | None) -> None:
@@ -547,7 +561,8 @@ class FakeProvider:
             return await self._respond_responses(exchange, body, model)
         if endpoint is Endpoint.COMPLETIONS:
             return await self._respond_completions(exchange, body, model)
-        return await self._act(exchange, self._next_behavior(model), endpoint, body, model)
+        behavior = self._chosen(body) or self._next_behavior(model)
+        return await self._act(exchange, behavior, endpoint, body, model)
 
     async def _prelude(
         self, exchange: _Exchange, behavior: Behavior, model: str
