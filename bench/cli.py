@@ -14,6 +14,7 @@ from bench import plot
 from bench.procs import HELPER_CORE, cpu_count, pin_self
 from bench.report import (
     main_table,
+    messages_vs_chat,
     notes,
     ratio_table,
     store_cost_markdown,
@@ -143,6 +144,7 @@ def _print_report(results: dict[str, Any]) -> None:
     print("\n".join(main_table(results)))
     print()
     print("\n".join(ratio_table(results)))
+    print("\n".join(messages_vs_chat(results)))
     print()
     print("\n".join(sweep_table(results)))
     if results.get("store_cost"):

@@ -119,9 +119,9 @@ def measure(target: Target, settings: Settings, scripts_dir: Path) -> TargetResu
             continue
         url = target.urls[kind]
         script = scripts_dir / f"{target.name}-{kind}.lua"
-        script.write_text(render_script(kind, target.token))
+        script.write_text(render_script(kind, target.token, api=target.api))
         checked = scripts_dir / f"{target.name}-{kind}-validate.lua"
-        checked.write_text(render_script(kind, target.token, validate=True))
+        checked.write_text(render_script(kind, target.token, validate=True, api=target.api))
         top = settings.throughput_concurrency
         if settings.warmup_s > 0:
             run_wrk(url, script, top, settings.warmup_s)
@@ -191,6 +191,9 @@ def running(start: Callable[[], Target]) -> Iterator[Target]:
             target.proc.stop()
 
 
+MESSAGES_LABEL = "BEST gateway, embedded store, Messages API"
+
+
 def run_all(settings: Settings, workdir: Path) -> dict[str, object]:
     scripts = workdir / "scripts"
     scripts.mkdir(parents=True, exist_ok=True)
@@ -217,11 +220,14 @@ def run_all(settings: Settings, workdir: Path) -> dict[str, object]:
         log(f"upstream alone at c={top}: {figures}; every other row must stay far below it")
 
         redis, redis_port = start_redis(workdir)
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
         gateways = [
-            ("gateway-embedded", "BEST gateway, embedded store", None),
-            ("gateway-redis", "BEST gateway, Redis store", f"redis://127.0.0.1:{redis_port}/0"),
+            ("gateway-embedded", "BEST gateway, embedded store", None, "chat"),
+            # The same chat upstream through Anthropic's Messages API (translated both ways).
+            ("gateway-messages", MESSAGES_LABEL, None, "messages"),
+            ("gateway-redis", "BEST gateway, Redis store", redis_url, "chat"),
         ]
-        for name, label, redis_url in gateways:
+        for name, label, redis_url, api in gateways:
             start = functools.partial(
                 start_gateway,
                 workdir / name,
@@ -230,6 +236,7 @@ def run_all(settings: Settings, workdir: Path) -> dict[str, object]:
                 name,
                 label,
                 root=settings.gateway_root,
+                api=api,
             )
             results.append(_measure_started(name, label, start, settings, scripts))
 
