@@ -134,7 +134,11 @@ def from_chat(completion: dict[str, Any], model: str) -> dict[str, Any]:
     per tool call, in this order; only the first choice is read."""
     choices = completion.get("choices")
     choice = choices[0] if isinstance(choices, list) and choices else {}
-    message = choice.get("message") or {}
+    if not isinstance(choice, dict):
+        choice = {}
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        message = {}
     content: list[dict[str, Any]] = []
     thought = reasoning(message)
     if thought:
@@ -143,8 +147,13 @@ def from_chat(completion: dict[str, Any], model: str) -> dict[str, Any]:
     if text:
         content.append({"type": "text", "text": text})
     called = False
-    for call in message.get("tool_calls") or ():
-        function = call.get("function") or {}
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, list) else ():
+        if not isinstance(call, dict):
+            continue
+        function = call.get("function")
+        if not isinstance(function, dict):
+            function = {}
         content.append(
             {
                 "type": "tool_use",

@@ -425,7 +425,7 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
         if body.get(key) is not None:
             chat[key] = body[key]
     if body.get("stop_sequences"):
-        chat["stop"] = body["stop_sequences"]
+        chat["stop"] = list(body["stop_sequences"])
     _tools(body, chat)
     effort = reasoning_effort(body)
     if effort:

@@ -16,7 +16,6 @@ from service.anthropic.answer import (
     ending,
     matched_stop,
     message_id,
-    reasoning,
     tool_id,
     usage,
 )
@@ -180,28 +179,29 @@ class MessageStream:
     def feed(self, chunk: dict[str, Any]) -> bytes:
         """The frames one parsed chat chunk makes (``b""`` if none); the first call also
         makes ``message_start``."""
-        out = b""
-        if not self.started:
-            out = self._message_start(chunk.get("id"))
+        out = b"" if self.started else self._message_start(chunk.get("id"))
         choices = chunk.get("choices")
         # The relay forwards chunks unchecked: a malformed one is skipped, never a crash.
-        if choices and isinstance(choices, list) and isinstance(choices[0], dict):
+        if choices and type(choices) is list and type(choices[0]) is dict:
             choice = choices[0]
             delta = choice.get("delta")
-            if delta and isinstance(delta, dict):
-                thought = reasoning(delta)
-                if thought:
+            if delta and type(delta) is dict:
+                thought = delta.get("reasoning_content") or delta.get("reasoning")
+                if thought and type(thought) is str:
                     out += self._piece("thinking", thought)
                 text = delta.get("content")
-                if text and isinstance(text, str):
-                    out += self._piece("text", text)
+                if text and type(text) is str:
+                    if self._open == "text":  # the common chunk: one delta frame
+                        out += self._head + orjson.dumps(text) + _DELTA_TAIL
+                    else:
+                        out += self._piece("text", text)
                 calls = delta.get("tool_calls")
-                if calls and isinstance(calls, list):
+                if calls and type(calls) is list:
                     for call in calls:
-                        if isinstance(call, dict):
+                        if type(call) is dict:
                             out += self._tool_call(call)
             finish = choice.get("finish_reason")
-            if finish and isinstance(finish, str):
+            if finish and type(finish) is str:
                 self._finish = finish
                 self._stop_sequence = matched_stop(choice)
         reported = chunk.get("usage")
