@@ -3,8 +3,8 @@ request reserves, and OpenAI's rate-limit headers."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from service.types import Headers
@@ -179,7 +179,6 @@ def anthropic_rate_headers(headers: Headers, now: float) -> Headers:
             continue
         if anthropic.endswith(b"-reset"):
             seconds = float(value.rstrip(b"s") or 0)  # as _duration wrote it
-            moment = datetime.fromtimestamp(now + seconds, UTC).replace(microsecond=0)
-            value = moment.isoformat().replace("+00:00", "Z").encode()
+            value = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + seconds)).encode()
         renamed.append((anthropic, value))
     return renamed
