@@ -15,6 +15,7 @@ from bench.page import soak_documents, write_page
 from bench.procs import HELPER_CORE, cpu_count, pin_self
 from bench.report import (
     main_table,
+    messages_vs_chat,
     notes,
     ratio_table,
     store_cost_markdown,
@@ -159,6 +160,7 @@ def _print_report(results: dict[str, Any]) -> None:
     print("\n".join(main_table(results)))
     print()
     print("\n".join(ratio_table(results)))
+    print("\n".join(messages_vs_chat(results)))
     print()
     print("\n".join(tracing_table(results)))
     print()

@@ -30,7 +30,8 @@ end
 
 
 # A validating run also inspects every response body (slower, so only for short runs): a 200
-# with a chat.completion, or a stream ending in [DONE] without an error event, counts as good.
+# with a chat.completion, or a stream ending in [DONE] without an error event, counts as good
+# (for the Messages API: a message, or a stream with its message_stop).
 _VALIDATE_HOOK = """
 local threads = {}
 setup = function(thread) table.insert(threads, thread) end
@@ -40,9 +41,10 @@ bad_first = ""
 response = function(status, headers, body)
   local good = status == 200 and body:find('"error"', 1, true) == nil
   if good and KIND == "sse" then
-    good = body:find("data: [DONE]", 1, true) ~= nil
+    good = body:find(API == "messages" and "event: message_stop" or "data: [DONE]", 1, true)
+      ~= nil
   elseif good then
-    good = body:find('"choices"', 1, true) ~= nil
+    good = body:find(API == "messages" and '"type":"message"' or '"choices"', 1, true) ~= nil
   end
   if good then
     good_count = good_count + 1
@@ -67,6 +69,7 @@ FIRST_MARKER = "BENCH_FIRST_BAD "
 
 
 def request_body(kind: str, model: str | None = None) -> str:
+    """The request of a row; the same body is a valid Messages API request too."""
     body: dict[str, object] = {
         "model": model or (SSE_MODEL if kind == "sse" else JSON_MODEL),
         "messages": [{"role": "user", "content": "Say hello in four words."}],
@@ -87,6 +90,7 @@ def render_script(
     model: str | None = None,
     validate: bool = False,
     tokens: Sequence[str] = (),
+    api: str = "chat",
 ) -> str:
     """A wrk script that POSTs one body; ``kind == "mixed"`` alternates JSON and SSE.
 
@@ -122,7 +126,8 @@ def render_script(
     script = "\n".join(lines) + "\n" + _DONE_HOOK
     if validate and kind != "mixed":
         hook = _VALIDATE_HOOK.replace("CHECK_MARKER", CHECK_MARKER)
-        script += f"KIND = {_lua_string(kind)}\n" + hook.replace("FIRST_MARKER", FIRST_MARKER)
+        script += f"KIND = {_lua_string(kind)}\nAPI = {_lua_string(api)}\n"
+        script += hook.replace("FIRST_MARKER", FIRST_MARKER)
     return script
 
 

@@ -177,6 +177,19 @@ def tracing_table(results: Results) -> list[str]:
     return _table(["tracing on (every request sampled) vs off", "JSON req/s", "SSE req/s"], rows)
 
 
+def messages_vs_chat(results: Results) -> list[str]:
+    """The Messages API row against chat's, both on the embedded store, in the same run."""
+    derived = derive(results)
+    messages, chat = derived.get("gateway-messages"), derived.get("gateway-embedded")
+    if messages is None or chat is None:
+        return []
+    shares = []
+    for kind in KINDS:
+        ours, theirs = messages[kind]["rps"], chat[kind]["rps"]
+        shares.append(f"{kind.upper()} {_num(ours / theirs if ours and theirs else None, '.1%')}")
+    return [f"Messages API throughput as a share of chat's (same run): {', '.join(shares)}"]
+
+
 def sweep_table(results: Results) -> list[str]:
     concurrencies: list[int] = results["meta"]["concurrencies"]
     header = ["", "kind", *[f"c={c} p50 ms (req/s)" for c in concurrencies]]
@@ -400,6 +413,7 @@ def render_markdown(results: Results) -> str:
         *main_table(results),
         "",
         *ratio_table(results),
+        *messages_vs_chat(results),
         "",
         *tracing_table(results),
         "",

@@ -119,9 +119,9 @@ def measure(target: Target, settings: Settings, scripts_dir: Path) -> TargetResu
             continue
         url = target.urls[kind]
         script = scripts_dir / f"{target.name}-{kind}.lua"
-        script.write_text(render_script(kind, target.token))
+        script.write_text(render_script(kind, target.token, api=target.api))
         checked = scripts_dir / f"{target.name}-{kind}-validate.lua"
-        checked.write_text(render_script(kind, target.token, validate=True))
+        checked.write_text(render_script(kind, target.token, validate=True, api=target.api))
         top = settings.throughput_concurrency
         if settings.warmup_s > 0:
             run_wrk(url, script, top, settings.warmup_s)
@@ -191,6 +191,9 @@ def running(start: Callable[[], Target]) -> Iterator[Target]:
             target.proc.stop()
 
 
+MESSAGES_LABEL = "BEST gateway, embedded store, Messages API"
+
+
 def run_all(settings: Settings, workdir: Path) -> dict[str, object]:
     scripts = workdir / "scripts"
     scripts.mkdir(parents=True, exist_ok=True)
@@ -218,17 +221,33 @@ def run_all(settings: Settings, workdir: Path) -> dict[str, object]:
 
         redis, redis_port = start_redis(workdir)
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
-        # Tracing on (every request sampled, exported to nginx's OTLP receiver) beside off, and
-        # the JWT row right after the static-token row it is compared with (same store).
+        # Tracing on (every request sampled, exported to nginx's OTLP receiver) beside off; the
+        # JWT row right after the static-token row it is compared with (same store); the same
+        # chat upstream through Anthropic's Messages API (translated both ways).
         otlp = f"http://127.0.0.1:{upstream_port}"
         gateways = [
-            ("gateway-embedded", "BEST gateway, embedded store", None, None, False),
-            ("gateway-jwt", "BEST gateway, embedded store, JWT identity", None, None, True),
-            ("gateway-embedded-traced", "BEST gateway, embedded store, traced", None, otlp, False),
-            ("gateway-redis", "BEST gateway, Redis store", redis_url, None, False),
-            ("gateway-redis-traced", "BEST gateway, Redis store, traced", redis_url, otlp, False),
+            ("gateway-embedded", "BEST gateway, embedded store", None, None, False, "chat"),
+            ("gateway-jwt", "BEST gateway, embedded store, JWT identity", None, None, True, "chat"),
+            ("gateway-messages", MESSAGES_LABEL, None, None, False, "messages"),
+            (
+                "gateway-embedded-traced",
+                "BEST gateway, embedded store, traced",
+                None,
+                otlp,
+                False,
+                "chat",
+            ),
+            ("gateway-redis", "BEST gateway, Redis store", redis_url, None, False, "chat"),
+            (
+                "gateway-redis-traced",
+                "BEST gateway, Redis store, traced",
+                redis_url,
+                otlp,
+                False,
+                "chat",
+            ),
         ]
-        for name, label, store_url, traces_to, identity in gateways:
+        for name, label, store_url, traces_to, identity, api in gateways:
             start = functools.partial(
                 start_gateway,
                 workdir / name,
@@ -239,6 +258,7 @@ def run_all(settings: Settings, workdir: Path) -> dict[str, object]:
                 root=settings.gateway_root,
                 otlp_endpoint=traces_to,
                 identity=identity,
+                api=api,
             )
             results.append(_measure_started(name, label, start, settings, scripts))
 

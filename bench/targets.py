@@ -40,6 +40,7 @@ class Target:
     token: str | None
     proc: Proc | None = None
     notes: list[str] = field(default_factory=list)
+    api: str = "chat"  # or "messages": Anthropic's API, translated to the chat upstream
 
     def model(self, kind: str) -> str:
         return SSE_MODEL if kind == "sse" else JSON_MODEL
@@ -150,6 +151,7 @@ def start_gateway(
     root: Path = ROOT,
     otlp_endpoint: str | None = None,
     identity: bool = False,
+    api: str = "chat",
 ) -> Target:
     """One gateway worker on the core under test.
 
@@ -208,8 +210,9 @@ def start_gateway(
     except RuntimeError:
         proc.stop()
         raise
-    url = f"http://127.0.0.1:{port}/v1/chat/completions"
-    return Target(name, label, {"json": url, "sse": url}, jwt_token or tokens[0], proc)
+    path = "/v1/messages" if api == "messages" else "/v1/chat/completions"
+    url = f"http://127.0.0.1:{port}{path}"
+    return Target(name, label, {"json": url, "sse": url}, jwt_token or tokens[0], proc, api=api)
 
 
 # --- LiteLLM ---------------------------------------------------------------------------------
@@ -331,6 +334,8 @@ def check_target(target: Target, kind: str, body: str) -> str | None:
     text = payload.decode(errors="replace")
     if status != 200:
         return f"POST {target.urls[kind]} ({kind}) -> HTTP {status}: {text[:300]}"
+    if target.api == "messages":
+        return _check_message(kind, text)
     if kind == "json":
         try:
             data = json.loads(text)
@@ -344,4 +349,20 @@ def check_target(target: Target, kind: str, body: str) -> str | None:
             return f"stream does not end with [DONE]: {text[-300:]!r}"
         if '"error"' in text:
             return f"stream carries an error event: {text[:300]!r}"
+    return None
+
+
+def _check_message(kind: str, text: str) -> str | None:
+    """A Messages API answer: a message saying hello, or a stream ending in message_stop."""
+    if kind == "json":
+        try:
+            data = json.loads(text)
+            content = data["content"][0]["text"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            return f"JSON answer is not a message: {text[:300]}"
+        return None if "Hello" in str(content) else f"unexpected content: {content!r}"
+    if not text.rstrip().endswith('data: {"type":"message_stop"}'):
+        return f"stream does not end with message_stop: {text[-300:]!r}"
+    if "event: error" in text:
+        return f"stream carries an error event: {text[:300]!r}"
     return None

@@ -16,17 +16,19 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 from prometheus_client import Counter, Histogram
 
 from service import errors
-from service.api import chat, completions, responses_api
+from service.api import chat, completions, messages, responses_api
 from service.api.errors import INTERNAL
 from service.api.http import (
     ClientGone,
     Request,
     Response,
     StreamResponse,
+    anthropic_error_response,
     error_response,
     send_response,
 )
@@ -41,12 +43,21 @@ log = logging.getLogger("best.http")
 
 Handler = Callable[[Gateway, Request], Awaitable[Response | StreamResponse]]
 
-# The hot routes: path -> (route label, {method: handler}).  Every other path goes to FastAPI.
-Route = tuple[str, dict[str, Handler]]
-_CHAT: Route = (Api.CHAT, {"POST": chat.chat_completions})
-_EMBEDDINGS: Route = (Api.EMBEDDINGS, {"POST": chat.embeddings})
-_RESPONSES: Route = (Api.RESPONSES, {"POST": responses_api.create_response})
-_COMPLETIONS: Route = (Api.COMPLETIONS, {"POST": completions.completions})
+
+class Route(NamedTuple):
+    """A hot route: its metrics label, a handler per method, and whether its errors (and
+    ids) take Anthropic's shape (``{"type": "error", ...}``, a ``request-id`` header)."""
+
+    label: str
+    methods: dict[str, Handler]
+    anthropic: bool = False
+
+
+# The hot routes by path.  Every other path goes to FastAPI.
+_CHAT = Route(Api.CHAT, {"POST": chat.chat_completions})
+_EMBEDDINGS = Route(Api.EMBEDDINGS, {"POST": chat.embeddings})
+_RESPONSES = Route(Api.RESPONSES, {"POST": responses_api.create_response})
+_COMPLETIONS = Route(Api.COMPLETIONS, {"POST": completions.completions})
 ROUTES: dict[str, Route] = {
     "/v1/chat/completions": _CHAT,
     "/chat/completions": _CHAT,
@@ -55,7 +66,13 @@ ROUTES: dict[str, Route] = {
     "/v1/responses": _RESPONSES,
     "/v1/completions": _COMPLETIONS,
     "/completions": _COMPLETIONS,
+    "/v1/messages": Route(Api.MESSAGES, {"POST": messages.create_message}, anthropic=True),
+    "/v1/messages/count_tokens": Route(
+        Api.MESSAGES, {"POST": messages.count_tokens}, anthropic=True
+    ),
 }
+# GET /v1/models[/{id}] with an anthropic-version header: the models in Anthropic's shape.
+_ANTHROPIC_MODELS = Route("models", {"GET": messages.models}, anthropic=True)
 # Metric labels of the FastAPI routes (anything else under /admin/ is "admin", the rest "other").
 OPS_ROUTES: dict[str, str] = {
     "/v1/models": "models",
@@ -72,7 +89,7 @@ OPS_PREFIXES = (
     ("/models/", "models"),
     ("/v1/responses/", Api.RESPONSES),
 )
-_HOT_LABELS = (Api.CHAT, Api.EMBEDDINGS, Api.RESPONSES, Api.COMPLETIONS)
+_HOT_LABELS = (Api.CHAT, Api.EMBEDDINGS, Api.RESPONSES, Api.COMPLETIONS, Api.MESSAGES)
 _LABELS = (*_HOT_LABELS, *sorted(set(OPS_ROUTES.values())), "admin", "other")
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -94,9 +111,14 @@ class App:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            entry = ROUTES.get(scope["path"])
+            path = scope["path"]
+            entry = ROUTES.get(path)
             if entry is not None:
                 await self._http(scope, receive, send, entry)
+            elif (path == "/v1/models" or path.startswith("/v1/models/")) and _asks_anthropic(
+                scope
+            ):
+                await self._http(scope, receive, send, _ANTHROPIC_MODELS)
             else:
                 await self._ops(scope, receive, send)
         elif scope["type"] == "lifespan":
@@ -125,7 +147,7 @@ class App:
         request_id = request.request_id = (
             incoming.decode() if incoming and _REQUEST_ID.match(incoming) else self.gateway.ids()
         )
-        route, methods = entry
+        route, methods, anthropic = entry
         handler = methods.get(request.method)
         trace = request.trace = (
             None
@@ -149,15 +171,21 @@ class App:
                     raise errors.method_not_allowed(request.method)
                 response: Response | StreamResponse = await handler(self.gateway, request)
             except GatewayError as exc:
-                response = error_response(exc)
+                response = anthropic_error_response(exc) if anthropic else error_response(exc)
             except ClientGone:
                 return
             except Exception:
                 log.exception("request %s: unexpected error", request_id)
-                response = error_response(INTERNAL)
+                render = anthropic_error_response if anthropic else error_response
+                response = render(INTERNAL)
             if trace is not None:
                 trace.status = response.status
-            extra = [(b"x-request-id", request_id.encode())]
+            rid = request_id.encode()
+            extra = (
+                [(b"x-request-id", rid), (b"request-id", rid)]
+                if anthropic
+                else [(b"x-request-id", rid)]
+            )
             try:
                 if isinstance(response, StreamResponse):
                     await self._stream(response, send, extra, started, watch, route)
@@ -320,6 +348,11 @@ _SHUTTING_DOWN = errors.Unavailable(
     "The gateway is shutting down and cut this stream; retry the request.",
     code="shutting_down",
 )
+
+
+def _asks_anthropic(scope: Scope) -> bool:
+    """The request carries ``anthropic-version`` (an Anthropic SDK or Claude Code)."""
+    return any(name == b"anthropic-version" for name, _ in scope["headers"])
 
 
 def _ops_label(path: str) -> str:

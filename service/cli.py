@@ -15,6 +15,7 @@ from typing import Any
 from service.config import ConfigError, ProviderConfig, load_config
 from service.identities.config import load_auth
 from service.observability.logging import configure_logging
+from service.routing.table import AUTO
 from service.settings import Settings, SettingsError, settings_from_env
 
 
@@ -145,6 +146,17 @@ async def _add_fleet_state(settings: Settings, rows: list[dict[str, Any]]) -> No
         )
 
 
+def _alias_reach(target: str, rows: list[dict[str, Any]]) -> int:
+    """How many scored pairs an alias's target reaches (a list: every part's)."""
+    reached = set()
+    for part in (p.strip() for p in target.split(",")):
+        for row in rows:
+            pinned = f"{row['provider']}/{row['model']}"
+            if part in (row["model"], pinned) or (part == AUTO and row["score"] > 0):
+                reached.add(pinned)
+    return len(reached)
+
+
 def _provider_state(settings: Settings, provider: ProviderConfig, errors: dict[str, str]) -> str:
     if provider.base_priority <= 0:
         return "disabled (base_priority <= 0)"
@@ -175,12 +187,17 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     # Offline, discovered providers have no models yet: only a missing key is conclusive.
     keyed = any(p["state"] == "ok" for p in providers)
     failed = routable == 0 and (not args.offline or not keyed)
+    aliases = [
+        {"pattern": pattern, "target": target, "pairs": _alias_reach(target, rows)}
+        for pattern, target in config.model_aliases.rules
+    ]
     if args.json:
         document = {
             "warnings": list(config.warnings),
             "providers": providers,
             "pairs": rows,
             "routable": routable,
+            "aliases": aliases,
         }
         print(json.dumps(document, indent=2))
         return 1 if failed else 0
@@ -203,6 +220,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         )
     if settings.redis_url is None:
         print("live and breaker: the fleet's state is in the running gateway (no REDIS_URL)")
+    if aliases:
+        print("\naliases (aliases.yaml; first match wins, for names no provider serves):")
+        for alias in aliases:
+            print(f"  {alias['pattern']:<24} -> {alias['target']}  ({alias['pairs']} pairs)")
     print(f"\n{routable} routable of {len(rows)} scored pairs")
     if failed:
         print("best: nothing is routable", file=sys.stderr)

@@ -17,9 +17,11 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from service.aliases import Aliases
 from service.config_schema import (
     DEFAULT_APIS,
     AdjustmentsFile,
+    AliasesFile,
     LeaderboardEntry,
     PriceEntry,
     PricesFile,
@@ -36,6 +38,7 @@ PROVIDERS_FILE = "meta-providers.yaml"
 ADJUSTMENTS_FILE = "model-adjustments.yaml"
 SCORING_FILE = "scoring.yaml"
 PRICES_FILE = "prices.yaml"
+ALIASES_FILE = "aliases.yaml"
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -163,6 +166,7 @@ class GatewayConfig:
     fingerprint: str = ""
     warnings: tuple[str, ...] = ()
     prices: Prices = field(default_factory=Prices)
+    model_aliases: Aliases = field(default_factory=Aliases)  # aliases.yaml
 
 
 def default_provider_name(api_key_env_var: str) -> str:
@@ -354,6 +358,7 @@ def load_config(config_dir: Path) -> GatewayConfig:
     adjustments_file = _validate(AdjustmentsFile, adjustments_path, errors, optional=True)
     scoring_file = _validate(ScoringFile, scoring_path, errors, optional=True)
     prices_file = _validate(PricesFile, prices_path, errors, optional=True)
+    aliases_file = _validate(AliasesFile, config_dir / ALIASES_FILE, errors, optional=True)
     providers = _providers(providers_file, providers_path, errors) if providers_file else ()
     errors.raise_if_any()
 
@@ -382,13 +387,14 @@ def load_config(config_dir: Path) -> GatewayConfig:
         prices=_prices(prices_file[0], providers, prices_path, warnings)
         if prices_file
         else Prices(),
+        model_aliases=Aliases(aliases_file[0].aliases.items() if aliases_file else ()),
     )
 
 
 def config_fingerprint(config_dir: Path) -> str:
     """A digest of the config files' bytes: changes when any file changes."""
     digest = hashlib.sha256()
-    for name in (PROVIDERS_FILE, ADJUSTMENTS_FILE, SCORING_FILE, PRICES_FILE):
+    for name in (PROVIDERS_FILE, ADJUSTMENTS_FILE, SCORING_FILE, PRICES_FILE, ALIASES_FILE):
         path = config_dir / name
         digest.update(name.encode())
         try:

@@ -214,6 +214,17 @@ class ScoringFile(Section):
     discovery: DiscoveryEntry = DiscoveryEntry()
 
 
+# -- aliases.yaml ------------------------------------------------------------------------------
+
+
+class AliasesFile(Section):
+    """Glob pattern -> the model it routes as (file order: the first match wins)."""
+
+    aliases: Annotated[dict[str, Text], BeforeValidator(_scalars_as_text)] = Field(
+        default_factory=dict
+    )
+
+
 # -- prices.yaml -------------------------------------------------------------------------------
 
 

@@ -78,6 +78,10 @@ class Unavailable(GatewayError):
     """The gateway cannot serve this now: no provider usable, breakers open, store down."""
 
 
+class BreakersOpen(Unavailable):
+    """No candidate can be tried: every one's circuit breaker is open (or being probed)."""
+
+
 class UpstreamFailed(GatewayError):
     """Every attempt failed (the last upstream error says why)."""
 

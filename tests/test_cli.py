@@ -138,3 +138,25 @@ def test_check_config_shows_the_fleets_live_factor_and_breaker_state(
     assert main(["check-config"]) == 0
     out = capsys.readouterr().out
     assert "live and breaker: the fleet's state is in the running gateway" in out
+
+
+def test_check_config_shows_the_aliases_and_what_they_reach(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    provider: FakeProvider,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _configure(monkeypatch, tmp_path, provider, key="right")
+    (tmp_path / "config" / "aliases.yaml").write_text(
+        'aliases:\n  "claude-haiku-*": "nothing,m"\n  "claude-*": priority-auto\n  x: y\n'
+    )
+    assert main(["check-config", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["aliases"] == [
+        {"pattern": "claude-haiku-*", "target": "nothing,m", "pairs": 1},
+        {"pattern": "claude-*", "target": "priority-auto", "pairs": 1},
+        {"pattern": "x", "target": "y", "pairs": 0},
+    ]
+    assert main(["check-config"]) == 0
+    out = capsys.readouterr().out
+    assert "claude-haiku-*" in out and "-> nothing,m  (1 pairs)" in out

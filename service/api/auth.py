@@ -33,6 +33,19 @@ async def require_token(gw: Gateway, request: Request) -> Record | None:
     return record
 
 
+def api_key(request: Request) -> str | None:
+    """The token of an Anthropic client: ``x-api-key`` (the SDK's ``api_key``,
+    ``ANTHROPIC_API_KEY``), else a bearer token (``auth_token``, ``ANTHROPIC_AUTH_TOKEN``)."""
+    value = request.header(b"x-api-key")
+    token = value.decode("latin-1").strip() if value is not None else ""
+    return token or bearer(request)
+
+
+async def require_api_key(gw: Gateway, request: Request) -> Record | None:
+    """``require_token`` for Anthropic's routes (the token in ``x-api-key`` or a bearer)."""
+    return await gw.quotas.authenticate(api_key(request))
+
+
 def require_admin(gw: Gateway, request: Request) -> None:
     if not gw.settings.admin_tokens:
         raise errors.not_found("The admin API is off: set ADMIN_TOKENS to enable it.")

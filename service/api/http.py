@@ -12,7 +12,15 @@ from typing import Any, Protocol
 
 import orjson
 
-from service.api.errors import error_body, error_headers, sse_error_event, status_of
+from service.api.errors import (
+    anthropic_error_body,
+    anthropic_error_headers,
+    anthropic_status,
+    error_body,
+    error_headers,
+    sse_error_event,
+    status_of,
+)
 from service.errors import BadRequest, GatewayError, payload_too_large
 from service.observability.tracing import RequestTrace
 from service.types import Headers, Receive, Scope, Send
@@ -170,6 +178,13 @@ class StreamResponse:
 
 def error_response(error: GatewayError) -> Response:
     return Response(status_of(error), error_body(error), error_headers(error))
+
+
+def anthropic_error_response(error: GatewayError) -> Response:
+    """The error in Anthropic's shape (the Messages API's routes)."""
+    return Response(
+        anthropic_status(error), anthropic_error_body(error), anthropic_error_headers(error)
+    )
 
 
 async def send_response(send: Send, response: Response, extra: Headers) -> None:

@@ -3,6 +3,7 @@ request reserves, and OpenAI's rate-limit headers."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,3 +156,29 @@ def rate_limit_headers(
             (b"x-ratelimit-reset-tokens", _duration(reset_ms)),
         ]
     return headers
+
+
+# OpenAI's rate-limit header -> Anthropic's name for the same figure.
+_ANTHROPIC_NAMES = {
+    b"x-ratelimit-limit-requests": b"anthropic-ratelimit-requests-limit",
+    b"x-ratelimit-remaining-requests": b"anthropic-ratelimit-requests-remaining",
+    b"x-ratelimit-reset-requests": b"anthropic-ratelimit-requests-reset",
+    b"x-ratelimit-limit-tokens": b"anthropic-ratelimit-tokens-limit",
+    b"x-ratelimit-remaining-tokens": b"anthropic-ratelimit-tokens-remaining",
+    b"x-ratelimit-reset-tokens": b"anthropic-ratelimit-tokens-reset",
+}
+
+
+def anthropic_rate_headers(headers: Headers, now: float) -> Headers:
+    """The ``x-ratelimit-*`` among ``headers`` under Anthropic's names (``anthropic-ratelimit-
+    requests-limit`` ...); a reset is an RFC 3339 time there, not a duration."""
+    renamed: Headers = []
+    for name, value in headers:
+        anthropic = _ANTHROPIC_NAMES.get(name)
+        if anthropic is None:
+            continue
+        if anthropic.endswith(b"-reset"):
+            seconds = float(value.rstrip(b"s") or 0)  # as _duration wrote it
+            value = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + seconds)).encode()
+        renamed.append((anthropic, value))
+    return renamed

@@ -87,7 +87,7 @@ class StreamRelay:
             if self.done:
                 if not self.has_choices:
                     raise UpstreamFailure(BAD_BODY, "upstream stream ended with no content")
-                frames.append(DONE_FRAME)
+                frames.append(self._closing())
         return frames
 
     async def _from_json(self) -> list[bytes]:
@@ -151,22 +151,31 @@ class StreamRelay:
         if failure is not None:
             raise failure
         choices = event.get("choices")
-        if event.get("usage"):
-            self.usage = event["usage"]
-            if not self._client_wants_usage:
-                if not choices:
-                    return None
-                # Some upstreams (LiteLLM's proxy) put the usage on a chunk with choices:
-                # the client did not ask for it, so it gets the choices only.
-                del event["usage"]
-                payload = orjson.dumps(event)
+        usage = event.get("usage")
+        if usage:
+            self.usage = usage
         if choices and isinstance(choices, list):
             self.has_choices = True
             for choice in choices:
                 if isinstance(choice, dict) and choice.get("finish_reason"):
                     self.finished = True
                     self.finish_reasons.append(str(choice["finish_reason"]))
+        return self._forward(event, payload, choices, usage)
+
+    def _forward(self, event: Any, payload: bytes, choices: Any, usage: Any) -> bytes | None:
+        """What the client gets of one parsed upstream chunk (``payload`` its raw bytes)."""
+        if usage and not self._client_wants_usage:
+            if not choices:
+                return None
+            # Some upstreams (LiteLLM's proxy) put the usage on a chunk with choices: the
+            # client did not ask for it, so it gets the choices only.
+            del event["usage"]
+            payload = orjson.dumps(event)
         return frame(payload)
+
+    def _closing(self) -> bytes:
+        """What ends a complete stream."""
+        return DONE_FRAME
 
     async def rest(self, deadline: float) -> AsyncIterator[bytes]:
         """Everything after the first frames, one piece per upstream read (fewer writes to
@@ -200,5 +209,5 @@ class StreamRelay:
                 yield b"".join(batch)
             # The edge ends the stream with this error's event.
             raise StreamFailed(failure.message, code=f"upstream_{failure.reason}") from None
-        batch.append(DONE_FRAME)
+        batch.append(self._closing())
         yield b"".join(batch)

@@ -15,11 +15,9 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
-
-import orjson
 
 from service import errors
 from service.apis import Api
@@ -29,37 +27,25 @@ from service.observability.metrics import Metrics
 from service.observability.tracing import LOST, WON, AttemptSpan, RequestTrace
 from service.routing.catalog import Catalog
 from service.routing.cooldowns import Cooldowns
-from service.routing.events import EventRelay
+from service.routing.exchange import Answer, Exchange, ForwardExchange, Outgoing
 from service.routing.health import FleetStats
-from service.routing.relay import Relay, StreamRelay
+from service.routing.relay import Relay
 from service.routing.table import AUTO, CHAT, Candidate
 from service.settings import Settings
 from service.types import Headers
-from service.upstream.client import UpstreamClient, UpstreamResponse, UpstreamStream
+from service.upstream.client import UpstreamClient, UpstreamStream
 from service.upstream.errors import (
     RATE_LIMITED,
     STREAM_BROKEN,
     TIMEOUT,
     ClientFault,
     UpstreamFailure,
-    check_completion,
-    check_embeddings,
-    check_response,
-    checked_json,
     failure_for_status,
 )
 from service.upstream.usage import NOTHING_USED, Usage, read_usage
 
 log = logging.getLogger("best.router")
 
-Checker = Callable[[Any], UpstreamFailure | None]
-# What a usable 200 answer of each API looks like.
-CHECKS: dict[str, Checker] = {
-    Api.CHAT: check_completion,
-    Api.COMPLETIONS: check_completion,
-    Api.EMBEDDINGS: check_embeddings,
-    Api.RESPONSES: check_response,
-}
 # Called with the chosen candidate and its relay before a stream's first byte leaves.
 OnOpen = Callable[[Candidate, Relay], Awaitable[None]]
 
@@ -170,6 +156,16 @@ class Router:
         requests tries first a pair the live factor moved down (see ``_explored``)."""
         table = self._catalog.table
         found = table.for_api(api).resolve(model)
+        if not found and model:
+            target = self._catalog.config.model_aliases.target(model)
+            if target is not None:
+                found = table.for_api(api).resolve(target)
+                if not found and self._catalog.no_keys_message() is None:
+                    raise errors.ModelNotFound(
+                        f"The model `{model}` is an alias of `{target}` (aliases.yaml), "
+                        "which no configured provider serves.",
+                        param="model",
+                    )
         if not found:
             no_keys = self._catalog.no_keys_message()
             if no_keys is not None:
@@ -194,7 +190,7 @@ class Router:
                 "Every provider for this model is cooling down after its rate limits; retry later.",
                 retry_after_s=wait_s,
             )
-        raise errors.unavailable(
+        raise errors.BreakersOpen(
             "Every provider for this model has its circuit breaker open after repeated "
             "failures; retry later.",
             retry_after_s=wait_s,
@@ -364,15 +360,20 @@ class Router:
         """A non-streaming answer of ``api`` (default: chat, or embeddings) with failover
         (and hedging)."""
         api = api or (Api.EMBEDDINGS if embeddings else Api.CHAT)
-        check = CHECKS[api]
-        call.operation = Api(api)
+        return await self.complete_via(call, ForwardExchange(Api(api), body), candidates)
+
+    async def complete_via(
+        self, call: Call, exchange: Exchange, candidates: list[Candidate]
+    ) -> Completion:
+        """A non-streaming answer with failover (and hedging), each attempt made by
+        ``exchange``."""
+        call.operation = exchange.operation
         plan = _Plan(call, candidates, self._settings.max_attempts, self._cooldowns)
 
         async def attempt(
-            candidate: Candidate, headers: Mapping[str, str], span: AttemptSpan | None
+            candidate: Candidate, outgoing: Outgoing, span: AttemptSpan | None
         ) -> _Answer:
-            url = candidate.urls[api]
-            payload = orjson.dumps({**body, "model": candidate.model})
+            url, headers, payload = outgoing
             response = await self._client.post(
                 url,
                 headers,
@@ -380,18 +381,18 @@ class Router:
                 plan.attempt_timeout(candidate),
                 candidate.first_token_timeout_s,
             )
-            return _Answer(response, _answer(response, check), span)
+            return _Answer(exchange.answer(candidate, response), span)
 
-        raced = await self._decide(call, plan, _traced(call, api, body, attempt))
+        raced = await self._decide(call, plan, _traced(call, exchange, attempt))
         if isinstance(raced, Completion):
             return raced
         candidate, answer, elapsed = raced
         call.candidate = candidate
-        used = self._succeeded(call, candidate, elapsed, answer.parsed.get("usage"))
+        used = self._succeeded(call, candidate, elapsed, answer.answer.usage)
         call.finish(used)
         if answer.span is not None:
-            answer.span.answered(WON, answer.parsed, used)
-        return Completion(answer.response.status, answer.response.body, b"application/json")
+            answer.span.answered(WON, answer.answer.parsed, used)
+        return Completion(answer.answer.status, answer.answer.body, b"application/json")
 
     async def stream(
         self,
@@ -407,7 +408,6 @@ class Router:
         request (the client's fault).  ``on_open`` runs once the stream is chosen, before
         its first byte is sent; if it raises, the upstream is closed and the error
         propagates."""
-        call.operation = Api(api)
         if api == Api.RESPONSES:
             client_wants_usage = True  # the Responses API always reports usage on its own
         elif not client_wants_usage:
@@ -416,33 +416,38 @@ class Router:
                 **(options if isinstance(options, dict) else {}),
                 "include_usage": True,
             }
+        exchange = ForwardExchange(Api(api), body, client_wants_usage)
+        return await self.stream_via(call, exchange, candidates, on_open)
+
+    async def stream_via(
+        self,
+        call: Call,
+        exchange: Exchange,
+        candidates: list[Candidate],
+        on_open: OnOpen | None = None,
+    ) -> AsyncIterator[bytes] | Completion:
+        """``stream``, each attempt made by ``exchange``."""
+        call.operation = exchange.operation
         plan = _Plan(call, candidates, self._settings.max_attempts, self._cooldowns)
 
         async def attempt(
-            candidate: Candidate, headers: Mapping[str, str], span: AttemptSpan | None
+            candidate: Candidate, outgoing: Outgoing, span: AttemptSpan | None
         ) -> _Opened:
-            payload = orjson.dumps({**body, "model": candidate.model})
+            url, headers, payload = outgoing
             upstream: UpstreamStream | None = None
             limit = candidate.first_token_timeout_s
             first_byte = asyncio.timeout(limit)
             try:
                 async with first_byte:
                     upstream = await self._client.open_stream(
-                        candidate.urls[api],
-                        headers,
-                        payload,
-                        plan.attempt_timeout(candidate),
+                        url, headers, payload, plan.attempt_timeout(candidate)
                     )
                     if upstream.status >= 300:
                         raw = await upstream.read()
                         raise failure_for_status(
                             upstream.status, raw, upstream.retry_after, upstream.content_type
                         )
-                    relay: Relay = (
-                        EventRelay(upstream)
-                        if api == Api.RESPONSES
-                        else StreamRelay(upstream, client_wants_usage, api)
-                    )
+                    relay = exchange.relay(candidate, upstream)
                     first = await relay.first_frames()
             except TimeoutError:
                 if upstream is not None:
@@ -459,7 +464,7 @@ class Router:
             return _Opened(relay, first, span)
 
         started = time.monotonic()
-        raced = await self._decide(call, plan, _traced(call, api, body, attempt))
+        raced = await self._decide(call, plan, _traced(call, exchange, attempt))
         if isinstance(raced, Completion):
             return raced
         candidate, opened, first_byte_s = raced
@@ -518,8 +523,7 @@ Attempt = Callable[[Candidate], Awaitable[T]]
 
 @dataclass(slots=True)
 class _Answer:
-    response: UpstreamResponse
-    parsed: Any
+    answer: Answer
     span: AttemptSpan | None = None
 
 
@@ -532,22 +536,25 @@ class _Opened:
 
 # An attempt as the router's closures write it: the headers to send (the candidate's, plus
 # the attempt span's traceparent when tracing is on) and the span to keep in the result.
-TracedAttempt = Callable[[Candidate, Mapping[str, str], AttemptSpan | None], Awaitable[T]]
+TracedAttempt = Callable[[Candidate, Outgoing, AttemptSpan | None], Awaitable[T]]
 
 
-def _traced(call: Call, api: str, body: dict[str, Any], attempt: TracedAttempt[T]) -> Attempt[T]:
-    """``attempt`` with a CLIENT span per call when the request is traced; a failed or
-    cancelled attempt's span ends here, an answered one's where its outcome is known."""
+def _traced(call: Call, exchange: Exchange, attempt: TracedAttempt[T]) -> Attempt[T]:
+    """``attempt`` at the request ``exchange`` makes for each candidate, with a CLIENT span
+    per call when the request is traced (its headers carry the span's ``traceparent``); a
+    failed or cancelled attempt's span ends here, an answered one's where its outcome is
+    known."""
     trace = call.trace
     if trace is None:
-        return lambda candidate: attempt(candidate, candidate.headers, None)
+        return lambda candidate: attempt(candidate, exchange.request(candidate), None)
 
     async def traced(candidate: Candidate) -> T:
+        url, headers, payload = exchange.request(candidate)
         span = trace.attempt(
-            api, candidate.provider, candidate.model, candidate.urls[api], body, candidate.headers
+            exchange.operation, candidate.provider, candidate.model, url, exchange.body, headers
         )
         try:
-            return await attempt(candidate, span.headers, span)
+            return await attempt(candidate, (url, span.headers, payload), span)
         except asyncio.CancelledError:
             span.cancelled()
             raise
@@ -576,9 +583,9 @@ def _loser_usage(candidate: Candidate, result: Any) -> Usage | None:
             result.span.answered(LOST, None, None)
         return None
     if isinstance(result, _Answer):
-        used = read_usage(candidate.provider, candidate.model, result.parsed.get("usage"))
+        used = read_usage(candidate.provider, candidate.model, result.answer.usage)
         if result.span is not None:
-            result.span.answered(LOST, result.parsed, used)
+            result.span.answered(LOST, result.answer.parsed, used)
         return used
     return None
 
@@ -662,10 +669,10 @@ class _Plan:
     def give_up(self) -> GatewayError:
         failures = self._failures
         if not failures:
-            return errors.unavailable(
+            return errors.BreakersOpen(
                 "No provider could be tried for this model: circuit breakers are open or "
                 "being probed after repeated failures; retry shortly.",
-                1.0,
+                retry_after_s=1.0,
             )
         last = failures[-1].message
         if all(f.reason == RATE_LIMITED for f in failures):
@@ -678,12 +685,3 @@ class _Plan:
         return errors.UpstreamFailed(
             f"No provider could answer ({len(failures)} tried); last: {last}"
         )
-
-
-def _answer(response: UpstreamResponse, check: Checker) -> Any:
-    """The parsed body of a usable answer; raises UpstreamFailure or ClientFault otherwise."""
-    if response.status >= 300:
-        raise failure_for_status(
-            response.status, response.body, response.retry_after, response.content_type
-        )
-    return checked_json(response.body, check)

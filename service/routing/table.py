@@ -14,6 +14,8 @@ AUTO = "priority-auto"
 CHAT = Api.CHAT
 # Every API a provider may serve (``apis:`` in meta-providers.yaml); each has a table of its own.
 APIS = tuple(Api)
+# A provider that serves chat also answers the Messages API, translated (routing/messages.py).
+TRANSLATED_FROM = {Api.MESSAGES: Api.CHAT}
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -33,6 +35,8 @@ class Candidate:
     provider_field: str
     pair_field: str
     served_headers: tuple[tuple[bytes, bytes], ...]  # x-best-provider, x-best-model
+    # Anthropic's auth for a provider serving the Messages API natively (empty otherwise).
+    messages_headers: Mapping[str, str] = field(default_factory=dict)
     first_token_timeout_s: float | None = None  # no first byte by then: fail over
     live: float = 1.0  # the live factor the table was ordered with (1: no adjustment)
     effective: float = 0.0  # the score the table was ordered by (static x live)
@@ -73,6 +77,11 @@ class Candidate:
                 (b"x-best-provider", provider.encode()),
                 (b"x-best-model", model.encode()),
             ),
+            messages_headers=(
+                {"x-api-key": api_key, "content-type": "application/json"}
+                if Api.MESSAGES in apis
+                else {}
+            ),
             first_token_timeout_s=first_token_timeout_s,
             effective=score.total,
         )
@@ -111,7 +120,8 @@ class ModelTable:
         table = cls._from_ordered(ordered, live, scores)
         # One sub-table per API, holding the pairs whose provider serves it.
         for api in APIS:
-            serving = [c for c in ordered if api in c.apis]
+            also = TRANSLATED_FROM.get(api)
+            serving = [c for c in ordered if api in c.apis or also in c.apis]
             whole = len(serving) == len(ordered)
             table._by_api[api] = table if whole else cls._from_ordered(serving, live, scores)
         return table

@@ -10,7 +10,7 @@ import pytest
 
 from bench.loadgen import parse_output, render_script, run_wrk
 from bench.procs import free_port, http_post
-from bench.report import render_markdown
+from bench.report import messages_vs_chat, render_markdown
 from bench.upstream import chat_completion_body, sse_body, start_nginx
 
 NGINX = "/usr/sbin/nginx"
@@ -94,3 +94,24 @@ def test_markdown_handles_missing_rows() -> None:
     }
     text = render_markdown(results)
     assert "LiteLLM: skipped: not installed" in text
+
+
+def test_messages_row_is_reported_against_chats() -> None:
+    def row(name: str, json_rps: float, sse_rps: float) -> dict[str, object]:
+        sweep = {
+            kind: {
+                "check": None,
+                "errors": 0,
+                "sweep": [{"connections": 32, "rps": rps, "p50_ms": 1, "p90_ms": 1, "p99_ms": 1}],
+            }
+            for kind, rps in (("json", json_rps), ("sse", sse_rps))
+        }
+        return {"name": name, "label": name, "status": "ok", "message": None, "kinds": sweep}
+
+    results = {
+        "meta": {"throughput_concurrency": 32},
+        "targets": [row("gateway-embedded", 1000, 800), row("gateway-messages", 950, 720)],
+    }
+    assert messages_vs_chat(results) == [
+        "Messages API throughput as a share of chat's (same run): JSON 95.0%, SSE 90.0%"
+    ]

@@ -6,6 +6,7 @@ import email.utils
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 RetryAfter = int | float | str | datetime | None
 
@@ -26,6 +27,7 @@ class Kind(StrEnum):
     STREAM_DIES = "stream_dies"
     JSON_FOR_STREAM = "json_for_stream"
     USAGE_ON_CHOICES = "usage_on_choices"
+    SCRIPTED = "scripted"
 
 
 # status -> (error type, error code, message); "{model}" is replaced by the requested model.
@@ -64,6 +66,8 @@ class Behavior:
     param: str | None = None
     retry_after: str | None = None
     body: bytes | None = None
+    chunks: tuple[dict[str, Any], ...] = ()  # SCRIPTED: the chat chunks streamed
+    answer: dict[str, Any] | None = None  # SCRIPTED: the chat completion answered as JSON
 
     @classmethod
     def ok(cls, delay_s: float = 0.0, chunk_delay_s: float = 0.0) -> Behavior:
@@ -191,6 +195,20 @@ class Behavior:
         """Stream as LiteLLM's proxy does: the usage rides on the last chunk with choices
         (its ``finish_reason`` chunk) instead of a usage-only chunk of its own."""
         return cls(Kind.USAGE_ON_CHOICES)
+
+    @classmethod
+    def scripted(
+        cls,
+        chunks: list[dict[str, Any]] | None = None,
+        answer: dict[str, Any] | None = None,
+        chunk_delay_s: float = 0.0,
+    ) -> Behavior:
+        """Stream exactly these ``chat.completion.chunk`` events (then ``[DONE]``) to a
+        streaming chat request, and answer a JSON one with ``answer``; the model and id
+        are the test's own."""
+        return cls(
+            Kind.SCRIPTED, chunks=tuple(chunks or ()), answer=answer, chunk_delay_s=chunk_delay_s
+        )
 
 
 def format_retry_after(value: RetryAfter) -> str | None:

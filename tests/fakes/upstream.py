@@ -32,6 +32,7 @@ from typing import Any, Self
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from tests.fakes import anthropic_payloads
 from tests.fakes.behaviors import Behavior, Kind, RetryAfter, format_retry_after
 from tests.fakes.openai_payloads import (
     EMBEDDING_DIM,
@@ -85,12 +86,14 @@ class Endpoint(StrEnum):
     EMBEDDINGS = "embeddings"
     RESPONSES = "responses"
     COMPLETIONS = "completions"
+    MESSAGES = "messages"  # Anthropic's Messages API (x-api-key auth)
+    COUNT_TOKENS = "count_tokens"  # /v1/messages/count_tokens
     STORED = "stored"  # GET/DELETE /responses/{id}, input_items, cancel
     MODELS = "models"
     UNKNOWN = "unknown"
 
 
-ALL_APIS = ("chat", "embeddings", "responses", "completions")
+ALL_APIS = ("chat", "embeddings", "responses", "completions", "messages")
 # endpoint -> the API that serves it
 _API_OF = {
     Endpoint.CHAT: "chat",
@@ -98,6 +101,8 @@ _API_OF = {
     Endpoint.RESPONSES: "responses",
     Endpoint.STORED: "responses",
     Endpoint.COMPLETIONS: "completions",
+    Endpoint.MESSAGES: "messages",
+    Endpoint.COUNT_TOKENS: "messages",
 }
 
 
@@ -133,6 +138,7 @@ class _Counters:
     embedding_requests: int = 0
     response_requests: int = 0  # POST /responses
     completion_requests: int = 0
+    message_requests: int = 0  # POST /messages (Anthropic's API)
     in_flight: int = 0
     max_in_flight: int = 0
     disconnects: int = 0
@@ -167,6 +173,7 @@ class FakeProvider:
         self._queued: dict[str, deque[Behavior]] = {}
         self._persistent: dict[str, Behavior] = {}
         self._models_behavior = Behavior.ok()
+        self._chooser: Callable[[JSONObject], Behavior | None] | None = None
         self._reported_cost: float | None = None
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
@@ -252,11 +259,24 @@ class FakeProvider:
         with self._state:
             self._queued.setdefault(model, deque()).extend(behaviors)
 
+    def choose(self, chooser: Callable[[JSONObject], Behavior | None] | None) -> None:
+        """Pick each chat or embeddings answer from its request body (an agent's tool loop
+        answers by what the conversation holds); None from ``chooser``, or no chooser: the
+        queued and persistent behaviours as usual."""
+        with self._state:
+            self._chooser = chooser
+
+    def _chosen(self, body: JSONObject) -> Behavior | None:
+        with self._state:
+            chooser = self._chooser
+        return chooser(body) if chooser is not None else None
+
     def clear_behaviors(self) -> None:
         """Forget queued and persistent behaviours (``GET /models`` included)."""
         with self._state:
             self._queued.clear()
             self._persistent.clear()
+            self._chooser = None
             self._models_behavior = Behavior.ok()
 
     def report_cost(self, usd: float | None) -> None:
@@ -334,6 +354,12 @@ class FakeProvider:
             return self._counters.completion_requests
 
     @property
+    def message_requests(self) -> int:
+        """``POST /v1/messages`` requests (Anthropic's API, served natively)."""
+        with self._state:
+            return self._counters.message_requests
+
+    @property
     def stored_responses(self) -> dict[str, JSONObject]:
         """The responses this provider holds, by id (a copy)."""
         with self._state:
@@ -405,6 +431,8 @@ class FakeProvider:
         app.router.add_post("/v1/embeddings", self._on_embeddings)
         app.router.add_post("/v1/responses", self._on_responses)
         app.router.add_post("/v1/completions", self._on_completions)
+        app.router.add_post("/v1/messages", self._on_messages)
+        app.router.add_post("/v1/messages/count_tokens", self._on_count_tokens)
         app.router.add_route("GET", "/v1/responses/{id}", self._on_stored)
         app.router.add_route("DELETE", "/v1/responses/{id}", self._on_stored)
         app.router.add_get("/v1/responses/{id}/input_items", self._on_stored)
@@ -440,6 +468,12 @@ class FakeProvider:
     async def _on_completions(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, Endpoint.COMPLETIONS)
 
+    async def _on_messages(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, Endpoint.MESSAGES)
+
+    async def _on_count_tokens(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, Endpoint.COUNT_TOKENS)
+
     async def _on_stored(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, Endpoint.STORED)
 
@@ -462,6 +496,7 @@ class FakeProvider:
             Endpoint.EMBEDDINGS,
             Endpoint.RESPONSES,
             Endpoint.COMPLETIONS,
+            Endpoint.MESSAGES,
         )
         self._begin(RecordedRequest(request.method, request.path, _headers(request), body, raw))
         if counted:
@@ -489,6 +524,8 @@ class FakeProvider:
         if endpoint is Endpoint.UNKNOWN or _API_OF.get(endpoint, "chat") not in self._apis:
             message = f"Unknown request URL: {request.method} {request.path}."
             return _error_json(404, message, "invalid_request_error", "unknown_url")
+        if endpoint in (Endpoint.MESSAGES, Endpoint.COUNT_TOKENS):
+            return await self._respond_messages(exchange, endpoint, body)
         expected = None if self._api_key is None else f"Bearer {self._api_key}"
         if expected is not None and request.headers.get("Authorization") != expected:
             return _error_json(
@@ -524,7 +561,8 @@ class FakeProvider:
             return await self._respond_responses(exchange, body, model)
         if endpoint is Endpoint.COMPLETIONS:
             return await self._respond_completions(exchange, body, model)
-        return await self._act(exchange, self._next_behavior(model), endpoint, body, model)
+        behavior = self._chosen(body) or self._next_behavior(model)
+        return await self._act(exchange, behavior, endpoint, body, model)
 
     async def _prelude(
         self, exchange: _Exchange, behavior: Behavior, model: str
@@ -680,6 +718,41 @@ class FakeProvider:
         await response.write_eof()
         return response
 
+    # ----------------------------------------------------------------- Anthropic's Messages API
+
+    async def _respond_messages(
+        self, exchange: _Exchange, endpoint: Endpoint, body: Any
+    ) -> web.StreamResponse:
+        """Anthropic's own API: the key in ``x-api-key``, errors in Anthropic's shape."""
+        request = exchange.request
+        if self._api_key is not None and request.headers.get("x-api-key") != self._api_key:
+            payload = anthropic_payloads.error("authentication_error", "invalid x-api-key")
+            return web.json_response(payload, status=401)
+        if "anthropic-version" not in request.headers:
+            payload = anthropic_payloads.error(
+                "invalid_request_error", "anthropic-version: header is required"
+            )
+            return web.json_response(payload, status=400)
+        model = body.get("model") if isinstance(body, dict) else None
+        with self._state:
+            known = model in self._models
+        if not isinstance(body, dict) or not isinstance(model, str) or not known:
+            payload = anthropic_payloads.error("not_found_error", f"model: {model}")
+            return web.json_response(payload, status=404)
+        if endpoint is Endpoint.COUNT_TOKENS:
+            return web.json_response({"input_tokens": anthropic_payloads.input_tokens(body)})
+        behavior = self._next_behavior(model)
+        early = await self._prelude(exchange, behavior, model)
+        if early is not None:
+            return early
+        answer = anthropic_payloads.message(body, model, f"msg_fake{next(self._ids)}")
+        if body.get("stream") is True:
+            frames = anthropic_payloads.message_stream(answer)
+            if behavior.kind is Kind.STREAM_DIES:
+                return await self._stream_raw(exchange, frames[: behavior.after_chunks], abort=True)
+            return await self._stream_raw(exchange, frames, delay=behavior.chunk_delay_s)
+        return web.json_response(answer)
+
     # ----------------------------------------------------------------- legacy completions
 
     async def _respond_completions(
@@ -726,6 +799,12 @@ class FakeProvider:
             return web.json_response(payload)
 
         completion_id = f"chatcmpl-fake{next(self._ids)}"
+        if kind is Kind.SCRIPTED:
+            if streaming:
+                return await self._stream(
+                    exchange, list(behavior.chunks), done=True, delay=behavior.chunk_delay_s
+                )
+            return web.json_response(behavior.answer)
         if kind is Kind.NO_CHOICES:
             if streaming:
                 hollow = chat_chunks(body, model, completion_id)[0]
@@ -834,6 +913,8 @@ class FakeProvider:
                 counters.response_requests += 1
             elif endpoint is Endpoint.COMPLETIONS:
                 counters.completion_requests += 1
+            elif endpoint is Endpoint.MESSAGES:
+                counters.message_requests += 1
             else:
                 counters.embedding_requests += 1
             counters.in_flight += 1
