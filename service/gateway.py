@@ -6,6 +6,8 @@ import gc
 import logging
 from dataclasses import dataclass
 
+from service.caching.cache import ResponseCache
+from service.caching.policy import CachePolicy
 from service.ids import IdGenerator
 from service.observability.metrics import Metrics, create_metrics, prime
 from service.quotas.admission import Quotas
@@ -17,6 +19,7 @@ from service.routing.cooldowns import Cooldowns
 from service.routing.health import FleetStats
 from service.routing.router import Router
 from service.settings import Settings
+from service.store.cache import open_answers
 from service.store.client import Store
 from service.store.open import open_store
 from service.upstream.client import UpstreamClient
@@ -42,6 +45,7 @@ class Gateway:
     router: Router
     ids: IdGenerator
     conversations: Conversations
+    cache: ResponseCache
     draining: bool = False
     started: bool = False
 
@@ -73,6 +77,12 @@ class Gateway:
         ids = IdGenerator()
         router = Router(settings, catalog, cooldowns, client, stats, metrics, ids)
         conversations = Conversations(store, catalog, cooldowns, client)
+        cache = ResponseCache(
+            CachePolicy(tokens, settings.cache_default_ttl_s),
+            open_answers(store, settings.cache_max_bytes, metrics.cache_bytes),
+            metrics,
+            settings.cache_max_entry_bytes,
+        )
         return cls(
             settings,
             metrics,
@@ -87,6 +97,7 @@ class Gateway:
             router,
             ids,
             conversations,
+            cache,
         )
 
     async def start(self) -> None:
@@ -121,6 +132,7 @@ class Gateway:
         )
 
     async def close(self) -> None:
+        await self.cache.close()
         await self.quotas.close()
         await self.catalog.close()
         await self.stats.close()
