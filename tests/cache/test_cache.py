@@ -14,7 +14,7 @@ import pytest
 from service.app import App
 from tests.cache.conftest import Gateway
 from tests.cache.upstream import TOOL_ARGUMENTS, ScriptedUpstream
-from tests.inprocess import ADMIN_TOKEN, client
+from tests.inprocess import ADMIN_TOKEN, USER_TOKEN, client
 
 pytestmark = pytest.mark.anyio
 
@@ -352,3 +352,41 @@ async def test_followers_of_a_failed_leader_go_upstream_themselves(
     statuses = sorted(r.status_code for r in results)
     assert statuses == [200, 200, 502]  # the error is the leader's alone
     assert upstream.calls["chat"] == 3
+
+
+async def test_a_stream_whose_client_leaves_is_not_stored(
+    gateway: Gateway, upstream: ScriptedUpstream
+) -> None:
+    upstream.chunk_delay_s = 0.05
+    body = {**CHAT, "stream": True}
+    async with gateway(cache_default_ttl_s=60) as app:
+        pieces: list[bytes] = []
+        gone = asyncio.Event()
+        requested = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal requested
+            if not requested:
+                requested = True
+                return {"type": "http.request", "body": json.dumps(body).encode()}
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body" and message.get("body"):
+                pieces.append(message["body"])
+                gone.set()  # the client leaves after the first piece
+
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/v1/chat/completions",
+            "query_string": b"",
+            "headers": [(b"authorization", f"Bearer {USER_TOKEN}".encode())],
+        }
+        await app(scope, receive, send)
+        await app.gateway.cache.flush()
+        again = await post(app, body)
+    assert len(pieces) == 1 and b"[DONE]" not in pieces[0]
+    assert again.headers["x-best-cache"] == "miss"
+    assert upstream.calls["chat"] == 2

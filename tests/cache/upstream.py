@@ -23,12 +23,14 @@ def _frame(event: JSONObject) -> bytes:
 class ScriptedUpstream:
     """``modes`` queues how the next calls answer: "ok" (default), "filter" (finish_reason
     content_filter), "cut" (a stream aborted after three events; JSON: a 500), or an HTTP
-    status such as 429.  ``delay_s`` holds every answer back."""
+    status such as 429.  ``delay_s`` holds every answer back, ``chunk_delay_s`` every streamed
+    event after the first."""
 
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
         self.modes: deque[str] = deque()
         self.delay_s = 0.0
+        self.chunk_delay_s = 0.0
         self._number = 0
         self._runner: web.AppRunner | None = None
         self.base_url = ""
@@ -167,6 +169,8 @@ class ScriptedUpstream:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         for index, event in enumerate(events):
+            if index and self.chunk_delay_s:
+                await asyncio.sleep(self.chunk_delay_s)
             if cut and index == 3:
                 assert request.transport is not None
                 request.transport.abort()
