@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from bench import plot
+from bench.loadgen import CACHE_KINDS
 from bench.procs import HELPER_CORE, cpu_count, pin_self
 from bench.report import (
+    cache_table,
     main_table,
     notes,
     ratio_table,
@@ -46,7 +48,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="short runs (2 s, sweep 1,8,32) for a smoke test"
     )
-    parser.add_argument("--only", choices=["json", "sse"], help="measure one kind only")
+    parser.add_argument(
+        "--only", choices=["json", "sse", "hit", "miss"], help="measure one kind only"
+    )
+    parser.add_argument(
+        "--skip-cache",
+        action="store_true",
+        help="skip the response cache's rows (hit and miss, gateway only)",
+    )
     parser.add_argument("--skip-litellm", action="store_true", help="leave LiteLLM out")
     parser.add_argument(
         "--setup-litellm",
@@ -124,7 +133,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         duration_s=duration,
         concurrencies=concurrencies,
         throughput_concurrency=args.throughput_concurrency,
-        kinds=[args.only] if args.only else ["json", "sse"],
+        kinds=[args.only]
+        if args.only
+        else ["json", "sse", *([] if args.skip_cache else CACHE_KINDS)],
         warmup_s=warmup,
         validate_s=validate,
         litellm=not args.skip_litellm,
@@ -145,6 +156,9 @@ def _print_report(results: dict[str, Any]) -> None:
     print("\n".join(ratio_table(results)))
     print()
     print("\n".join(sweep_table(results)))
+    if any(kind in results["meta"]["kinds"] for kind in CACHE_KINDS):
+        print()
+        print("\n".join(cache_table(results)))
     if results.get("store_cost"):
         print()
         print("\n".join(store_cost_markdown(results["store_cost"])))

@@ -198,7 +198,8 @@ def start_gateway(
         proc.stop()
         raise
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
-    return Target(name, label, {"json": url, "sse": url}, tokens[0], proc)
+    urls = {"json": url, "sse": url, "hit": url, "miss": url}
+    return Target(name, label, urls, tokens[0], proc)
 
 
 # --- LiteLLM ---------------------------------------------------------------------------------
