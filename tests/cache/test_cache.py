@@ -390,3 +390,23 @@ async def test_a_stream_whose_client_leaves_is_not_stored(
     assert len(pieces) == 1 and b"[DONE]" not in pieces[0]
     assert again.headers["x-best-cache"] == "miss"
     assert upstream.calls["chat"] == 2
+
+
+@pytest.mark.parametrize("store_url", ["embedded"], indirect=True)
+async def test_cache_ttl_s_is_kept_changed_and_cleared_through_the_admin_api(
+    gateway: Gateway,
+) -> None:
+    async with gateway() as app, client(app, ADMIN_TOKEN) as admin:
+        made = (await admin.post("/admin/tokens", json={"name": "t", "cache_ttl_s": 30})).json()
+        assert made["cache_ttl_s"] == 30
+        changed = await admin.patch(f"/admin/tokens/{made['id']}", json={"cache_ttl_s": 0})
+        assert changed.json()["cache_ttl_s"] == 0
+        assert app.gateway.cache.policy.ttl_of(await app.gateway.tokens.find(made["id"])) == 0
+        cleared = await admin.patch(f"/admin/tokens/{made['id']}", json={"cache_ttl_s": None})
+        assert cleared.json()["cache_ttl_s"] is None
+        team = (await admin.post("/admin/teams", json={"name": "x", "id": "x"})).json()
+        assert team["cache_ttl_s"] is None
+        patched = await admin.patch("/admin/teams/x", json={"cache_ttl_s": 90})
+        assert patched.json()["cache_ttl_s"] == 90
+        listed = (await admin.get("/admin/teams")).json()["data"]
+        assert [t["cache_ttl_s"] for t in listed if t["id"] == "x"] == [90]
