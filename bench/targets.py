@@ -321,7 +321,7 @@ def check_target(target: Target, kind: str, body: str) -> str | None:
     text = payload.decode(errors="replace")
     if status != 200:
         return f"POST {target.urls[kind]} ({kind}) -> HTTP {status}: {text[:300]}"
-    if kind == "json":
+    if kind != "sse":  # JSON, and the response cache's rows (JSON too)
         try:
             data = json.loads(text)
             content = data["choices"][0]["message"]["content"]
