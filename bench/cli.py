@@ -49,7 +49,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--quick", action="store_true", help="short runs (2 s, sweep 1,8,32) for a smoke test"
     )
     parser.add_argument(
-        "--only", choices=["json", "sse", "hit", "miss"], help="measure one kind only"
+        "--only",
+        choices=["json", "sse", "cache"],
+        help="measure one kind only (cache: the response cache's hit and miss rows)",
     )
     parser.add_argument(
         "--skip-cache",
@@ -133,9 +135,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         duration_s=duration,
         concurrencies=concurrencies,
         throughput_concurrency=args.throughput_concurrency,
-        kinds=[args.only]
-        if args.only
-        else ["json", "sse", *([] if args.skip_cache else CACHE_KINDS)],
+        kinds=_kinds(args.only, args.skip_cache),
         warmup_s=warmup,
         validate_s=validate,
         litellm=not args.skip_litellm,
@@ -147,6 +147,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
         store_cost_s=store_cost_s,
         gateway_root=args.gateway_root.resolve(),
     )
+
+
+def _kinds(only: str | None, skip_cache: bool) -> list[str]:
+    if only == "cache":
+        return list(CACHE_KINDS)
+    if only:
+        return [only]
+    return ["json", "sse", *([] if skip_cache else CACHE_KINDS)]
 
 
 def _print_report(results: dict[str, Any]) -> None:
@@ -218,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"wrote {md_path} and its .json")
             ok = True
         elif args.soak is not None:
-            kinds = [args.only] if args.only else ["json", "sse"]
+            kinds = [args.only] if args.only in ("json", "sse") else ["json", "sse"]
             soak = run_soak(args.soak, args.soak_store, kinds, 32, args.soak_interval, workdir)
             json_path, md_path = write_soak(soak, results_dir)
             print()
