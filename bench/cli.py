@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from bench import plot
+from bench.loadgen import CACHE_KINDS
 from bench.page import soak_documents, write_page
 from bench.procs import HELPER_CORE, cpu_count, pin_self
 from bench.report import (
+    cache_table,
     main_table,
     messages_vs_chat,
     notes,
@@ -50,7 +52,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="short runs (2 s, sweep 1,8,32) for a smoke test"
     )
-    parser.add_argument("--only", choices=["json", "sse"], help="measure one kind only")
+    parser.add_argument(
+        "--only",
+        choices=["json", "sse", "cache"],
+        help="measure one kind only (cache: the response cache's hit and miss rows)",
+    )
+    parser.add_argument(
+        "--skip-cache",
+        action="store_true",
+        help="skip the response cache's rows (hit and miss, gateway only)",
+    )
     parser.add_argument("--skip-litellm", action="store_true", help="leave LiteLLM out")
     parser.add_argument(
         "--setup-litellm",
@@ -141,7 +152,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         duration_s=duration,
         concurrencies=concurrencies,
         throughput_concurrency=args.throughput_concurrency,
-        kinds=[args.only] if args.only else ["json", "sse"],
+        kinds=_kinds(args.only, args.skip_cache),
         warmup_s=warmup,
         validate_s=validate,
         litellm=not args.skip_litellm,
@@ -155,6 +166,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
+def _kinds(only: str | None, skip_cache: bool) -> list[str]:
+    if only == "cache":
+        return list(CACHE_KINDS)
+    if only:
+        return [only]
+    return ["json", "sse", *([] if skip_cache else CACHE_KINDS)]
+
+
 def _print_report(results: dict[str, Any]) -> None:
     print()
     print("\n".join(main_table(results)))
@@ -165,6 +184,9 @@ def _print_report(results: dict[str, Any]) -> None:
     print("\n".join(tracing_table(results)))
     print()
     print("\n".join(sweep_table(results)))
+    if any(kind in results["meta"]["kinds"] for kind in CACHE_KINDS):
+        print()
+        print("\n".join(cache_table(results)))
     if results.get("store_cost"):
         print()
         print("\n".join(store_cost_markdown(results["store_cost"])))
@@ -250,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"wrote {md_path} and its .json")
             ok = True
         elif args.soak is not None:
-            kinds = [args.only] if args.only else ["json", "sse"]
+            kinds = [args.only] if args.only in ("json", "sse") else ["json", "sse"]
             soak = run_soak(args.soak, args.soak_store, kinds, 32, args.soak_interval, workdir)
             json_path, md_path = write_soak(soak, results_dir)
             print()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -68,6 +69,13 @@ CHECK_MARKER = "BENCH_CHECK "
 FIRST_MARKER = "BENCH_FIRST_BAD "
 
 
+# The response cache's rows: "hit" repeats one body with the opt-in header (every request after
+# the first is answered from the cache); "miss" opts in with a body new on every request (each
+# is looked up, sent upstream and stored).
+CACHE_KINDS = ("hit", "miss")
+CACHE_TTL = "3600"
+
+
 def request_body(kind: str, model: str | None = None) -> str:
     """The request of a row; the same body is a valid Messages API request too."""
     body: dict[str, object] = {
@@ -99,7 +107,21 @@ def render_script(
     lines = ['wrk.method = "POST"', 'wrk.headers["Content-Type"] = "application/json"']
     if token:
         lines.append(f'wrk.headers["Authorization"] = {_lua_string("Bearer " + token)}')
-    if tokens and kind != "mixed":
+    if kind in CACHE_KINDS:
+        lines.append(f'wrk.headers["x-best-cache-ttl"] = "{CACHE_TTL}"')
+    if kind == "miss":
+        # Unique across runs too (a run lasts at least a second; the script may be reused).
+        template = request_body(kind, model).replace("four words.", "four words %s-%d-%d.")
+        lines += [
+            f"local template = {_lua_string(template)}",
+            f"local run = {_lua_string(uuid.uuid4().hex[:8])}",
+            "local n = 0",
+            "request = function()",
+            "  n = n + 1",
+            "  return wrk.format(nil, nil, nil, string.format(template, run, os.time(), n))",
+            "end",
+        ]
+    elif tokens and kind != "mixed":
         headers = ", ".join(_lua_string("Bearer " + t) for t in tokens)
         lines += [
             f"wrk.body = {_lua_string(request_body(kind, model))}",

@@ -135,6 +135,45 @@ def main_table(results: Results) -> list[str]:
     return _table(header, rows)
 
 
+def cache_table(results: Results) -> list[str]:
+    """The response cache: a hit (the same body again, no upstream call) against a miss (a
+    new body every request: lookup, upstream call, store) on each gateway row."""
+    top = results["meta"]["throughput_concurrency"]
+    header = [
+        "",
+        f"miss req/s (c={top})",
+        f"hit req/s (c={top})",
+        "hit / miss",
+        "miss p50 c=1 ms",
+        "hit p50 c=1 ms",
+        f"hit p50 / p99 ms (c={top})",
+    ]
+    rows: list[list[str]] = []
+    for target in _targets(results):
+        if "hit" not in target["kinds"] and "miss" not in target["kinds"]:
+            continue
+        hit, miss = run_at(target, "hit", top), run_at(target, "miss", top)
+        hit_one, miss_one = run_at(target, "hit", 1), run_at(target, "miss", 1)
+        ratio = hit["rps"] / miss["rps"] if hit and miss and miss["rps"] else None
+        rows.append(
+            [
+                target["label"],
+                _num(miss["rps"] if miss else None, ",.0f"),
+                _num(hit["rps"] if hit else None, ",.0f"),
+                _times(ratio),
+                _num(miss_one["p50_ms"] if miss_one else None, ".3f"),
+                _num(hit_one["p50_ms"] if hit_one else None, ".3f"),
+                f"{hit['p50_ms']:.3f} / {hit['p99_ms']:.3f}" if hit else "n/a",
+            ]
+        )
+    return [
+        "Response cache (JSON, x-best-cache-ttl; the same nginx upstream; a miss is also a "
+        "lookup and a store):",
+        "",
+        *_table(header, rows),
+    ]
+
+
 def ratio_table(results: Results) -> list[str]:
     derived = derive(results)
     header = ["", "JSON vs direct", "SSE vs direct", "JSON vs LiteLLM", "SSE vs LiteLLM"]
@@ -421,6 +460,8 @@ def render_markdown(results: Results) -> str:
         "",
         *sweep_table(results),
     ]
+    if any(kind in meta["kinds"] for kind in ("hit", "miss")):
+        lines += ["", *cache_table(results)]
     if results.get("store_cost"):
         lines += ["", *store_cost_markdown(results["store_cost"])]
     if results.get("capacity"):

@@ -212,7 +212,8 @@ def start_gateway(
         raise
     path = "/v1/messages" if api == "messages" else "/v1/chat/completions"
     url = f"http://127.0.0.1:{port}{path}"
-    return Target(name, label, {"json": url, "sse": url}, jwt_token or tokens[0], proc, api=api)
+    urls = {"json": url, "sse": url, "hit": url, "miss": url}
+    return Target(name, label, urls, jwt_token or tokens[0], proc, api=api)
 
 
 # --- LiteLLM ---------------------------------------------------------------------------------
@@ -336,7 +337,7 @@ def check_target(target: Target, kind: str, body: str) -> str | None:
         return f"POST {target.urls[kind]} ({kind}) -> HTTP {status}: {text[:300]}"
     if target.api == "messages":
         return _check_message(kind, text)
-    if kind == "json":
+    if kind != "sse":  # JSON, and the response cache's rows (JSON too)
         try:
             data = json.loads(text)
             content = data["choices"][0]["message"]["content"]

@@ -264,7 +264,17 @@ def _limits(args: argparse.Namespace) -> dict[str, Any]:
             body[name] = None if value == "none" else value
     if isinstance(body.get("budget_usd"), str):
         body["budget_usd"] = _usd(body["budget_usd"])
+    ttl = getattr(args, "cache_ttl_s", None)
+    if ttl is not None:  # 0 is a value here (no cache), "none" clears it
+        body["cache_ttl_s"] = None if ttl == "none" else _seconds(ttl)
     return body
+
+
+def _seconds(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise SystemExit(f"best: --cache-ttl-s {text!r} is not whole seconds (or none)") from None
 
 
 def _usd(text: str) -> float:
@@ -324,9 +334,9 @@ def cmd_usage(args: argparse.Namespace) -> int:
     )
     print(
         f"{key:<{width}}  {'requests':>9}  {'prompt':>12}  {'completion':>12}  "
-        f"{'cost_usd':>14}  {'unpriced':>8}"
+        f"{'cost_usd':>14}  {'unpriced':>8}  {'cached':>8}"
     )
-    totals = [0, 0, 0, 0.0, 0]
+    totals = [0, 0, 0, 0.0, 0, 0]
     for r in rows:
         values = (
             r["requests"],
@@ -334,6 +344,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
             r["completion_tokens"],
             r["cost_usd"],
             r["unpriced_requests"],
+            r.get("cached_requests", 0),
         )
         for i, value in enumerate(values):
             totals[i] += value
@@ -346,10 +357,10 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
 
 def _usage_line(name: str, width: int, values: tuple[Any, ...]) -> str:
-    requests, prompt, completion, cost, unpriced = values
+    requests, prompt, completion, cost, unpriced, cached = values
     return (
         f"{name:<{width}}  {requests:>9}  {prompt:>12}  {completion:>12}  "
-        f"{cost:>14.6f}  {unpriced:>8}"
+        f"{cost:>14.6f}  {unpriced:>8}  {cached:>8}"
     )
 
 
@@ -374,6 +385,12 @@ def _limit_options(parser: argparse.ArgumentParser) -> None:
         dest="budget_period",
         choices=["day", "week", "month", "total", "none"],
         help="UTC calendar period of the budget; total never resets",
+    )
+    parser.add_argument(
+        "--cache-ttl-s",
+        dest="cache_ttl_s",
+        help="serve identical requests from the response cache for this many seconds "
+        "(0: no cache; none: not set, a token follows its team)",
     )
 
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from opentelemetry.sdk.trace.export import SpanExporter
 
+from service.caching.cache import ResponseCache
+from service.caching.policy import CachePolicy
 from service.identities.identities import Identities
 from service.ids import IdGenerator
 from service.observability.metrics import Metrics, create_metrics, prime
@@ -21,6 +23,7 @@ from service.routing.cooldowns import Cooldowns
 from service.routing.health import FleetStats
 from service.routing.router import Router
 from service.settings import Settings
+from service.store.cache import open_answers
 from service.store.client import Store
 from service.store.open import open_store
 from service.upstream.client import UpstreamClient
@@ -47,6 +50,7 @@ class Gateway:
     ids: IdGenerator
     conversations: Conversations
     identities: Identities
+    cache: ResponseCache
     tracing: Tracing | None = None  # None: tracing is off (no OTLP endpoint set)
     draining: bool = False
     started: bool = False
@@ -88,6 +92,12 @@ class Gateway:
         conversations = Conversations(store, catalog, cooldowns, client)
         identities = Identities(settings, tokens, metrics)
         tracing = Tracing.from_env(settings.env, lambda: catalog.config.prices, span_exporter)
+        cache = ResponseCache(
+            CachePolicy(tokens, settings.cache_default_ttl_s),
+            open_answers(store, settings.cache_max_bytes, metrics.cache_bytes),
+            metrics,
+            settings.cache_max_entry_bytes,
+        )
         return cls(
             settings,
             metrics,
@@ -103,6 +113,7 @@ class Gateway:
             ids,
             conversations,
             identities,
+            cache,
             tracing,
         )
 
@@ -139,6 +150,7 @@ class Gateway:
         )
 
     async def close(self) -> None:
+        await self.cache.close()
         await self.quotas.close()
         await self.catalog.close()
         await self.stats.close()

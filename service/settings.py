@@ -21,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from service.validation import problems
 
+MAX_CACHE_TTL_S = 30 * 86_400  # the longest a cached answer may live: 30 days
+
 
 class SettingsError(ValueError):
     """Environment variables hold values the gateway cannot use (the message names them all)."""
@@ -60,6 +62,11 @@ class Settings(BaseModel):
     shutdown_grace_s: Annotated[float, _var("SHUTDOWN_GRACE_S", gt=0)] = 30.0
     request_read_timeout_s: Annotated[float, _var("REQUEST_READ_TIMEOUT_S", gt=0)] = 30.0
     metrics_per_token: Annotated[bool, _var("METRICS_PER_TOKEN")] = False
+    # The response cache (service/caching): TTL of static tokens' answers (0: off), the
+    # largest answer kept, and the embedded store's bound (least recently used evicted).
+    cache_default_ttl_s: Annotated[int, _var("CACHE_DEFAULT_TTL_S", ge=0, le=MAX_CACHE_TTL_S)] = 0
+    cache_max_entry_bytes: Annotated[int, _var("CACHE_MAX_ENTRY_BYTES", ge=1)] = 1024 * 1024
+    cache_max_bytes: Annotated[int, _var("CACHE_MAX_BYTES", ge=0)] = 64 * 1024 * 1024
     # The whole merged environment, for the provider keys the YAML files name.
     env: dict[str, str] = Field(default_factory=dict, repr=False, exclude=True)
 

@@ -160,3 +160,17 @@ def test_check_config_shows_the_aliases_and_what_they_reach(
     assert main(["check-config"]) == 0
     out = capsys.readouterr().out
     assert "claude-haiku-*" in out and "-> nothing,m  (1 pairs)" in out
+
+
+def test_cache_ttl_options_make_the_admin_body() -> None:
+    from service.cli import _limits, build_parser
+
+    parser = build_parser()
+    assert _limits(parser.parse_args(["tokens", "update", "ab", "--cache-ttl-s", "0"])) == {
+        "cache_ttl_s": 0
+    }
+    assert _limits(parser.parse_args(["teams", "update", "t", "--cache-ttl-s", "none"])) == {
+        "cache_ttl_s": None
+    }
+    created = parser.parse_args(["teams", "create", "--name", "t", "--cache-ttl-s", "600"])
+    assert _limits(created) == {"name": "t", "cache_ttl_s": 600}

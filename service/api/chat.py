@@ -1,22 +1,26 @@
 """POST /v1/chat/completions and /v1/embeddings: validate, admit, route, relay.
 
-The hot path, top to bottom: the token (a dict lookup), read and parse the body, resolve
-candidates (a dict lookup), the admission (one store call, none for a token without limits),
+The hot path, top to bottom: the token (a dict lookup), read and parse the body, the response
+cache (nothing for a token that does not use it; see api/cached.py), resolve candidates (a dict
+lookup), the admission (one store call, none for a token without limits),
 the upstream call(s), the response.  Settlement runs after, batched.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from service import errors
 from service.api.auth import require_token
+from service.api.cached import through_cache
 from service.api.calls import finish_failed, int_field, open_call, relayed, served_headers
 from service.api.http import SSE_HEADERS, Request, Response, StreamResponse, parse_json
+from service.apis import Api
 from service.gateway import Gateway
-from service.quotas.limits import estimate
+from service.quotas.limits import Estimate, Record, estimate
 from service.routing.relay import DONE_FRAME
-from service.routing.router import Completion
+from service.routing.router import Completion, OnOpen
 
 
 def validate_chat(body: Any) -> tuple[str, bool, bool]:
@@ -64,10 +68,26 @@ async def chat_completions(gw: Gateway, request: Request) -> Response | StreamRe
     raw = await request.body(gw.settings.max_body_bytes)
     body = parse_json(raw)
     model, stream, wants_usage = validate_chat(body)
-    call, candidates = await open_call(gw, request, token, model, estimate(body, len(raw)))
+    need = estimate(body, len(raw))
+    miss = partial(_chat, gw, request, token, body, model, stream, wants_usage, need)
+    return await through_cache(gw, request, token, Api.CHAT, body, stream, wants_usage, miss)
+
+
+async def _chat(
+    gw: Gateway,
+    request: Request,
+    token: Record | None,
+    body: dict[str, Any],
+    model: str,
+    stream: bool,
+    wants_usage: bool,
+    need: Estimate,
+    on_open: OnOpen | None,
+) -> Response | StreamResponse:
+    call, candidates = await open_call(gw, request, token, model, need)
     try:
         if stream:
-            opened = await gw.router.stream(call, body, candidates, wants_usage)
+            opened = await gw.router.stream(call, body, candidates, wants_usage, on_open=on_open)
             if not isinstance(opened, Completion):
                 headers = [*SSE_HEADERS, *served_headers(call)]
                 return StreamResponse(200, opened, headers, call=call, final=DONE_FRAME)
@@ -78,12 +98,26 @@ async def chat_completions(gw: Gateway, request: Request) -> Response | StreamRe
         raise
 
 
-async def embeddings(gw: Gateway, request: Request) -> Response:
+async def embeddings(gw: Gateway, request: Request) -> Response | StreamResponse:
     token = await require_token(gw, request)
     raw = await request.body(gw.settings.max_body_bytes)
     body = parse_json(raw)
     model = validate_embeddings(body)
-    call, candidates = await open_call(gw, request, token, model, estimate(body, len(raw), False))
+    need = estimate(body, len(raw), False)
+    miss = partial(_embeddings, gw, request, token, body, model, need)
+    return await through_cache(gw, request, token, Api.EMBEDDINGS, body, False, False, miss)
+
+
+async def _embeddings(
+    gw: Gateway,
+    request: Request,
+    token: Record | None,
+    body: dict[str, Any],
+    model: str,
+    need: Estimate,
+    on_open: OnOpen | None,
+) -> Response:
+    call, candidates = await open_call(gw, request, token, model, need)
     try:
         return relayed(await gw.router.complete(call, body, candidates, embeddings=True), call)
     except BaseException as exc:

@@ -3,17 +3,19 @@ chat among the providers that serve the API."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from service import errors
 from service.api.auth import require_token
+from service.api.cached import through_cache
 from service.api.calls import finish_failed, int_field, open_call, relayed, served_headers
 from service.api.http import SSE_HEADERS, Request, Response, StreamResponse, parse_json
 from service.apis import Api
 from service.gateway import Gateway
-from service.quotas.limits import estimate
+from service.quotas.limits import Estimate, Record, estimate
 from service.routing.relay import DONE_FRAME
-from service.routing.router import Completion
+from service.routing.router import Completion, OnOpen
 
 COMPLETIONS = Api.COMPLETIONS
 
@@ -52,12 +54,28 @@ async def completions(gw: Gateway, request: Request) -> Response | StreamRespons
     raw = await request.body(gw.settings.max_body_bytes)
     body = parse_json(raw)
     model, stream, wants_usage = validate_completion(body)
-    call, candidates = await open_call(
-        gw, request, token, model, estimate(body, len(raw)), COMPLETIONS
-    )
+    need = estimate(body, len(raw))
+    miss = partial(_complete, gw, request, token, body, model, stream, wants_usage, need)
+    return await through_cache(gw, request, token, COMPLETIONS, body, stream, wants_usage, miss)
+
+
+async def _complete(
+    gw: Gateway,
+    request: Request,
+    token: Record | None,
+    body: dict[str, Any],
+    model: str,
+    stream: bool,
+    wants_usage: bool,
+    need: Estimate,
+    on_open: OnOpen | None,
+) -> Response | StreamResponse:
+    call, candidates = await open_call(gw, request, token, model, need, COMPLETIONS)
     try:
         if stream:
-            opened = await gw.router.stream(call, body, candidates, wants_usage, api=COMPLETIONS)
+            opened = await gw.router.stream(
+                call, body, candidates, wants_usage, api=COMPLETIONS, on_open=on_open
+            )
             if isinstance(opened, Completion):
                 return relayed(opened, call)
             headers = [*SSE_HEADERS, *served_headers(call)]

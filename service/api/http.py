@@ -143,7 +143,11 @@ class Routed(Protocol):
     """What the edge needs to know of a routed request (see routing/router.py ``Call``)."""
 
     upstream_s: float
-    trace: RequestTrace | None
+
+    @property
+    def trace(self) -> RequestTrace | None:
+        """The request's trace, when it is traced."""
+        ...
 
     @property
     def served_by(self) -> tuple[str, str] | None:

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from service.quotas.tokens import MAX_BUDGET_USD, TokenError, iso_utc, parse_expiry
+from service.settings import MAX_CACHE_TTL_S
 
 
 def _not_bool_or_text(value: Any) -> Any:
@@ -41,6 +42,16 @@ Budget = Annotated[
     float,
     BeforeValidator(_not_bool_or_text),
     Field(ge=0, le=MAX_BUDGET_USD, description="USD per budget_period; null = no budget"),
+]
+CacheTtl = Annotated[
+    int,
+    BeforeValidator(_not_bool_or_text),
+    Field(
+        ge=0,
+        le=MAX_CACHE_TTL_S,
+        description="seconds a cached answer is served (response cache); 0 = off; null = "
+        "not set (a token follows its team, a static token CACHE_DEFAULT_TTL_S)",
+    ),
 ]
 Period = Literal["day", "week", "month", "total"]
 TeamId = Annotated[
@@ -103,6 +114,7 @@ class Limits(Body):
     max_concurrency: Limit | None = None
     budget_usd: Budget | None = None
     budget_period: Period | None = None
+    cache_ttl_s: CacheTtl | None = None
 
 
 class TokenCreate(Limits, Named):
@@ -150,6 +162,7 @@ class TokenRecord(Answer):
     max_concurrency: int | None
     budget_usd: float | None = None
     budget_period: Period | None = None
+    cache_ttl_s: int | None = None
     created_at: str | None
     expires_at: str | None
     revoked: bool
@@ -173,6 +186,7 @@ class TeamRecord(Answer):
     max_concurrency: int | None
     budget_usd: float | None
     budget_period: Period | None
+    cache_ttl_s: int | None = None
     created_at: str | None
     tokens: int | None = Field(None, description="active tokens of the team (in lists)")
     budget_spent_usd: float | None = Field(None, description="settled spend, current period")
@@ -194,6 +208,10 @@ class UsageRow(Answer):
     unpriced_requests: int
     name: str | None = Field(
         None, description="group_by=token: the token's name (an identity's <issuer>:<claim>)"
+    )
+    cached_requests: int = Field(
+        0,
+        description="of the requests, those answered from the response cache (no tokens, no cost)",
     )
 
 

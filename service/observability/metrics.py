@@ -72,6 +72,8 @@ class Metrics:
     unpriced: Counter
     budget_limit: Gauge
     budget_spent: Gauge
+    cache_requests: Counter
+    cache_bytes: Gauge
     token_spend: Counter | None = None  # METRICS_PER_TOKEN only: one series per token
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
@@ -271,6 +273,21 @@ def create_metrics(per_token: bool = False) -> Metrics:
             registry=registry,
             multiprocess_mode="max",
         ),
+        cache_requests=Counter(
+            "best_cache_requests",
+            "Requests that opted into the response cache, by result: hit (answered from the "
+            "cache, no upstream call), miss (answered upstream; stored when it may be), "
+            "bypass (Cache-Control no-cache or no-store: no lookup).",
+            ["result"],
+            registry=registry,
+        ),
+        cache_bytes=Gauge(
+            "best_cache_bytes",
+            "Bytes of answers the embedded store's response cache holds (bounded by "
+            "CACHE_MAX_BYTES; 0 on Redis, where each entry has its TTL).",
+            registry=registry,
+            multiprocess_mode="max",
+        ),
         token_spend=Counter(
             "best_token_spend_usd",
             "Cost of served requests in USD per token id (opt-in: METRICS_PER_TOKEN), by "
@@ -297,7 +314,8 @@ IDENTITY_REFUSALS = (
     "unknown_team",
 )
 QUOTA_LIMITS = ("rpm", "tpm", "concurrency", "budget", "store")
-STORE_OPS = ("admit", "settle", "cool", "other")
+STORE_OPS = ("admit", "settle", "cool", "other", "cache")
+CACHE_RESULTS = ("hit", "miss", "bypass")
 
 
 def prime(metrics: Metrics, providers: list[str], failover_reasons: tuple[str, ...]) -> None:
@@ -311,6 +329,9 @@ def prime(metrics: Metrics, providers: list[str], failover_reasons: tuple[str, .
         metrics.config_reloads.labels(result)
     for op in STORE_OPS:
         metrics.store_errors.labels(op)
+    for result in CACHE_RESULTS:
+        metrics.cache_requests.labels(result)
+    metrics.cache_bytes.set(0)
     metrics.store_degraded.set(0)
     metrics.models_blocked.set(0)
     for provider in providers:

@@ -1,5 +1,6 @@
 """The usage ledger: per UTC day, token, team, provider and model, the requests served, their
-prompt and completion tokens, their cost and how many had no price.
+prompt and completion tokens, their cost, how many had no price and how many were answered
+from the response cache (counted in the requests too, with no tokens and no cost).
 
 Requests are added up in memory and written every ``FLUSH_S`` in one batch (a few commands per
 replica and second, whatever the traffic).  A batch the store could not take is kept and sent
@@ -28,6 +29,7 @@ FLUSH_S = 1.0
 MAX_PENDING = 100_000
 MAX_DAYS = 366
 GROUPS = ("team", "token", "provider", "model", "day")
+WIDTH = 6  # requests, prompt, completion, cost (pico-USD), unpriced, cached
 _FIELD = {"day": 0, "token": 1, "team": 2, "provider": 3, "model": 4}
 
 
@@ -67,7 +69,7 @@ class Ledger:
             if len(self._pending) >= MAX_PENDING:
                 log.error("usage ledger: %d rows wait for the store; dropping one", MAX_PENDING)
                 return
-            row = self._pending[key] = [0, 0, 0, 0, 0]
+            row = self._pending[key] = [0] * WIDTH
         row[0] += 1
         row[1] += usage.prompt_tokens
         row[2] += usage.completion_tokens
@@ -75,6 +77,19 @@ class Ledger:
             row[4] += 1
         else:
             row[3] += cost_pico
+
+    def record_cached(self, token: str, team: str, provider: str, model: str) -> None:
+        """Count one request answered from the response cache (``provider`` and ``model``
+        wrote the answer when it was stored)."""
+        key = (_today(), token, team, provider, model)
+        row = self._pending.get(key)
+        if row is None:
+            if len(self._pending) >= MAX_PENDING:
+                log.error("usage ledger: %d rows wait for the store; dropping one", MAX_PENDING)
+                return
+            row = self._pending[key] = [0] * WIDTH
+        row[0] += 1
+        row[5] += 1
 
     async def _loop(self) -> None:
         while True:
@@ -92,7 +107,7 @@ class Ledger:
             except StoreError as exc:
                 log.warning("usage ledger: %d rows kept for later: %s", len(batch), exc)
                 for key, row in batch.items():
-                    mine = self._pending.setdefault(key, [0, 0, 0, 0, 0])
+                    mine = self._pending.setdefault(key, [0] * WIDTH)
                     for i, value in enumerate(row):
                         mine[i] += value
 
@@ -119,8 +134,8 @@ def summarise(rows: Iterable[tuple[LedgerKey, list[int]]], group_by: str) -> lis
     index = _FIELD[group_by]
     totals: dict[str, list[int]] = {}
     for key, row in rows:
-        total = totals.setdefault(key[index], [0, 0, 0, 0, 0])
-        for i, value in enumerate(row):
+        total = totals.setdefault(key[index], [0] * WIDTH)
+        for i, value in enumerate(row[:WIDTH]):
             total[i] += value
     ordered = sorted(totals.items(), key=lambda item: (-item[1][3], -item[1][0], item[0]))
     return [
@@ -131,6 +146,7 @@ def summarise(rows: Iterable[tuple[LedgerKey, list[int]]], group_by: str) -> lis
             "completion_tokens": t[2],
             "cost_usd": t[3] / PICO_PER_USD,
             "unpriced_requests": t[4],
+            "cached_requests": t[5],
         }
         for name, t in ordered
     ]

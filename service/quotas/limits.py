@@ -51,6 +51,7 @@ class Record:
     updated_ms: int = 0
     budget_micro: int = -1  # -1: no budget
     budget_period: int = 0  # a PERIODS value
+    cache_ttl_s: int = -1  # response cache: -1 not set (the team's, or the default), 0 off
 
     @classmethod
     def parse(cls, fields: dict[str, str]) -> Record:
@@ -67,6 +68,7 @@ class Record:
             updated_ms=_int(fields.get("updated_ms")),
             budget_micro=budget_micro(fields.get("budget_usd")),
             budget_period=PERIODS.get(fields.get("budget_period") or "", 0),
+            cache_ttl_s=_int(fields["cache_ttl_s"]) if fields.get("cache_ttl_s") else -1,
         )
 
     @property

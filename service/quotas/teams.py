@@ -20,8 +20,10 @@ from service.quotas.tokens import (
     TokenRegistry,
     budget_changes,
     budget_record,
+    cache_ttl_record,
     iso_utc,
     limit_field,
+    parse_cache_ttl,
     parse_limit,
 )
 
@@ -41,6 +43,7 @@ def to_team(fields: dict[str, str]) -> dict[str, Any]:
         "name": fields.get("name", ""),
         **{limit: int(fields[limit]) if fields.get(limit) else None for limit in LIMITS},
         **budget_record(fields),
+        "cache_ttl_s": cache_ttl_record(fields),
         "created_at": fields.get("created_at") or None,
     }
 
@@ -65,7 +68,7 @@ class Teams:
         self._store = registry.store
 
     async def create(self, body: dict[str, Any]) -> dict[str, Any]:
-        _known(body, ("id", "name", *LIMITS, "budget_usd", "budget_period"))
+        _known(body, ("id", "name", *LIMITS, "budget_usd", "budget_period", "cache_ttl_s"))
         name = _name(body.get("name"))
         team_id = _team_id(body.get("id"))
         limits = {k: limit_field(parse_limit(k, body.get(k))) for k in LIMITS}
@@ -78,6 +81,7 @@ class Teams:
             **limits,
             "budget_usd": budget.get("budget_usd", ""),
             "budget_period": budget.get("budget_period", ""),
+            "cache_ttl_s": parse_cache_ttl(body.get("cache_ttl_s")),
         }
         existing = await self._store.get_record("team", team_id)
         if existing is not None:
@@ -98,7 +102,7 @@ class Teams:
         return fields
 
     async def update(self, team_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        _known(body, ("name", *LIMITS, "budget_usd", "budget_period"))
+        _known(body, ("name", *LIMITS, "budget_usd", "budget_period", "cache_ttl_s"))
         fields = await self.get(team_id)
         changes = budget_changes(body, fields)
         for key, value in body.items():
@@ -106,6 +110,8 @@ class Teams:
                 changes[key] = limit_field(parse_limit(key, value))
             elif key == "name":
                 changes["name"] = _name(value)
+            elif key == "cache_ttl_s":
+                changes["cache_ttl_s"] = parse_cache_ttl(value)
         record = await self._registry.write("team", team_id, {**fields, **changes})
         if record is None:
             raise TeamNotFound(team_id)

@@ -23,7 +23,7 @@ from typing import Any
 
 from service.errors import BadRequest, NotFound
 from service.quotas.limits import LIMITS, MICRO, PERIODS, Record
-from service.settings import Settings
+from service.settings import MAX_CACHE_TTL_S, Settings
 from service.store.backend import StoreError, StoreUnreachable, WriteMode
 from service.store.client import Store
 
@@ -106,6 +106,24 @@ def parse_budget(value: Any) -> str:
     return repr(round(float(value), 6))
 
 
+def parse_cache_ttl(value: Any) -> str:
+    """A ``cache_ttl_s`` as stored: "" for null (not set: the team's, or the default), else
+    the seconds (0: no cache); TokenError (a 400) when unusable."""
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_CACHE_TTL_S:
+        raise TokenError(
+            f"cache_ttl_s must be an integer from 0 to {MAX_CACHE_TTL_S} seconds, or null",
+            param="cache_ttl_s",
+        )
+    return str(value)
+
+
+def cache_ttl_record(fields: dict[str, str]) -> int | None:
+    value = fields.get("cache_ttl_s")
+    return int(value) if value else None
+
+
 def parse_period(value: Any) -> str:
     if value is None:
         return ""
@@ -158,6 +176,7 @@ def to_record(fields: dict[str, str]) -> dict[str, Any]:
         "team": fields.get("team") or None,
         **{limit: int(fields[limit]) if fields.get(limit) else None for limit in LIMITS},
         **budget_record(fields),
+        "cache_ttl_s": cache_ttl_record(fields),
         "created_at": fields.get("created_at") or None,
         "expires_at": fields.get("expires_at") or None,
         "revoked": fields.get("revoked") == "1",
@@ -404,6 +423,7 @@ class TokenRegistry:
             **{k: limit_field(v) for k, v in limits.items()},
             "budget_usd": budget.get("budget_usd", ""),
             "budget_period": budget.get("budget_period", ""),
+            "cache_ttl_s": parse_cache_ttl(body.get("cache_ttl_s")),
         }
         record = await self._write(tid, fields, create=True)
         return {**to_record(record.fields), "token": raw}
@@ -431,6 +451,8 @@ class TokenRegistry:
                 if not isinstance(value, str) or not value.strip():
                     raise TokenError("name must be a non-empty string", param="name")
                 changes["name"] = value.strip()
+            elif key == "cache_ttl_s":
+                changes["cache_ttl_s"] = parse_cache_ttl(value)
             elif key == "expires_at":
                 expires = parse_expiry(value)
                 changes["expires_at"] = iso_utc(expires) if expires else ""
@@ -438,7 +460,7 @@ class TokenRegistry:
             else:
                 raise TokenError(
                     f"{key} cannot be changed; allowed: name, team, expires_at, "
-                    f"{', '.join(LIMITS)}, budget_usd, budget_period",
+                    f"{', '.join(LIMITS)}, budget_usd, budget_period, cache_ttl_s",
                     param=key,
                 )
         record = await self._write(tid, {**fields, **changes})

@@ -18,7 +18,8 @@ from service.store.keys import QuotaKeys
 Limits6 = tuple[int, int, int, int, int, int]
 WriteMode = Literal["create", "update", "newest"]
 # A usage ledger row: (UTC day "YYYY-MM-DD", token id, team id, provider, model); its values
-# are [requests, prompt tokens, completion tokens, cost in pico-USD, unpriced requests].
+# are [requests, prompt tokens, completion tokens, cost in pico-USD, unpriced requests, cached
+# requests].
 LedgerKey = tuple[str, str, str, str, str]
 
 ADMITTED, OVER_RPM, OVER_TPM, OVER_CONCURRENCY, OVER_BUDGET = range(5)

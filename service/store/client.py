@@ -60,7 +60,9 @@ class Store:
         self._on_recover: list[Callable[[], Awaitable[None]]] = []
         # Admissions whose caller gave up waiting: refunded once Redis answers again.
         self._orphans: list[tuple[QuotaKeys, Settlement]] = []
-        self._latency = {op: metrics.store_latency.labels(op) for op in ("quota", "cool", "other")}
+        self._latency = {
+            op: metrics.store_latency.labels(op) for op in ("quota", "cool", "other", "cache")
+        }
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -263,6 +265,28 @@ class Store:
     async def unlock(self, name: str, owner: str) -> None:
         key = self.keys.lock(name)
         await self._run_or_local("other", lambda b: b.unlock(key, owner))
+
+    # -- response cache (store/cache.py) -----------------------------------------------------
+
+    # On the shared store only: while degraded the cache is skipped (a lookup misses), and a
+    # failed call is a miss, never a failed request.
+
+    async def cache_get(self, key: str) -> bytes | None:
+        if self._degraded:
+            return None
+        try:
+            return await self._run("cache", lambda b: b.get(key))
+        except StoreError as exc:
+            log.debug("store: cache lookup failed: %s", exc)
+            return None
+
+    async def cache_put(self, key: str, value: bytes, ttl_ms: int) -> None:
+        if self._degraded:
+            return
+        try:
+            await self._run("cache", lambda b: b.set(key, value, ttl_ms))
+        except StoreError as exc:
+            log.debug("store: cache write failed: %s", exc)
 
     # -- registry ----------------------------------------------------------------------------
 

@@ -7,8 +7,8 @@
 - The registry (tokens, teams, their version counter) shares ``{registry}``: it is small,
   changes rarely, and a re-seed writes it in one transaction.
 - Fleet-wide routing state (cooldowns, breakers, probes, failure counts, live factors) shares
-  ``{routing}``; statistics, catalog caches, locks, response affinity and each day of the usage
-  ledger live under tags of their own.
+  ``{routing}``; statistics, catalog caches, locks, response affinity, each day of the usage
+  ledger and each cached answer live under tags of their own.
 """
 
 from __future__ import annotations
@@ -108,6 +108,13 @@ class Keys:
 
     def lock(self, name: str) -> str:
         return f"{self.prefix}:{{lock:{name}}}"
+
+    # -- response cache ----------------------------------------------------------------------
+
+    def cached_answer(self, digest: str) -> str:
+        """A cached answer, named by the hash of its request (never the prompt); a tag per
+        entry spreads the cache over a Cluster's shards."""
+        return f"{self.prefix}:{{cache:{digest}}}"
 
     # -- response affinity -------------------------------------------------------------------
 

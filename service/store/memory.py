@@ -539,7 +539,9 @@ class MemoryBackend:
 
     async def add_usage(self, rows: Mapping[LedgerKey, Sequence[int]]) -> None:
         for (day, *names), values in rows.items():
-            row = self._ledger.setdefault(day, {}).setdefault(SEP.join(names), [0] * 5)
+            row = self._ledger.setdefault(day, {}).setdefault(SEP.join(names), [])
+            if len(row) < len(values):  # a new row, or one saved before a column was added
+                row.extend([0] * (len(values) - len(row)))
             for i, value in enumerate(values):
                 row[i] += value
         if rows and self._data_dir is not None:

@@ -56,7 +56,7 @@ _REDIS_PACKAGE = os.path.dirname(redis.__file__) + os.sep
 # Ledger hash fields: token, team, provider, model and metric joined by a character no id
 # holds (model ids are printable; this is a control character).
 SEP = "\x1f"
-LEDGER_FIELDS = ("requests", "prompt", "completion", "cost", "unpriced")
+LEDGER_FIELDS = ("requests", "prompt", "completion", "cost", "unpriced", "cached")
 
 # CLUSTERDOWN: the shard has no usable master right now (a master restarting, a failover in
 # progress) and redis-py's own retries are spent.  It is an outage of that shard, served
@@ -407,7 +407,7 @@ class RedisBackend:
         for day, raw in zip(days, await self._do(run()), strict=True):
             for field, value in raw.items():
                 token, team, provider, model, metric = field.decode().split(SEP)
-                row = out.setdefault((day, token, team, provider, model), [0] * 5)
+                row = out.setdefault((day, token, team, provider, model), [0] * len(LEDGER_FIELDS))
                 row[LEDGER_FIELDS.index(metric)] = int(value)
         return list(out.items())
 

@@ -55,6 +55,9 @@ def openai_error(response: httpx.Response, status: int) -> dict[str, Any]:
         ({"name": "x", "expires_at": "9999-12-31T23:59:59-01:00"}, "expires_at", "range"),
         ({"name": "x", "team": "a"}, "team", "no team with id 'a'"),
         ({"name": "x", "owner": "a"}, "owner", "owner: unknown key"),
+        ({"name": "x", "cache_ttl_s": -1}, "cache_ttl_s", "greater than or equal to 0"),
+        ({"name": "x", "cache_ttl_s": 2_592_001}, "cache_ttl_s", "less than or equal to"),
+        ({"name": "x", "cache_ttl_s": "60"}, "cache_ttl_s", "must be an integer"),
     ],
 )
 async def test_invalid_admin_body_is_a_400_naming_the_field(

@@ -50,6 +50,7 @@ def test_team_crud_and_membership(gateway: GatewayProcess) -> None:
             "max_concurrency": None,
             "budget_usd": None,
             "budget_period": None,
+            "cache_ttl_s": None,
             "created_at": team["created_at"],
         }
         assert (

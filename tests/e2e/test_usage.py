@@ -268,6 +268,7 @@ def test_best_usage_prints_a_table_and_json(gateway: GatewayProcess) -> None:
         "completion",
         "cost_usd",
         "unpriced",
+        "cached",
     ]
     assert any(line.split()[0] == "free-model" for line in lines)
     assert lines[-1].split()[0] == "total"

@@ -556,14 +556,14 @@ def test_usage_ledger_adds_up_rows_per_day(run_backend: BackendRunner) -> None:
     async def body(backend: Backend, keys: Keys) -> list[tuple[LedgerKey, list[int]]]:
         row = ("2026-11-29", "tok", "team", "groq", "org/model-1.5b")
         other = ("2026-11-30", "tok", "", "groq", "org/model-1.5b")
-        await backend.add_usage({row: [1, 10, 20, 3_000_000, 0]})
-        await backend.add_usage({row: [2, 5, 5, 1, 1], other: [1, 1, 1, 0, 1]})
+        await backend.add_usage({row: [1, 10, 20, 3_000_000, 0, 0]})
+        await backend.add_usage({row: [2, 5, 5, 1, 1, 1], other: [1, 1, 1, 0, 1, 0]})
         await backend.add_usage({})
         return sorted(await backend.read_usage(["2026-11-28", "2026-11-29", "2026-11-30"]))
 
     assert run_backend(body) == [
-        (("2026-11-29", "tok", "team", "groq", "org/model-1.5b"), [3, 15, 25, 3_000_001, 1]),
-        (("2026-11-30", "tok", "", "groq", "org/model-1.5b"), [1, 1, 1, 0, 1]),
+        (("2026-11-29", "tok", "team", "groq", "org/model-1.5b"), [3, 15, 25, 3_000_001, 1, 1]),
+        (("2026-11-30", "tok", "", "groq", "org/model-1.5b"), [1, 1, 1, 0, 1, 0]),
     ]
 
 
