@@ -11,6 +11,7 @@ translation.  Errors are rendered by the edge in Anthropic's shape (``service.ap
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -20,6 +21,7 @@ from service import errors
 from service.anthropic.request import estimate_input_tokens, to_chat, validate
 from service.anthropic.stream import frame
 from service.api.auth import require_api_key
+from service.api.cached import through_cache
 from service.api.calls import finish_failed, open_call, served_headers
 from service.api.errors import anthropic_error_event, anthropic_refusal
 from service.api.http import (
@@ -32,9 +34,9 @@ from service.api.http import (
 )
 from service.apis import Api
 from service.gateway import Gateway
-from service.quotas.limits import Estimate, anthropic_rate_headers
+from service.quotas.limits import Estimate, Record, anthropic_rate_headers
 from service.routing.messages import MessagesExchange, is_native, native_count
-from service.routing.router import Call, Completion
+from service.routing.router import Call, Completion, OnOpen
 from service.routing.table import AUTO
 from service.types import Headers
 
@@ -59,6 +61,28 @@ async def create_message(gw: Gateway, request: Request) -> Response | StreamResp
     raw = await request.body(gw.settings.max_body_bytes)
     body = parse_json(raw)
     validate(body)
+    stream = body.get("stream") is True
+    miss = partial(_create, gw, request, token, body, stream)
+    response = await through_cache(gw, request, token, MESSAGES, body, stream, True, miss)
+    if _is_hit(response):
+        # A hit was admitted like any request: its quota headers under Anthropic's names too.
+        response.headers += anthropic_rate_headers(response.headers, time.time())
+    return response
+
+
+def _is_hit(response: Response | StreamResponse) -> bool:
+    return (b"x-best-cache", b"hit") in response.headers
+
+
+async def _create(
+    gw: Gateway,
+    request: Request,
+    token: Record | None,
+    body: dict[str, Any],
+    stream: bool,
+    on_open: OnOpen | None,
+) -> Response | StreamResponse:
+    """A message from upstream (a cache miss, or the cache off)."""
     model = _model(body)
     prompt = estimate_input_tokens(body)
     cap = body.get("max_tokens")
@@ -76,8 +100,8 @@ async def create_message(gw: Gateway, request: Request) -> Response | StreamResp
         prompt,
     )
     try:
-        if body.get("stream") is True:
-            opened = await gw.router.stream_via(call, exchange, candidates)
+        if stream:
+            opened = await gw.router.stream_via(call, exchange, candidates, on_open)
             if isinstance(opened, Completion):
                 return _refused(opened, call)
             headers = [*SSE_HEADERS, *_served(call)]

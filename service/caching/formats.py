@@ -3,8 +3,8 @@ a text_completion, an embeddings list), whether the client asked for JSON or a s
 
 Each route that streams has an ``Assembler``, which rebuilds that JSON answer from the events
 of a streamed miss (reasoning and tool calls included), and a ``replay``, which turns a stored
-answer back into a valid stream of the route's format for a streamed hit.  Another route (e.g.
-Anthropic's Messages API) plugs in with a ``Format`` of its own in ``FORMATS``.
+answer back into a valid stream of the route's format for a streamed hit.  Anthropic's Messages
+API stores its message and replays it as its events.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from service.anthropic.stream import message_events
 from service.apis import Api
 from service.upstream.sse import DONE_FRAME, frame
 
@@ -269,8 +270,82 @@ class EmbeddingsFormat:
         raise TypeError("embeddings do not stream")
 
 
+class MessageAssembler:
+    """Anthropic's Messages events (message_start, content blocks and their deltas,
+    message_delta, message_stop) back into the message they tell."""
+
+    def __init__(self) -> None:
+        self._message: JSON | None = None
+        self._blocks: dict[int, JSON] = {}
+        self._pieces: dict[int, list[str]] = {}  # a tool_use block's partial_json
+        self._usage: JSON = {}
+        self._stopped = False
+
+    def feed(self, event: JSON) -> None:
+        kind = event.get("type")
+        if kind == "message_start" and isinstance(event.get("message"), dict):
+            self._message = dict(event["message"])
+            self._usage.update(self._message.get("usage") or {})
+        elif kind == "content_block_start" and isinstance(event.get("content_block"), dict):
+            self._blocks[event.get("index", len(self._blocks))] = dict(event["content_block"])
+        elif kind == "content_block_delta" and isinstance(event.get("delta"), dict):
+            self._delta(event.get("index", 0), event["delta"])
+        elif kind == "message_delta":
+            delta = event.get("delta")
+            if isinstance(delta, dict) and self._message is not None:
+                self._message.update(delta)
+            if isinstance(event.get("usage"), dict):
+                self._usage.update(event["usage"])
+        elif kind == "message_stop":
+            self._stopped = True
+
+    def _delta(self, index: Any, delta: JSON) -> None:
+        block = self._blocks.get(index)
+        if block is None:
+            return
+        kind = delta.get("type")
+        if kind == "text_delta":
+            block["text"] = block.get("text", "") + str(delta.get("text", ""))
+        elif kind == "thinking_delta":
+            block["thinking"] = block.get("thinking", "") + str(delta.get("thinking", ""))
+        elif kind == "signature_delta":
+            block["signature"] = block.get("signature", "") + str(delta.get("signature", ""))
+        elif kind == "input_json_delta":
+            self._pieces.setdefault(index, []).append(str(delta.get("partial_json", "")))
+
+    def result(self, usage: Any) -> JSON | None:
+        message = self._message
+        if message is None or not self._stopped:
+            return None
+        content = []
+        for index in sorted(self._blocks):
+            block = self._blocks[index]
+            if index in self._pieces:
+                joined = "".join(self._pieces[index])
+                try:
+                    block["input"] = orjson.loads(joined) if joined else {}
+                except orjson.JSONDecodeError:
+                    return None  # not an answer worth serving again
+            content.append(block)
+        return {**message, "content": content, "usage": self._usage}
+
+
+class MessageFormat:
+    def assembler(self) -> Assembler:
+        return MessageAssembler()
+
+    def storable(self, answer: JSON) -> bool:
+        return answer.get("stop_reason") != "refusal"
+
+    def replay(self, answer: JSON, wants_usage: bool) -> bytes:
+        """The message's events, each block whole in one delta (its usage always: Anthropic's
+        streams carry it)."""
+        return message_events(answer)
+
+
 FORMATS: dict[Api, Format] = {
     Api.CHAT: ChatFormat(),
     Api.COMPLETIONS: CompletionFormat(),
     Api.EMBEDDINGS: EmbeddingsFormat(),
+    Api.MESSAGES: MessageFormat(),
 }
