@@ -1,6 +1,6 @@
-"""The only code that talks to providers: pooled keep-alive HTTP over aiohttp.
+"""The only code that talks to providers: pooled keep-alive HTTP/1.1 (``connections``).
 
-One request in, one response out; library errors become ``UpstreamFailure`` here and
+One request in, one response out; connection errors become ``UpstreamFailure`` here and
 nowhere else.  Policy (which provider, retries, cooldowns) lives in ``routing``.
 """
 
@@ -12,10 +12,19 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
+from service.upstream.connections import (
+    Connection,
+    ConnectionFailed,
+    Origin,
+    Pool,
+    ProtocolFailed,
+    split_url,
+)
 from service.upstream.errors import BAD_BODY, CONNECT, SERVER_ERROR, TIMEOUT, UpstreamFailure
+
+_ROUTES_MAX = 4096  # URLs whose origin, target and proxy are remembered
 
 
 @dataclass(slots=True)
@@ -26,85 +35,140 @@ class UpstreamResponse:
     retry_after: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class _Route:
+    origin: Origin
+    target: bytes  # the request line's target: a path, or the whole URL through an HTTP proxy
+    proxy: Origin | None
+
+
 class UpstreamStream:
     """An open streaming response; iterate ``chunks()`` and always ``close()``."""
 
-    __slots__ = ("_response", "content_type", "retry_after", "status")
+    __slots__ = (
+        "_connection",
+        "_idle_s",
+        "_pool",
+        "_route",
+        "content_type",
+        "retry_after",
+        "status",
+    )
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self._response = response
-        self.status = response.status
-        self.content_type = response.headers.get("content-type", "").encode()
-        self.retry_after = response.headers.get("retry-after")
+    def __init__(self, connection: Connection, pool: Pool, route: _Route, idle_s: float) -> None:
+        self._connection = connection
+        self._pool = pool
+        self._route = route
+        self._idle_s = idle_s
+        self.status = connection.status
+        self.content_type = connection.content_type
+        self.retry_after = connection.retry_after
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
-            async for chunk in self._response.content.iter_any():
+            async for chunk in self._connection.chunks(self._idle_s):
                 yield chunk
         except TimeoutError:
             raise UpstreamFailure(TIMEOUT, "upstream stream stalled") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamFailure(CONNECT, f"upstream stream broke: {exc!r}") from None
+        except (ConnectionFailed, ProtocolFailed) as exc:
+            raise UpstreamFailure(CONNECT, f"upstream stream broke: {exc}") from None
 
     async def read(self) -> bytes:
         try:
-            return await self._response.read()
+            return await self._connection.read(self._idle_s)
         except TimeoutError:
             raise UpstreamFailure(TIMEOUT, "upstream timed out") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamFailure(CONNECT, f"upstream connection failed: {exc!r}") from None
+        except (ConnectionFailed, ProtocolFailed) as exc:
+            raise UpstreamFailure(CONNECT, f"upstream connection failed: {exc}") from None
 
     def close(self) -> None:
-        self._response.close()
+        """Done with the answer: a connection read to its end is pooled again; one that is
+        not (the client left, a hedge lost) is closed, which cancels the upstream request."""
+        self._pool.release(self._connection, self._route.origin, self._route.proxy)
 
 
 class UpstreamClient:
     """A pooled HTTP client shared by every request of the process."""
 
-    def __init__(self, connect_timeout_s: float = 10.0) -> None:
+    def __init__(self, connect_timeout_s: float = 10.0, tls: Any = None) -> None:
         self._connect_timeout_s = connect_timeout_s
-        self._session: aiohttp.ClientSession | None = None
-        self._proxies: dict[str, str | None] = {}
+        self._tls = tls
+        self._pool: Pool | None = None
+        self._routes: dict[str, _Route] = {}
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=0, ttl_dns_cache=300, keepalive_timeout=30, enable_cleanup_closed=True
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            skip_auto_headers=("User-Agent",),
-            auto_decompress=True,
-            # aiohttp's trust_env looks proxies up in a worker thread on every request;
-            # _proxy_for does it once per host instead.
-            trust_env=False,
-        )
+        self._pool = Pool(self._tls)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
-    def _proxy_for(self, url: str) -> str | None:
-        """The HTTP(S)_PROXY that applies to ``url`` (honouring NO_PROXY), cached per origin."""
-        origin = url.split("/", 3)[:3]
-        key = "/".join(origin)
-        if key not in self._proxies:
-            scheme, host = origin[0].rstrip(":"), origin[2]
+    def _route(self, url: str) -> _Route:
+        """Where ``url`` goes: its origin, the request target, and the HTTP(S)_PROXY that
+        applies (honouring NO_PROXY), remembered per URL."""
+        route = self._routes.get(url)
+        if route is None:
+            try:
+                origin, target = split_url(url)
+            except ValueError as exc:
+                raise UpstreamFailure(CONNECT, str(exc)) from None
+            scheme = "https" if origin.tls else "http"
             proxies = urllib.request.getproxies_environment()
             bypass = urllib.request.proxy_bypass_environment(  # type: ignore[attr-defined]
-                host.split(":")[0], proxies
+                origin.host, proxies
             )
-            self._proxies[key] = None if bypass else proxies.get(scheme)
-        return self._proxies[key]
+            proxy_url = None if bypass else proxies.get(scheme)
+            proxy = None
+            if proxy_url:
+                proxy, _ = split_url(proxy_url if "://" in proxy_url else f"http://{proxy_url}")
+                if not origin.tls:
+                    target = url.encode()  # a plain-HTTP proxy takes the absolute URL
+            route = _Route(origin, target, proxy)
+            if len(self._routes) < _ROUTES_MAX:
+                self._routes[url] = route
+        return route
 
-    def _timeout(
-        self, total_s: float | None, read_s: float | None, bound_s: float
-    ) -> aiohttp.ClientTimeout:
-        """A connect timeout never longer than the attempt's own bound ``bound_s``."""
-        connect = min(self._connect_timeout_s, bound_s)
-        return aiohttp.ClientTimeout(
-            total=total_s, connect=connect, sock_connect=connect, sock_read=read_s
-        )
+    async def _send(
+        self,
+        method: str,
+        route: _Route,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        bound_s: float,
+    ) -> Connection:
+        """Send the request; returns the connection once the answer's headers arrived.  A
+        pooled connection that the server closed meanwhile (no byte of an answer) is replaced
+        by a new one, once."""
+        pool = self._require_pool()
+        head = [
+            b"%s %s HTTP/1.1\r\nHost: %s\r\n"
+            % (method.encode(), route.target, route.origin.authority)
+        ]
+        for name, value in headers.items():
+            head.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
+        if body is not None:
+            head.append(b"Content-Length: %d\r\n\r\n" % len(body))
+            head.append(body)
+        else:
+            head.append(b"\r\n")
+        request = b"".join(head)
+        connect_s = min(self._connect_timeout_s, bound_s)
+        fresh = False
+        while True:
+            connection = await pool.connect(route.origin, route.proxy, connect_s, fresh)
+            connection.exchange(request)
+            try:
+                await connection.head()
+            except ConnectionFailed:
+                if connection.reused and not connection.got_bytes and not fresh:
+                    fresh = True
+                    continue
+                raise
+            except BaseException:
+                connection.close()
+                raise
+            return connection
 
     async def post(
         self,
@@ -123,25 +187,19 @@ class UpstreamClient:
     ) -> UpstreamStream:
         """POST and return once the status line and headers arrived; each later read of the
         body may wait at most ``idle_timeout_s``."""
-        session = self._require_session()
+        route = self._route(url)
         try:
             # Connecting, the TLS handshake and the headers together get the attempt's own
             # bound, not the client's fixed connect timeout.
             async with asyncio.timeout(idle_timeout_s):
-                response = await session.post(
-                    url,
-                    data=body,
-                    headers=headers,
-                    timeout=self._timeout(None, idle_timeout_s, idle_timeout_s),
-                    proxy=self._proxy_for(url),
-                )
+                connection = await self._send("POST", route, headers, body, idle_timeout_s)
         except TimeoutError:
             raise UpstreamFailure(
                 TIMEOUT, f"upstream did not answer within {idle_timeout_s:g}s"
             ) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamFailure(CONNECT, f"upstream connection failed: {exc!r}") from None
-        return UpstreamStream(response)
+        except (ConnectionFailed, ProtocolFailed) as exc:
+            raise UpstreamFailure(CONNECT, f"upstream connection failed: {exc}") from None
+        return UpstreamStream(connection, self._require_pool(), route, idle_timeout_s)
 
     async def request(
         self,
@@ -176,37 +234,39 @@ class UpstreamClient:
         timeout_s: float,
         first_byte_s: float | None = None,
     ) -> UpstreamResponse:
-        session = self._require_session()
-        first_byte = asyncio.timeout(first_byte_s if first_byte_s else None)
+        route = self._route(url)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        first_byte = first_byte_s is not None and 0 < first_byte_s < timeout_s
+        deadline = asyncio.timeout(first_byte_s if first_byte else timeout_s)
+        connection: Connection | None = None
         try:
-            async with (
-                first_byte,
-                session.request(
-                    method,
-                    url,
-                    data=body,
-                    headers=headers,
-                    timeout=self._timeout(timeout_s, None, timeout_s),
-                    proxy=self._proxy_for(url),
-                ) as response,
-            ):
-                first_byte.reschedule(None)  # the rest of the answer has timeout_s
-                return UpstreamResponse(
-                    response.status,
-                    await response.read(),
-                    response.headers.get("content-type", "").encode(),
-                    response.headers.get("retry-after"),
-                )
+            async with deadline:
+                connection = await self._send(method, route, headers, body, timeout_s)
+                if first_byte:
+                    deadline.reschedule(started + timeout_s)  # the rest of the answer
+                    first_byte = False
+                answer = await connection.read()
         except TimeoutError:
-            if first_byte.expired():
+            if connection is not None:
+                connection.close()
+            if first_byte:
                 raise UpstreamFailure(
                     TIMEOUT, f"{url} sent no first byte within {first_byte_s:g}s"
                 ) from None
             raise UpstreamFailure(TIMEOUT, f"{url} did not answer within {timeout_s:g}s") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamFailure(CONNECT, f"{url}: connection failed: {exc!r}") from None
+        except (ConnectionFailed, ProtocolFailed) as exc:
+            raise UpstreamFailure(CONNECT, f"{url}: connection failed: {exc}") from None
+        except BaseException:
+            if connection is not None:
+                connection.close()
+            raise
+        self._require_pool().release(connection, route.origin, route.proxy)
+        return UpstreamResponse(
+            connection.status, answer, connection.content_type, connection.retry_after
+        )
 
-    def _require_session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def _require_pool(self) -> Pool:
+        if self._pool is None:
             raise RuntimeError("UpstreamClient.start() was not called")
-        return self._session
+        return self._pool
