@@ -192,11 +192,7 @@ def anthropic_error_response(error: GatewayError) -> Response:
 
 
 async def send_response(send: Send, response: Response, extra: Headers) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": response.status,
-            "headers": response.headers + extra if extra else response.headers,
-        }
-    )
+    headers = response.headers + extra if extra else response.headers[:]
+    headers.append((b"content-length", b"%d" % len(response.body)))  # no chunked framing
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": response.body})

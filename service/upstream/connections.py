@@ -251,12 +251,7 @@ class Connection(asyncio.Protocol):
 
     @property
     def reusable(self) -> bool:
-        return (
-            self.complete
-            and not self.closed
-            and self._error is None
-            and self._keep_alive
-        )
+        return self.complete and not self.closed and self._error is None and self._keep_alive
 
     def close(self) -> None:
         self.closed = True
