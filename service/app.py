@@ -16,7 +16,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from prometheus_client import Counter, Histogram
 
@@ -37,7 +37,7 @@ from service.apis import Api
 from service.errors import GatewayError
 from service.gateway import Gateway
 from service.settings import Settings, settings_from_env
-from service.types import Message, Receive, Scope, Send
+from service.types import DISCONNECT, Disconnect, Message, Receive, Scope, Send
 
 log = logging.getLogger("best.http")
 
@@ -163,7 +163,7 @@ class App:
         if route in _UPSTREAM_ROUTES:
             # Once the body is in, a client that leaves cancels the work at once, upstream
             # call included: before the answer, and for a stream until its end.
-            watch = _DisconnectWatch(receive)
+            watch = _DisconnectWatch(receive, scope.get("extensions", _NONE).get(DISCONNECT))
             request.on_body_read = watch.start
         try:
             try:
@@ -344,6 +344,7 @@ class App:
 
 
 _UPSTREAM_ROUTES = frozenset(_HOT_LABELS)
+_NONE: dict[str, Any] = {}
 _SHUTTING_DOWN = errors.Unavailable(
     "The gateway is shutting down and cut this stream; retry the request.",
     code="shutting_down",
@@ -363,26 +364,35 @@ def _ops_label(path: str) -> str:
 
 
 class _DisconnectWatch:
-    """Cancels the request's task when the client disconnects (after the body was read)."""
+    """Cancels the request's task when the client disconnects (after the body was read):
+    told by the server's ``Disconnect`` signal when it has one, else by a task waiting on
+    ``receive()``."""
 
-    __slots__ = ("_receive", "_task", "_watcher", "gone")
+    __slots__ = ("_receive", "_signal", "_task", "_watcher", "gone")
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, signal: Disconnect | None) -> None:
         self._receive = receive
+        self._signal = signal
         self._task: asyncio.Task[object] | None = None
         self._watcher: asyncio.Future[None] | None = None
         self.gone = False
 
     def start(self) -> None:
-        if self._watcher is None:
+        if self._task is None:
             self._task = asyncio.current_task()
-            self._watcher = asyncio.ensure_future(self._watch())
+            if self._signal is not None:
+                self._signal.callback = self._left
+            else:
+                self._watcher = asyncio.ensure_future(self._watch())
 
     async def _watch(self) -> None:
         while True:
             message = await self._receive()
             if message["type"] == "http.disconnect":
                 break
+        self._left()
+
+    def _left(self) -> None:
         self.gone = True
         if self._task is not None:
             self._task.cancel()
@@ -393,6 +403,8 @@ class _DisconnectWatch:
             self._task.uncancel()
 
     def stop(self) -> None:
+        if self._signal is not None:
+            self._signal.callback = None
         if self._watcher is not None and not self.gone:
             self._watcher.cancel()
         self._watcher = None

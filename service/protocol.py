@@ -12,6 +12,8 @@ from typing import Any, cast
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service.types import DISCONNECT, Disconnect
+
 
 class GatewayConfig(uvicorn.Config):
     """uvicorn's config plus the gateway's request read bound (pickled to each worker)."""
@@ -84,6 +86,9 @@ class GatewayProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        # An ASGI extension of this server's own (uvicorn sets no other).
+        extensions: dict[str, Any] = {DISCONNECT: Disconnect()}
+        self.scope["extensions"] = cast(dict[str, dict[object, object]], extensions)
         self._arm_read_timer()
 
     def on_message_complete(self) -> None:
@@ -92,7 +97,12 @@ class GatewayProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_read_timer()
+        cycle = self.cycle
         super().connection_lost(exc)
+        if cycle is not None and not cycle.response_complete:
+            signal = cycle.scope.get("extensions", {}).get(DISCONNECT)
+            if isinstance(signal, Disconnect):
+                signal.fire()
 
     def shutdown(self) -> None:
         mark_draining(self.app)
