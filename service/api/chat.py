@@ -69,7 +69,7 @@ async def chat_completions(gw: Gateway, request: Request) -> Response | StreamRe
     body = parse_json(raw)
     model, stream, wants_usage = validate_chat(body)
     need = estimate(body, len(raw))
-    miss = partial(_chat, gw, request, token, body, model, stream, wants_usage, need)
+    miss = partial(_chat, gw, request, token, body, raw, model, stream, wants_usage, need)
     return await through_cache(gw, request, token, Api.CHAT, body, stream, wants_usage, miss)
 
 
@@ -78,6 +78,7 @@ async def _chat(
     request: Request,
     token: Record | None,
     body: dict[str, Any],
+    raw: bytes,
     model: str,
     stream: bool,
     wants_usage: bool,
@@ -87,12 +88,15 @@ async def _chat(
     call, candidates = await open_call(gw, request, token, model, need)
     try:
         if stream:
-            opened = await gw.router.stream(call, body, candidates, wants_usage, on_open=on_open)
+            opened = await gw.router.stream(
+                call, body, candidates, wants_usage, on_open=on_open, raw=raw
+            )
             if not isinstance(opened, Completion):
                 headers = [*SSE_HEADERS, *served_headers(call)]
                 return StreamResponse(200, opened, headers, call=call, final=DONE_FRAME)
             return relayed(opened, call)
-        return relayed(await gw.router.complete(call, body, candidates, embeddings=False), call)
+        answer = await gw.router.complete(call, body, candidates, embeddings=False, raw=raw)
+        return relayed(answer, call)
     except BaseException as exc:
         finish_failed(call, exc)
         raise
@@ -104,7 +108,7 @@ async def embeddings(gw: Gateway, request: Request) -> Response | StreamResponse
     body = parse_json(raw)
     model = validate_embeddings(body)
     need = estimate(body, len(raw), False)
-    miss = partial(_embeddings, gw, request, token, body, model, need)
+    miss = partial(_embeddings, gw, request, token, body, raw, model, need)
     return await through_cache(gw, request, token, Api.EMBEDDINGS, body, False, False, miss)
 
 
@@ -113,13 +117,15 @@ async def _embeddings(
     request: Request,
     token: Record | None,
     body: dict[str, Any],
+    raw: bytes,
     model: str,
     need: Estimate,
     on_open: OnOpen | None,
 ) -> Response:
     call, candidates = await open_call(gw, request, token, model, need)
     try:
-        return relayed(await gw.router.complete(call, body, candidates, embeddings=True), call)
+        answer = await gw.router.complete(call, body, candidates, embeddings=True, raw=raw)
+        return relayed(answer, call)
     except BaseException as exc:
         finish_failed(call, exc)
         raise

@@ -55,7 +55,7 @@ async def completions(gw: Gateway, request: Request) -> Response | StreamRespons
     body = parse_json(raw)
     model, stream, wants_usage = validate_completion(body)
     need = estimate(body, len(raw))
-    miss = partial(_complete, gw, request, token, body, model, stream, wants_usage, need)
+    miss = partial(_complete, gw, request, token, body, raw, model, stream, wants_usage, need)
     return await through_cache(gw, request, token, COMPLETIONS, body, stream, wants_usage, miss)
 
 
@@ -64,6 +64,7 @@ async def _complete(
     request: Request,
     token: Record | None,
     body: dict[str, Any],
+    raw: bytes,
     model: str,
     stream: bool,
     wants_usage: bool,
@@ -74,13 +75,14 @@ async def _complete(
     try:
         if stream:
             opened = await gw.router.stream(
-                call, body, candidates, wants_usage, api=COMPLETIONS, on_open=on_open
+                call, body, candidates, wants_usage, api=COMPLETIONS, on_open=on_open, raw=raw
             )
             if isinstance(opened, Completion):
                 return relayed(opened, call)
             headers = [*SSE_HEADERS, *served_headers(call)]
             return StreamResponse(200, opened, headers, call=call, final=DONE_FRAME)
-        return relayed(await gw.router.complete(call, body, candidates, api=COMPLETIONS), call)
+        answer = await gw.router.complete(call, body, candidates, api=COMPLETIONS, raw=raw)
+        return relayed(answer, call)
     except BaseException as exc:
         finish_failed(call, exc)
         raise

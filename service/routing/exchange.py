@@ -70,16 +70,27 @@ class Exchange(Protocol):
 class ForwardExchange:
     """The request as the client sent it, to the same API of every candidate."""
 
-    __slots__ = ("_check", "_wants_usage", "body", "operation")
+    __slots__ = ("_check", "_raw", "_wants_usage", "body", "operation")
 
-    def __init__(self, api: Api, body: dict[str, Any], client_wants_usage: bool = True) -> None:
+    def __init__(
+        self,
+        api: Api,
+        body: dict[str, Any],
+        client_wants_usage: bool = True,
+        raw: bytes | None = None,
+    ) -> None:
         self.operation = api
         self.body = body
+        # The client's own bytes, sent as they came to a candidate of the model it named.
+        self._raw = raw if raw is not None and isinstance(body.get("model"), str) else None
         self._check = CHECKS.get(api, check_completion)
         self._wants_usage = client_wants_usage
 
     def request(self, candidate: Candidate) -> Outgoing:
-        payload = orjson.dumps({**self.body, "model": candidate.model})
+        if self._raw is not None and self.body["model"] == candidate.model:
+            payload = self._raw
+        else:
+            payload = orjson.dumps({**self.body, "model": candidate.model})
         return candidate.urls[self.operation], candidate.headers, payload
 
     def answer(self, candidate: Candidate, response: UpstreamResponse) -> Answer:

@@ -356,11 +356,13 @@ class Router:
         candidates: list[Candidate],
         embeddings: bool = False,
         api: str | None = None,
+        raw: bytes | None = None,
     ) -> Completion:
         """A non-streaming answer of ``api`` (default: chat, or embeddings) with failover
-        (and hedging)."""
+        (and hedging); ``raw``: the body's bytes as the client sent them."""
         api = api or (Api.EMBEDDINGS if embeddings else Api.CHAT)
-        return await self.complete_via(call, ForwardExchange(Api(api), body), candidates)
+        exchange = ForwardExchange(Api(api), body, raw=raw)
+        return await self.complete_via(call, exchange, candidates)
 
     async def complete_via(
         self, call: Call, exchange: Exchange, candidates: list[Candidate]
@@ -402,12 +404,13 @@ class Router:
         client_wants_usage: bool,
         api: str = CHAT,
         on_open: OnOpen | None = None,
+        raw: bytes | None = None,
     ) -> AsyncIterator[bytes] | Completion:
         """Open a stream of ``api`` with failover (and hedging) until its first event;
         returns the SSE frames to send, or the upstream's own answer when it refused the
         request (the client's fault).  ``on_open`` runs once the stream is chosen, before
         its first byte is sent; if it raises, the upstream is closed and the error
-        propagates."""
+        propagates.  ``raw``: the body's bytes as the client sent them."""
         if api == Api.RESPONSES:
             client_wants_usage = True  # the Responses API always reports usage on its own
         elif not client_wants_usage:
@@ -416,7 +419,8 @@ class Router:
                 **(options if isinstance(options, dict) else {}),
                 "include_usage": True,
             }
-        exchange = ForwardExchange(Api(api), body, client_wants_usage)
+            raw = None  # the body sent is no longer the client's
+        exchange = ForwardExchange(Api(api), body, client_wants_usage, raw)
         return await self.stream_via(call, exchange, candidates, on_open)
 
     async def stream_via(
