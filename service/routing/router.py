@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
+from prometheus_client import Histogram
+
 from service import errors
 from service.apis import Api
 from service.errors import GatewayError
@@ -96,6 +98,17 @@ class Completion:
     content_type: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class _PairSeries:
+    """The metric children a success of one (API, provider, model) updates."""
+
+    duration_ok: Histogram
+    tokens_in: Histogram
+    tokens_out: Histogram
+
+
+_SERIES_MAX = 4096  # pairs come from the configuration: bounded, with room for reloads
+
 HEDGE_P95 = -1.0  # hedge after the first candidate's recent p95 time to first byte
 HEDGE_DEFAULT_MS = 1000.0  # ... or this while the pair has no recent figures
 
@@ -119,6 +132,7 @@ class Router:
         self._stats = stats
         self._metrics = metrics
         self._random = random.Random()
+        self._series: dict[tuple[str, str, str], _PairSeries] = {}
         self._hedge_for: dict[str, float | None] = {}  # requested model -> hedging policy
         self._hedge_config: object = None
 
@@ -238,14 +252,30 @@ class Router:
             completion_tokens=completion,
         )
         self._cooldowns.succeeded(candidate)
-        labels = (call.operation, candidate.provider, candidate.model)
+        series = self._series_of(call.operation, candidate)
         exemplar = None if call.trace is None else call.trace.exemplar
-        self._metrics.upstream_duration.labels(*labels, "ok").observe(elapsed, exemplar)
+        series.duration_ok.observe(elapsed, exemplar)
         if used:
-            self._metrics.tokens.labels(*labels, "input").observe(prompt)
+            series.tokens_in.observe(prompt)
             if call.operation != Api.EMBEDDINGS:
-                self._metrics.tokens.labels(*labels, "output").observe(completion)
+                series.tokens_out.observe(completion)
         return used
+
+    def _series_of(self, operation: Api, candidate: Candidate) -> _PairSeries:
+        """A pair's metric children for an API, resolved once (``labels()`` takes a lock and
+        builds a key on every call)."""
+        key = (operation, candidate.provider, candidate.model)
+        series = self._series.get(key)
+        if series is None:
+            metrics = self._metrics
+            series = _PairSeries(
+                metrics.upstream_duration.labels(*key, "ok"),
+                metrics.tokens.labels(*key, "input"),
+                metrics.tokens.labels(*key, "output"),
+            )
+            if len(self._series) < _SERIES_MAX:
+                self._series[key] = series
+        return series
 
     def _hedge_delay_s(self, call: Call, first: Candidate) -> float | None:
         after = call.hedge_after_ms
