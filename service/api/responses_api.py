@@ -18,7 +18,7 @@ from fastapi.responses import Response as FastAPIResponse
 
 from service import errors
 from service.api.auth import require_token
-from service.api.calls import int_field, open_call, relayed, served_headers
+from service.api.calls import finish_failed, int_field, open_call, relayed, served_headers
 from service.api.dependencies import GatewayDep, token_caller
 from service.api.errors import responses_error_event
 from service.api.http import SSE_HEADERS, Request, Response, StreamResponse, parse_json
@@ -102,14 +102,16 @@ async def create_response(gw: Gateway, request: Request) -> Response | StreamRes
             await gw.conversations.record(_id_of(result.body), call.candidate)
         return relayed(result, call)
     except _UNREACHABLE as exc:
-        call.finish()
         if previous is None or pinned is None:
+            finish_failed(call, exc)
             raise
-        raise provider_unavailable(
+        unreachable = provider_unavailable(
             pinned[0].provider, previous, exc.message, exc.retry_after_s
-        ) from None
-    except BaseException:
-        call.finish()  # whatever went wrong, the quotas are settled (no-op if they were)
+        )
+        finish_failed(call, unreachable)
+        raise unreachable from None
+    except BaseException as exc:
+        finish_failed(call, exc)
         raise
 
 
