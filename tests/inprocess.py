@@ -3,9 +3,10 @@ test that needs no second process (no server, no port, no start-up wait)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -45,3 +46,32 @@ def client(app: App, token: str | None = USER_TOKEN) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://gateway", headers=headers
     )
+
+
+def provider_entry(name: str, base_url: str, priority: float, **extra: object) -> dict[str, object]:
+    """A meta-providers.yaml entry for provider ``name`` (key in ``<NAME>_KEY``, value "k")."""
+    return {
+        "name": name,
+        "api_key_env_var": f"{name.upper()}_KEY",
+        "base_url": base_url,
+        "base_priority": priority,
+        **extra,
+    }
+
+
+def provider_keys(names: Sequence[str]) -> dict[str, str]:
+    """The environment ``provider_entry`` expects: every key variable set to "k"."""
+    return {f"{name.upper()}_KEY": "k" for name in names}
+
+
+# Scoring that keeps the candidate order fixed by base_priority: no exploration.
+FIXED_ORDER: dict[str, Any] = {"live": {"explore": 0.0}}
+
+
+async def create_token(app: App, **fields: object) -> str:
+    """A managed token made through ``POST /admin/tokens`` (limits as keyword arguments)."""
+    async with client(app, ADMIN_TOKEN) as admin:
+        created = await admin.post("/admin/tokens", json={"name": "limited", **fields})
+    assert created.status_code == 201, created.text
+    token: str = created.json()["token"]
+    return token
