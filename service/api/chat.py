@@ -11,7 +11,14 @@ from typing import Any
 
 from service import errors
 from service.api.auth import require_token
-from service.api.calls import finish_failed, int_field, open_call, relayed, served_headers
+from service.api.calls import (
+    finish_failed,
+    int_field,
+    open_call,
+    relayed,
+    served_headers,
+    stream_options,
+)
 from service.api.http import SSE_HEADERS, Request, Response, StreamResponse, parse_json
 from service.gateway import Gateway
 from service.quotas.limits import estimate
@@ -31,8 +38,10 @@ def validate_chat(body: Any) -> tuple[str, bool, bool]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise errors.bad_request("'messages' must be a non-empty array.", param="messages")
-    if not all(isinstance(m, dict) for m in messages):
-        raise errors.bad_request("Each entry of 'messages' must be an object.", param="messages")
+    if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
+        raise errors.bad_request(
+            "Each entry of 'messages' must be an object with a string 'role'.", param="messages"
+        )
     stream = body.get("stream", False)
     if stream is None:
         stream = False
@@ -40,11 +49,7 @@ def validate_chat(body: Any) -> tuple[str, bool, bool]:
         raise errors.bad_request("'stream' must be a boolean.", param="stream")
     int_field(body, "max_tokens")
     int_field(body, "max_completion_tokens")
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise errors.bad_request("'stream_options' must be an object.", param="stream_options")
-    wants_usage = bool(options and options.get("include_usage"))
-    return model.strip(), stream, wants_usage
+    return model.strip(), stream, stream_options(body)
 
 
 def validate_embeddings(body: Any) -> str:

@@ -7,7 +7,15 @@ from typing import Any
 
 from service import errors
 from service.api.auth import require_token
-from service.api.calls import finish_failed, int_field, open_call, relayed, served_headers
+from service.api.calls import (
+    MAX_INT,
+    finish_failed,
+    int_field,
+    open_call,
+    relayed,
+    served_headers,
+    stream_options,
+)
 from service.api.http import SSE_HEADERS, Request, Response, StreamResponse, parse_json
 from service.apis import Api
 from service.gateway import Gateway
@@ -16,6 +24,33 @@ from service.routing.relay import DONE_FRAME
 from service.routing.router import Completion
 
 COMPLETIONS = Api.COMPLETIONS
+
+
+def _token_ids(value: Any) -> bool:
+    """A non-empty array of token ids; integral floats in it become ints (JSON does not tell
+    7 from 7.0, and a provider may)."""
+    if not isinstance(value, list) or not value:
+        return False
+    for i, token in enumerate(value):
+        if isinstance(token, float) and token.is_integer() and 0 <= token <= MAX_INT:
+            value[i] = token = int(token)
+        if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token <= MAX_INT:
+            return False
+    return True
+
+
+def _is_prompt(value: Any) -> bool:
+    """What OpenAI's legacy API takes: a string, or one kind of item in a non-empty array."""
+    if isinstance(value, str):
+        return True
+    if not isinstance(value, list) or not value:
+        return False
+    first = value[0]
+    if isinstance(first, str):
+        return all(isinstance(v, str) for v in value)
+    if isinstance(first, list):
+        return all(_token_ids(v) for v in value)
+    return _token_ids(value)
 
 
 def validate_completion(body: Any) -> tuple[str, bool, bool]:
@@ -27,12 +62,10 @@ def validate_completion(body: Any) -> tuple[str, bool, bool]:
         model = ""
     if not isinstance(model, str):
         raise errors.bad_request("'model' must be a string.", param="model")
-    prompt = body.get("prompt")
-    if isinstance(prompt, str):
-        pass
-    elif not isinstance(prompt, list) or not prompt:
+    if not _is_prompt(body.get("prompt")):
         raise errors.bad_request(
-            "'prompt' must be a string or a non-empty array of strings or token ids.",
+            "'prompt' must be a string, or a non-empty array of strings, of token ids, or of "
+            "non-empty arrays of token ids.",
             param="prompt",
         )
     stream = body.get("stream")
@@ -41,10 +74,7 @@ def validate_completion(body: Any) -> tuple[str, bool, bool]:
     if not isinstance(stream, bool):
         raise errors.bad_request("'stream' must be a boolean.", param="stream")
     int_field(body, "max_tokens")
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise errors.bad_request("'stream_options' must be an object.", param="stream_options")
-    return model.strip(), stream, bool(options and options.get("include_usage"))
+    return model.strip(), stream, stream_options(body)
 
 
 async def completions(gw: Gateway, request: Request) -> Response | StreamResponse:
