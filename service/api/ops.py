@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException
+from starlette.routing import Route
 
 from service.api import admin, health, hot_routes, models, responses_api, stats
 from service.api.responses import render_error
@@ -34,7 +35,7 @@ def create_ops_app(gateway: Gateway) -> FastAPI:
         redoc_url=None,
     )
     app.state.gateway = gateway
-    for router in (
+    routers = (
         hot_routes.router,
         models.router,
         responses_api.router,
@@ -43,8 +44,15 @@ def create_ops_app(gateway: Gateway) -> FastAPI:
         admin.router,
         admin.teams_router,
         admin.usage_router,
-    ):
+    )
+    for router in routers:
         app.include_router(router)
+    # Every route, flat (the app nests included routers): what a 405's Allow is read from.
+    app.state.routes = [
+        route
+        for route in (*app.routes, *(r for router in routers for r in router.routes))
+        if isinstance(route, Route)
+    ]
     for kind in (GatewayError, RequestValidationError, HTTPException, Exception):
         app.add_exception_handler(kind, render_error)
 

@@ -59,9 +59,10 @@ async def render_error(request: Request, exc: Exception) -> Response:
 def _methods_of(request: Request) -> set[str]:
     """Every method some route answers on the request's path (Starlette's own 405 names only
     the first route matching the path, and a path here has one route per method)."""
+    routes: list[Route] = request.app.state.routes  # built by create_ops_app
     allowed: set[str] = set()
-    for route in request.app.router.routes:
-        if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
+    for route in routes:
+        if route.matches(request.scope)[0] != Match.NONE:
             allowed |= route.methods or set()
     return allowed
 
