@@ -37,6 +37,7 @@ def test_parse_output() -> None:
     assert result.errors == 3
 
 
+@pytest.mark.slow  # runs wrk
 @pytest.mark.skipif(
     not (Path(NGINX).exists() and shutil.which("wrk")), reason="needs nginx and wrk"
 )

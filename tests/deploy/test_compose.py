@@ -66,6 +66,7 @@ def test_every_mounted_file_exists(services: dict[str, Any]) -> None:
             assert (REPO / path).exists(), f"{name} mounts missing {path}"
 
 
+@pytest.mark.slow  # runs docker-compose
 def test_docker_compose_config_accepts_the_file() -> None:
     # `docker-compose config` (Compose v1, Debian's docker-compose) validates the file against
     # the Compose schema offline, without an engine.

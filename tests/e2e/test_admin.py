@@ -13,6 +13,8 @@ import pytest
 from service.quotas.tokens import iso_utc, token_id
 from tests.harness import GatewayProcess, run_cli
 
+pytestmark = pytest.mark.slow  # the gateway runs as a process
+
 ADMIN = "admin-secret"
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
 

@@ -21,6 +21,8 @@ from tests.e2e.conftest import (
 )
 from tests.fakes.upstream import Behavior, chat_usage, fake_embedding
 
+pytestmark = pytest.mark.slow  # the gateway runs as a process
+
 # alpha scores highest, then beta, then gamma (2 x base_priority each); embeddings and
 # "low-" models sit below zero.
 SPECS = [

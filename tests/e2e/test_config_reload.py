@@ -25,6 +25,8 @@ from tests.e2e.conftest import (
 from tests.fakes.upstream import FakeProvider
 from tests.harness import REPO, GatewayProcess
 
+pytestmark = pytest.mark.slow  # the gateway runs as a process
+
 RELOAD_WITHIN_S = 10  # the gateway polls every 2 s; SPEC allows 30 s
 
 

@@ -20,6 +20,8 @@ from tests.e2e.conftest import (
     start_fleet,
 )
 
+pytestmark = pytest.mark.slow  # the gateway runs as a process
+
 MAX_BODY_BYTES = 4096
 
 

@@ -27,6 +27,8 @@ from tests.e2e.conftest import (
 )
 from tests.fakes.upstream import Behavior, FakeProvider
 
+pytestmark = pytest.mark.slow  # the gateway runs as a process
+
 MAX_ATTEMPTS = 3
 HANG_TIMEOUT_S = 0.5
 

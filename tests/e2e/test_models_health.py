@@ -23,6 +23,8 @@ from tests.e2e.conftest import (
 from tests.fakes.upstream import Behavior, RecordedRequest, chat_usage
 from tests.harness import RedisServer
 
+pytestmark = pytest.mark.slow  # the gateway runs as a process
+
 DISCOVERED = ["disc-chat", "disc-other"]
 DISCOVERY_REQUESTS: list[RecordedRequest] = []
 

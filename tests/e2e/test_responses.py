@@ -21,6 +21,8 @@ import pytest
 from tests.e2e.conftest import Fleet, ProviderSpec, assert_openai_error, start_fleet
 from tests.fakes.upstream import Behavior
 
+pytestmark = pytest.mark.slow  # the gateway runs as a process
+
 ALL = ["chat", "embeddings", "responses", "completions"]
 # Each failover test uses a model of its own: a failure cools its pair for a while.
 MODELS = [

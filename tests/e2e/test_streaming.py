@@ -15,6 +15,8 @@ import pytest
 from tests.e2e.conftest import Fleet, ProviderSpec, assert_openai_error, chat_body, start_fleet
 from tests.fakes.upstream import Behavior, chat_usage
 
+pytestmark = pytest.mark.slow  # the gateway runs as a process
+
 # Both providers serve every model; each test streams a model of its own, so a pair cooled
 # by one test never changes the route of another.
 MODELS = [

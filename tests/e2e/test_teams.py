@@ -11,6 +11,8 @@ import pytest
 
 from tests.harness import GatewayProcess, run_cli
 
+pytestmark = pytest.mark.slow  # the gateway runs as a process
+
 ADMIN = "admin-secret"
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
 

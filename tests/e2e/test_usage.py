@@ -23,6 +23,8 @@ from tests.fakes.upstream import FakeProvider
 from tests.harness import GatewayProcess, free_port, run_cli, write_config
 from tests.tools import require_tool
 
+pytestmark = pytest.mark.slow  # the gateway runs as a process
+
 ADMIN = "admin-secret"
 PICO = 10**12
 # USD per million tokens: exact pico-USD per token (2.5e6 and 7.75e6).

@@ -166,12 +166,16 @@ async def test_a_first_candidate_answering_in_time_is_not_hedged(tmp_path: Path)
         assert f.received() == [1, 0]
 
 
-async def test_the_hedge_header_turns_hedging_off_and_on(tmp_path: Path) -> None:
+async def test_the_hedge_header_false_turns_hedging_off(tmp_path: Path) -> None:
     async with fleet(tmp_path, scoring=HEDGE_AFTER) as f:
         f.providers[0].queue(Behavior.ok(delay_s=0.3))
         assert served_by(await f.chat(**{"x-best-hedge": "false"})) == "p1"
         assert f.received() == [1, 0]
-    async with fleet(tmp_path / "on") as f:  # no hedging configured for m
+
+
+@pytest.mark.slow  # hedges after the default wait of a pair without figures (1 s)
+async def test_the_hedge_header_true_hedges_a_model_not_configured_for_it(tmp_path: Path) -> None:
+    async with fleet(tmp_path) as f:
         f.providers[0].queue(Behavior.ok(delay_s=10))
         assert served_by(await f.chat(**{"x-best-hedge": "true"})) == "p2"
         await asyncio.to_thread(f.providers[0].wait_for_disconnects, 1)
