@@ -193,8 +193,6 @@ def gateway(priced_config: Path) -> Iterator[GatewayProcess]:
         ({"group_by": "colour"}, "group_by"),
         ({"from": "2026-13-01"}, "from"),
         ({"to": "yesterday"}, "to"),
-        ({"from": "2026-02-01", "to": "2026-01-01"}, "from"),
-        ({"from": "2020-01-01", "to": "2026-01-01"}, "from"),
     ],
 )
 def test_bad_usage_queries_are_openai_400s(
