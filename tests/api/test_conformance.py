@@ -27,8 +27,8 @@ from tests.inprocess import (
 )
 from tests.tools import missing
 
-# Per operation; 31 operations, plus the stateful phase: about 30 s on a loaded 2-core machine.
-MAX_EXAMPLES = 25
+# Per operation (31 operations), plus the stateful phase: about 20 s on a loaded 2-core machine.
+MAX_EXAMPLES = 20
 TOKEN = "sk-conformance"
 
 
