@@ -168,7 +168,7 @@ class App:
         try:
             try:
                 if handler is None:
-                    raise errors.method_not_allowed(request.method)
+                    raise errors.method_not_allowed(request.method, methods)
                 response: Response | StreamResponse = await handler(self.gateway, request)
             except GatewayError as exc:
                 response = anthropic_error_response(exc) if anthropic else error_response(exc)

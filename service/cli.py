@@ -157,9 +157,18 @@ def _alias_reach(target: str, rows: list[dict[str, Any]]) -> int:
     return len(reached)
 
 
-def _provider_state(settings: Settings, provider: ProviderConfig, errors: dict[str, str]) -> str:
+def _provider_state(
+    settings: Settings, provider: ProviderConfig, errors: dict[str, str], offline: bool
+) -> str:
+    """ "ok" (or "ok: ...") when the provider can serve; otherwise why not."""
     if provider.base_priority <= 0:
         return "disabled (base_priority <= 0)"
+    if provider.api_key_env_var is None:
+        if offline:
+            return "local server, no key (not contacted offline)"
+        if provider.name in errors:
+            return f"local server, no key: did not answer at {provider.base_url}; skipped"
+        return "ok: local server answered"
     if not settings.provider_key(provider.api_key_env_var):
         return f"{provider.api_key_env_var} unset"
     if provider.name in errors:
@@ -180,12 +189,16 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 2
     rows, errors = asyncio.run(_scored_table(settings, args.offline))
     providers = [
-        {"name": p.name, "state": _provider_state(settings, p, errors), "apis": sorted(p.apis)}
+        {
+            "name": p.name,
+            "state": _provider_state(settings, p, errors, args.offline),
+            "apis": sorted(p.apis),
+        }
         for p in config.providers
     ]
     routable = sum(1 for r in rows if r["score"] > 0)
     # Offline, discovered providers have no models yet: only a missing key is conclusive.
-    keyed = any(p["state"] == "ok" for p in providers)
+    keyed = any(str(p["state"]).startswith("ok") for p in providers)
     failed = routable == 0 and (not args.offline or not keyed)
     aliases = [
         {"pattern": pattern, "target": target, "pairs": _alias_reach(target, rows)}

@@ -51,7 +51,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class ProviderConfig:
     name: str
-    api_key_env_var: str
+    api_key_env_var: str | None  # None: no key (a local server), used while it answers
     base_url: str
     base_priority: float
     model_url: str | None = None
@@ -59,6 +59,10 @@ class ProviderConfig:
     timeout_s: float | None = None
     apis: frozenset[str] = frozenset(DEFAULT_APIS)
     first_token_timeout_s: float | None = None
+
+    @property
+    def keyless(self) -> bool:
+        return self.api_key_env_var is None
 
     @property
     def models_url(self) -> str:
@@ -224,7 +228,8 @@ def _providers(
     parsed, document = validated
     providers = tuple(
         ProviderConfig(
-            name=entry.name or default_provider_name(entry.api_key_env_var),
+            # The schema makes sure one of the two is there.
+            name=entry.name or default_provider_name(entry.api_key_env_var or ""),
             api_key_env_var=entry.api_key_env_var,
             base_url=entry.base_url,
             base_priority=entry.base_priority,

@@ -92,8 +92,11 @@ DEFAULT_APIS: tuple[ApiName, ...] = ("chat", "embeddings")
 
 
 class ProviderEntry(Section):
+    """One provider.  Without ``api_key_env_var`` it needs no key (a local server such as
+    Ollama, vLLM or llama.cpp's): then it must be named, and it is used while it answers."""
+
     name: Text | None = None
-    api_key_env_var: Text
+    api_key_env_var: Text | None = None
     base_url: HttpUrl
     model_url: Annotated[HttpUrl | None, BeforeValidator(_blank_is_none)] = None
     base_priority: Number
@@ -103,6 +106,15 @@ class ProviderEntry(Section):
         default_factory=lambda: list(DEFAULT_APIS)
     )
     first_token_timeout_s: Positive | None = None
+
+    @model_validator(mode="after")
+    def _named(self) -> ProviderEntry:
+        if self.name is None and self.api_key_env_var is None:
+            raise ValueError(
+                "give a name, or an api_key_env_var to name the provider after "
+                "(a provider without api_key_env_var needs no key, and a name)"
+            )
+        return self
 
 
 class ProvidersFile(Section):

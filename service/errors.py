@@ -7,6 +7,8 @@ body, in one table, for JSON answers and for the error event that ends a stream 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from service.types import Headers
 
 
@@ -128,8 +130,12 @@ def model_not_found(model: str) -> ModelNotFound:
     )
 
 
-def method_not_allowed(method: str) -> MethodNotAllowed:
-    return MethodNotAllowed(f"Method {method} is not allowed here.")
+def method_not_allowed(method: str, allowed: Iterable[str]) -> MethodNotAllowed:
+    """405 with the ``Allow`` header listing the methods the path answers."""
+    return MethodNotAllowed(
+        f"Method {method} is not allowed here.",
+        headers=[(b"allow", ", ".join(sorted(allowed)).encode())],
+    )
 
 
 def payload_too_large(limit: int) -> PayloadTooLarge:

@@ -141,7 +141,7 @@ class Gateway:
             )
         no_keys = self.catalog.no_keys_message()
         if no_keys is not None:
-            log.warning("%s Until then every chat and embeddings request answers 503.", no_keys)
+            log.warning("%s", no_keys)
         log.info(
             "store: %s; %d providers active, %d routable pairs",
             self.store.kind,

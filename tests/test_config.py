@@ -65,7 +65,7 @@ def test_default_provider_name_comes_from_the_key_variable(env_var: str, name: s
     [
         (
             "    base_url: https://x/v1\n    base_priority: 1\n",
-            "api_key_env_var: required key is missing",
+            "give a name, or an api_key_env_var to name the provider after",
         ),
         (
             "    api_key_env_var: X_API_KEY\n    base_priority: 1\n",
@@ -283,12 +283,21 @@ def test_shipped_config_loads_cleanly() -> None:
     assert len(set(names)) == len(names)
     assert "groq" in names
     assert config.warnings == ()
-    assert all(p.base_url.startswith("https://") for p in config.providers)
+    # Providers with a key are remote (https); those without one are local servers.
+    assert all(p.base_url.startswith("https://") for p in config.providers if not p.keyless)
+    local = {p.name: p.base_url for p in config.providers if p.keyless}
+    assert local == {
+        "ollama": "http://localhost:11434/v1",
+        "vllm": "http://localhost:8000/v1",
+        "llama-cpp": "http://localhost:8080/v1",
+    }
     groups = {g.name: g for g in config.adjustments}
     assert groups["not_chat"].priority < 0
     assert groups["not_chat"].matches("text-embedding-3-small")
     assert groups["not_chat"].matches("whisper-large-v3")
     assert not groups["not_chat"].matches("llama-3.3-70b-versatile")
+    # What `ollama pull llama3.2` serves scores above zero: priority-auto may route to it.
+    assert sum(g.priority for g in config.adjustments if g.matches("llama3.2:latest")) > 0
 
 
 def test_unknown_keys_are_errors_naming_file_line_and_key(tmp_path: Path) -> None:
@@ -320,7 +329,6 @@ def test_every_problem_of_every_file_is_listed_in_file_and_line_order(tmp_path: 
             base_priority: high
           - name: y
             base_url: https://y/v1
-            base_priority: 1
         """,
     )
     scoring = write(tmp_path, "scoring.yaml", "discovery:\n  refresh_s: 0\nweights:\n  x: 1\n")
@@ -330,7 +338,7 @@ def test_every_problem_of_every_file_is_listed_in_file_and_line_order(tmp_path: 
         f"{providers}:1: extra: unknown key",
         f"{providers}:4: providers[0].base_url: must be an http(s) URL (got 'ftp://x')",
         f"{providers}:5: providers[0].base_priority: Input should be a valid number (got 'high')",
-        f"{providers}:6: providers[1].api_key_env_var: required key is missing",
+        f"{providers}:6: providers[1].base_priority: required key is missing",
         f"{scoring}:2: discovery.refresh_s: Input should be greater than 0 (got 0)",
         f"{scoring}:4: weights.x: unknown key",
     ]

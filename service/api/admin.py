@@ -7,12 +7,13 @@ gateway's own exceptions, rendered by the app's one handler.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from fastapi import Path as PathParam
 from fastapi.responses import Response
 
+from service import errors
 from service.api.dependencies import GatewayDep, admin_caller, body_doc, json_body
 from service.api.responses import orjson_response
 from service.api.schemas import (
@@ -28,6 +29,8 @@ from service.api.schemas import (
     TokenUpdate,
     UsageList,
 )
+from service.gateway import Gateway
+from service.quotas.ledger import GroupBy
 from service.quotas.teams import to_team
 from service.quotas.tokens import to_record
 
@@ -35,7 +38,10 @@ router = APIRouter(
     prefix="/admin/tokens",
     tags=["admin"],
     dependencies=[Depends(admin_caller)],
-    responses={404: {"model": ErrorBody, "description": "Unknown token, or admin API off"}},
+    responses={
+        404: {"model": ErrorBody, "description": "Unknown or revoked token, or admin API off"},
+        409: {"model": ErrorBody, "description": "The team named does not exist"},
+    },
 )
 
 teams_router = APIRouter(
@@ -68,9 +74,18 @@ async def create_token(
     return orjson_response(await gw.tokens.create(body.model_dump()), status=201)
 
 
+async def _live_token(gw: Gateway, token_id: str) -> dict[str, Any]:
+    """The token's record; 404 once it is revoked (DELETE is the end of a token's life by id:
+    only the list still shows it, with ``revoked: true``)."""
+    record = to_record(await gw.tokens.get(token_id))
+    if record["revoked"]:
+        raise errors.not_found(f"Token {token_id!r} was revoked.", code="token_revoked")
+    return record
+
+
 @router.get("/{token_id}", response_model=TokenRecord, summary="One token")
 async def get_token(gw: GatewayDep, token_id: TokenId) -> Response:
-    return orjson_response(to_record(await gw.tokens.get(token_id)))
+    return orjson_response(await _live_token(gw, token_id))
 
 
 @router.patch(
@@ -84,12 +99,14 @@ async def update_token(
     token_id: TokenId,
     body: Annotated[TokenUpdate, Depends(json_body(TokenUpdate))],
 ) -> Response:
+    await _live_token(gw, token_id)
     # exclude_unset: a key sent as null clears it; a key not sent stays as it is.
     return orjson_response(await gw.tokens.update(token_id, body.model_dump(exclude_unset=True)))
 
 
 @router.delete("/{token_id}", response_model=TokenRecord, summary="Revoke a token")
 async def revoke_token(gw: GatewayDep, token_id: TokenId) -> Response:
+    await _live_token(gw, token_id)
     return orjson_response(await gw.tokens.revoke(token_id))
 
 
@@ -154,6 +171,9 @@ usage_router = APIRouter(
 )
 
 
+_DATE: dict[str, Any] = {"format": "date"}
+
+
 @usage_router.get(
     "",
     response_model=UsageList,
@@ -161,11 +181,19 @@ usage_router = APIRouter(
 )
 async def usage(
     gw: GatewayDep,
-    group_by: Annotated[str, Query(description="team, token, provider, model or day")] = "team",
+    group_by: Annotated[GroupBy, Query(description="the ledger's grouping")] = "team",
     start: Annotated[
-        str | None, Query(alias="from", description="YYYY-MM-DD; default: 1st of to's month")
+        str | None,
+        Query(
+            alias="from",
+            description="YYYY-MM-DD; default: 1st of to's month",
+            json_schema_extra=_DATE,
+        ),
     ] = None,
-    end: Annotated[str | None, Query(alias="to", description="YYYY-MM-DD; default: today")] = None,
+    end: Annotated[
+        str | None,
+        Query(alias="to", description="YYYY-MM-DD; default: today", json_schema_extra=_DATE),
+    ] = None,
 ) -> Response:
     rows = await gw.quotas.ledger.query(group_by, start, end)
     if group_by == "token":  # an identity's name says whose it is: "<issuer>:<claim>"

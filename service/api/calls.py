@@ -4,7 +4,7 @@ finishing it whatever happens, and answering with what served it."""
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 from service import errors
 from service.api.http import Request, Response
@@ -14,11 +14,49 @@ from service.quotas.limits import Estimate, Record
 from service.routing.router import Call, Completion
 from service.routing.table import Candidate
 
+# The largest integer a request field may hold: the largest every JSON parser reads exactly
+# (I-JSON, RFC 7493), clients and providers included; orjson writes no more than 64 bits.
+MAX_INT = 2**53 - 1
 
-def int_field(body: dict[str, Any], name: str) -> None:
+
+def int_field(body: dict[str, Any], name: str) -> bool:
+    """``body[name]`` is absent, null or an integer in 0..MAX_INT.  JSON does not tell 2 from
+    2.0 (JSON Schema's integer is either): an integral float is taken, and sent on as an int.
+    Returns whether the body was rewritten so."""
     value = body.get(name)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise errors.bad_request(f"'{name}' must be a non-negative integer.", param=name)
+    rewritten = False
+    if isinstance(value, float) and value.is_integer() and 0 <= value <= MAX_INT:
+        value = body[name] = int(value)
+        rewritten = True
+    if value is None:
+        return False
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT:
+        raise errors.bad_request(f"'{name}' must be an integer from 0 to {MAX_INT}.", param=name)
+    return rewritten
+
+
+class Checked(NamedTuple):
+    """What the edge's checks tell of a chat or completions body."""
+
+    model: str
+    stream: bool
+    wants_usage: bool  # the client asked for the usage chunk
+    rewritten: bool  # the checks changed the body: its bytes are not the client's anymore
+
+
+def stream_options(body: dict[str, Any]) -> bool:
+    """Whether the client asked for the usage chunk (``stream_options.include_usage``)."""
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise errors.bad_request("'stream_options' must be an object.", param="stream_options")
+    include = options.get("include_usage")
+    if include is not None and not isinstance(include, bool):
+        raise errors.bad_request(
+            "'stream_options.include_usage' must be a boolean.", param="stream_options"
+        )
+    return bool(include)
 
 
 _HEDGE_VALUES = {b"true": True, b"1": True, b"false": False, b"0": False}

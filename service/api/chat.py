@@ -14,7 +14,15 @@ from typing import Any
 from service import errors
 from service.api.auth import require_token
 from service.api.cached import through_cache
-from service.api.calls import finish_failed, int_field, open_call, relayed, served_headers
+from service.api.calls import (
+    Checked,
+    finish_failed,
+    int_field,
+    open_call,
+    relayed,
+    served_headers,
+    stream_options,
+)
 from service.api.http import SSE_HEADERS, Request, Response, StreamResponse, parse_json
 from service.apis import Api
 from service.gateway import Gateway
@@ -23,8 +31,8 @@ from service.routing.relay import DONE_FRAME
 from service.routing.router import Completion, OnOpen
 
 
-def validate_chat(body: Any) -> tuple[str, bool, bool]:
-    """Checks the gateway can make; returns (model, stream, client asked for usage)."""
+def validate_chat(body: Any) -> Checked:
+    """Checks the gateway can make."""
     if not isinstance(body, dict):
         raise errors.bad_request("Request body must be a JSON object.")
     model = body.get("model", "")
@@ -35,20 +43,17 @@ def validate_chat(body: Any) -> tuple[str, bool, bool]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise errors.bad_request("'messages' must be a non-empty array.", param="messages")
-    if not all(isinstance(m, dict) for m in messages):
-        raise errors.bad_request("Each entry of 'messages' must be an object.", param="messages")
+    if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
+        raise errors.bad_request(
+            "Each entry of 'messages' must be an object with a string 'role'.", param="messages"
+        )
     stream = body.get("stream", False)
     if stream is None:
         stream = False
     if not isinstance(stream, bool):
         raise errors.bad_request("'stream' must be a boolean.", param="stream")
-    int_field(body, "max_tokens")
-    int_field(body, "max_completion_tokens")
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise errors.bad_request("'stream_options' must be an object.", param="stream_options")
-    wants_usage = bool(options and options.get("include_usage"))
-    return model.strip(), stream, wants_usage
+    rewritten = int_field(body, "max_tokens") | int_field(body, "max_completion_tokens")
+    return Checked(model.strip(), stream, stream_options(body), rewritten)
 
 
 def validate_embeddings(body: Any) -> str:
@@ -67,9 +72,10 @@ async def chat_completions(gw: Gateway, request: Request) -> Response | StreamRe
     token = await require_token(gw, request)  # before anything about the request is read
     raw = await request.body(gw.settings.max_body_bytes)
     body = parse_json(raw)
-    model, stream, wants_usage = validate_chat(body)
+    model, stream, wants_usage, rewritten = validate_chat(body)
     need = estimate(body, len(raw))
-    miss = partial(_chat, gw, request, token, body, raw, model, stream, wants_usage, need)
+    sent = None if rewritten else raw
+    miss = partial(_chat, gw, request, token, body, sent, model, stream, wants_usage, need)
     return await through_cache(gw, request, token, Api.CHAT, body, stream, wants_usage, miss)
 
 
@@ -78,7 +84,7 @@ async def _chat(
     request: Request,
     token: Record | None,
     body: dict[str, Any],
-    raw: bytes,
+    raw: bytes | None,
     model: str,
     stream: bool,
     wants_usage: bool,

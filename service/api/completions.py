@@ -9,7 +9,16 @@ from typing import Any
 from service import errors
 from service.api.auth import require_token
 from service.api.cached import through_cache
-from service.api.calls import finish_failed, int_field, open_call, relayed, served_headers
+from service.api.calls import (
+    MAX_INT,
+    Checked,
+    finish_failed,
+    int_field,
+    open_call,
+    relayed,
+    served_headers,
+    stream_options,
+)
 from service.api.http import SSE_HEADERS, Request, Response, StreamResponse, parse_json
 from service.apis import Api
 from service.gateway import Gateway
@@ -20,8 +29,35 @@ from service.routing.router import Completion, OnOpen
 COMPLETIONS = Api.COMPLETIONS
 
 
-def validate_completion(body: Any) -> tuple[str, bool, bool]:
-    """Checks the gateway can make; returns (model, stream, client asked for usage)."""
+def _token_ids(value: Any) -> bool:
+    """A non-empty array of token ids; integral floats in it become ints (JSON does not tell
+    7 from 7.0, and a provider may)."""
+    if not isinstance(value, list) or not value:
+        return False
+    for i, token in enumerate(value):
+        if isinstance(token, float) and token.is_integer() and 0 <= token <= MAX_INT:
+            value[i] = token = int(token)
+        if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token <= MAX_INT:
+            return False
+    return True
+
+
+def _is_prompt(value: Any) -> bool:
+    """What OpenAI's legacy API takes: a string, or one kind of item in a non-empty array."""
+    if isinstance(value, str):
+        return True
+    if not isinstance(value, list) or not value:
+        return False
+    first = value[0]
+    if isinstance(first, str):
+        return all(isinstance(v, str) for v in value)
+    if isinstance(first, list):
+        return all(_token_ids(v) for v in value)
+    return _token_ids(value)
+
+
+def validate_completion(body: Any) -> Checked:
+    """Checks the gateway can make."""
     if not isinstance(body, dict):
         raise errors.bad_request("Request body must be a JSON object.")
     model = body.get("model")
@@ -29,12 +65,10 @@ def validate_completion(body: Any) -> tuple[str, bool, bool]:
         model = ""
     if not isinstance(model, str):
         raise errors.bad_request("'model' must be a string.", param="model")
-    prompt = body.get("prompt")
-    if isinstance(prompt, str):
-        pass
-    elif not isinstance(prompt, list) or not prompt:
+    if not _is_prompt(body.get("prompt")):
         raise errors.bad_request(
-            "'prompt' must be a string or a non-empty array of strings or token ids.",
+            "'prompt' must be a string, or a non-empty array of strings, of token ids, or of "
+            "non-empty arrays of token ids.",
             param="prompt",
         )
     stream = body.get("stream")
@@ -42,20 +76,18 @@ def validate_completion(body: Any) -> tuple[str, bool, bool]:
         stream = False
     if not isinstance(stream, bool):
         raise errors.bad_request("'stream' must be a boolean.", param="stream")
-    int_field(body, "max_tokens")
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise errors.bad_request("'stream_options' must be an object.", param="stream_options")
-    return model.strip(), stream, bool(options and options.get("include_usage"))
+    rewritten = int_field(body, "max_tokens")
+    return Checked(model.strip(), stream, stream_options(body), rewritten)
 
 
 async def completions(gw: Gateway, request: Request) -> Response | StreamResponse:
     token = await require_token(gw, request)  # before anything about the request is read
     raw = await request.body(gw.settings.max_body_bytes)
     body = parse_json(raw)
-    model, stream, wants_usage = validate_completion(body)
+    model, stream, wants_usage, rewritten = validate_completion(body)
     need = estimate(body, len(raw))
-    miss = partial(_complete, gw, request, token, body, raw, model, stream, wants_usage, need)
+    sent = None if rewritten else raw
+    miss = partial(_complete, gw, request, token, body, sent, model, stream, wants_usage, need)
     return await through_cache(gw, request, token, COMPLETIONS, body, stream, wants_usage, miss)
 
 
@@ -64,7 +96,7 @@ async def _complete(
     request: Request,
     token: Record | None,
     body: dict[str, Any],
-    raw: bytes,
+    raw: bytes | None,
     model: str,
     stream: bool,
     wants_usage: bool,

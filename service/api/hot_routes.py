@@ -41,7 +41,22 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (504, "Every upstream attempt timed out"),
     ]
 }
-_SSE = {"text/event-stream": {"schema": {"type": "string", "description": "data: {chunk}..."}}}
+
+
+def _event(data: str, event: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A ``text/event-stream`` answer; its schema describes one event (OpenAPI 3.1 has no
+    ``itemSchema``, so ``schema`` is per event, as tools reading 3.1 documents assume)."""
+    properties: dict[str, Any] = {"data": {"type": "string", "description": data}}
+    if event is not None:
+        properties["event"] = event
+    return {
+        "text/event-stream": {
+            "schema": {"type": "object", "properties": properties, "required": ["data"]}
+        }
+    }
+
+
+_SSE = _event("a JSON chunk, then the literal [DONE]")
 
 
 async def _served_by_the_plain_edge() -> NoReturn:
@@ -75,15 +90,14 @@ for _path in ("/v1/embeddings", "/embeddings"):
         operation_id=f"embeddings{'_v1' if _path.startswith('/v1') else ''}",
     )
 
-_EVENTS = {
-    "text/event-stream": {
-        "schema": {
-            "type": "string",
-            "description": "event: response.created ... event: response.completed (or "
-            "response.failed, response.incomplete, error); no [DONE]",
-        }
-    }
-}
+_EVENTS = _event(
+    "the event's JSON object; no [DONE]",
+    {
+        "type": "string",
+        "description": "response.created ... response.completed (or response.failed, "
+        "response.incomplete, error)",
+    },
+)
 router.add_api_route(
     "/v1/responses",
     _served_by_the_plain_edge,

@@ -4,17 +4,21 @@ GET /v1/models/{id}: one of them, with the providers serving it and their scores
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
 from service.api.dependencies import GatewayDep, token_caller
 from service.api.responses import orjson_response
-from service.api.schemas import ModelDetail, ModelList
+from service.api.schemas import ErrorBody, ModelDetail, ModelList
 from service.errors import model_not_found
 from service.routing.table import AUTO
 
 router = APIRouter(tags=["models"], dependencies=[Depends(token_caller)])
+_UNKNOWN: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "No provider serves the model"}
+}
 
 
 @router.get("/v1/models", response_model=ModelList, summary="Every requestable model id")
@@ -40,9 +44,14 @@ async def list_models(gw: GatewayDep) -> Response:
     "/v1/models/{model_id:path}",
     response_model=ModelDetail,
     summary="One model (the id may contain /) with the providers serving it and their scores",
-    responses={404: {"description": "No provider serves the model"}},
+    responses=_UNKNOWN,
 )
-@router.get("/models/{model_id:path}", response_model=ModelDetail, include_in_schema=True)
+@router.get(
+    "/models/{model_id:path}",
+    response_model=ModelDetail,
+    include_in_schema=True,
+    responses=_UNKNOWN,
+)
 async def retrieve_model(model_id: str, gw: GatewayDep) -> Response:
     table = gw.catalog.table
     found = table.exact(model_id)

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException
+from starlette.routing import Route
 
 from service.api import admin, health, hot_routes, models, responses_api, stats
 from service.api.responses import render_error
@@ -34,7 +35,7 @@ def create_ops_app(gateway: Gateway) -> FastAPI:
         redoc_url=None,
     )
     app.state.gateway = gateway
-    for router in (
+    routers = (
         hot_routes.router,
         models.router,
         responses_api.router,
@@ -43,8 +44,15 @@ def create_ops_app(gateway: Gateway) -> FastAPI:
         admin.router,
         admin.teams_router,
         admin.usage_router,
-    ):
+    )
+    for router in routers:
         app.include_router(router)
+    # Every route, flat (the app nests included routers): what a 405's Allow is read from.
+    app.state.routes = [
+        route
+        for route in (*app.routes, *(r for router in routers for r in router.routes))
+        if isinstance(route, Route)
+    ]
     for kind in (GatewayError, RequestValidationError, HTTPException, Exception):
         app.add_exception_handler(kind, render_error)
 
@@ -64,10 +72,21 @@ def create_ops_app(gateway: Gateway) -> FastAPI:
     return app
 
 
+# Statuses every operation of a kind can answer, whatever the route: a route behind a token
+# answers 401 without a valid one; a route reading a body answers 400 for one that is not JSON
+# (or not an object) and 413 for one over its size limit.
+_SECURED = {401: "Missing, unknown, revoked or expired token"}
+_WITH_BODY = {
+    400: "Invalid JSON or a malformed request; `param` names the field",
+    413: "Body over the route's size limit",
+}
+
+
 def _finish(document: dict[str, Any]) -> dict[str, Any]:
-    """Two fixes to what FastAPI generates.  Bodies that routes read themselves (declared with
-    ``body_doc``) move into the components, referenced by name.  FastAPI's default 422, which
-    this app never sends, becomes the 400 it does send, with the gateway's error body."""
+    """Three fixes to what FastAPI generates.  Bodies that routes read themselves (declared
+    with ``body_doc``) move into the components, referenced by name.  FastAPI's default 422,
+    which this app never sends, becomes the 400 it does send, with the gateway's error body.
+    Every operation declares the errors its kind answers (``_SECURED``, ``_WITH_BODY``)."""
     schemas: dict[str, Any] = document.setdefault("components", {}).setdefault("schemas", {})
     # ErrorBody is in the components: the hot routes document it.
     error = {"$ref": f"#/components/schemas/{ErrorBody.__name__}"}
@@ -81,11 +100,16 @@ def _finish(document: dict[str, Any]) -> dict[str, Any]:
                     schemas.setdefault(schema["title"], schema)
                     media["schema"] = {"$ref": f"#/components/schemas/{schema['title']}"}
             responses = operation.get("responses", {})
+            declared = dict(_SECURED) if operation.get("security") else {}
+            if "requestBody" in operation:
+                declared.update(_WITH_BODY)
             if responses.pop("422", None) is not None:
+                declared[400] = "Invalid request; `param` names the field"
+            for status, description in declared.items():
                 responses.setdefault(
-                    "400",
+                    str(status),
                     {
-                        "description": "Invalid request; `param` names the field",
+                        "description": description,
                         "content": {"application/json": {"schema": error}},
                     },
                 )

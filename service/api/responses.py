@@ -12,6 +12,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
+from starlette.routing import Match, Route
 
 from service import errors
 from service.api.errors import INTERNAL
@@ -34,7 +35,7 @@ def as_gateway_error(request: Request, exc: Exception) -> errors.GatewayError:
     if isinstance(exc, HTTPException):
         # Starlette raises these for paths and methods it has no route for.
         if exc.status_code == 405:
-            return errors.method_not_allowed(request.method)
+            return errors.method_not_allowed(request.method, _methods_of(request))
         if exc.status_code == 404:
             return errors.not_found(f"No route {request.method} {request.url.path}.")
         return errors.bad_request(str(exc.detail))
@@ -53,6 +54,17 @@ async def render_error(request: Request, exc: Exception) -> Response:
         (b"content-length", str(len(rendered.body)).encode()),
     ]
     return response
+
+
+def _methods_of(request: Request) -> set[str]:
+    """Every method some route answers on the request's path (Starlette's own 405 names only
+    the first route matching the path, and a path here has one route per method)."""
+    routes: list[Route] = request.app.state.routes  # built by create_ops_app
+    allowed: set[str] = set()
+    for route in routes:
+        if route.matches(request.scope)[0] != Match.NONE:
+            allowed |= route.methods or set()
+    return allowed
 
 
 def invalid_request(found: list[Problem]) -> errors.GatewayError:

@@ -18,14 +18,14 @@ from fastapi.responses import Response as FastAPIResponse
 
 from service import errors
 from service.api.auth import require_token
-from service.api.calls import int_field, open_call, relayed, served_headers
+from service.api.calls import finish_failed, int_field, open_call, relayed, served_headers
 from service.api.dependencies import GatewayDep, token_caller
 from service.api.errors import responses_error_event
 from service.api.http import SSE_HEADERS, Request, Response, StreamResponse, parse_json
-from service.api.schemas import InputItemList, ResponseDeleted, ResponseObject
+from service.api.schemas import ErrorBody, InputItemList, ResponseDeleted, ResponseObject
 from service.gateway import Gateway
 from service.quotas.limits import estimate
-from service.routing.conversations import RESPONSES, provider_unavailable
+from service.routing.conversations import RESPONSE_ID_PATTERN, RESPONSES, provider_unavailable
 from service.routing.relay import Relay
 from service.routing.router import Completion, OnOpen
 from service.routing.table import Candidate
@@ -53,9 +53,15 @@ def validate_response(body: Any) -> tuple[str, bool, str | None]:
         raise errors.bad_request(
             "'previous_response_id' must be a non-empty string.", param="previous_response_id"
         )
+    prompt = body.get("prompt")
+    if prompt is not None and not isinstance(prompt, dict):
+        raise errors.bad_request(
+            "'prompt' must be an object (a stored prompt: id, version, variables).",
+            param="prompt",
+        )
     data = body.get("input")
     if data is None:
-        if previous is None and body.get("prompt") is None:
+        if previous is None and prompt is None:
             raise errors.bad_request("'input' is required.", param="input")
     elif isinstance(data, str):
         pass
@@ -102,14 +108,16 @@ async def create_response(gw: Gateway, request: Request) -> Response | StreamRes
             await gw.conversations.record(_id_of(result.body), call.candidate)
         return relayed(result, call)
     except _UNREACHABLE as exc:
-        call.finish()
         if previous is None or pinned is None:
+            finish_failed(call, exc)
             raise
-        raise provider_unavailable(
+        unreachable = provider_unavailable(
             pinned[0].provider, previous, exc.message, exc.retry_after_s
-        ) from None
-    except BaseException:
-        call.finish()  # whatever went wrong, the quotas are settled (no-op if they were)
+        )
+        finish_failed(call, unreachable)
+        raise unreachable from None
+    except BaseException as exc:
+        finish_failed(call, exc)
         raise
 
 
@@ -129,10 +137,18 @@ def _id_of(body: bytes) -> str | None:
 # -- stored responses (FastAPI) -----------------------------------------------------------------
 
 router = APIRouter(tags=["responses"], dependencies=[Depends(token_caller)])
-ResponseId = Annotated[str, Path(max_length=256, description="a response id (resp_...)")]
+ResponseId = Annotated[
+    str, Path(pattern=RESPONSE_ID_PATTERN, description="a response id (resp_...)")
+]
 _STORED_ERRORS: dict[int | str, dict[str, Any]] = {
-    404: {"description": "No response with this id was answered through the gateway"},
-    503: {"description": "The provider holding the response cannot be reached (named)"},
+    404: {
+        "model": ErrorBody,
+        "description": "No response with this id was answered through the gateway",
+    },
+    503: {
+        "model": ErrorBody,
+        "description": "The provider holding the response cannot be reached (named)",
+    },
 }
 
 

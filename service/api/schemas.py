@@ -9,7 +9,8 @@ rendered as they are.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import re
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -17,11 +18,15 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    StringConstraints,
+    WithJsonSchema,
     field_validator,
+    model_validator,
 )
+from pydantic.config import JsonDict, JsonValue
 
+from service.api.calls import MAX_INT
 from service.quotas.tokens import MAX_BUDGET_USD, TokenError, iso_utc, parse_expiry
+from service.routing.conversations import RESPONSE_ID_PATTERN
 from service.settings import MAX_CACHE_TTL_S
 
 
@@ -32,16 +37,43 @@ def _not_bool_or_text(value: Any) -> Any:
     return value
 
 
+# The Field before the BeforeValidator: after it, pydantic writes its bounds into the JSON
+# schema under their Python names (ge, le) rather than minimum and maximum.
+# Lua numbers are doubles: a limit stays an exact integer in the store up to 2**53.
+MAX_LIMIT = 10**15
 Limit = Annotated[
     int,
+    Field(ge=0, le=MAX_LIMIT, description="per minute (rpm, tpm) or at once; 0 or null = none"),
     BeforeValidator(_not_bool_or_text),
-    Field(ge=0, description="per minute (rpm, tpm) or at once; 0 or null = none"),
 ]
-Name = Annotated[str, Field(strict=True), StringConstraints(strip_whitespace=True, min_length=1)]
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Whitespace as both Python and JSON Schema's regex dialect (ECMA-262) see it, once control
+# characters are out: Python's \s, plus the byte order mark that ECMA-262 counts too.
+_EDGES = re.compile(r"^[\s\ufeff]+|[\s\ufeff]+$")
+
+
+def _name(value: str) -> str:
+    """A display name: no control characters (they would break a log line or a table), and
+    something besides whitespace; returned without its leading and trailing whitespace."""
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters")
+    stripped = _EDGES.sub("", value)
+    if not stripped:
+        raise ValueError("must not be empty or blank")
+    return stripped
+
+
+# The document's pattern says what _name checks: no control character, one that is not blank.
+NAME_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\ufeff\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+Name = Annotated[
+    str, Field(strict=True, json_schema_extra={"pattern": NAME_PATTERN}), AfterValidator(_name)
+]
 Budget = Annotated[
     float,
-    BeforeValidator(_not_bool_or_text),
     Field(ge=0, le=MAX_BUDGET_USD, description="USD per budget_period; null = no budget"),
+    BeforeValidator(_not_bool_or_text),
 ]
 CacheTtl = Annotated[
     int,
@@ -61,7 +93,7 @@ TeamId = Annotated[
 
 
 def _iso_time(value: str) -> str:
-    # The registry's rule (format, range, not in the past), so there is one rule for expiry.
+    # The registry's rule (format, range), so there is one rule for expiry.
     try:
         moment = parse_expiry(value)
     except TokenError as exc:
@@ -94,7 +126,8 @@ class Named(Body):
 class Renamed(Body):
     """An update: only the keys present change; null clears a value, but not the name."""
 
-    name: Name | None = None
+    # Documented as what it must be when sent (a name); None only stands for "not sent".
+    name: Annotated[Name | None, WithJsonSchema({"type": "string", "pattern": NAME_PATTERN})] = None
 
     @field_validator("name")
     @classmethod
@@ -105,9 +138,29 @@ class Renamed(Body):
         return value
 
 
+def _given(key: str, kind: str) -> JsonDict:
+    """JSON Schema: ``key`` is sent, and its value is of JSON type ``kind``."""
+    return {"required": [key], "properties": {key: {"type": kind}}}
+
+
+# A budget and its period are set together (no silent default period), in one request: the
+# rule holds on the body alone, whatever the record held before.
+BUDGET_RULES: list[JsonValue] = [
+    {"if": _given("budget_usd", "number"), "then": _given("budget_period", "string")},
+    {"if": _given("budget_period", "string"), "then": _given("budget_usd", "number")},
+]
+# An update clears the period only with the budget (budget_usd: null clears both).
+CLEARING_RULE: JsonDict = {
+    "if": _given("budget_period", "null"),
+    "then": _given("budget_usd", "null"),
+}
+
+
 class Limits(Body):
     """The limits a token and a team both have; null = none.  (Listed after the name: the
     name's problem comes first in an error.)"""
+
+    model_config = ConfigDict(json_schema_extra={"allOf": BUDGET_RULES})
 
     rpm: Limit | None = None
     tpm: Limit | None = None
@@ -116,13 +169,40 @@ class Limits(Body):
     budget_period: Period | None = None
     cache_ttl_s: CacheTtl | None = None
 
+    @model_validator(mode="after")
+    def _budget_with_its_period(self) -> Self:
+        if self.budget_usd is not None and self.budget_period is None:
+            raise TokenError(
+                "budget_period is required with budget_usd: day, week, month or total",
+                param="budget_period",
+            )
+        if self.budget_period is not None and self.budget_usd is None:
+            raise TokenError("budget_period needs a budget_usd", param="budget_period")
+        return self
+
+
+class Update(Limits, Renamed):
+    """Limits as an update: only the keys sent change."""
+
+    model_config = ConfigDict(json_schema_extra={"allOf": [*BUDGET_RULES, CLEARING_RULE]})
+
+    @model_validator(mode="after")
+    def _period_cleared_with_its_budget(self) -> Self:
+        sent = self.model_fields_set
+        if "budget_period" in sent and self.budget_period is None and "budget_usd" not in sent:
+            raise TokenError(
+                "budget_period is cleared with its budget: send budget_usd: null",
+                param="budget_period",
+            )
+        return self
+
 
 class TokenCreate(Limits, Named):
     team: TeamId | None = None
     expires_at: IsoTime | None = None
 
 
-class TokenUpdate(Limits, Renamed):
+class TokenUpdate(Update):
     """Null also clears the team or the expiry."""
 
     team: TeamId | None = None
@@ -133,7 +213,7 @@ class TeamCreate(Limits, Named):
     id: TeamId | None = Field(None, description="default: team-<12 hex>")
 
 
-class TeamUpdate(Limits, Renamed):
+class TeamUpdate(Update):
     pass
 
 
@@ -306,9 +386,14 @@ class Stats(Answer):
 # -- hot routes (documentation; validated by hand in service.api.chat) ------------------------
 
 
+Count = Annotated[int, Field(ge=0, le=MAX_INT)]
+
+
 class ChatMessage(Answer):
     role: str
-    content: str | list[dict[str, Any]] | None = None
+    content: Any = Field(
+        None, description="a string, an array of content parts, or null: the provider checks it"
+    )
 
 
 class StreamOptions(Answer):
@@ -318,14 +403,15 @@ class StreamOptions(Answer):
 class ChatCompletionRequest(Answer):
     """Any other OpenAI field (tools, temperature, ...) passes through to the provider."""
 
-    model: str = Field(
+    model: str | None = Field(
         "priority-auto",
-        description="`priority-auto`, a model id, `provider/model`, or `a,b,c` in order",
+        description="`priority-auto` (also empty or null), a model id, `provider/model`, "
+        "or `a,b,c` in order",
     )
     messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool = False
-    max_tokens: int | None = Field(None, ge=0)
-    max_completion_tokens: int | None = Field(None, ge=0)
+    stream: bool | None = False
+    max_tokens: Count | None = None
+    max_completion_tokens: Count | None = None
     stream_options: StreamOptions | None = None
 
 
@@ -339,8 +425,8 @@ class ChatCompletion(Answer):
 
 
 class EmbeddingsRequest(Answer):
-    model: str = Field(min_length=1)
-    input: str | list[Any] = Field(min_length=1)
+    model: str = Field(pattern=r"\S", description="a model id (not blank)")
+    input: Annotated[str, Field(min_length=1)] | Annotated[list[Any], Field(min_length=1)]
 
 
 class EmbeddingList(Answer):
@@ -353,18 +439,37 @@ class EmbeddingList(Answer):
 class ResponseRequest(Answer):
     """Any other OpenAI field (instructions, tools, store, ...) passes through."""
 
-    model: str = Field(
-        "priority-auto",
-        description="`priority-auto`, a model id, `provider/model`, or `a,b,c` in order",
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["input"], "properties": {"input": {"not": {"type": "null"}}}},
+                {
+                    "required": ["previous_response_id"],
+                    "properties": {"previous_response_id": {"type": "string"}},
+                },
+                {"required": ["prompt"], "properties": {"prompt": {"type": "object"}}},
+            ]
+        }
     )
-    input: str | list[Any] | None = Field(
+
+    model: str | None = Field(
+        "priority-auto",
+        description="`priority-auto` (also empty or null), a model id, `provider/model`, "
+        "or `a,b,c` in order",
+    )
+    input: str | list[dict[str, Any] | str] | None = Field(
         None, description="required unless previous_response_id or prompt is given"
     )
     previous_response_id: str | None = Field(
-        None, description="continues a stored response at the provider that holds it"
+        None,
+        pattern=RESPONSE_ID_PATTERN,
+        description="continues a stored response at the provider that holds it",
     )
-    stream: bool = False
-    max_output_tokens: int | None = Field(None, ge=0)
+    prompt: dict[str, Any] | None = Field(
+        None, description="a stored prompt (id, version, variables), instead of input"
+    )
+    stream: bool | None = False
+    max_output_tokens: Count | None = None
 
 
 class ResponseObject(Answer):
@@ -389,10 +494,18 @@ class InputItemList(Answer):
 
 
 class CompletionRequest(Answer):
-    model: str = Field("priority-auto")
-    prompt: str | list[Any] = Field(min_length=1)
-    stream: bool = False
-    max_tokens: int | None = Field(None, ge=0)
+    model: str | None = Field("priority-auto")
+    prompt: (
+        str
+        | Annotated[list[str], Field(min_length=1)]
+        | Annotated[list[Count], Field(min_length=1)]
+        | Annotated[list[Annotated[list[Count], Field(min_length=1)]], Field(min_length=1)]
+    ) = Field(
+        description="a string, or a non-empty array of strings, of token ids, or of arrays "
+        "of token ids"
+    )
+    stream: bool | None = False
+    max_tokens: Count | None = None
     stream_options: StreamOptions | None = None
 
 

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from service.errors import BadRequest, NotFound
+from service.errors import BadRequest, Conflict, NotFound
 from service.quotas.limits import LIMITS, MICRO, PERIODS, Record
 from service.settings import MAX_CACHE_TTL_S, Settings
 from service.store.backend import StoreError, StoreUnreachable, WriteMode
@@ -54,8 +54,10 @@ def iso_utc(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
 
 
-def parse_expiry(value: Any, now: datetime | None = None) -> datetime | None:
-    """An ``expires_at`` value as a UTC time in the future; TokenError (a 400) otherwise."""
+def parse_expiry(value: Any) -> datetime | None:
+    """An ``expires_at`` value as a UTC time; TokenError (a 400) when it is not one.  A time
+    in the past is allowed: the token is expired from then on (how an admin ends a token's
+    life at a given moment, now included)."""
     if value is None:
         return None
     if not isinstance(value, str):
@@ -74,8 +76,6 @@ def parse_expiry(value: Any, now: datetime | None = None) -> datetime | None:
         raise TokenError(
             f"expires_at {value!r} is out of the supported range", param="expires_at"
         ) from None
-    if moment <= (now or datetime.now(UTC)):
-        raise TokenError(f"expires_at {value!r} is already in the past", param="expires_at")
     return moment
 
 
@@ -394,7 +394,9 @@ class TokenRegistry:
         if self.team(value) is None:
             fields = await self._store.get_record("team", value)
             if fields is None or fields.get("deleted") == "1":
-                raise TokenError(f"no team with id {value!r}", param="team")
+                # A well-formed id the registry does not hold now: the request contradicts
+                # the current state (a 409), it is not malformed.
+                raise Conflict(f"no team with id {value!r}", param="team", code="team_not_found")
             self._cache(fields, "team")
         return value
 

@@ -34,7 +34,7 @@ from service.settings import Settings
 from service.store.backend import StoreError
 from service.store.client import Store
 from service.upstream.client import UpstreamClient
-from service.upstream.errors import UpstreamFailure
+from service.upstream.errors import CONNECT, UpstreamFailure
 
 log = logging.getLogger("best.catalog")
 
@@ -110,6 +110,7 @@ class Catalog:
         self._health: Mapping[tuple[str, str], float] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.discovery_errors: dict[str, str] = {}  # provider -> why its last discovery failed
+        self._quiet: set[str] = set()  # local providers whose silence was logged
         self.table = ModelTable()
         self._announce(self.config)
         self._rebuild()
@@ -129,6 +130,10 @@ class Catalog:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def api_key(self, provider: ProviderConfig) -> str | None:
+        """The provider's key; "" for a provider that needs none; None when its variable is
+        unset (the provider is skipped)."""
+        if provider.api_key_env_var is None:
+            return ""
         return self._settings.provider_key(provider.api_key_env_var)
 
     def active_providers(self) -> list[ProviderConfig]:
@@ -137,13 +142,29 @@ class Catalog:
         ]
 
     def no_keys_message(self) -> str | None:
-        """What to do when no enabled provider has its API key set (None when some has)."""
-        if self.active_providers():
+        """What to do when no provider can serve for want of a key: none with a key has it
+        set, and no local server (a provider without a key) has answered.  None otherwise."""
+        enabled = [p for p in self.config.providers if p.base_priority > 0]
+        if any(
+            not p.keyless or p.models is not None or p.name in self._discovered
+            for p in self.active_providers()
+        ):
             return None
-        names = sorted({p.api_key_env_var for p in self.config.providers if p.base_priority > 0})
-        if not names:
+        names = sorted({p.api_key_env_var for p in enabled if p.api_key_env_var is not None})
+        # Named, not located: discovery says once where each did not answer.
+        local = [p.name for p in enabled if p.keyless]
+        if not names and not local:
             return "No provider is enabled in the configuration (every base_priority is <= 0)."
-        return "No provider has an API key set; set at least one of: " + ", ".join(names) + "."
+        message = "No provider has an API key set"
+        if names:
+            message += "; set at least one of: " + ", ".join(names)
+        if local:
+            return (
+                f"{message}. No local server without a key answers yet either ("
+                + ", ".join(local)
+                + "): each is used once it does."
+            )
+        return f"{message}. Until then every routed request answers 503."
 
     def _announce(self, config: GatewayConfig) -> None:
         for warning in config.warnings:
@@ -266,20 +287,35 @@ class Catalog:
         except StoreError as exc:
             log.warning("discovery of %s: store error %s", provider.name, exc)
             return False
-        api_key = self.api_key(provider) or ""
+        api_key = self.api_key(provider)
         started = time.monotonic()
         try:
             data = await self._client.get_json(
                 provider.models_url,
-                {"Authorization": f"Bearer {api_key}"},
+                {"Authorization": f"Bearer {api_key}"} if api_key else {},
                 self.config.discovery_timeout_s,
             )
             dropped: list[str] = []
             models = parse_model_list(data, dropped)
         except (UpstreamFailure, ValueError) as exc:
-            log.warning("discovery of %s at %s failed: %s", provider.name, provider.models_url, exc)
             self.discovery_errors[provider.name] = str(exc)
+            if not provider.keyless:
+                log.warning(
+                    "discovery of %s at %s failed: %s", provider.name, provider.models_url, exc
+                )
+            elif provider.name not in self._quiet:
+                # A local server that is not running is the common case: said once, not at
+                # every retry, until it answers.
+                self._quiet.add(provider.name)
+                connect = isinstance(exc, UpstreamFailure) and exc.reason == CONNECT
+                log.info(
+                    "local provider %s: no server answers at %s (%s); used once one does",
+                    provider.name,
+                    provider.base_url,
+                    "nothing listens there" if connect else exc,
+                )
             return False
+        self._quiet.discard(provider.name)
         for note in dropped[:20]:
             log.warning("discovery of %s: dropped %s", provider.name, note)
         if len(dropped) > 20:

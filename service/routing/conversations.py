@@ -30,7 +30,8 @@ log = logging.getLogger("best.conversations")
 TTL_S = 30 * 86400  # as long as OpenAI keeps a stored response
 RESPONSES = Api.RESPONSES
 # What a response id may look like: bounded, and safe in a URL path and a store key.
-_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,256}$")
+RESPONSE_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,256}$"
+_ID = re.compile(RESPONSE_ID_PATTERN)
 
 
 def valid_response_id(value: str) -> bool:

@@ -69,7 +69,11 @@ class Candidate:
             base_url=base_url,
             apis=apis,
             urls=urls,
-            headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
+            headers=(
+                {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+                if api_key  # "": a provider that needs no key (a local server)
+                else {"Content-Type": "application/json"}
+            ),
             timeout_s=timeout_s,
             provider_field=provider_field(provider),
             pair_field=pair_field(provider, model),

@@ -109,6 +109,7 @@ def fuzzed_app(
     schemathesis.python.asgi.shutdown_lifespans()
 
 
+@pytest.mark.slow  # hundreds of generated requests
 def test_generated_requests_never_get_a_5xx(fuzzed_app: App) -> None:
     schema = schemathesis.openapi.from_asgi("/openapi.json", fuzzed_app)
     operations = [result.ok() for result in schema.get_all_operations()]

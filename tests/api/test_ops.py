@@ -42,7 +42,7 @@ def openai_error(response: httpx.Response, status: int) -> dict[str, Any]:
     ("body", "param", "fragment"),
     [
         ({}, "name", "name: required key is missing"),
-        ({"name": "  "}, "name", "name: String should have at least 1 character"),
+        ({"name": "  "}, "name", "name: must not be empty or blank"),
         ({"name": "x", "rpm": -1}, "rpm", "rpm: Input should be greater than or equal to 0"),
         ({"name": "x", "tpm": "many"}, "tpm", "tpm: must be an integer"),
         ({"name": "x", "max_concurrency": True}, "max_concurrency", "must be an integer"),
@@ -51,9 +51,7 @@ def openai_error(response: httpx.Response, status: int) -> dict[str, Any]:
             "expires_at",
             "expires_at: 'tomorrow' is not an ISO",
         ),
-        ({"name": "x", "expires_at": "2001-01-01T00:00:00Z"}, "expires_at", "in the past"),
         ({"name": "x", "expires_at": "9999-12-31T23:59:59-01:00"}, "expires_at", "range"),
-        ({"name": "x", "team": "a"}, "team", "no team with id 'a'"),
         ({"name": "x", "owner": "a"}, "owner", "owner: unknown key"),
         ({"name": "x", "cache_ttl_s": -1}, "cache_ttl_s", "greater than or equal to 0"),
         ({"name": "x", "cache_ttl_s": 2_592_001}, "cache_ttl_s", "less than or equal to"),

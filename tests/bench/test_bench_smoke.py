@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,8 +11,7 @@ from bench.loadgen import parse_output, render_script, run_wrk
 from bench.procs import free_port, http_post
 from bench.report import messages_vs_chat, render_markdown
 from bench.upstream import chat_completion_body, sse_body, start_nginx
-
-NGINX = "/usr/sbin/nginx"
+from tests.tools import require_tool
 
 
 def test_fixed_bodies_are_valid() -> None:
@@ -37,12 +35,11 @@ def test_parse_output() -> None:
     assert result.errors == 3
 
 
-@pytest.mark.skipif(
-    not (Path(NGINX).exists() and shutil.which("wrk")), reason="needs nginx and wrk"
-)
+@pytest.mark.slow  # runs wrk
 def test_upstream_answers_and_wrk_validates(tmp_path: Path) -> None:
+    require_tool("wrk")  # run_wrk finds it on PATH
     port = free_port()
-    nginx = start_nginx(tmp_path / "nginx", port)
+    nginx = start_nginx(tmp_path / "nginx", port, require_tool("nginx"))
     try:
         base = f"http://127.0.0.1:{port}"
         status, headers, body = http_post(f"{base}/sse/v1/chat/completions", b"{}", {})

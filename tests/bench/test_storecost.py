@@ -91,6 +91,7 @@ def test_plain_command_yardstick(redis_server: RedisServer) -> None:
     assert not redis.Redis(port=redis_server.port).exists("bench:{yardstick}")
 
 
+@pytest.mark.slow  # drives load for seconds
 def test_capacity_driver_runs_the_store_client_against_redis(redis_server: RedisServer) -> None:
     """The saturation point drives this checkout's own store client (batcher and quota.lua)
     against a real Redis and reads what it cost there."""
@@ -106,6 +107,7 @@ def test_capacity_driver_runs_the_store_client_against_redis(redis_server: Redis
     assert "| standalone, 8 tokens (`test`) |" in table
 
 
+@pytest.mark.slow  # replays the script for seconds
 def test_script_replay_keeps_redis_busy_with_admitted_calls(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
-import pytest
 import yaml
 
 TOKEN = "deploy-test-token"
 MODEL = "fake-model"
 # Environment every gateway process of these tests gets (plus PORT, CONFIG_DIR...).
 GATEWAY_ENV = {"FAKE_API_KEY": "x", "AUTH_TOKENS": TOKEN, "LOG_LEVEL": "warning"}
-
-
-def require_gateway() -> None:
-    """Skip while the gateway's entry point does not exist yet (it is written in parallel)."""
-    if importlib.util.find_spec("service.cli") is None:
-        pytest.skip("the gateway is not runnable yet (no service.cli)")
 
 
 def write_config(folder: Path, base_url: str) -> Path:

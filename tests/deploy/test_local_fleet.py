@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from devkit.procs import eventually
-from tests.deploy.gateway_setup import GATEWAY_ENV, MODEL, TOKEN, require_gateway, write_config
+from tests.deploy.gateway_setup import GATEWAY_ENV, MODEL, TOKEN, write_config
 from tests.deploy.metric_names import exported_names, referenced_names
 from tests.deploy.test_dashboard import alert_expressions, dashboard_queries
 from tests.fakes.upstream import FakeProvider
@@ -36,7 +36,6 @@ def fleet(
 ) -> Iterator[Any]:
     for tool in ("redis-server", "nginx", "prometheus"):
         require_tool(tool)
-    require_gateway()
     config = write_config(tmp_path_factory.mktemp("config"), provider.base_url)
     with local_fleet.LocalFleet(config, env=GATEWAY_ENV) as running:
         yield running

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.deploy.gateway_setup import GATEWAY_ENV, MODEL, TOKEN, require_gateway, write_config
+from tests.deploy.gateway_setup import GATEWAY_ENV, MODEL, TOKEN, write_config
 from tests.fakes.behaviors import Behavior
 from tests.fakes.upstream import FakeProvider
 from tests.harness import GatewayProcess, RedisServer
@@ -35,7 +35,6 @@ def provider() -> Iterator[FakeProvider]:
 def gateway(
     provider: FakeProvider, tmp_path: Path
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    require_gateway()
     port = load_local_fleet().free_port()
     env = {
         **os.environ,

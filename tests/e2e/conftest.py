@@ -1,9 +1,11 @@
 """Shared pieces of the end-to-end API tests: a running gateway in front of fake providers.
 
-Each test module builds one ``Fleet`` (fake providers + one gateway process) per module,
-because a gateway start costs about a second; tests reset the fakes' behaviours between
-them. Cooldowns live in the gateway's store, so tests that cool something use providers or
-models of their own.
+Each test module builds one ``Fleet`` (fake providers + one gateway) per module; tests reset
+the fakes' behaviours between them. Cooldowns live in the gateway's store, so tests that cool
+something use providers or models of their own.  The gateway is a process (``GatewayProcess``:
+a start costs about a second, and such modules are ``slow``), or, for modules that need no
+process of its own (no signals, no logs of a process, no timing of bytes on a socket), the
+same app in this process (``inprocess=True``: ``BackgroundApp``, reached by the same clients).
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ import httpx
 import openai
 import pytest
 
+from devkit.procs import eventually
+from service.settings import settings_from_env
 from tests.fakes.upstream import FakeProvider
 from tests.harness import GatewayProcess, write_config
+from tests.inprocess import BackgroundApp
 
 TOKEN = "sk-best-client-token"
 
@@ -70,14 +75,14 @@ class ProviderSpec:
 class Fleet:
     """Fake providers by name and the gateway in front of them."""
 
-    gateway: GatewayProcess
+    gateway: GatewayProcess | BackgroundApp
     fakes: dict[str, FakeProvider]
     config_dir: Path
     specs: list[ProviderSpec] = field(default_factory=list)
 
     @property
     def url(self) -> str:
-        return self.gateway.url
+        return self.gateway.url if isinstance(self.gateway, GatewayProcess) else "http://gateway"
 
     def __getitem__(self, name: str) -> FakeProvider:
         return self.fakes[name]
@@ -89,16 +94,23 @@ class Fleet:
             fake.clear()
 
     def client(self, token: str = TOKEN, **kwargs: Any) -> openai.OpenAI:
+        if isinstance(self.gateway, BackgroundApp):
+            kwargs.setdefault("http_client", self.gateway.client(token=None))
         return openai.OpenAI(
             base_url=self.url + "/v1", api_key=token, max_retries=0, timeout=20, **kwargs
         )
 
     def http(self, token: str | None = TOKEN) -> httpx.Client:
+        if isinstance(self.gateway, BackgroundApp):
+            return self.gateway.client(token)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=20)
 
     def stop(self) -> None:
-        self.gateway.stop()
+        if isinstance(self.gateway, BackgroundApp):
+            self.gateway.__exit__(None, None, None)
+        else:
+            self.gateway.stop()
         for fake in self.fakes.values():
             fake.stop()
 
@@ -111,8 +123,10 @@ def start_fleet(
     adjustments: Mapping[str, Any] | None = None,
     scoring: Mapping[str, Any] | None = STABLE_SCORING,
     wait_ready: bool = True,
+    inprocess: bool = False,
 ) -> Fleet:
-    """Start one fake per spec (each checking its own key) and a gateway routing to them."""
+    """Start one fake per spec (each checking its own key) and a gateway routing to them: a
+    process, or with ``inprocess`` the app in this process, built from the same variables."""
     fakes = {s.name: FakeProvider(s.models, api_key=provider_key(s.name)).start() for s in specs}
     config_dir = write_config(
         directory,
@@ -123,9 +137,19 @@ def start_fleet(
     gateway_env = {key_env_var(s.name): provider_key(s.name) for s in specs}
     gateway_env["AUTH_TOKENS"] = TOKEN
     gateway_env.update(env or {})
-    gateway = GatewayProcess(config_dir, gateway_env)
+    gateway: GatewayProcess | BackgroundApp
     try:
-        gateway.start(wait_ready=wait_ready)
+        if inprocess:
+            data_dir = directory.parent / f"{directory.name}-data"
+            variables = {"CONFIG_DIR": str(config_dir), "DATA_DIR": str(data_dir)}
+            settings = settings_from_env({**gateway_env, **variables})
+            gateway = BackgroundApp(settings).__enter__()
+            if wait_ready:
+                with gateway.client(token=None) as http:
+                    eventually(lambda: http.get("/ready").status_code == 200, "ready", 30)
+        else:
+            gateway = GatewayProcess(config_dir, gateway_env)
+            gateway.start(wait_ready=wait_ready)
     except Exception:
         for fake in fakes.values():
             fake.stop()

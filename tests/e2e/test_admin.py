@@ -13,6 +13,8 @@ import pytest
 from service.quotas.tokens import iso_utc, token_id
 from tests.harness import GatewayProcess, run_cli
 
+pytestmark = pytest.mark.slow  # the gateway runs as a process
+
 ADMIN = "admin-secret"
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
 
@@ -91,7 +93,6 @@ def test_create_list_update_revoke(gateway: GatewayProcess) -> None:
         ({"name": "x", "expires_at": "tomorrow"}, "expires_at"),
         ({"name": "x", "expires_at": "0001-01-01T00:00:00+01:00"}, "out of the supported range"),
         ({"name": "x", "expires_at": "9999-12-31T23:59:59-01:00"}, "out of the supported range"),
-        ({"name": "x", "expires_at": "2001-01-01T00:00:00Z"}, "already in the past"),
     ],
 )
 def test_invalid_create_is_a_400(
@@ -107,7 +108,7 @@ def test_invalid_create_is_a_400(
 
 @pytest.mark.parametrize(
     "expires_at",
-    ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "2001-01-01T00:00:00Z"],
+    ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"],
 )
 def test_update_with_an_unusable_expiry_is_a_400(gateway: GatewayProcess, expires_at: str) -> None:
     with admin(gateway) as client:

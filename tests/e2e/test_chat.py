@@ -37,7 +37,15 @@ ADJUSTMENTS = {
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     directory: Path = tmp_path_factory.mktemp("chat-config")
-    fleet = start_fleet(directory, SPECS, adjustments=ADJUSTMENTS)
+    fleet = start_fleet(directory, SPECS, adjustments=ADJUSTMENTS, inprocess=True)
+    yield fleet
+    fleet.stop()
+
+
+@pytest.fixture(scope="module")
+def process_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """The same fleet behind a gateway process: a client leaving closes a real socket."""
+    fleet = start_fleet(tmp_path_factory.mktemp("chat-process"), SPECS, adjustments=ADJUSTMENTS)
     yield fleet
     fleet.stop()
 
@@ -292,6 +300,7 @@ def test_usage_matches_what_the_provider_reported(fleet: Fleet) -> None:
     assert response.json()["usage"] == chat_usage(body)
 
 
+@pytest.mark.slow  # a client leaving needs a real socket (a gateway process)
 @pytest.mark.parametrize(
     ("path", "body"),
     [
@@ -300,8 +309,10 @@ def test_usage_matches_what_the_provider_reported(fleet: Fleet) -> None:
     ],
 )
 def test_client_that_leaves_cancels_the_upstream_at_once(
-    fleet: Fleet, path: str, body: dict
+    process_fleet: Fleet, path: str, body: dict
 ) -> None:
+    fleet = process_fleet
+    fleet.reset()
     for name in ("alpha", "beta"):  # whichever is tried first never answers
         fleet[name].set_behavior(Behavior.hang())
     with fleet.http() as http:

@@ -103,6 +103,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         tmp_path_factory.mktemp("failover-config"),
         lane_specs(),
         env={"MAX_ATTEMPTS": str(MAX_ATTEMPTS)},
+        inprocess=True,
     )
     yield fleet
     fleet.stop()
@@ -312,6 +313,7 @@ def test_every_attempt_rate_limited_then_everything_cooling_is_429(fleet: Fleet)
     assert [f.chat_requests for f in ln.fakes] == [1, 1]
 
 
+@pytest.mark.slow  # waits out every attempt's timeout
 def test_every_attempt_timing_out_is_504(fleet: Fleet) -> None:
     ln = lane(fleet, "alltime")
     for fake in ln.fakes:
@@ -324,12 +326,13 @@ def test_every_attempt_timing_out_is_504(fleet: Fleet) -> None:
     assert [f.chat_requests for f in ln.fakes] == [1, 1]
 
 
+@pytest.mark.slow  # waits out a 1 s request deadline
 def test_overall_deadline_bounds_every_attempt_together(
     tmp_path: Path, fleet_guard: list[Fleet]
 ) -> None:
     """REQUEST_TIMEOUT_S is one deadline for the whole request, not per attempt."""
     specs = [ProviderSpec("slow1", ["dl-m"], priority=2), ProviderSpec("slow2", ["dl-m"])]
-    deadline_fleet = start_fleet(tmp_path, specs, env={"REQUEST_TIMEOUT_S": "1"})
+    deadline_fleet = start_fleet(tmp_path, specs, env={"REQUEST_TIMEOUT_S": "1"}, inprocess=True)
     fleet_guard.append(deadline_fleet)
     for fake in deadline_fleet.fakes.values():
         fake.set_behavior(Behavior.hang())
@@ -356,6 +359,7 @@ def test_mixed_failures_are_502_with_the_last_upstream_message(fleet: Fleet) -> 
 # -- cooldown lifetime ---------------------------------------------------------------------
 
 
+@pytest.mark.slow  # waits out a Retry-After
 def test_cooldown_expires_after_retry_after(fleet: Fleet) -> None:
     ln = lane(fleet, "expire")
     ln.p1.queue(Behavior.rate_limited(1))

@@ -34,7 +34,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         ProviderSpec("spare", ["stat-b"]),
         ProviderSpec("disc", DISCOVERED, fixed_models=False),
     ]
-    fleet = start_fleet(tmp_path_factory.mktemp("ops-config"), specs)
+    fleet = start_fleet(tmp_path_factory.mktemp("ops-config"), specs, inprocess=True)
     # Discovery runs in the background: wait until the gateway lists what it found.
     with fleet.http() as http:
         deadline = time.monotonic() + 10
@@ -61,7 +61,7 @@ def sample(metrics_text: str, name: str, **labels: str) -> float:
 
 
 def test_ok_and_health_need_no_token(fleet: Fleet) -> None:
-    with httpx.Client(base_url=fleet.url, timeout=5) as anonymous:
+    with fleet.http(token=None) as anonymous:
         ok = anonymous.get("/ok")
         health = anonymous.get("/health")
     assert ok.status_code == 200
@@ -73,7 +73,8 @@ def test_ok_and_health_need_no_token(fleet: Fleet) -> None:
 
 
 def test_ready_counts_routable_models(fleet: Fleet) -> None:
-    response = httpx.get(fleet.url + "/ready", timeout=5)
+    with fleet.http(token=None) as anonymous:
+        response = anonymous.get("/ready")
     assert response.status_code == 200
     body = response.json()
     assert body["ready"] is True
@@ -95,7 +96,8 @@ def test_discovered_models_are_listed_and_routable(fleet: Fleet) -> None:
 
 
 def test_metrics_count_requests_and_gateway_overhead(fleet: Fleet) -> None:
-    before = httpx.get(fleet.url + "/metrics", timeout=5).text
+    anonymous = fleet.http(token=None)
+    before = anonymous.get("/metrics").text
     labels = {"route": "chat", "status": "200", "model": "metric-m", "provider": "main"}
     start = sample(before, "best_requests_total", **labels)
     client = fleet.client()
@@ -103,7 +105,7 @@ def test_metrics_count_requests_and_gateway_overhead(fleet: Fleet) -> None:
         client.chat.completions.create(
             model="metric-m", messages=[{"role": "user", "content": "m"}]
         )
-    response = httpx.get(fleet.url + "/metrics", timeout=5)
+    response = anonymous.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text
@@ -159,9 +161,9 @@ def test_stats_shape_and_counts(fleet: Fleet) -> None:
 
 
 def test_stats_and_models_need_a_token(fleet: Fleet) -> None:
-    for path in ("/stats", "/v1/models"):
-        response = httpx.get(fleet.url + path, timeout=5)
-        assert_openai_error(response, 401)
+    with fleet.http(token=None) as anonymous:
+        for path in ("/stats", "/v1/models"):
+            assert_openai_error(anonymous.get(path), 401)
 
 
 def test_nothing_routable_is_not_ready_but_exact_ids_work(
@@ -170,10 +172,11 @@ def test_nothing_routable_is_not_ready_but_exact_ids_work(
     """Only score <= 0 models: /ready is 503, priority-auto finds nothing, exact ids work."""
     specs = [ProviderSpec("embedder", ["text-embedding-x", "whisper-y"])]
     adjustments = {"not_chat": {"priority": -1000, "regex": ["embedding", "whisper"]}}
-    fleet = start_fleet(tmp_path, specs, adjustments=adjustments, wait_ready=False)
+    fleet = start_fleet(tmp_path, specs, adjustments=adjustments, wait_ready=False, inprocess=True)
     fleet_guard.append(fleet)
 
-    ready = httpx.get(fleet.url + "/ready", timeout=5)
+    with fleet.http(token=None) as anonymous:
+        ready = anonymous.get("/ready")
     assert ready.status_code == 503
     assert "no routable model" in ready.json()["problems"]
 
@@ -197,6 +200,7 @@ def test_nothing_routable_is_not_ready_but_exact_ids_work(
     }
 
 
+@pytest.mark.slow  # reads the gateway process's log
 def test_auth_disabled_is_reported(tmp_path: Path, fleet_guard: list[Fleet]) -> None:
     fleet = start_fleet(tmp_path, [ProviderSpec("open", ["free-chat"])], env={"AUTH_TOKENS": ""})
     fleet_guard.append(fleet)
@@ -211,10 +215,14 @@ def test_health_reports_the_redis_store(
 ) -> None:
     redis_server.flush()
     fleet = start_fleet(
-        tmp_path, [ProviderSpec("shared", ["r-chat"])], env={"REDIS_URL": redis_server.url}
+        tmp_path,
+        [ProviderSpec("shared", ["r-chat"])],
+        env={"REDIS_URL": redis_server.url},
+        inprocess=True,
     )
     fleet_guard.append(fleet)
-    assert httpx.get(fleet.url + "/health", timeout=5).json()["store"] == "redis"
+    with fleet.http(token=None) as anonymous:
+        assert anonymous.get("/health").json()["store"] == "redis"
     raw = fleet.client().chat.completions.with_raw_response.create(
         model="r-chat", messages=[{"role": "user", "content": "x"}]
     )

@@ -14,7 +14,6 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import openai
 import pytest
 
@@ -37,14 +36,24 @@ MODELS = [
 ]
 
 
+SPECS = [
+    ProviderSpec("chatonly", [*MODELS, "meta/llama-only"], priority=10),
+    ProviderSpec("alpha", [*MODELS, "org/model-a"], priority=3, apis=ALL),
+    ProviderSpec("beta", MODELS, priority=2, apis=ALL),
+]
+
+
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    specs = [
-        ProviderSpec("chatonly", [*MODELS, "meta/llama-only"], priority=10),
-        ProviderSpec("alpha", [*MODELS, "org/model-a"], priority=3, apis=ALL),
-        ProviderSpec("beta", MODELS, priority=2, apis=ALL),
-    ]
-    started = start_fleet(tmp_path_factory.mktemp("responses"), specs)
+    started = start_fleet(tmp_path_factory.mktemp("responses"), SPECS, inprocess=True)
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def process_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """The same fleet behind a gateway process: a client leaving closes a real socket."""
+    started = start_fleet(tmp_path_factory.mktemp("responses-process"), SPECS)
     yield started
     started.stop()
 
@@ -216,7 +225,10 @@ def test_a_conversation_the_provider_lost_is_its_404_not_a_switch(fleet: Fleet) 
     assert again.headers["x-best-provider"] == "alpha"  # not cooled by that 404
 
 
-def test_a_client_leaving_a_stream_cancels_the_upstream(fleet: Fleet) -> None:
+@pytest.mark.slow  # a client leaving needs a real socket (a gateway process)
+def test_a_client_leaving_a_stream_cancels_the_upstream(process_fleet: Fleet) -> None:
+    fleet = process_fleet
+    fleet.reset()
     fleet["alpha"].queue(Behavior.slow_stream(0.5), model="bye")
     with fleet.http() as http:
         body = {"model": "bye", "input": "a long answer of many words", "stream": True}
@@ -229,7 +241,8 @@ def test_a_client_leaving_a_stream_cancels_the_upstream(fleet: Fleet) -> None:
 def test_usage_feeds_the_token_metrics(fleet: Fleet) -> None:
     client = fleet.client()
     client.responses.create(model="gpt-r", input="count these four words")
-    metrics = httpx.get(fleet.url + "/metrics").text
+    with fleet.http(token=None) as http:
+        metrics = http.get("/metrics").text
     pattern = (
         r'gen_ai_client_token_usage_sum\{[^}]*gen_ai_operation_name="responses"'
         r'[^}]*gen_ai_token_type="output"[^}]*\} ([0-9.e+]+)'

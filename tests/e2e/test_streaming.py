@@ -39,14 +39,25 @@ MODELS = [
 STALL_TIMEOUT_S = 0.5
 
 
+SPECS = [
+    ProviderSpec("first", MODELS, priority=2),
+    ProviderSpec("second", MODELS),
+    ProviderSpec("stall", ["s-stall"], timeout_s=STALL_TIMEOUT_S),
+]
+
+
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    specs = [
-        ProviderSpec("first", MODELS, priority=2),
-        ProviderSpec("second", MODELS),
-        ProviderSpec("stall", ["s-stall"], timeout_s=STALL_TIMEOUT_S),
-    ]
-    fleet = start_fleet(tmp_path_factory.mktemp("stream-config"), specs)
+    fleet = start_fleet(tmp_path_factory.mktemp("stream-config"), SPECS, inprocess=True)
+    yield fleet
+    fleet.stop()
+
+
+@pytest.fixture(scope="module")
+def process_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """The same fleet behind a gateway process: bytes arrive on a real socket as they are sent,
+    and a client leaving closes it."""
+    fleet = start_fleet(tmp_path_factory.mktemp("stream-process"), SPECS)
     yield fleet
     fleet.stop()
 
@@ -153,7 +164,10 @@ def test_death_mid_stream_ends_with_an_error_event(fleet: Fleet) -> None:
             pass
 
 
-def test_slow_stream_is_relayed_as_it_comes(fleet: Fleet) -> None:
+@pytest.mark.slow  # timing of bytes on a real socket (a gateway process)
+def test_slow_stream_is_relayed_as_it_comes(process_fleet: Fleet) -> None:
+    fleet = process_fleet
+    fleet.reset()
     delay = 0.1
     fleet["first"].set_behavior(Behavior.slow_stream(delay), model="s-slow")
     body = chat_body("s-slow", text="w1 w2 w3 w4", stream=True)
@@ -173,7 +187,10 @@ def test_slow_stream_is_relayed_as_it_comes(fleet: Fleet) -> None:
     assert arrivals[0] < arrivals[-1] - 2 * delay
 
 
-def test_client_disconnect_cancels_the_upstream(fleet: Fleet) -> None:
+@pytest.mark.slow  # timing of bytes on a real socket (a gateway process)
+def test_client_disconnect_cancels_the_upstream(process_fleet: Fleet) -> None:
+    fleet = process_fleet
+    fleet.reset()
     fake = fleet["first"]
     fake.set_behavior(Behavior.slow_stream(0.5), model="s-cancel")
     body = chat_body("s-cancel", text=" ".join(f"w{i}" for i in range(40)), stream=True)
@@ -189,7 +206,12 @@ def test_client_disconnect_cancels_the_upstream(fleet: Fleet) -> None:
     fake.wait_until(lambda: fake.in_flight == 0, timeout=3)
 
 
-def test_client_that_leaves_before_the_first_byte_cancels_the_upstream(fleet: Fleet) -> None:
+@pytest.mark.slow  # timing of bytes on a real socket (a gateway process)
+def test_client_that_leaves_before_the_first_byte_cancels_the_upstream(
+    process_fleet: Fleet,
+) -> None:
+    fleet = process_fleet
+    fleet.reset()
     fake = fleet["first"]
     fake.set_behavior(Behavior.hang(), model="s-cancel")  # headers and events never come
     body = chat_body("s-cancel", stream=True)

@@ -23,6 +23,8 @@ from tests.fakes.upstream import FakeProvider
 from tests.harness import GatewayProcess, free_port, run_cli, write_config
 from tests.tools import require_tool
 
+pytestmark = pytest.mark.slow  # the gateway runs as a process
+
 ADMIN = "admin-secret"
 PICO = 10**12
 # USD per million tokens: exact pico-USD per token (2.5e6 and 7.75e6).
@@ -191,8 +193,6 @@ def gateway(priced_config: Path) -> Iterator[GatewayProcess]:
         ({"group_by": "colour"}, "group_by"),
         ({"from": "2026-13-01"}, "from"),
         ({"to": "yesterday"}, "to"),
-        ({"from": "2026-02-01", "to": "2026-01-01"}, "from"),
-        ({"from": "2020-01-01", "to": "2026-01-01"}, "from"),
     ],
 )
 def test_bad_usage_queries_are_openai_400s(

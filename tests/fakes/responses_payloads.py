@@ -202,10 +202,16 @@ def typed_event(kind: str, data: JSONObject) -> bytes:
 
 
 def prompt_text(body: JSONObject) -> str:
+    """The first prompt: a string, or token ids as words (a list of prompts: the first)."""
     prompt = body.get("prompt")
-    if isinstance(prompt, list):
-        prompt = prompt[0] if prompt else ""
-    return prompt if isinstance(prompt, str) else " ".join(map(str, prompt or []))
+    if isinstance(prompt, str):
+        return prompt
+    if not isinstance(prompt, list) or not prompt:
+        return ""
+    first = prompt[0]
+    if isinstance(first, str):
+        return first
+    return " ".join(map(str, first if isinstance(first, list) else prompt))
 
 
 def text_completion(body: JSONObject, model: str, completion_id: str) -> JSONObject:

@@ -607,7 +607,8 @@ class FakeProvider:
                     status=404,
                 )
             previous = found[0]
-        if body.get("input") is None:
+        # A stored prompt (a template reference) stands in for the input, as at OpenAI.
+        if body.get("input") is None and not isinstance(body.get("prompt"), dict):
             return _error_json(400, "Missing required parameter: 'input'.", "invalid_request_error")
         behavior = self._next_behavior(model)
         early = await self._prelude(exchange, behavior, model)

@@ -10,6 +10,8 @@ import pytest
 
 from tests.harness import GatewayProcess, RedisServer
 
+pytestmark = pytest.mark.slow  # every test here runs gateway processes (and Redis servers)
+
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello budget"}]}
 ADMIN = {"Authorization": "Bearer adm"}
 

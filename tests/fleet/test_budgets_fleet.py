@@ -15,9 +15,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.fakes.openai_payloads import chat_usage
 from tests.fleet.conftest import Fleet
+
+pytestmark = pytest.mark.slow  # every test here runs gateway processes (and Redis servers)
 
 PICO = 10**12
 PRICE = {  # pico-USD per token: (input, output)

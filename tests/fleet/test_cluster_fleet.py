@@ -21,6 +21,8 @@ from tests.fleet.traffic import (
 )
 from tests.topologies import RedisClusterGroup
 
+pytestmark = pytest.mark.slow  # every test here runs gateway processes (and Redis servers)
+
 REGISTRY_KEY = "best:{registry}:version"
 
 

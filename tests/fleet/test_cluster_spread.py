@@ -17,6 +17,8 @@ from tests.fleet.traffic import CHAT, admin, chat, create_token, fleet_env, gate
 from tests.harness import GatewayProcess
 from tests.topologies import RedisClusterGroup, RedisNode
 
+pytestmark = pytest.mark.slow  # every test here runs gateway processes (and Redis servers)
+
 
 @pytest.fixture(scope="module")
 def cluster_fleet(

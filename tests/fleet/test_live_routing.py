@@ -23,6 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.fakes.upstream import Behavior, FakeProvider
 from tests.harness import GatewayProcess, RedisServer, write_config
 
+pytestmark = pytest.mark.slow  # every test here runs gateway processes (and Redis servers)
+
 TOKEN = "live-token"
 ADMIN = "live-admin"
 OPEN_S = 3.0

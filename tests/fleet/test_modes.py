@@ -7,8 +7,11 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.harness import GatewayProcess, RedisServer
+
+pytestmark = pytest.mark.slow  # every test here runs gateway processes (and Redis servers)
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
 

@@ -7,12 +7,15 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 import redis
 
 from devkit.procs import eventually
 from service.store.keys import Keys
 from tests.fakes.upstream import Behavior
 from tests.fleet.conftest import Fleet
+
+pytestmark = pytest.mark.slow  # every test here runs gateway processes (and Redis servers)
 
 CHAT = {"model": "chat-model", "messages": [{"role": "user", "content": "hi"}]}
 

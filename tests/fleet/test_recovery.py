@@ -28,6 +28,8 @@ from tests.fleet.traffic import (
 )
 from tests.harness import GatewayProcess, RedisServer, write_config
 
+pytestmark = pytest.mark.slow  # every test here runs gateway processes (and Redis servers)
+
 
 @pytest.fixture
 def provider() -> Iterator[FakeProvider]:

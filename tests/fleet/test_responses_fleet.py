@@ -17,6 +17,8 @@ import pytest
 from tests.fakes.upstream import FakeProvider
 from tests.harness import GatewayProcess, RedisServer, write_config
 
+pytestmark = pytest.mark.slow  # every test here runs gateway processes (and Redis servers)
+
 TOKEN = "fleet-token"
 ADMIN = "fleet-admin"
 ALL = ["chat", "embeddings", "responses", "completions"]

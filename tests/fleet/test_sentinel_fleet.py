@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 
 from devkit.procs import eventually
 from tests.fleet.traffic import (
@@ -21,6 +22,8 @@ from tests.fleet.traffic import (
 )
 from tests.harness import GatewayProcess
 from tests.topologies import RedisNode, SentinelGroup
+
+pytestmark = pytest.mark.slow  # every test here runs gateway processes (and Redis servers)
 
 
 def _try_create(replica: GatewayProcess) -> tuple[str, str] | None:

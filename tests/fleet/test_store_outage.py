@@ -8,9 +8,12 @@ import asyncio
 import time
 
 import httpx
+import pytest
 
 from tests.fleet.conftest import Fleet
 from tests.fleet.test_quotas_fleet import _burst
+
+pytestmark = pytest.mark.slow  # every test here runs gateway processes (and Redis servers)
 
 
 def _wait(predicate: object, timeout: float = 15.0) -> None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 
 from tests.fleet.conftest import Fleet
+
+pytestmark = pytest.mark.slow  # every test here runs gateway processes (and Redis servers)
 
 CHAT = {"model": "chat-model", "messages": [{"role": "user", "content": "hi"}]}
 

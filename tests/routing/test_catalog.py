@@ -67,6 +67,7 @@ def _catalog(directory: Path, provider: FakeProvider) -> tuple[Catalog, Store, U
     return Catalog(settings, store, client, metrics), store, client
 
 
+@pytest.mark.slow  # waits for a discovery retry
 def test_a_provider_down_at_start_up_rejoins_at_the_next_retry(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -127,6 +127,7 @@ def test_standalone_unix_socket_and_acl_user(tmp_path: Path) -> None:
         node.close()
 
 
+@pytest.mark.slow  # starts a TLS Redis server
 def test_rediss_with_a_self_signed_certificate(tls_redis: RedisNode) -> None:
     assert tls_redis.tls is not None
     url = f"rediss://{tls_redis.address}/0?ssl_ca_certs={tls_redis.tls.ca}"
@@ -154,6 +155,7 @@ def test_unreachable_server_is_a_connection_error_not_a_hang() -> None:
 # -- Cluster --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # starts a Redis Cluster
 def test_cluster_url_spreads_keys_over_every_master(redis_cluster: RedisClusterGroup) -> None:
     keys = [f"{{owner-{i}}}:rpm" for i in range(60)]
 
@@ -289,6 +291,7 @@ def outage(log: list[tuple[float, str]]) -> float:
     return longest
 
 
+@pytest.mark.slow  # a Redis Cluster fails over
 def test_cluster_client_rides_through_failovers(
     disposable_redis_cluster: RedisClusterGroup,
 ) -> None:
@@ -343,6 +346,7 @@ def test_sentinel_url_reaches_the_master(redis_sentinel_group: SentinelGroup) ->
         assert direct.get("k") == b"v"
 
 
+@pytest.mark.slow  # starts a Sentinel group
 def test_sentinel_password_differs_from_the_masters(tmp_path: Path) -> None:
     group = SentinelGroup(tmp_path, password="data-pw", sentinel_password="sentinel-pw").start()
     try:
@@ -354,6 +358,7 @@ def test_sentinel_password_differs_from_the_masters(tmp_path: Path) -> None:
         group.close()
 
 
+@pytest.mark.slow  # a Sentinel group fails over
 def test_sentinel_manual_failover_never_relays_readonly(
     redis_sentinel_group: SentinelGroup,
 ) -> None:
@@ -379,6 +384,7 @@ def test_sentinel_manual_failover_never_relays_readonly(
     assert [outcome for _, outcome in log[-20:]] == ["ok"] * 20
 
 
+@pytest.mark.slow  # a Sentinel group promotes a replica
 def test_sentinel_client_follows_a_killed_master(redis_sentinel_group: SentinelGroup) -> None:
     group = redis_sentinel_group
 

@@ -91,6 +91,7 @@ def test_unusable_url_is_one_clear_line(url: str, reason: str) -> None:
     assert "hunter2" not in message
 
 
+@pytest.mark.slow  # runs best serve as a process
 def test_best_serve_refuses_an_unusable_redis_url_in_one_line() -> None:
     env = {**os.environ, "REDIS_URL": "http://user:hunter2@example.com:6379"}
     done = subprocess.run(

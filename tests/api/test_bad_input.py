@@ -1,38 +1,60 @@
-"""Bad input, end to end: every case answers the right status and an OpenAI error body,
-never reaches a provider, and nothing yields a 500 (docs/api/openai.md, "Errors")."""
+"""Bad input, in process: every case answers the right status and an OpenAI error body, never
+reaches a provider, and nothing yields a 500 (docs/api/openai.md, "Errors").  Sync tests: the
+app runs on a loop of its own (``BackgroundApp``), a real fake provider on loopback behind it."""
 
 from __future__ import annotations
 
 import json
 import random
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import (
-    TOKEN,
-    Fleet,
-    ProviderSpec,
-    assert_openai_error,
-    chat_body,
-    start_fleet,
-)
+from tests.e2e.conftest import STABLE_SCORING, assert_openai_error, chat_body
+from tests.fakes.upstream import FakeProvider
+from tests.harness import write_config
+from tests.inprocess import USER_TOKEN as TOKEN
+from tests.inprocess import BackgroundApp, inprocess_settings, provider_entry, provider_keys
 
 MAX_BODY_BYTES = 4096
 
 
+@dataclass
+class Fleet:
+    """The one provider (``only``) and the app in front of it."""
+
+    provider: FakeProvider
+    background: BackgroundApp
+
+    def reset(self) -> None:
+        self.provider.release()
+        self.provider.clear_behaviors()
+        self.provider.clear()
+
+    def http(
+        self, token: str | None = TOKEN, headers: dict[str, str] | None = None
+    ) -> httpx.Client:
+        return self.background.client(token, headers)
+
+
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    specs = [ProviderSpec("only", ["chat-1", "embed-1"])]
-    fleet = start_fleet(
-        tmp_path_factory.mktemp("errors-config"),
-        specs,
-        env={"MAX_BODY_BYTES": str(MAX_BODY_BYTES)},
-    )
-    yield fleet
-    fleet.stop()
+    directory = tmp_path_factory.mktemp("bad-input")
+    with FakeProvider(["chat-1", "embed-1"], api_key="k") as provider:
+        entry = provider_entry("only", provider.base_url, 1.0, models=["chat-1", "embed-1"])
+        config = write_config(directory / "config", [entry], scoring=STABLE_SCORING)
+        settings = inprocess_settings(
+            config,
+            directory / "data",
+            auth_tokens=(TOKEN,),
+            max_body_bytes=MAX_BODY_BYTES,
+            env=provider_keys(["only"]),
+        )
+        with BackgroundApp(settings) as background:
+            yield Fleet(provider, background)
 
 
 @pytest.fixture
@@ -40,8 +62,8 @@ def http(fleet: Fleet) -> Iterator[httpx.Client]:
     fleet.reset()
     with fleet.http() as client:
         yield client
-    assert fleet["only"].chat_requests == 0, "bad input reached the provider"
-    assert fleet["only"].embedding_requests == 0, "bad input reached the provider"
+    assert fleet.provider.chat_requests == 0, "bad input reached the provider"
+    assert fleet.provider.embedding_requests == 0, "bad input reached the provider"
 
 
 def post_raw(http: httpx.Client, path: str, content: bytes) -> httpx.Response:
@@ -244,7 +266,7 @@ def test_missing_or_unknown_token_is_401_with_www_authenticate(
     authorization: str | None,
 ) -> None:
     headers = {"Authorization": authorization} if authorization is not None else {}
-    with httpx.Client(base_url=fleet.url, headers=headers, timeout=10) as anonymous:
+    with fleet.http(token=None, headers=headers) as anonymous:
         response = anonymous.request(method, path, json=body)
     assert_openai_error(response, 401)
     assert response.headers["www-authenticate"] == "Bearer"
@@ -291,7 +313,9 @@ def _mutations(seed: int, count: int) -> Iterator[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/embeddings"])
-def test_random_bodies_never_yield_a_500(fleet: Fleet, path: str) -> None:
+def test_random_bodies_never_yield_a_500(
+    fleet: Fleet, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
     with fleet.http() as http:
         for body in _mutations(seed=len(path), count=150):
             response = http.post(path, json=body)
@@ -303,7 +327,7 @@ def test_random_bodies_never_yield_a_500(fleet: Fleet, path: str) -> None:
                 assert_openai_error(response, response.status_code)
             elif body.get("stream") is True:
                 assert response.text.rstrip().endswith("data: [DONE]")
-    assert "Traceback" not in fleet.gateway.logs()
+    assert not [r for r in caplog.records if r.exc_info], "an error was logged with a traceback"
     fleet.reset()
 
 
@@ -325,7 +349,7 @@ def test_a_wrong_token_is_401_whatever_the_body_says(
     fleet: Fleet, path: str, body: bytes, what: str
 ) -> None:
     headers = {"Authorization": "Bearer sk-wrong", "Content-Type": "application/json"}
-    with httpx.Client(base_url=fleet.url, timeout=10) as anonymous:
+    with fleet.http(token=None) as anonymous:
         response = anonymous.post(path, content=body, headers=headers)
     assert_openai_error(response, 401)
-    assert fleet["only"].chat_requests == 0 and fleet["only"].embedding_requests == 0
+    assert fleet.provider.chat_requests == 0 and fleet.provider.embedding_requests == 0
