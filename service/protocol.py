@@ -1,7 +1,7 @@
 """The HTTP/1.1 protocol and uvicorn config of the gateway's server.
 
 Kept apart from ``service.server``: each worker process unpickles these before it can answer
-its supervisor's health checks, so this module imports nothing heavy (no app, no aiohttp).
+its supervisor's health checks, so this module imports nothing heavy (no app, no HTTP client).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
 - Fetches are single-flight: concurrent lookups await the same fetch.
 - A failed fetch keeps the cached keys (and is retried after ``REFETCH_S``).
 
-``JwksFetcher`` is the one place that talks HTTP for keys; aiohttp's errors become
+``JwksFetcher`` is the one place that fetches keys; the HTTP client's failures become
 ``JwksUnavailable`` there.
 """
 
@@ -21,10 +21,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import aiohttp
 import orjson
 
 from service.identities.config import Issuer, JwksSource
+from service.upstream.client import UpstreamClient
+from service.upstream.errors import UpstreamFailure
 
 log = logging.getLogger("best.identities")
 
@@ -70,48 +71,44 @@ def parse_jwks(document: Any) -> dict[str, dict[str, Any]]:
 
 
 class JwksFetcher:
-    """GETs a JWKS URL with a pooled aiohttp session (built at ``start``)."""
+    """GETs a JWKS URL through the gateway's own HTTP client (service/upstream), with the
+    issuer's TLS context; fetches are rare (minutes apart), so each has a client of its own."""
 
     def __init__(self, timeout_s: float = FETCH_TIMEOUT_S) -> None:
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._session: aiohttp.ClientSession | None = None
+        self._timeout_s = timeout_s
 
     async def start(self) -> None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout, trust_env=True)
+        pass
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        pass
 
     async def fetch(self, issuer: Issuer) -> tuple[dict[str, dict[str, Any]], float]:
         """The keys at the issuer's URL and how long they may be cached (s)."""
         source = issuer.source
         assert source.url is not None
-        await self.start()
-        assert self._session is not None
         headers = {"Accept": "application/json"}
         if source.token_file is not None:
             token = await asyncio.to_thread(_read_token, source.token_file)
             headers["Authorization"] = f"Bearer {token}"
+        client = UpstreamClient(tls=issuer.ssl_context)
+        await client.start()
         try:
-            async with self._session.get(
-                source.url, headers=headers, ssl=issuer.ssl_context or True
-            ) as response:
-                if response.status != 200:
-                    raise JwksUnavailable(f"{source.url} answered HTTP {response.status}")
-                body = await response.content.read(MAX_JWKS_BYTES + 1)
-                cache_control = response.headers.get("Cache-Control")
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise JwksUnavailable(f"{source.url}: {type(exc).__name__}: {exc}") from None
+            response = await client.request("GET", source.url, headers, None, self._timeout_s)
+        except UpstreamFailure as failure:
+            raise JwksUnavailable(f"{source.url}: {failure.message}") from None
+        finally:
+            await client.close()
+        if response.status != 200:
+            raise JwksUnavailable(f"{source.url} answered HTTP {response.status}")
+        body = response.body
         if len(body) > MAX_JWKS_BYTES:
             raise JwksUnavailable(f"{source.url}: the key set is larger than {MAX_JWKS_BYTES} B")
         try:
             document = orjson.loads(body)
         except orjson.JSONDecodeError:
             raise JwksUnavailable(f"{source.url}: the answer is not JSON") from None
-        return parse_jwks(document), max_age(cache_control)
+        return parse_jwks(document), max_age(response.cache_control)
 
 
 def _read_token(path: str) -> str:

@@ -33,6 +33,7 @@ class UpstreamResponse:
     body: bytes
     content_type: bytes
     retry_after: str | None
+    cache_control: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +264,11 @@ class UpstreamClient:
             raise
         self._require_pool().release(connection, route.origin, route.proxy)
         return UpstreamResponse(
-            connection.status, answer, connection.content_type, connection.retry_after
+            connection.status,
+            answer,
+            connection.content_type,
+            connection.retry_after,
+            connection.cache_control,
         )
 
     def _require_pool(self) -> Pool:
