@@ -1,6 +1,6 @@
 """What one gateway request costs Redis: commands, script calls, round trips, Redis CPU.
 
-SPEC section 7 makes this part of the contract.  For each store topology (a standalone
+The store cost is part of the gateway's performance contract.  For each store topology (a standalone
 ``redis-server`` and a 3-master Cluster) and each kind of token (with limits, without), one
 gateway worker runs on the core under test and wrk sends JSON requests at c=32, cycling through
 ``TOKENS`` bearer tokens (so a Cluster's masters each own some of them).  Everything is counted

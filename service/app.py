@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import Counter, Histogram
 
 from service import errors
-from service.api import chat, completions, responses_api
+from service.api import chat, completions, responses
 from service.api.errors import INTERNAL
 from service.api.http import (
     ClientGone,
@@ -39,13 +39,13 @@ from service.types import Message, Receive, Scope, Send
 
 log = logging.getLogger("best.http")
 
-Handler = Callable[[Gateway, Request], Awaitable[Response | StreamResponse]]
+RouteHandler = Callable[[Gateway, Request], Awaitable[Response | StreamResponse]]
 
 # The hot routes: path -> (route label, {method: handler}).  Every other path goes to FastAPI.
-Route = tuple[str, dict[str, Handler]]
+Route = tuple[str, dict[str, RouteHandler]]
 _CHAT: Route = (Api.CHAT, {"POST": chat.chat_completions})
 _EMBEDDINGS: Route = (Api.EMBEDDINGS, {"POST": chat.embeddings})
-_RESPONSES: Route = (Api.RESPONSES, {"POST": responses_api.create_response})
+_RESPONSES: Route = (Api.RESPONSES, {"POST": responses.create_response})
 _COMPLETIONS: Route = (Api.COMPLETIONS, {"POST": completions.completions})
 ROUTES: dict[str, Route] = {
     "/v1/chat/completions": _CHAT,

@@ -13,7 +13,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
-class GatewayConfig(uvicorn.Config):
+class ServerConfig(uvicorn.Config):
     """uvicorn's config plus the gateway's request read bound (pickled to each worker)."""
 
     read_timeout_s: float = 30.0

@@ -1,4 +1,4 @@
-"""Loading and validating CONFIG_DIR (SPEC section 2)."""
+"""Loading and validating CONFIG_DIR."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Environment -> Settings (SPEC section 2)."""
+"""Environment -> Settings."""
 
 from __future__ import annotations
 

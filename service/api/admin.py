@@ -14,7 +14,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import Response
 
 from service.api.dependencies import GatewayDep, admin_caller, body_doc, json_body
-from service.api.responses import orjson_response
+from service.api.ops_errors import orjson_response
 from service.api.schemas import (
     ErrorBody,
     TeamCreate,

@@ -2,7 +2,7 @@
 
 ``service.app.App`` serves these paths itself, in plain ASGI, and never hands them to the
 FastAPI app; the routes below exist so that ``/openapi.json`` documents every route.  Their
-bodies are checked by hand (``service.api.chat``, ``completions``, ``responses_api``), not by
+bodies are checked by hand (``service.api.chat``, ``completions``, ``responses``), not by
 these models.
 """
 

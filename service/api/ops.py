@@ -15,8 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException
 
-from service.api import admin, health, hot_routes, models, responses_api, stats
-from service.api.responses import render_error
+from service.api import admin, health, hot_routes, models, responses, stats
+from service.api.ops_errors import render_error
 from service.api.schemas import ErrorBody
 from service.errors import GatewayError
 from service.gateway import Gateway
@@ -37,7 +37,7 @@ def create_ops_app(gateway: Gateway) -> FastAPI:
     for router in (
         hot_routes.router,
         models.router,
-        responses_api.router,
+        responses.router,
         health.router,
         stats.router,
         admin.router,
@@ -80,9 +80,9 @@ def _finish(document: dict[str, Any]) -> dict[str, Any]:
                     schemas.update(schema.pop("$defs", {}))
                     schemas.setdefault(schema["title"], schema)
                     media["schema"] = {"$ref": f"#/components/schemas/{schema['title']}"}
-            responses = operation.get("responses", {})
-            if responses.pop("422", None) is not None:
-                responses.setdefault(
+            answers = operation.get("responses", {})
+            if answers.pop("422", None) is not None:
+                answers.setdefault(
                     "400",
                     {
                         "description": "Invalid request; `param` names the field",

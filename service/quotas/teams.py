@@ -35,7 +35,7 @@ class TeamNotFound(NotFound):
 
 
 def to_team(fields: dict[str, str]) -> dict[str, Any]:
-    """The public team record (SPEC section 8)."""
+    """The public team record: what the admin API returns."""
     return {
         "id": fields["id"],
         "name": fields.get("name", ""),

@@ -150,7 +150,7 @@ def budget_record(fields: dict[str, str]) -> dict[str, Any]:
 
 
 def to_record(fields: dict[str, str]) -> dict[str, Any]:
-    """The public record (SPEC section 5) of stored fields."""
+    """The public record (what the admin API returns) of stored fields."""
     return {
         "id": fields["id"],
         "name": fields.get("name", ""),

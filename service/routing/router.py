@@ -26,10 +26,10 @@ from service.apis import Api
 from service.errors import GatewayError
 from service.ids import IdGenerator
 from service.observability.metrics import Metrics
+from service.routing.breakers import Breakers
 from service.routing.catalog import Catalog
-from service.routing.cooldowns import Cooldowns
 from service.routing.events import EventRelay
-from service.routing.health import FleetStats
+from service.routing.fleet_stats import FleetStats
 from service.routing.relay import Relay, StreamRelay
 from service.routing.table import AUTO, CHAT, Candidate
 from service.settings import Settings
@@ -117,7 +117,7 @@ class Router:
         self,
         settings: Settings,
         catalog: Catalog,
-        cooldowns: Cooldowns,
+        breakers: Breakers,
         client: UpstreamClient,
         stats: FleetStats,
         metrics: Metrics,
@@ -126,7 +126,7 @@ class Router:
         self._ids = ids
         self._settings = settings
         self._catalog = catalog
-        self._cooldowns = cooldowns
+        self._breakers = breakers
         self._client = client
         self._stats = stats
         self._metrics = metrics
@@ -179,7 +179,7 @@ class Router:
                     param="model",
                 )
             raise errors.model_not_found(model or AUTO)
-        available, wait_s = self._cooldowns.available(found)
+        available, wait_s = self._breakers.available(found)
         if available:
             explore = self._catalog.config.live.explore
             if explore and len(available) > 1 and self._random.random() < explore:
@@ -187,7 +187,7 @@ class Router:
                 return available if "," in model else _explored(available, self._random)
             return available
         now = int(time.time() * 1000)
-        if all(self._cooldowns.until_provider(c, now) for c in found):
+        if all(self._breakers.until_provider(c, now) for c in found):
             raise errors.ProvidersRateLimited(
                 "Every provider for this model is cooling down after its rate limits; retry later.",
                 retry_after_s=wait_s,
@@ -216,7 +216,7 @@ class Router:
             failure.reason,
             failure.message,
         )
-        await self._cooldowns.failed(candidate, failure)
+        await self._breakers.failed(candidate, failure)
 
     def _succeeded(
         self,
@@ -239,7 +239,7 @@ class Router:
             prompt_tokens=prompt,
             completion_tokens=completion,
         )
-        self._cooldowns.succeeded(candidate)
+        self._breakers.succeeded(candidate)
         labels = (call.operation, candidate.provider, candidate.model)
         self._metrics.upstream_duration.labels(*labels, "ok").observe(elapsed)
         if used:
@@ -363,7 +363,7 @@ class Router:
         api = api or (Api.EMBEDDINGS if embeddings else Api.CHAT)
         check = CHECKS[api]
         call.operation = Api(api)
-        plan = _Plan(call, candidates, self._settings.max_attempts, self._cooldowns)
+        plan = _Plan(call, candidates, self._settings.max_attempts, self._breakers)
 
         async def attempt(candidate: Candidate) -> _Answer:
             url = candidate.urls[api]
@@ -408,7 +408,7 @@ class Router:
                 **(options if isinstance(options, dict) else {}),
                 "include_usage": True,
             }
-        plan = _Plan(call, candidates, self._settings.max_attempts, self._cooldowns)
+        plan = _Plan(call, candidates, self._settings.max_attempts, self._breakers)
 
         async def attempt(candidate: Candidate) -> _Opened:
             payload = orjson.dumps({**body, "model": candidate.model})
@@ -538,12 +538,12 @@ class _Plan:
     """The attempts of one request: which candidate next, and the final error if none works."""
 
     def __init__(
-        self, call: Call, candidates: list[Candidate], max_attempts: int, cooldowns: Cooldowns
+        self, call: Call, candidates: list[Candidate], max_attempts: int, breakers: Breakers
     ) -> None:
         self._call = call
         self._candidates = candidates
         self._max_attempts = max_attempts
-        self._cooldowns = cooldowns
+        self._breakers = breakers
         self._next = 0
         self._started = 0
         self._failures: list[UpstreamFailure] = []
@@ -555,7 +555,7 @@ class _Plan:
 
     async def next(self) -> Candidate | None:
         """The next candidate to try, or None when the plan is over."""
-        cooldowns = self._cooldowns
+        breakers = self._breakers
         while self._next < len(self._candidates):
             candidate = self._candidates[self._next]
             self._next += 1
@@ -568,12 +568,12 @@ class _Plan:
                     UpstreamFailure(TIMEOUT, "the request deadline passed before an answer")
                 )
                 return None
-            if cooldowns.until(candidate, int(time.time() * 1000)):
+            if breakers.until(candidate, int(time.time() * 1000)):
                 self._blocked += 1  # opened while this request was under way
                 continue
-            if cooldowns.half_open(candidate):
+            if breakers.half_open(candidate):
                 lease = self.attempt_timeout(candidate)
-                if not await cooldowns.claim_probe(candidate, self._call.entry_id, lease):
+                if not await breakers.claim_probe(candidate, self._call.entry_id, lease):
                     self._blocked += 1
                     continue
                 self._probes.append(candidate)
@@ -596,7 +596,7 @@ class _Plan:
         """An attempt cancelled without a verdict (a hedge that lost): a probe it held is
         given back at once."""
         if candidate in self._probes:
-            self._cooldowns.release_probe(candidate, self._call.entry_id)
+            self._breakers.release_probe(candidate, self._call.entry_id)
 
     def give_up(self) -> GatewayError:
         failures = self._failures

@@ -90,7 +90,7 @@ class Spend:
 
 
 @dataclass(frozen=True, slots=True)
-class RoutingState:
+class BreakerState:
     cooling: dict[str, int]  # field -> cooling (or breaker open) until (ms), those in force
     failing: frozenset[str]  # fields with recent failures that a success resets
     now_ms: int
@@ -99,7 +99,7 @@ class RoutingState:
 
 @dataclass(frozen=True, slots=True)
 class CoolRule:
-    """How long a failure cools its field (see routing/cooldowns.py)."""
+    """How long a failure cools its field (see routing/breakers.py)."""
 
     retry_after_ms: int  # the upstream's Retry-After, or -1
     fixed_ms: int  # a fixed duration, or -1
@@ -128,7 +128,7 @@ class BreakerResult:
     opened: bool  # this call opened it
 
 
-Handler = Callable[[str], Awaitable[None]]
+MessageHandler = Callable[[str], Awaitable[None]]
 
 
 class Backend(Protocol):
@@ -162,13 +162,15 @@ class Backend(Protocol):
         """A budget's spend in the current ``period`` (0 when a new period began)."""
         ...
 
-    # -- fleet-wide routing state ------------------------------------------------------------
+    # -- circuit breakers and provider cooldowns (lua/breaker_*.lua) -------------------------
 
-    async def cool(self, field: str, rule: CoolRule) -> tuple[int, int]:
+    async def breaker_cool(self, field: str, rule: CoolRule) -> tuple[int, int]:
         """Start or extend a cooldown; returns (cooling until ms, store now ms)."""
         ...
 
-    async def routing_state(self) -> RoutingState: ...
+    async def breaker_state(self) -> BreakerState:
+        """The cooldowns in force, the fields failing, the pair breakers not closed."""
+        ...
 
     async def breaker_fail(self, field: str, rule: BreakerRule, trip: bool) -> BreakerResult:
         """Count a failure of a pair (``trip``: the fleet's error rate says open it now);
@@ -237,6 +239,6 @@ class Backend(Protocol):
 
     async def publish(self, message: str) -> None: ...
 
-    async def listen(self, handler: Handler) -> None:
+    async def listen(self, handler: MessageHandler) -> None:
         """Call ``handler`` for each message published by any replica, until cancelled."""
         ...

@@ -23,11 +23,11 @@ from service.store.backend import (
     Backend,
     BreakerResult,
     BreakerRule,
+    BreakerState,
     CoolRule,
-    Handler,
     LedgerKey,
+    MessageHandler,
     QuotaDecision,
-    RoutingState,
     Settlement,
     Spend,
     StoreError,
@@ -56,7 +56,7 @@ class Store:
         self._degraded = False
         self._probe: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
-        self._handlers: dict[str, Handler] = {}
+        self._handlers: dict[str, MessageHandler] = {}
         self._on_recover: list[Callable[[], Awaitable[None]]] = []
         # Admissions whose caller gave up waiting: refunded once Redis answers again.
         self._orphans: list[tuple[QuotaKeys, Settlement]] = []
@@ -220,13 +220,13 @@ class Store:
     async def usage(self, keys: QuotaKeys) -> tuple[int, int, int]:
         return await self._run_or_local("other", lambda b: b.usage(keys))
 
-    # -- routing state -----------------------------------------------------------------------
+    # -- circuit breakers and provider cooldowns ---------------------------------------------
 
-    async def cool(self, field: str, rule: CoolRule) -> tuple[int, int]:
-        return await self._run_or_local("cool", lambda b: b.cool(field, rule))
+    async def breaker_cool(self, field: str, rule: CoolRule) -> tuple[int, int]:
+        return await self._run_or_local("cool", lambda b: b.breaker_cool(field, rule))
 
-    async def routing_state(self) -> RoutingState:
-        return await self._run_or_local("other", lambda b: b.routing_state())
+    async def breaker_state(self) -> BreakerState:
+        return await self._run_or_local("other", lambda b: b.breaker_state())
 
     async def breaker_fail(self, field: str, rule: BreakerRule, trip: bool) -> BreakerResult:
         return await self._run_or_local("cool", lambda b: b.breaker_fail(field, rule, trip))
@@ -322,7 +322,7 @@ class Store:
         if self.shared and not self._degraded:
             await self._run("other", lambda b: b.publish(message))
 
-    def subscribe(self, topic: str, handler: Handler) -> None:
+    def subscribe(self, topic: str, handler: MessageHandler) -> None:
         """Call ``handler(rest)`` for every message ``topic:rest`` any replica publishes."""
         self._handlers[topic] = handler
 

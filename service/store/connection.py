@@ -1,6 +1,6 @@
 """REDIS_URL -> a redis-py asyncio client for the topology it names.
 
-URL forms (SPEC section 2):
+URL forms:
 
 - ``redis://[[user]:pass@]host[:port][/db]``, ``rediss://...`` (TLS), ``unix://[[user]:pass@]/path``
   (``?db=N``): one server.  A ``redis://`` or ``rediss://`` server that turns out to be a

@@ -77,9 +77,9 @@ class Keys:
     # -- quotas ------------------------------------------------------------------------------
 
     def quota(self, token_id: str, team_id: str | None) -> QuotaKeys:
-        # ":ring", not the ":window" or ":windows" of earlier versions: its buckets are laid
-        # out anew (lua/quota.lua), so during a rolling upgrade each version counts in its
-        # own key.
+        # The suffix names the layout of the windows hash (":ring": lua/quota.lua): a new
+        # layout takes a new suffix, so during a rolling upgrade replicas of two layouts
+        # count in two keys and never misread each other's buckets.
         group = f"{self.prefix}:{{q:{team_id or token_id}}}"
         token = f"{group}:token:{token_id}"
         if team_id is None:

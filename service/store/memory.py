@@ -31,16 +31,17 @@ from service.store.backend import (
     AdmitRequest,
     BreakerResult,
     BreakerRule,
+    BreakerState,
     CoolRule,
-    Handler,
     LedgerKey,
+    MessageHandler,
     QuotaDecision,
-    RoutingState,
     Settlement,
     Spend,
     WriteMode,
 )
 from service.store.keys import QuotaKeys
+from service.store.memory_breakers import MemoryBreakers
 from service.store.periods import bounds
 
 log = logging.getLogger("best.store")
@@ -50,7 +51,7 @@ SAVE_DELAY_S = 1.0
 REGISTRY_FILE = "registry.json"
 LEDGER_FILE = "ledger.json"
 SEP = "\x1f"  # joins a ledger row's token, team, provider and model
-LEGACY_TOKENS_FILE = "tokens.json"  # the registry file of earlier versions
+LEGACY_TOKENS_FILE = "tokens.json"  # read when registry.json is absent (tokens only)
 
 
 def _now_ms() -> int:
@@ -137,10 +138,7 @@ class MemoryBackend:
         self._data_dir = data_dir
         self._windows: dict[str, _Window] = {}
         self._leases: dict[str, dict[str, int]] = {}
-        self._cooldowns: dict[str, int] = {}
-        self._failures: dict[str, tuple[int, int]] = {}  # field -> (count, expires ms)
-        self._breakers: dict[str, tuple[int, int]] = {}  # field -> (openings, expires ms)
-        self._probes: dict[str, tuple[str, int]] = {}  # field -> (owner, until ms)
+        self._breakers = MemoryBreakers()
         self._stats: dict[str, int] = {}
         self._values: dict[str, tuple[bytes, int]] = {}  # key -> (value, expires ms)
         self._sweep_at = SWEEP_MIN
@@ -378,91 +376,25 @@ class MemoryBackend:
         leases = self._leases.get(keys.token_leases, {})
         return requests, tokens, sum(1 for until in leases.values() if until > now)
 
-    # -- routing state -----------------------------------------------------------------------
+    # -- circuit breakers and cooldowns (memory_breakers.py) -------------------------------
 
-    async def cool(self, field: str, rule: CoolRule) -> tuple[int, int]:
-        now = _now_ms()
-        count, expires = self._failures.get(field, (0, 0))
-        count = (count if expires > now else 0) + 1
-        self._failures[field] = (count, now + rule.cap_ms * 2)
-        if rule.retry_after_ms >= 0:
-            duration = min(max(rule.retry_after_ms, rule.floor_ms), rule.ceiling_ms)
-        elif rule.fixed_ms >= 0:
-            duration = rule.fixed_ms
-        else:
-            duration = min(rule.base_ms * 2 ** (count - 1), rule.cap_ms)
-        until = max(now + duration, self._cooldowns.get(field, 0))
-        self._cooldowns[field] = until
-        for done in [f for f, u in self._cooldowns.items() if u <= now]:
-            del self._cooldowns[done]
-        return until, now
+    async def breaker_cool(self, field: str, rule: CoolRule) -> tuple[int, int]:
+        return self._breakers.cool(field, rule)
 
-    async def routing_state(self) -> RoutingState:
-        now = _now_ms()
-        return RoutingState(
-            cooling={f: u for f, u in self._cooldowns.items() if u > now},
-            failing=frozenset(f for f, (_, expires) in self._failures.items() if expires > now),
-            now_ms=now,
-            tripped=frozenset(f for f, (_, expires) in self._breakers.items() if expires > now),
-        )
-
-    def _openings(self, field: str, now: int) -> int:
-        openings, expires = self._breakers.get(field, (0, 0))
-        return openings if expires > now else 0
+    async def breaker_state(self) -> BreakerState:
+        return self._breakers.state()
 
     async def breaker_fail(self, field: str, rule: BreakerRule, trip: bool) -> BreakerResult:
-        now = _now_ms()
-        current = self._cooldowns.get(field, 0)
-        if current > now:
-            return BreakerResult(current, now, False)
-        openings = self._openings(field, now)
-        if trip:
-            if openings > 0:
-                return BreakerResult(0, now, False)
-        else:
-            count, expires = self._failures.get(field, (0, 0))
-            count = (count if expires > now else 0) + 1
-            self._failures[field] = (count, now + rule.max_open_ms * 2)
-            if openings == 0 and count < rule.threshold:
-                return BreakerResult(0, now, False)
-        duration = min(rule.open_ms * 2**openings, rule.max_open_ms)
-        if rule.retry_after_ms >= 0:
-            clamped = min(max(rule.retry_after_ms, rule.floor_ms), rule.ceiling_ms)
-            duration = max(duration, clamped)
-        until = now + duration
-        self._cooldowns[field] = until
-        self._breakers[field] = (openings + 1, until + rule.max_open_ms * 2)
-        self._probes.pop(field, None)
-        for done in [f for f, u in self._cooldowns.items() if u <= now]:
-            del self._cooldowns[done]
-        return BreakerResult(until, now, True)
+        return self._breakers.fail(field, rule, trip)
 
     async def breaker_probe(self, field: str, owner: str, lease_ms: int) -> bool:
-        now = _now_ms()
-        if not self._openings(field, now):
-            return True
-        if self._cooldowns.get(field, 0) > now:
-            return False
-        holder, until = self._probes.get(field, ("", 0))
-        if until > now and holder != owner:
-            return False
-        self._probes[field] = (owner, now + lease_ms)
-        return True
+        return self._breakers.probe(field, owner, lease_ms)
 
     async def breaker_release(self, field: str, owner: str) -> None:
-        if self._probes.get(field, ("", 0))[0] == owner:
-            del self._probes[field]
+        self._breakers.release(field, owner)
 
     async def breaker_close(self, fields: Sequence[str]) -> int:
-        now = _now_ms()
-        closed = 0
-        for field in fields:
-            self._failures.pop(field, None)
-            if self._breakers.pop(field, (0, 0))[1] > now:
-                self._cooldowns.pop(field, None)
-                self._probes.pop(field, None)
-                closed += 1
-        return closed
+        return self._breakers.close(fields)
 
     # -- statistics, caches, locks -----------------------------------------------------------
 
@@ -559,5 +491,5 @@ class MemoryBackend:
     async def publish(self, message: str) -> None:
         return None
 
-    async def listen(self, handler: Handler) -> None:
+    async def listen(self, handler: MessageHandler) -> None:
         await asyncio.Event().wait()

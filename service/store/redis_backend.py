@@ -30,11 +30,11 @@ from service.store.backend import (
     AdmitRequest,
     BreakerResult,
     BreakerRule,
+    BreakerState,
     CoolRule,
-    Handler,
     LedgerKey,
+    MessageHandler,
     QuotaDecision,
-    RoutingState,
     Settlement,
     Spend,
     StoreError,
@@ -233,9 +233,9 @@ class RedisBackend:
                     tokens += packed & ((1 << BUCKET_TOKEN_BITS) - 1)
         return requests, tokens, int(in_flight)
 
-    # -- routing state -----------------------------------------------------------------------
+    # -- circuit breakers and provider cooldowns (lua/breaker_*.lua) ----------------------
 
-    async def cool(self, field: str, rule: CoolRule) -> tuple[int, int]:
+    async def breaker_cool(self, field: str, rule: CoolRule) -> tuple[int, int]:
         args = [
             field,
             rule.retry_after_ms,
@@ -245,16 +245,18 @@ class RedisBackend:
             rule.floor_ms,
             rule.ceiling_ms,
         ]
-        until, now = await self._script("cool", [self._keys.cooldowns, self._keys.failures], args)
+        until, now = await self._script(
+            "breaker_cool", [self._keys.cooldowns, self._keys.failures], args
+        )
         return int(until), int(now)
 
-    async def routing_state(self) -> RoutingState:
+    async def breaker_state(self) -> BreakerState:
         k = self._keys
-        raw = await self._script("routing_state", [k.cooldowns, k.failures, k.breakers], [])
+        raw = await self._script("breaker_state", [k.cooldowns, k.failures, k.breakers], [])
         n, failing = int(raw[1]), int(raw[2])
         pairs = raw[3 : 3 + 2 * n]
         rest = raw[3 + 2 * n :]
-        return RoutingState(
+        return BreakerState(
             cooling={pairs[i].decode(): int(pairs[i + 1]) for i in range(0, len(pairs), 2)},
             failing=frozenset(f.decode() for f in rest[:failing]),
             now_ms=int(raw[0]),
@@ -416,7 +418,7 @@ class RedisBackend:
     async def publish(self, message: str) -> None:
         await self._do(self._c.publish(self._keys.channel, message))
 
-    async def listen(self, handler: Handler) -> None:
+    async def listen(self, handler: MessageHandler) -> None:
         while True:
             try:
                 await self._listen_until_moved(handler)
@@ -425,7 +427,7 @@ class RedisBackend:
                 log.debug("store: subscription lost (%r); retrying", exc)
             await asyncio.sleep(1.0)
 
-    async def _listen_until_moved(self, handler: Handler) -> None:
+    async def _listen_until_moved(self, handler: MessageHandler) -> None:
         """Relay messages until the subscription breaks (raises) or its server is no longer
         the master (returns): after a Sentinel failover the old master, still up, does not
         see what is published on the new one."""

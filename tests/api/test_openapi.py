@@ -1,4 +1,4 @@
-"""The OpenAPI document (SPEC section 4): it is a valid OpenAPI 3 document, it describes every
+"""The OpenAPI document: it is a valid OpenAPI 3 document, it describes every
 route, and schemathesis, generating requests from it for a bounded number of cases, finds no
 input that yields a 5xx or a body that is not an OpenAI error.  All in process: the app is
 driven through ASGI, only the fake provider listens on loopback."""

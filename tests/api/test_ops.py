@@ -1,6 +1,6 @@
 """The admin and operations routes that FastAPI serves, in process (httpx.ASGITransport):
 one OpenAI error body on every route, validation errors as 400 naming the field, auth before
-the body, and the same request ids and metrics as the hot routes (SPEC section 4)."""
+the body, and the same request ids and metrics as the hot routes."""
 
 from __future__ import annotations
 

@@ -40,8 +40,8 @@ def test_every_alert_is_tested_firing_and_not_firing() -> None:
 
 def test_the_alerts_operators_need_exist_with_severity_and_summary() -> None:
     rules = {rule["alert"]: rule for rule in alert_rules()}
-    # SPEC 6 / issue 4: all providers cooling, error-rate spike, Redis down, quota surge,
-    # overhead p99 high.
+    # The alerts operators rely on: all providers cooling, error-rate spike, Redis down,
+    # quota surge, overhead p99 high.
     for name in (
         "BestAllProvidersCooling",
         "BestNoRoutableModels",

@@ -1,5 +1,5 @@
 """Bad input, end to end: every case answers the right status and an OpenAI error body,
-never reaches a provider, and nothing yields a 500 (SPEC section 4)."""
+never reaches a provider, and nothing yields a 500."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The failover table and cooldowns, end to end (SPEC section 3).
+"""The failover table and cooldowns, end to end.
 
 Every test has a *lane* of its own: providers ``<lane>-p1`` (best) .. ``<lane>-pN`` serving
 ``<lane>-m`` and ``<lane>-other``, so a cooldown one test causes never leaks into another

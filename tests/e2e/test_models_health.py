@@ -1,5 +1,5 @@
 """Operational endpoints end to end: /health, /ok, /ready, /metrics, /stats, model discovery,
-and readiness when nothing is routable (SPEC section 4)."""
+and readiness when nothing is routable."""
 
 from __future__ import annotations
 

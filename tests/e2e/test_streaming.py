@@ -1,5 +1,5 @@
 """Streaming chat completions (SSE) end to end: relay, failover before the first chunk, the
-terminal error event after it, cancellation, usage and JSON-for-stream (SPEC section 4)."""
+terminal error event after it, cancellation, usage and JSON-for-stream."""
 
 from __future__ import annotations
 

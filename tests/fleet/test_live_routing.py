@@ -1,5 +1,5 @@
 """Selective transit across a fleet: circuit breakers on evidence, honest 503s, first-token
-timeouts, live latency in the score and hedging (SPEC section 3), with three replicas on one
+timeouts, live latency in the score and hedging, with three replicas on one
 real Redis and fake providers on loopback that fail, stall and vary their latency.
 
 Each behaviour has providers and a model of its own (a *lane*), so the breakers and live

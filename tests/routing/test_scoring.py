@@ -1,5 +1,5 @@
 """Scoring of (provider, model) pairs: parameter sizes, adjustments, leaderboard matching and
-the weighted formula of SPEC section 3."""
+the weighted formula of the scoring configuration."""
 
 from __future__ import annotations
 

@@ -174,9 +174,9 @@ def test_cooldowns_extend_never_shorten(run_backend: BackendRunner) -> None:
     async def body(backend: Backend, keys: Keys) -> tuple[int, int, int]:
         long = CoolRule(60_000, -1, 10_000, 300_000, 1_000, 3_600_000)
         short = CoolRule(2_000, -1, 10_000, 300_000, 1_000, 3_600_000)
-        first, now = await backend.cool("p|x", long)
-        second, _ = await backend.cool("p|x", short)
-        state = await backend.routing_state()
+        first, now = await backend.breaker_cool("p|x", long)
+        second, _ = await backend.breaker_cool("p|x", short)
+        state = await backend.breaker_state()
         return first - now, second - first, state.cooling["p|x"] - first
 
     duration, extension, stored = run_backend(body)
@@ -214,7 +214,7 @@ def _rule(threshold: int = 3, open_ms: int = 10_000, retry_after_ms: int = -1) -
 
 async def _until_half_open(backend: Backend, field: str) -> None:
     """Wait (store time passes) until the breaker's open period is over."""
-    state = await backend.routing_state()
+    state = await backend.breaker_state()
     until = state.cooling.get(field)
     if until is not None:
         await asyncio.sleep((until - state.now_ms) / 1000 + 0.005)
@@ -223,7 +223,7 @@ async def _until_half_open(backend: Backend, field: str) -> None:
 def test_breaker_opens_on_the_threshold_th_consecutive_failure(run_backend: BackendRunner) -> None:
     async def body(backend: Backend, keys: Keys) -> list[object]:
         results = [await backend.breaker_fail(PAIR, _rule(), trip=False) for _ in range(3)]
-        state = await backend.routing_state()
+        state = await backend.breaker_state()
         # A failure of an attempt that began before the opening changes nothing.
         late = await backend.breaker_fail(PAIR, _rule(), trip=False)
         return [results, state, late]
@@ -311,7 +311,7 @@ def test_a_success_closes_a_half_open_breaker(run_backend: BackendRunner) -> Non
         await _until_half_open(backend, PAIR)
         await backend.breaker_probe(PAIR, "a", 5_000)
         closed = await backend.breaker_close([PAIR, "p|prov"])
-        state = await backend.routing_state()
+        state = await backend.breaker_state()
         probe_after_close = await backend.breaker_probe(PAIR, "b", 5_000)
         # Closed resets the doubling: the next opening is the first period again.
         again = await backend.breaker_fail(PAIR, rule, trip=False)

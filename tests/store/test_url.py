@@ -1,4 +1,4 @@
-"""REDIS_URL parsing: every SPEC form, and one clear line for what cannot be used."""
+"""REDIS_URL parsing: every documented form, and one clear line for what cannot be used."""
 
 from __future__ import annotations
 
