@@ -23,6 +23,7 @@ from service.api.dependencies import GatewayDep, token_caller
 from service.api.errors import responses_error_event
 from service.api.http import SSE_HEADERS, Request, Response, StreamResponse, parse_json
 from service.api.schemas import InputItemList, ResponseDeleted, ResponseObject
+from service.apis import Api
 from service.gateway import Gateway
 from service.quotas.limits import estimate
 from service.routing.conversations import RESPONSES, provider_unavailable
@@ -128,7 +129,7 @@ def _id_of(body: bytes) -> str | None:
 
 # -- stored responses (FastAPI) -----------------------------------------------------------------
 
-router = APIRouter(tags=["responses"], dependencies=[Depends(token_caller)])
+router = APIRouter(tags=[Api.RESPONSES], dependencies=[Depends(token_caller)])
 ResponseId = Annotated[str, Path(max_length=256, description="a response id (resp_...)")]
 _STORED_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "No response with this id was answered through the gateway"},
