@@ -36,14 +36,12 @@ from service.quotas.limits import (
 )
 from service.quotas.tokens import TokenRegistry, token_id
 from service.store.backend import (
-    ADMITTED,
     NO_BUDGET,
-    NOT_BUDGETED,
-    OVER_BUDGET,
-    OVER_CONCURRENCY,
-    OVER_RPM,
+    NO_LIMITS,
     AdmitRequest,
+    Charge,
     Settlement,
+    Status,
     StoreError,
     StoreUnreachable,
 )
@@ -65,7 +63,7 @@ SETTLE_DELAY_S = 0.025
 # inside it, so the settlement still finds its lease (and corrects the reservation).
 SETTLE_PATIENT_S = 4.0
 GAUGE_S = 15.0
-_KINDS = {OVER_RPM: "rpm", OVER_CONCURRENCY: "concurrency"}
+_KINDS = {Status.OVER_RPM: "rpm", Status.OVER_CONCURRENCY: "concurrency"}
 
 
 @dataclass(slots=True)
@@ -180,13 +178,6 @@ class Quotas:
         if not token.limited and (team is None or not team.limited):
             return Admission(token, entry, cost)
         keys = self._store.keys.quota(token.id, token.team)
-        limits = (*token.limits(), *(team.limits() if team else (0, 0, 0)))
-        budgets = (
-            token.budget_micro,
-            token.budget_period,
-            team.budget_micro if team else NO_BUDGET,
-            team.budget_period if team else 0,
-        )
         budgeted = token.budgeted or (team is not None and team.budgeted)
         reserve = 0
         if budgeted:
@@ -195,7 +186,16 @@ class Quotas:
         leased = token.tpm > 0 or token.max_concurrency > 0 or budgeted
         leased = leased or (team is not None and (team.tpm > 0 or team.max_concurrency > 0))
         pending = self._pending.pop(keys.token_windows, None)
-        request = AdmitRequest(entry, cost, LEASE_MS if leased else 0, limits, reserve, budgets)
+        request = AdmitRequest(
+            entry=entry,
+            cost=cost,
+            lease_ms=LEASE_MS if leased else 0,
+            limits=token.limits,
+            team_limits=team.limits if team else NO_LIMITS,
+            reserve=reserve,
+            budget=token.budget,
+            team_budget=team.budget if team else NO_BUDGET,
+        )
         settle = pending.settlements if pending else []
         try:
             decision = await self._store.quota(
@@ -215,18 +215,18 @@ class Quotas:
         side = team if decision.team_side and team is not None else token
         owner = "team" if decision.team_side else "token"
         spend = budget_headers(decision.budget_remaining) if budgeted else []
-        if decision.status == OVER_BUDGET:
+        if decision.status == Status.OVER_BUDGET:
             self._metrics.quota_rejections.labels("budget").inc()
             when = "until its period resets" if decision.retry_ms else "(it never resets)"
             if 0 < decision.retry_ms <= 1000:
                 when = "until requests in flight settle"
             raise BudgetExceeded(
                 f"Spend budget of this {owner} is used up {when}: "
-                f"{side.budget_micro / MICRO:.2f} USD per {_PERIOD[side.budget_period]}.",
+                f"{(side.budget.micro or 0) / MICRO:.2f} USD per {_PERIOD[side.budget.period]}.",
                 retry_after_s=decision.retry_ms / 1000.0 if decision.retry_ms else None,
                 headers=spend,
             )
-        if decision.status != ADMITTED:
+        if decision.status != Status.ADMITTED:
             kind = _KINDS.get(decision.status, "tpm")
             self._metrics.quota_rejections.labels(kind).inc()
             raise QuotaExceeded(
@@ -275,11 +275,17 @@ class Quotas:
             return
         self._in_flight.pop(admission.entry, None)
         settlement = Settlement(
-            admission.entry,
-            admission.second,
-            admission.cost,
-            usage.tokens if usage is not None else -1,
-            NOT_BUDGETED if not admission.budgeted else to_micro(cost) if cost is not None else -1,
+            entry=admission.entry,
+            second=admission.second,
+            reserved=admission.cost,
+            used=usage.tokens if usage is not None else None,
+            cost=(
+                Charge.NOTHING
+                if not admission.budgeted
+                else Charge.RESERVATION
+                if cost is None
+                else to_micro(cost)
+            ),
         )
         self._queue(admission.keys, [settlement], admission.patience)
 
@@ -387,11 +393,11 @@ class Quotas:
         for team in self._registry.cached("team"):
             if team.revoked or not team.budgeted:
                 continue
-            labels = (team.id, _PERIOD_LABEL[team.budget_period])
+            labels = (team.id, _PERIOD_LABEL[team.budget.period])
             keys = self._store.keys.quota("-", team.id)
             assert keys.team_budget is not None
-            spend = await self._store.spend(keys.team_budget, team.budget_period)
-            self._metrics.budget_limit.labels(*labels).set(team.budget_micro / MICRO)
+            spend = await self._store.spend(keys.team_budget, team.budget.period)
+            self._metrics.budget_limit.labels(*labels).set((team.budget.micro or 0) / MICRO)
             self._metrics.budget_spent.labels(*labels).set(spend.spent / MICRO)
             seen.add(labels)
         for labels in self._gauged - seen:
@@ -426,8 +432,8 @@ _WHAT = {
 }
 
 
-def _roomy(remaining: int, limits: Sequence[int], least: int) -> bool:
+def _roomy(remaining: int | None, limits: Sequence[int], least: int) -> bool:
     """Far from a limit: none is set, or a tenth of the tightest one, and at least ``least``
     (ten requests' worth), is still free."""
     bound = min((n for n in limits if n > 0), default=0)
-    return bound == 0 or remaining < 0 or remaining >= max(least, bound // 10)
+    return bound == 0 or remaining is None or remaining >= max(least, bound // 10)

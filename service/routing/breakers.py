@@ -55,7 +55,7 @@ FleetWindow = Callable[[float, float], Mapping[tuple[str, str], PairFigures]]
 def rule_for(failure: UpstreamFailure) -> CoolRule:
     return CoolRule(
         retry_after_ms=_retry_after_ms(failure),
-        fixed_ms=AUTH_MS if failure.reason == AUTH else -1,
+        fixed_ms=AUTH_MS if failure.reason == AUTH else None,
         base_ms=BASE_MS,
         cap_ms=CAP_MS,
         floor_ms=RETRY_AFTER_FLOOR_MS,
@@ -68,14 +68,14 @@ def breaker_rule(config: Breaker, failure: UpstreamFailure | None = None) -> Bre
         threshold=config.failure_threshold,
         open_ms=int(config.open_s * 1000),
         max_open_ms=int(config.max_open_s * 1000),
-        retry_after_ms=_retry_after_ms(failure) if failure is not None else -1,
+        retry_after_ms=_retry_after_ms(failure) if failure is not None else None,
         floor_ms=RETRY_AFTER_FLOOR_MS,
         ceiling_ms=RETRY_AFTER_CEILING_MS,
     )
 
 
-def _retry_after_ms(failure: UpstreamFailure) -> int:
-    return -1 if failure.retry_after_s is None else int(failure.retry_after_s * 1000)
+def _retry_after_ms(failure: UpstreamFailure) -> int | None:
+    return None if failure.retry_after_s is None else int(failure.retry_after_s * 1000)
 
 
 class Breakers:

@@ -32,6 +32,7 @@ from service.store.backend import (
     Spend,
     StoreError,
     StoreUnreachable,
+    WindowUsage,
     WriteMode,
 )
 from service.store.keys import Keys, QuotaKeys
@@ -197,7 +198,10 @@ class Store:
                 # Redis may still run the admission after this caller gave up: refund it
                 # when Redis is back (a no-op if it never ran).
                 second = int(time.time())
-                self._orphans.append((keys, Settlement(admit.entry, second, admit.cost, 0, 0)))
+                refund = Settlement(
+                    entry=admit.entry, second=second, reserved=admit.cost, used=0, cost=0
+                )
+                self._orphans.append((keys, refund))
             self._send_when_back(keys, settle)
             if not local_fallback:
                 raise
@@ -217,7 +221,7 @@ class Store:
     async def spend(self, budget_key: str, period: int) -> Spend:
         return await self._run_or_local("other", lambda b: b.spend(budget_key, period))
 
-    async def usage(self, keys: QuotaKeys) -> tuple[int, int, int]:
+    async def usage(self, keys: QuotaKeys) -> WindowUsage:
         return await self._run_or_local("other", lambda b: b.usage(keys))
 
     # -- circuit breakers and provider cooldowns ---------------------------------------------

@@ -21,28 +21,25 @@ from typing import Any
 import orjson
 
 from service.store.backend import (
-    ADMITTED,
-    NOT_BUDGETED,
-    OVER_BUDGET,
-    OVER_CONCURRENCY,
-    OVER_RPM,
-    OVER_TPM,
     WINDOW_S,
     AdmitRequest,
     BreakerResult,
     BreakerRule,
     BreakerState,
+    Charge,
     CoolRule,
     LedgerKey,
     MessageHandler,
     QuotaDecision,
     Settlement,
     Spend,
+    Status,
+    WindowUsage,
     WriteMode,
 )
 from service.store.keys import QuotaKeys
 from service.store.memory_breakers import MemoryBreakers
-from service.store.periods import bounds
+from service.store.periods import BudgetPeriod, bounds
 
 log = logging.getLogger("best.store")
 
@@ -118,12 +115,17 @@ class _Window:
         return 60_000
 
 
+def _tighter(current: int | None, other: int) -> int:
+    """The tighter of two sides' remaining room (None: the first side sets no limit)."""
+    return other if current is None or other < current else current
+
+
 class _Budget:
     """One owner's budget: the spend of its current period and the reservations in flight."""
 
     __slots__ = ("holds", "period", "reserved", "spent", "start")
 
-    def __init__(self, period: int, start: int = -1, spent: int = 0) -> None:
+    def __init__(self, period: BudgetPeriod, start: int = -1, spent: int = 0) -> None:
         self.period = period
         self.start = start
         self.spent = spent
@@ -164,7 +166,7 @@ class MemoryBackend:
                 for kind in self._records:
                     self._records[kind] = {r["id"]: r for r in saved.get(kind, []) if "id" in r}
                 for key, (period, start, spent) in saved.get("budgets", {}).items():
-                    self._budgets[key] = _Budget(int(period), int(start), int(spent))
+                    self._budgets[key] = _Budget(BudgetPeriod(int(period)), int(start), int(spent))
             elif legacy.exists():
                 rows = orjson.loads(legacy.read_bytes())
                 self._records["token"] = {
@@ -233,29 +235,34 @@ class MemoryBackend:
                     if window is not None:
                         window.correct(s.second, s.correction)
             # Budgets: each side's reservation is its own proof (see quota.lua).
-            if s.cost != NOT_BUDGETED:
+            if s.cost != Charge.NOTHING:
                 self._charge(keys.token_budget, s.entry, s.cost, now)
             if in_team and keys.team_leases is not None and keys.team_budget is not None:
                 self._leases.get(keys.team_leases, {}).pop(s.entry, None)
-                if s.cost != NOT_BUDGETED:
+                if s.cost != Charge.NOTHING:
                     self._charge(keys.team_budget, s.entry, s.cost, now)
         if admit is None:
-            return QuotaDecision(ADMITTED, 0, now, False, -1, -1)
+            return QuotaDecision(status=Status.ADMITTED, retry_ms=0, now_ms=now)
 
-        limits, budgets = admit.limits, admit.budgets
         sides = [
-            (keys.token_windows, keys.token_leases, keys.token_budget, limits[0:3], budgets[0:2])
+            (keys.token_windows, keys.token_leases, keys.token_budget, admit.limits, admit.budget)
         ]
         if in_team:
             assert keys.team_windows and keys.team_leases and keys.team_budget
             sides.append(
-                (keys.team_windows, keys.team_leases, keys.team_budget, limits[3:6], budgets[2:4])
+                (
+                    keys.team_windows,
+                    keys.team_leases,
+                    keys.team_budget,
+                    admit.team_limits,
+                    admit.team_budget,
+                )
             )
-        rpm_left = tpm_left = budget_left = conc_left = -1
+        rpm_left = tpm_left = budget_left = conc_left = None
         for team_side, side in enumerate(sides):
             windows_key, leases_key, budget_key, (rpm, tpm, conc), (budget, period) = side
-            left = -1
-            if budget >= 0:
+            left: int | None = None
+            if budget is not None:
                 self._expire(leases_key, budget_key, now)
                 state = self._roll(budget_key, period, now)
                 left = budget - state.spent - state.reserved
@@ -265,7 +272,11 @@ class MemoryBackend:
                         _, stop = bounds(period, now)
                         retry = 0 if stop < 0 else stop - now
                     return QuotaDecision(
-                        OVER_BUDGET, retry, now, bool(team_side), -1, -1, max(0, left)
+                        status=Status.OVER_BUDGET,
+                        retry_ms=retry,
+                        now_ms=now,
+                        team_side=bool(team_side),
+                        budget_remaining=max(0, left),
                     )
                 left -= admit.reserve
             if rpm > 0 or tpm > 0:
@@ -274,49 +285,72 @@ class MemoryBackend:
                     window = self._windows[windows_key] = _Window(now_s)
                 requests, tokens = window.prune(now_s)
                 if rpm > 0 and requests + 1 > rpm:
-                    retry = window.wait_ms(window.requests, requests, 1, rpm, now)
-                    return QuotaDecision(OVER_RPM, retry, now, bool(team_side), 0, -1, left)
-                if tpm > 0 and tokens + admit.cost > tpm:
-                    retry = window.wait_ms(window.tokens, tokens, admit.cost, tpm, now)
                     return QuotaDecision(
-                        OVER_TPM, retry, now, bool(team_side), -1, max(0, tpm - tokens), left
+                        status=Status.OVER_RPM,
+                        retry_ms=window.wait_ms(window.requests, requests, 1, rpm, now),
+                        now_ms=now,
+                        team_side=bool(team_side),
+                        rpm_remaining=0,
+                        budget_remaining=left,
+                    )
+                if tpm > 0 and tokens + admit.cost > tpm:
+                    return QuotaDecision(
+                        status=Status.OVER_TPM,
+                        retry_ms=window.wait_ms(window.tokens, tokens, admit.cost, tpm, now),
+                        now_ms=now,
+                        team_side=bool(team_side),
+                        tpm_remaining=max(0, tpm - tokens),
+                        budget_remaining=left,
                     )
                 if rpm > 0:
-                    remaining = rpm - requests - 1
-                    rpm_left = remaining if rpm_left < 0 else min(rpm_left, remaining)
+                    rpm_left = _tighter(rpm_left, rpm - requests - 1)
                 if tpm > 0:
-                    remaining = tpm - tokens - admit.cost
-                    tpm_left = remaining if tpm_left < 0 else min(tpm_left, remaining)
+                    tpm_left = _tighter(tpm_left, tpm - tokens - admit.cost)
             if conc > 0:
                 leases = self._leases.setdefault(leases_key, {})
-                if budget < 0:
+                if budget is None:
                     for entry in [e for e, until in leases.items() if until <= now]:
                         del leases[entry]
                 if len(leases) >= conc:
-                    return QuotaDecision(OVER_CONCURRENCY, 1000, now, bool(team_side), -1, -1, left)
-                remaining = conc - len(leases) - 1
-                conc_left = remaining if conc_left < 0 else min(conc_left, remaining)
-            if left >= 0:
-                budget_left = left if budget_left < 0 else min(budget_left, left)
+                    return QuotaDecision(
+                        status=Status.OVER_CONCURRENCY,
+                        retry_ms=1000,
+                        now_ms=now,
+                        team_side=bool(team_side),
+                        budget_remaining=left,
+                    )
+                conc_left = _tighter(conc_left, conc - len(leases) - 1)
+            if left is not None:
+                budget_left = _tighter(budget_left, left)
 
         for team_side, side in enumerate(sides):
             windows_key, leases_key, budget_key, (rpm, tpm, conc), (budget, _) = side
             if rpm > 0 or tpm > 0:
                 self._windows[windows_key].add(now_s, admit.cost)
-            if admit.lease_ms > 0 and (not team_side or conc > 0 or budget >= 0):
+            if admit.lease_ms > 0 and (not team_side or conc > 0 or budget is not None):
                 self._leases.setdefault(leases_key, {})[admit.entry] = now + admit.lease_ms
-            if budget >= 0:
+            if budget is not None:
                 state = self._budgets[budget_key]
                 state.holds[admit.entry] = admit.reserve
                 state.reserved += admit.reserve
-        return QuotaDecision(ADMITTED, 0, now, False, rpm_left, tpm_left, budget_left, conc_left)
+        return QuotaDecision(
+            status=Status.ADMITTED,
+            retry_ms=0,
+            now_ms=now,
+            rpm_remaining=rpm_left,
+            tpm_remaining=tpm_left,
+            budget_remaining=budget_left,
+            concurrency_remaining=conc_left,
+        )
 
     # -- budgets (see quota.lua) ---------------------------------------------------------------
 
-    def _roll(self, key: str, period: int | None, now: int) -> _Budget:
+    def _roll(self, key: str, period: BudgetPeriod | None, now: int) -> _Budget:
         state = self._budgets.get(key)
         if state is None:
-            state = self._budgets[key] = _Budget(period if period is not None else 0)
+            state = self._budgets[key] = _Budget(
+                period if period is not None else BudgetPeriod.TOTAL
+            )
         kind = state.period if period is None else period
         start, _ = bounds(kind, now)
         if state.period != kind or state.start != start:
@@ -325,20 +359,22 @@ class MemoryBackend:
         return state
 
     def _charge(self, key: str, entry: str, cost: int, now: int) -> None:
+        """Settle ``entry``'s reservation on budget ``key`` with ``cost`` (micro-USD, or
+        Charge.RESERVATION: the reservation in full)."""
         state = self._budgets.get(key)
         if state is None or entry not in state.holds:
             return
         self._roll(key, None, now)
         held = state.holds.pop(entry)
         state.reserved -= held
-        state.spent += cost if cost >= 0 else held
+        state.spent += held if cost == Charge.RESERVATION else cost
         self._budgets_changed()
 
     def _expire(self, leases_key: str, budget_key: str, now: int) -> None:
         leases = self._leases.get(leases_key, {})
         for entry in [e for e, until in leases.items() if until <= now]:
             del leases[entry]
-            self._charge(budget_key, entry, -1, now)
+            self._charge(budget_key, entry, Charge.RESERVATION, now)
 
     def _budgets_changed(self) -> None:
         """Spend is durable: saved at most once a second (and at close)."""
@@ -369,12 +405,13 @@ class MemoryBackend:
                 if entry in held:
                     held[entry] = until_ms
 
-    async def usage(self, keys: QuotaKeys) -> tuple[int, int, int]:
+    async def usage(self, keys: QuotaKeys) -> WindowUsage:
         now = _now_ms()
         window = self._windows.get(keys.token_windows)
         requests, tokens = window.prune(now // 1000) if window else (0, 0)
         leases = self._leases.get(keys.token_leases, {})
-        return requests, tokens, sum(1 for until in leases.values() if until > now)
+        in_flight = sum(1 for until in leases.values() if until > now)
+        return WindowUsage(requests=requests, tokens=tokens, in_flight=in_flight)
 
     # -- circuit breakers and cooldowns (memory_breakers.py) -------------------------------
 

@@ -30,9 +30,9 @@ class MemoryBreakers:
         count, expires = self._failures.get(field, (0, 0))
         count = (count if expires > now else 0) + 1
         self._failures[field] = (count, now + rule.cap_ms * 2)
-        if rule.retry_after_ms >= 0:
+        if rule.retry_after_ms is not None:
             duration = min(max(rule.retry_after_ms, rule.floor_ms), rule.ceiling_ms)
-        elif rule.fixed_ms >= 0:
+        elif rule.fixed_ms is not None:
             duration = rule.fixed_ms
         else:
             duration = min(rule.base_ms * 2 ** (count - 1), rule.cap_ms)
@@ -72,7 +72,7 @@ class MemoryBreakers:
             if openings == 0 and count < rule.threshold:
                 return BreakerResult(open_until_ms=0, now_ms=now, opened=False)
         duration = min(rule.open_ms * 2**openings, rule.max_open_ms)
-        if rule.retry_after_ms >= 0:
+        if rule.retry_after_ms is not None:
             clamped = min(max(rule.retry_after_ms, rule.floor_ms), rule.ceiling_ms)
             duration = max(duration, clamped)
         until = now + duration

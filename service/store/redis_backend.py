@@ -25,7 +25,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.store.backend import (
-    ADMITTED,
     WINDOW_S,
     AdmitRequest,
     BreakerResult,
@@ -37,8 +36,10 @@ from service.store.backend import (
     QuotaDecision,
     Settlement,
     Spend,
+    Status,
     StoreError,
     StoreUnreachable,
+    WindowUsage,
     WriteMode,
 )
 from service.store.batching import RedisClient, ScriptBatcher
@@ -68,6 +69,27 @@ UNREACHABLE = (
     OSError,
     asyncio.TimeoutError,
 )
+
+
+_STATUSES = tuple(Status)  # by number: cheaper than Status(n) on the hot path
+
+
+def _terms(admit: AdmitRequest) -> str:
+    """An admission's terms as lua/quota.lua reads them: one comma-separated string of the
+    token's and the team's limits, their budgets (-1: none) and periods, and the lease."""
+    token, team = admit.limits, admit.team_limits
+    budget, team_budget = admit.budget, admit.team_budget
+    return (
+        f"{token.rpm},{token.tpm},{token.max_concurrency},"
+        f"{team.rpm},{team.tpm},{team.max_concurrency},"
+        f"{_ms_or_none(budget.micro)},{budget.period:d},"
+        f"{_ms_or_none(team_budget.micro)},{team_budget.period:d},{admit.lease_ms}"
+    )
+
+
+def _ms_or_none(value: int | None) -> int:
+    """An optional amount as the Lua scripts take it: -1 for none."""
+    return -1 if value is None else value
 
 
 def _decode(raw: Mapping[bytes, bytes]) -> dict[str, str]:
@@ -171,18 +193,25 @@ class RedisBackend:
         shape = 0 if admit is None else 2 if admit.reserve else 1
         args: list[Any] = [4 * len(settle) + shape]
         for s in settle:
-            args += [s.entry, s.second, s.correction, s.cost]
+            # int(): redis-py would send an IntEnum's repr
+            args += [s.entry, s.second, s.correction, int(s.cost)]
         if admit is not None:
-            terms = ",".join(str(n) for n in (*admit.limits, *admit.budgets, admit.lease_ms))
-            args += [admit.entry, admit.cost, terms]
+            args += [admit.entry, admit.cost, _terms(admit)]
             if admit.reserve:
                 args.append(admit.reserve)
         raw = await self._script("quota", keys.as_list(), args, urgent=admit is not None)
         if admit is None:  # the script answers 0: settled (its clock read by no one)
-            return QuotaDecision(ADMITTED, 0, int(time.time() * 1000), False, -1, -1)
+            return QuotaDecision(status=Status.ADMITTED, retry_ms=0, now_ms=int(time.time() * 1000))
         status, retry, now, side, rpm_left, tpm_left, budget_left, conc_left = (int(v) for v in raw)
         return QuotaDecision(
-            status, retry, now, side == 1, rpm_left, tpm_left, budget_left, conc_left
+            status=_STATUSES[status],
+            retry_ms=retry,
+            now_ms=now,
+            team_side=side == 1,
+            rpm_remaining=None if rpm_left < 0 else rpm_left,
+            tpm_remaining=None if tpm_left < 0 else tpm_left,
+            budget_remaining=None if budget_left < 0 else budget_left,
+            concurrency_remaining=None if conc_left < 0 else conc_left,
         )
 
     async def renew(self, leases: Mapping[str, Sequence[str]], until_ms: int) -> None:
@@ -206,7 +235,7 @@ class RedisBackend:
         current = kind == period and start == now_start
         return Spend((spent or 0) if current else 0, reserved or 0, now_start)
 
-    async def usage(self, keys: QuotaKeys) -> tuple[int, int, int]:
+    async def usage(self, keys: QuotaKeys) -> WindowUsage:
         # The buckets of the window, not the counts "rs"/"ts": those still include the buckets
         # that left it until the token's next visit drops them.  Slot i holds the bucket of
         # the one second in [o, o + 60] that is i modulo 61 (lua/quota.lua).
@@ -231,15 +260,15 @@ class RedisBackend:
                     packed = int(value)
                     requests += packed >> BUCKET_TOKEN_BITS
                     tokens += packed & ((1 << BUCKET_TOKEN_BITS) - 1)
-        return requests, tokens, int(in_flight)
+        return WindowUsage(requests=requests, tokens=tokens, in_flight=int(in_flight))
 
     # -- circuit breakers and provider cooldowns (lua/breaker_*.lua) ----------------------
 
     async def breaker_cool(self, field: str, rule: CoolRule) -> tuple[int, int]:
         args = [
             field,
-            rule.retry_after_ms,
-            rule.fixed_ms,
+            _ms_or_none(rule.retry_after_ms),
+            _ms_or_none(rule.fixed_ms),
             rule.base_ms,
             rule.cap_ms,
             rule.floor_ms,
@@ -274,7 +303,7 @@ class RedisBackend:
             1 if trip else 0,
             rule.open_ms,
             rule.max_open_ms,
-            rule.retry_after_ms,
+            _ms_or_none(rule.retry_after_ms),
             rule.floor_ms,
             rule.ceiling_ms,
         ]

@@ -13,7 +13,13 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from service.store.backend import ADMITTED, NOT_BUDGETED, OVER_RPM, AdmitRequest, Settlement
+from service.store.backend import (
+    AdmitRequest,
+    Charge,
+    RateLimits,
+    Settlement,
+    Status,
+)
 from service.store.connection import parse_redis_url
 from service.store.keys import Keys, QuotaKeys
 from service.store.redis_backend import RedisBackend
@@ -69,7 +75,7 @@ async def _stale_slot(client: Redis, q: QuotaKeys, now: int) -> Settlement:
         mapping={"o": now - 62, "rs": 2, "ts": 200, "c": 1, slot(now - 62): bucket(2, 200)},
     )
     await client.zadd(q.token_leases, {"~": float("inf"), "e1": (now + 60) * 1000})
-    return Settlement("e1", now - 1, 100, 10, NOT_BUDGETED)
+    return Settlement("e1", now - 1, 100, 10, Charge.NOTHING)
 
 
 def test_a_window_visited_once_a_second_ages_without_a_command(
@@ -78,7 +84,7 @@ def test_a_window_visited_once_a_second_ages_without_a_command(
     """The second that leaves is the one in now's slot, read with the window anyway: its counts
     leave the window, and the slot takes now's bucket in the one HSET that writes it back;
     a settlement of the second before is corrected in its own slot."""
-    limits = (2, 0, 10, 0, 0, 0)  # rpm 2: the 5 requests of 61 s ago must have left
+    limits = RateLimits(2, 0, 10)  # rpm 2: the 5 requests of 61 s ago must have left
 
     async def body(backend: RedisBackend, client: Redis, q: QuotaKeys, now: int) -> Any:
         await client.hset(
@@ -94,11 +100,11 @@ def test_a_window_visited_once_a_second_ages_without_a_command(
         )
         await client.zadd(q.token_leases, {"~": float("inf"), "e1": (now + 60) * 1000})
         await client.config_resetstat()
-        done = Settlement("e1", now - 1, 100, 40, NOT_BUDGETED)
+        done = Settlement("e1", now - 1, 100, 40, Charge.NOTHING)
         return await backend.quota(q, [done], AdmitRequest("e2", 30, 10_000, limits))
 
     decision, fields, ran = asyncio.run(_run(redis_server, "test-ring-steady", body))
-    assert (decision.status, decision.rpm_remaining) == (ADMITTED, 0)
+    assert (decision.status, decision.rpm_remaining) == (Status.ADMITTED, 0)
     assert fields["o"] == fields["x"] - 60  # now - 60
     assert (fields["rs"], fields["ts"]) == (2, 40 + 30)
     now = fields["x"]
@@ -114,7 +120,7 @@ def test_seconds_left_behind_by_a_gap_leave_the_window_and_their_slots_empty(
 ) -> None:
     """After a gap every second older than the window leaves it, whichever slot it sat in; the
     next refusal's wait counts only what is left, and usage (`GET /admin/tokens`) agrees."""
-    limits = (2, 0, 0, 0, 0, 0)
+    limits = RateLimits(2, 0, 0)
 
     async def body(backend: RedisBackend, client: Redis, q: QuotaKeys, now: int) -> Any:
         await client.hset(
@@ -133,8 +139,8 @@ def test_seconds_left_behind_by_a_gap_leave_the_window_and_their_slots_empty(
         return first, second, await backend.usage(q)
 
     (first, second, usage), fields, _ = asyncio.run(_run(redis_server, "test-ring-gap", body))
-    assert first.status == ADMITTED
-    assert second.status == OVER_RPM
+    assert first.status == Status.ADMITTED
+    assert second.status == Status.OVER_RPM
     now = second.now_ms // 1000
     assert 48_000 < second.retry_ms <= 50_000  # the bucket of now - 12, not the emptied slots
     assert (fields["o"], fields["rs"], fields["ts"]) == (now - 60, 2, 15)
@@ -150,7 +156,7 @@ def test_a_slot_whose_second_left_is_not_corrected_as_its_new_second(
     """A settlement names its admission second; when that second's slot still holds an older
     second that leaves now, the correction is not applied to it (nor counted): a bucket the
     window no longer holds has nothing left to correct."""
-    limits = (100, 1000, 10, 0, 0, 0)
+    limits = RateLimits(100, 1000, 10)
 
     async def body(backend: RedisBackend, client: Redis, q: QuotaKeys, now: int) -> Any:
         done = await _stale_slot(client, q, now)
@@ -158,7 +164,7 @@ def test_a_slot_whose_second_left_is_not_corrected_as_its_new_second(
 
     decision, fields, _ = asyncio.run(_run(redis_server, "test-ring-stale", body))
     now = decision.now_ms // 1000
-    assert decision.status == ADMITTED
+    assert decision.status == Status.ADMITTED
     assert (fields["rs"], fields["ts"], fields["c"]) == (1, 7, 1)
     assert fields[slot(now - 1)] == 0
 
@@ -180,7 +186,7 @@ def test_a_settlement_alone_reads_and_writes_only_what_it_changes(
         await client.hset(q.token_windows, slot(now - 1), bucket(1, 100))
         await client.zadd(q.token_leases, {"~": float("inf"), "e1": (now + 60) * 1000})
         await client.config_resetstat()
-        done = Settlement("e1", now - 1, 100, 40, NOT_BUDGETED)
+        done = Settlement("e1", now - 1, 100, 40, Charge.NOTHING)
         first = await backend.quota(q, [done], None)
         after_first = await client.hgetall(q.token_windows)
         second = await backend.quota(q, [done], None)
@@ -190,7 +196,7 @@ def test_a_settlement_alone_reads_and_writes_only_what_it_changes(
         _run(redis_server, "test-ring-alone", body)
     )
     now = first.now_ms // 1000
-    assert first.status == second.status == ADMITTED  # 0: only settled
+    assert first.status == second.status == Status.ADMITTED  # 0: only settled
     assert (fields["ts"], fields[slot(now - 1)], fields["c"]) == (40, bucket(1, 40), 1)
     assert (fields["o"], fields["rs"]) == (now - 61, 1)  # not aged
     assert {k.decode(): int(v) for k, v in after_first.items()} == fields  # the retry: nothing
@@ -209,7 +215,7 @@ def test_a_settlement_alone_leaves_a_stale_slot_and_a_missing_window_alone(
         await backend.quota(q, [await _stale_slot(client, q, now)], None)
         other = Keys("test-ring-gone").quota("gone", None)
         await client.zadd(other.token_leases, {"~": float("inf"), "e2": (now + 60) * 1000})
-        await backend.quota(other, [Settlement("e2", now, 100, 10, NOT_BUDGETED)], None)
+        await backend.quota(other, [Settlement("e2", now, 100, 10, Charge.NOTHING)], None)
         return await client.exists(other.token_windows), await client.zcard(other.token_leases)
 
     (gone, leases), fields, _ = asyncio.run(_run(redis_server, "test-ring-alone-stale", body))
@@ -225,7 +231,7 @@ def test_leases_that_expired_unsettled_are_dropped_with_the_windows_refresh(
     """A token without a concurrency limit or a budget never recounts its leases; the ones that
     expired unsettled are dropped when its windows' expiry is pushed out (every 10 s), so they
     do not pile up while it stays busy.  In between, no command looks for them."""
-    limits = (0, 1000, 0, 0, 0, 0)
+    limits = RateLimits(0, 1000, 0)
 
     async def body(backend: RedisBackend, client: Redis, q: QuotaKeys, now: int) -> Any:
         first = await backend.quota(q, [], AdmitRequest("a", 10, 10_000, limits))
