@@ -48,27 +48,30 @@ def test_a_round_of_abuse_leaves_no_lease_in_the_usage_view(
     )
 
     async def main() -> tuple[list[int], int, list[int]]:
-        async with running_app(settings) as app:
-            async with client(app) as http, client(app, ADMIN_TOKEN) as admin:
-                statuses = []
-                for _ in range(3):
-                    for body, headers in ABUSE:
-                        answer = await http.post(
-                            "/v1/chat/completions",
-                            content=body,
-                            headers={"content-type": "application/json", **headers},
-                        )
-                        statuses.append(answer.status_code)
-                    answer = await http.post("/v1/chat/completions", json=GOOD)
+        async with (
+            running_app(settings) as app,
+            client(app) as http,
+            client(app, ADMIN_TOKEN) as admin,
+        ):
+            statuses = []
+            for _ in range(3):
+                for body, headers in ABUSE:
+                    answer = await http.post(
+                        "/v1/chat/completions",
+                        content=body,
+                        headers={"content-type": "application/json", **headers},
+                    )
                     statuses.append(answer.status_code)
-                await asyncio.sleep(1.0)
-                listed = (await admin.get("/admin/tokens")).json()["data"]
-                usage = next(t for t in listed if t["kind"] == "static")["usage"]
-                both = await asyncio.gather(
-                    http.post("/v1/chat/completions", json=GOOD),
-                    http.post("/v1/chat/completions", json=GOOD),
-                )
-                return statuses, usage["in_flight"], [r.status_code for r in both]
+                answer = await http.post("/v1/chat/completions", json=GOOD)
+                statuses.append(answer.status_code)
+            await asyncio.sleep(1.0)
+            listed = (await admin.get("/admin/tokens")).json()["data"]
+            usage = next(t for t in listed if t["kind"] == "static")["usage"]
+            both = await asyncio.gather(
+                http.post("/v1/chat/completions", json=GOOD),
+                http.post("/v1/chat/completions", json=GOOD),
+            )
+            return statuses, usage["in_flight"], [r.status_code for r in both]
 
     statuses, in_flight, both = asyncio.run(main())
     assert 200 in statuses and all(s < 500 for s in statuses), statuses
