@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import sys
 import time
@@ -54,8 +55,13 @@ async def _drive(args: argparse.Namespace) -> dict[str, Any]:
     owners = [keys.quota(f"capacity-{t:05d}", None) for t in range(args.tokens)]
     clients = [redis.Redis.from_url(f"redis://{node}/0") for node in nodes]
     state = {"admitted": 0, "errors": 0, "running": True}
-    patient = getattr(admission, "SETTLE_PATIENT_S", admission.SETTLE_DELAY_S)
-    wait = admission.SETTLE_DELAY_S if args.alone else patient
+    # A checkout before quotas/settlement.py kept these in quotas/admission.py.
+    try:
+        waits: Any = importlib.import_module("service.quotas.settlement")
+    except ImportError:
+        waits = admission
+    patient = getattr(waits, "SETTLE_PATIENT_S", waits.SETTLE_DELAY_S)
+    wait = waits.SETTLE_DELAY_S if args.alone else patient
 
     async def replica(index: int) -> None:
         backend = RedisBackend(parse_redis_url(url), keys)
