@@ -21,7 +21,8 @@ WriteMode = Literal["create", "update", "newest"]
 # are [requests, prompt tokens, completion tokens, cost in pico-USD, unpriced requests].
 LedgerKey = tuple[str, str, str, str, str]
 
-# rpm and tpm count the requests of the last WINDOW_S + 1 whole seconds
+# rpm and tpm count the requests of the current second and the WINDOW_S - 1 before it: a
+# request counts until WINDOW_S seconds after its second began, never longer.
 WINDOW_S = 60
 
 

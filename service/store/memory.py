@@ -66,8 +66,8 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 class _Window:
-    """Per-second request and token buckets of one owner over the last 60 s (see quota.lua),
-    with running totals so a check costs O(1) amortised."""
+    """Per-second request and token buckets of one owner: the current second and the 59
+    before it (see quota.lua), with running totals so a check costs O(1) amortised."""
 
     __slots__ = ("oldest", "request_total", "requests", "token_total", "tokens")
 
@@ -76,12 +76,12 @@ class _Window:
         self.tokens: dict[int, int] = {}
         self.request_total = 0
         self.token_total = 0
-        self.oldest = now_s - WINDOW_S
+        self.oldest = now_s - WINDOW_S + 1
 
     def prune(self, now_s: int) -> tuple[int, int]:
-        limit = now_s - WINDOW_S
+        limit = now_s - WINDOW_S + 1  # the oldest second in the window
         if self.oldest < limit:
-            if limit - self.oldest > WINDOW_S + 1:  # idle for a whole window
+            if limit - self.oldest >= WINDOW_S:  # idle for a whole window: nothing is left
                 self.requests.clear()
                 self.tokens.clear()
                 self.request_total = self.token_total = 0
@@ -111,7 +111,7 @@ class _Window:
         for second in sorted(buckets):
             freed += buckets[second]
             if used - freed + need <= limit:
-                return max(1, (second + WINDOW_S + 1) * 1000 - now)
+                return max(1, (second + WINDOW_S) * 1000 - now)  # when it leaves
         return 60_000
 
 

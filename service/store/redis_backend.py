@@ -49,7 +49,7 @@ from service.store.periods import bounds
 from service.store.scripts import load_sources
 
 BUCKET_TOKEN_BITS = 33  # a window bucket is requests * 2^33 + tokens (lua/quota.lua)
-RING_SLOTS = WINDOW_S + 1  # a window's one-second slots, "b0" to "b60" (lua/quota.lua)
+RING_SLOTS = WINDOW_S  # a window's one-second slots, "b0" to "b59" (lua/quota.lua)
 
 log = logging.getLogger("best.store")
 _REDIS_PACKAGE = os.path.dirname(redis.__file__) + os.sep
@@ -238,7 +238,7 @@ class RedisBackend:
     async def usage(self, keys: QuotaKeys) -> WindowUsage:
         # The buckets of the window, not the counts "rs"/"ts": those still include the buckets
         # that left it until the token's next visit drops them.  Slot i holds the bucket of
-        # the one second in [o, o + 60] that is i modulo 61 (lua/quota.lua).
+        # the one second in [o, o + 59] that is i modulo 60 (lua/quota.lua).
         now_ms = int(time.time() * 1000)
         now_s = now_ms // 1000
 
@@ -256,7 +256,7 @@ class RedisBackend:
             o = int(oldest)
             for i, value in enumerate(slots):
                 second = o + (i - o) % RING_SLOTS
-                if value is not None and now_s - WINDOW_S <= second <= now_s:
+                if value is not None and now_s - WINDOW_S < second <= now_s:
                     packed = int(value)
                     requests += packed >> BUCKET_TOKEN_BITS
                     tokens += packed & ((1 << BUCKET_TOKEN_BITS) - 1)

@@ -711,12 +711,12 @@ def test_usage_counts_the_window_of_an_idle_token(redis_server: RedisServer) -> 
             now_s = int((await client.time())[0])
             q = keys.quota("idle", None)
             # 30 requests (300 tokens) 65 s ago, one (10 tokens) 30 s ago; a bucket is
-            # requests * 2^33 + tokens, in the slot of its second modulo 61 (lua/quota.lua).
+            # requests * 2^33 + tokens, in the slot of its second modulo 60 (lua/quota.lua).
             old, recent = now_s - 65, now_s - 30
             await client.hset(
                 q.token_windows,
                 mapping={"o": old, "rs": 31, "ts": 310}
-                | {f"b{old % 61}": 30 * 2**33 + 300, f"b{recent % 61}": 1 * 2**33 + 10},
+                | {f"b{old % 60}": 30 * 2**33 + 300, f"b{recent % 60}": 1 * 2**33 + 10},
             )
             return await backend.usage(q)
         finally:

@@ -4,7 +4,7 @@ a settlement travelling alone touches only what it changes; leases that expired 
 
 These windows are written directly, as they would stand after a token's earlier visits: a test
 cannot wait a minute for Redis's clock.  Slot i holds the bucket (requests * 2^33 + tokens) of
-the one second in [o, o + 60] that is i modulo 61."""
+the one second in [o, o + 59] that is i modulo 60: the window is [now - 59, now]."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def bucket(requests: int, tokens: int) -> int:
 
 
 def slot(second: int) -> str:
-    return f"b{second % 61}"
+    return f"b{second % 60}"
 
 
 async def _early_in_a_second(client: Redis) -> int:
@@ -68,11 +68,11 @@ async def _run(
 
 
 async def _stale_slot(client: Redis, q: QuotaKeys, now: int) -> Settlement:
-    """A window whose o is 62 s old, its only bucket (2 requests, 200 tokens) that of now - 62,
+    """A window whose o is 61 s old, its only bucket (2 requests, 200 tokens) that of now - 61,
     in the slot of now - 1; and the settlement, its lease held, of a request of now - 1."""
     await client.hset(
         q.token_windows,
-        mapping={"o": now - 62, "rs": 2, "ts": 200, "c": 1, slot(now - 62): bucket(2, 200)},
+        mapping={"o": now - 61, "rs": 2, "ts": 200, "c": 1, slot(now - 61): bucket(2, 200)},
     )
     await client.zadd(q.token_leases, {"~": float("inf"), "e1": (now + 60) * 1000})
     return Settlement("e1", now - 1, 100, 10, Charge.NOTHING)
@@ -84,17 +84,17 @@ def test_a_window_visited_once_a_second_ages_without_a_command(
     """The second that leaves is the one in now's slot, read with the window anyway: its counts
     leave the window, and the slot takes now's bucket in the one HSET that writes it back;
     a settlement of the second before is corrected in its own slot."""
-    limits = RateLimits(2, 0, 10)  # rpm 2: the 5 requests of 61 s ago must have left
+    limits = RateLimits(2, 0, 10)  # rpm 2: the 5 requests of 60 s ago must have left
 
     async def body(backend: RedisBackend, client: Redis, q: QuotaKeys, now: int) -> Any:
         await client.hset(
             q.token_windows,
             mapping={
-                "o": now - 61,
+                "o": now - 60,
                 "rs": 6,
                 "ts": 600,
                 "c": 1,
-                slot(now - 61): bucket(5, 500),  # now's slot, holding now - 61
+                slot(now - 60): bucket(5, 500),  # now's slot, holding now - 60
                 slot(now - 1): bucket(1, 100),
             },
         )
@@ -105,7 +105,7 @@ def test_a_window_visited_once_a_second_ages_without_a_command(
 
     decision, fields, ran = asyncio.run(_run(redis_server, "test-ring-steady", body))
     assert (decision.status, decision.rpm_remaining) == (Status.ADMITTED, 0)
-    assert fields["o"] == fields["x"] - 60  # now - 60
+    assert fields["o"] == fields["x"] - 59  # now - 59
     assert (fields["rs"], fields["ts"]) == (2, 40 + 30)
     now = fields["x"]
     assert fields[slot(now)] == bucket(1, 30)
@@ -131,7 +131,7 @@ def test_seconds_left_behind_by_a_gap_leave_the_window_and_their_slots_empty(
                 "ts": 60,
                 slot(now - 70): bucket(3, 30),
                 slot(now - 62): bucket(2, 20),
-                slot(now - 12): bucket(1, 10),  # leaves at the end of now + 49
+                slot(now - 12): bucket(1, 10),  # leaves when now + 48 begins
             },
         )
         first = await backend.quota(q, [], AdmitRequest("a", 5, 0, limits))
@@ -142,8 +142,8 @@ def test_seconds_left_behind_by_a_gap_leave_the_window_and_their_slots_empty(
     assert first.status == Status.ADMITTED
     assert second.status == Status.OVER_RPM
     now = second.now_ms // 1000
-    assert 48_000 < second.retry_ms <= 50_000  # the bucket of now - 12, not the emptied slots
-    assert (fields["o"], fields["rs"], fields["ts"]) == (now - 60, 2, 15)
+    assert 47_000 < second.retry_ms <= 48_000  # the bucket of now - 12, not the emptied slots
+    assert (fields["o"], fields["rs"], fields["ts"]) == (now - 59, 2, 15)
     assert fields[slot(now - 70)] == 0 and fields[slot(now - 62)] == 0
     assert fields[slot(now - 12)] == bucket(1, 10)
     assert fields[slot(now)] == bucket(1, 5)
@@ -181,7 +181,7 @@ def test_a_settlement_alone_reads_and_writes_only_what_it_changes(
         # in its slot
         await client.hset(
             q.token_windows,
-            mapping={"o": now - 61, "rs": 1, "ts": 100, "c": 2, "x": now},
+            mapping={"o": now - 60, "rs": 1, "ts": 100, "c": 2, "x": now},
         )
         await client.hset(q.token_windows, slot(now - 1), bucket(1, 100))
         await client.zadd(q.token_leases, {"~": float("inf"), "e1": (now + 60) * 1000})
@@ -198,7 +198,7 @@ def test_a_settlement_alone_reads_and_writes_only_what_it_changes(
     now = first.now_ms // 1000
     assert first.status == second.status == Status.ADMITTED  # 0: only settled
     assert (fields["ts"], fields[slot(now - 1)], fields["c"]) == (40, bucket(1, 40), 1)
-    assert (fields["o"], fields["rs"]) == (now - 61, 1)  # not aged
+    assert (fields["o"], fields["rs"]) == (now - 60, 1)  # not aged
     assert {k.decode(): int(v) for k, v in after_first.items()} == fields  # the retry: nothing
     assert (ran["zrem"], ran["hmget"], ran["hset"]) == (2, 1, 1)
     assert "pexpire" not in ran and "zmscore" not in ran
@@ -208,7 +208,7 @@ def test_a_settlement_alone_leaves_a_stale_slot_and_a_missing_window_alone(
     redis_server: RedisServer,
 ) -> None:
     """Alone, a settlement corrects its slot only when the window's o shows the slot holds its
-    second's bucket (o >= second - 60), and writes nothing when the window is gone: no key is
+    second's bucket (o >= second - 59), and writes nothing when the window is gone: no key is
     made without an expiry."""
 
     async def body(backend: RedisBackend, client: Redis, q: QuotaKeys, now: int) -> Any:
@@ -219,7 +219,7 @@ def test_a_settlement_alone_leaves_a_stale_slot_and_a_missing_window_alone(
         return await client.exists(other.token_windows), await client.zcard(other.token_leases)
 
     (gone, leases), fields, _ = asyncio.run(_run(redis_server, "test-ring-alone-stale", body))
-    now = fields["o"] + 62
+    now = fields["o"] + 61
     assert (fields["rs"], fields["ts"], fields[slot(now - 1)]) == (2, 200, bucket(2, 200))
     assert fields["c"] == 0  # its lease was released all the same
     assert (gone, leases) == (0, 1)  # no window made; the lease released (LIVE stays)
