@@ -90,7 +90,8 @@ class Record:
 
     @property
     def limited(self) -> bool:
-        return self.rpm > 0 or self.tpm > 0 or self.max_concurrency > 0 or self.budgeted
+        rpm, tpm, max_concurrency = self.limits  # asked on every request: no property calls
+        return rpm > 0 or tpm > 0 or max_concurrency > 0 or self.budget.micro is not None
 
     @property
     def budgeted(self) -> bool:
