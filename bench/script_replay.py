@@ -1,11 +1,9 @@
 """Redis CPU per request of quota.lua alone, with Redis kept fully busy on any machine.
 
 The capacity driver (capacity_driver.py) runs the gateway's own store client, and on a slow
-core its Python cannot keep Redis busy: Redis then runs cold and every figure grows (seen at
-35% busy: twice what this replay measures for the same code).  Here the batches are built and
-encoded in plain Python, sent over one socket per server with a few in flight, so Redis is the
-bottleneck.  The calls are the
-capacity driver's "riding" shape: each settles its token's previous request (43 tokens
+core its Python cannot keep Redis busy: Redis then runs cold and every figure grows.  Here
+the batches are built and encoded in plain Python, sent over one socket per server with a few
+in flight, so Redis is the bottleneck.  The calls are the capacity driver's "riding" shape: each settles its token's previous request (43 tokens
 reserved, 19 used: every settlement corrects a bucket) and admits a new one, with rpm, tpm and
 concurrency far from binding; tokens take turns; 32 calls per script call, as 4 replicas x 32
 in flight gave.  ``--alone``: half of each batch is admissions, half lone settlements of
