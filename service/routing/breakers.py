@@ -7,12 +7,11 @@ Policy:
 - any other failure is evidence against the (provider, model) pair, never a verdict on its
   own: its breaker opens after ``failure_threshold`` consecutive failures, or when the fleet's
   error rate for the pair is over ``error_rate`` (``check_error_rates``, fed by the fleet's
-  statistics).  Open for ``open_s``, doubling
-  per reopening up to ``max_open_s``; then half-open: one probe at a time across the fleet
-  (claimed in the store) decides; a success closes it.
-The arithmetic runs atomically in the store (``store/lua/breaker_*.lua``; the embedded store's
-twin is ``store/memory_breakers.py``) so replicas
-never race.
+  statistics).  Open for ``open_s``, doubling per reopening up to ``max_open_s``; then
+  half-open: one probe at a time across the fleet (claimed in the store) decides; a success
+  closes it.
+The arithmetic runs atomically in the store (``store/lua/breaker_*.lua``; the embedded
+store's twin is ``store/memory_breakers.py``), so replicas never race.
 
 Each replica keeps the fleet's state in memory, so filtering candidates costs no store call:
 a replica that changes something updates its copy at once and tells the others (a change
