@@ -3,10 +3,10 @@
 The capacity driver (capacity_driver.py) runs the gateway's own store client, and on a slow
 core its Python cannot keep Redis busy: Redis then runs cold and every figure grows.  Here
 the batches are built and encoded in plain Python, sent over one socket per server with a few
-in flight, so Redis is the bottleneck.  The calls are the capacity driver's "riding" shape: each settles its token's previous request (43 tokens
-reserved, 19 used: every settlement corrects a bucket) and admits a new one, with rpm, tpm and
-concurrency far from binding; tokens take turns; 32 calls per script call, as 4 replicas x 32
-in flight gave.  ``--alone``: half of each batch is admissions, half lone settlements of
+in flight, so Redis is the bottleneck.  The calls are the capacity driver's "riding" shape:
+each settles its token's previous request (43 tokens reserved, 19 used: every settlement
+corrects a bucket) and admits a new one, with rpm, tpm and concurrency far from binding;
+tokens take turns; 32 calls per script call, as 4 replicas x 32 in flight gave.  ``--alone``: half of each batch is admissions, half lone settlements of
 earlier requests, so a request costs two visits to its keys.  ``--cluster``: a 3-master
 Cluster, each master sent batches of 11 calls of the tokens whose slots it holds (10.7 per
 script call with the capacity driver), only the first owner's keys declared; its masters
