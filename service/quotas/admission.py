@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from service.errors import BudgetExceeded, QuotaExceeded, Unauthorized, Unavailable
 from service.observability.metrics import Metrics
@@ -42,6 +43,7 @@ from service.store.backend import (
     NO_LIMITS,
     AdmitRequest,
     Charge,
+    QuotaDecision,
     Settlement,
     Status,
     StoreError,
@@ -55,6 +57,9 @@ from service.upstream.usage import Usage
 log = logging.getLogger("best.quotas")
 
 _KINDS = {Status.OVER_RPM: "rpm", Status.OVER_CONCURRENCY: "concurrency"}
+# Looked up once: an enum member's lookup on its class costs an attribute search per request.
+_ADMITTED = Status.ADMITTED
+_NOTHING, _RESERVATION = Charge.NOTHING, Charge.RESERVATION
 
 
 @dataclass(slots=True)
@@ -148,23 +153,25 @@ class Quotas:
         if not token.limited and (team is None or not team.limited):
             return Admission(token, entry, cost)
         keys = self._store.keys.quota(token.id, token.team)
+        limits, team_limits = token.limits, team.limits if team is not None else NO_LIMITS
+        rpm, tpm, concurrency = limits
+        team_rpm, team_tpm, team_concurrency = team_limits
         budgeted = token.budgeted or (team is not None and team.budgeted)
         reserve = 0
         if budgeted:
             worst = self._prices().worst_case(pairs, estimate.prompt_tokens, estimate.completion)
             reserve = to_micro(worst)
-        leased = token.tpm > 0 or token.max_concurrency > 0 or budgeted
-        leased = leased or (team is not None and (team.tpm > 0 or team.max_concurrency > 0))
+        leased = tpm > 0 or concurrency > 0 or budgeted or team_tpm > 0 or team_concurrency > 0
         settle = self.settlements.ride(keys)
         request = AdmitRequest(
             entry=entry,
             cost=cost,
             lease_ms=LEASE_MS if leased else 0,
-            limits=token.limits,
-            team_limits=team.limits if team else NO_LIMITS,
+            limits=limits,
+            team_limits=team_limits,
             reserve=reserve,
             budget=token.budget,
-            team_budget=team.budget if team else NO_BUDGET,
+            team_budget=team.budget if team is not None else NO_BUDGET,
         )
         try:
             decision = await self._store.quota(
@@ -180,9 +187,35 @@ class Quotas:
                 ) from None
             raise
         self.leases.clock_offset_ms = decision.now_ms - int(time.time() * 1000)
+        spend = budget_headers(decision.budget_remaining) if budgeted else []
+        if decision.status is not _ADMITTED:
+            self._refuse(decision, token, team, spend)
+        admission = Admission(
+            token,
+            entry,
+            cost,
+            keys if leased else None,
+            decision.now_ms // 1000,
+            rate_limit_headers(
+                rpm or team_rpm, decision.rpm_remaining, tpm or team_tpm, decision.tpm_remaining
+            )
+            + spend,
+            budgeted=budgeted,
+        )
+        roomy = _roomy(decision.tpm_remaining, (tpm, team_tpm), 10 * cost)
+        slots = (concurrency, team_concurrency)
+        if roomy and not budgeted and _roomy(decision.concurrency_remaining, slots, 10):
+            admission.patience = SETTLE_PATIENT_S
+        if leased:
+            self.leases.hold(entry, keys)
+        return admission
+
+    def _refuse(
+        self, decision: QuotaDecision, token: Record, team: Record | None, spend: Headers
+    ) -> NoReturn:
+        """Raise the refusal ``decision`` says, with the limiting side's figures."""
         side = team if decision.team_side and team is not None else token
         owner = "team" if decision.team_side else "token"
-        spend = budget_headers(decision.budget_remaining) if budgeted else []
         if decision.status == Status.OVER_BUDGET:
             self._metrics.quota_rejections.labels("budget").inc()
             when = "until its period resets" if decision.retry_ms else "(it never resets)"
@@ -194,40 +227,20 @@ class Quotas:
                 retry_after_s=decision.retry_ms / 1000.0 if decision.retry_ms else None,
                 headers=spend,
             )
-        if decision.status != Status.ADMITTED:
-            kind = _KINDS.get(decision.status, "tpm")
-            self._metrics.quota_rejections.labels(kind).inc()
-            raise QuotaExceeded(
-                f"Rate limit reached: {_WHAT[kind]} of this {owner}.",
-                retry_after_s=decision.retry_ms / 1000.0,
-                headers=rate_limit_headers(
-                    side.rpm,
-                    decision.rpm_remaining,
-                    side.tpm,
-                    decision.tpm_remaining,
-                    decision.retry_ms,
-                )
-                + spend,
+        kind = _KINDS.get(decision.status, "tpm")
+        self._metrics.quota_rejections.labels(kind).inc()
+        raise QuotaExceeded(
+            f"Rate limit reached: {_WHAT[kind]} of this {owner}.",
+            retry_after_s=decision.retry_ms / 1000.0,
+            headers=rate_limit_headers(
+                side.rpm,
+                decision.rpm_remaining,
+                side.tpm,
+                decision.tpm_remaining,
+                decision.retry_ms,
             )
-        rpm = token.rpm or (team.rpm if team else 0)
-        tpm = token.tpm or (team.tpm if team else 0)
-        admission = Admission(
-            token,
-            entry,
-            cost,
-            keys if leased else None,
-            decision.now_ms // 1000,
-            rate_limit_headers(rpm, decision.rpm_remaining, tpm, decision.tpm_remaining) + spend,
-            budgeted=budgeted,
+            + spend,
         )
-        tpms = (token.tpm, team.tpm if team else 0)
-        slots = (token.max_concurrency, team.max_concurrency if team else 0)
-        roomy = _roomy(decision.tpm_remaining, tpms, 10 * cost)
-        if roomy and not budgeted and _roomy(decision.concurrency_remaining, slots, 10):
-            admission.patience = SETTLE_PATIENT_S
-        if leased:
-            self.leases.hold(entry, keys)
-        return admission
 
     # -- settlement --------------------------------------------------------------------------
 
@@ -248,9 +261,9 @@ class Quotas:
             reserved=admission.cost,
             used=usage.tokens if usage is not None else None,
             cost=(
-                Charge.NOTHING
+                _NOTHING
                 if not admission.budgeted
-                else Charge.RESERVATION
+                else _RESERVATION
                 if cost is None
                 else to_micro(cost)
             ),

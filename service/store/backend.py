@@ -71,8 +71,7 @@ NO_LIMITS = RateLimits()
 NO_BUDGET = SpendBudget()
 
 
-@dataclass(frozen=True, slots=True)
-class Settlement:
+class Settlement(NamedTuple):
     """A finished request's correction: its lease is released, its reservation replaced."""
 
     entry: str
@@ -88,8 +87,9 @@ class Settlement:
         return 0 if self.used is None else self.used - self.reserved
 
 
-@dataclass(frozen=True, slots=True)
-class AdmitRequest:
+class AdmitRequest(NamedTuple):
+    """A request to admit against a token's limits and budget, and its team's."""
+
     entry: str  # unique across the fleet; names the lease
     cost: int  # tokens to reserve
     lease_ms: int  # 0: no lease (nothing to settle); a budget needs one
@@ -100,8 +100,9 @@ class AdmitRequest:
     team_budget: SpendBudget = NO_BUDGET
 
 
-@dataclass(frozen=True, slots=True)
-class QuotaDecision:
+class QuotaDecision(NamedTuple):
+    """What an admission decided, with the room left on the tighter side."""
+
     status: Status
     retry_ms: int  # 0 with OVER_BUDGET: the budget never resets ("total")
     now_ms: int

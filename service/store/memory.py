@@ -48,6 +48,7 @@ SAVE_DELAY_S = 1.0
 REGISTRY_FILE = "registry.json"
 LEDGER_FILE = "ledger.json"
 SEP = "\x1f"  # joins a ledger row's token, team, provider and model
+_ADMITTED, _NOTHING = Status.ADMITTED, Charge.NOTHING  # looked up once, not per call
 LEGACY_TOKENS_FILE = "tokens.json"  # read when registry.json is absent (tokens only)
 
 
@@ -113,11 +114,6 @@ class _Window:
             if used - freed + need <= limit:
                 return max(1, (second + WINDOW_S) * 1000 - now)  # when it leaves
         return 60_000
-
-
-def _tighter(current: int | None, other: int) -> int:
-    """The tighter of two sides' remaining room (None: the first side sets no limit)."""
-    return other if current is None or other < current else current
 
 
 class _Budget:
@@ -235,14 +231,14 @@ class MemoryBackend:
                     if window is not None:
                         window.correct(s.second, s.correction)
             # Budgets: each side's reservation is its own proof (see quota.lua).
-            if s.cost != Charge.NOTHING:
+            if s.cost != _NOTHING:
                 self._charge(keys.token_budget, s.entry, s.cost, now)
             if in_team and keys.team_leases is not None and keys.team_budget is not None:
                 self._leases.get(keys.team_leases, {}).pop(s.entry, None)
-                if s.cost != Charge.NOTHING:
+                if s.cost != _NOTHING:
                     self._charge(keys.team_budget, s.entry, s.cost, now)
         if admit is None:
-            return QuotaDecision(status=Status.ADMITTED, retry_ms=0, now_ms=now)
+            return QuotaDecision(status=_ADMITTED, retry_ms=0, now_ms=now)
 
         sides = [
             (keys.token_windows, keys.token_leases, keys.token_budget, admit.limits, admit.budget)
@@ -303,9 +299,11 @@ class MemoryBackend:
                         budget_remaining=left,
                     )
                 if rpm > 0:
-                    rpm_left = _tighter(rpm_left, rpm - requests - 1)
+                    left_now = rpm - requests - 1
+                    rpm_left = left_now if rpm_left is None else min(rpm_left, left_now)
                 if tpm > 0:
-                    tpm_left = _tighter(tpm_left, tpm - tokens - admit.cost)
+                    left_now = tpm - tokens - admit.cost
+                    tpm_left = left_now if tpm_left is None else min(tpm_left, left_now)
             if conc > 0:
                 leases = self._leases.setdefault(leases_key, {})
                 if budget is None:
@@ -319,9 +317,10 @@ class MemoryBackend:
                         team_side=bool(team_side),
                         budget_remaining=left,
                     )
-                conc_left = _tighter(conc_left, conc - len(leases) - 1)
+                left_now = conc - len(leases) - 1
+                conc_left = left_now if conc_left is None else min(conc_left, left_now)
             if left is not None:
-                budget_left = _tighter(budget_left, left)
+                budget_left = left if budget_left is None else min(budget_left, left)
 
         for team_side, side in enumerate(sides):
             windows_key, leases_key, budget_key, (rpm, tpm, conc), (budget, _) = side
@@ -334,7 +333,7 @@ class MemoryBackend:
                 state.holds[admit.entry] = admit.reserve
                 state.reserved += admit.reserve
         return QuotaDecision(
-            status=Status.ADMITTED,
+            status=_ADMITTED,
             retry_ms=0,
             now_ms=now,
             rpm_remaining=rpm_left,
