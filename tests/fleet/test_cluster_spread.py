@@ -112,7 +112,7 @@ def test_quota_memory_per_token_is_bounded(
         f"\nquota keys of an rpm=100000 token after {requests} requests in {elapsed:.1f} s: "
         f"{usage} ({sum(usage.values())} B); a full 60 s window: {full_window} B"
     )
-    assert f"{group}:ring" in usage
+    assert f"{group}:ring60" in usage
     if elapsed < 59:  # every admission is still in the window
         assert requests_counted == requests
     # Per-second buckets, not one entry per request (about 120 B each: 120 KB here, 12 MB
