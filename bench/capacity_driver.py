@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import sys
 import time
 from collections import deque
 from typing import Any
 
-LIMITS = (1_000_000_000, 1_000_000_000, 100_000, 0, 0, 0)
+LIMITS = (1_000_000_000, 1_000_000_000, 100_000)  # rpm, tpm, max_concurrency
 COST = 43  # tokens reserved per request, 19 used: every settlement corrects its bucket
 
 
@@ -43,7 +44,7 @@ async def _drive(args: argparse.Namespace) -> dict[str, Any]:
     import redis
 
     from service.quotas import admission
-    from service.store.backend import ADMITTED, NOT_BUDGETED, AdmitRequest, Settlement
+    from service.store.backend import AdmitRequest, Charge, RateLimits, Settlement, Status
     from service.store.connection import parse_redis_url
     from service.store.keys import Keys, QuotaKeys
     from service.store.redis_backend import RedisBackend
@@ -54,8 +55,13 @@ async def _drive(args: argparse.Namespace) -> dict[str, Any]:
     owners = [keys.quota(f"capacity-{t:05d}", None) for t in range(args.tokens)]
     clients = [redis.Redis.from_url(f"redis://{node}/0") for node in nodes]
     state = {"admitted": 0, "errors": 0, "running": True}
-    patient = getattr(admission, "SETTLE_PATIENT_S", admission.SETTLE_DELAY_S)
-    wait = admission.SETTLE_DELAY_S if args.alone else patient
+    # A checkout before quotas/settlement.py kept these in quotas/admission.py.
+    try:
+        waits: Any = importlib.import_module("service.quotas.settlement")
+    except ImportError:
+        waits = admission
+    patient = getattr(waits, "SETTLE_PATIENT_S", waits.SETTLE_DELAY_S)
+    wait = waits.SETTLE_DELAY_S if args.alone else patient
 
     async def replica(index: int) -> None:
         backend = RedisBackend(parse_redis_url(url), keys)
@@ -89,17 +95,19 @@ async def _drive(args: argparse.Namespace) -> dict[str, Any]:
                 ride = waiting.pop(q.token_windows, None)
                 try:
                     decision = await backend.quota(
-                        q, ride[1] if ride else [], AdmitRequest(entry, COST, 10_000, LIMITS)
+                        q,
+                        ride[1] if ride else [],
+                        AdmitRequest(entry, COST, 10_000, RateLimits(*LIMITS)),
                     )
                 except Exception:
                     state["errors"] += 1
                     continue
-                if decision.status != ADMITTED:
+                if decision.status != Status.ADMITTED:
                     state["errors"] += 1
                     continue
                 state["admitted"] += 1
                 await asyncio.sleep(args.pause)  # the request is served
-                done = Settlement(entry, decision.now_ms // 1000, COST, 19, NOT_BUDGETED)
+                done = Settlement(entry, decision.now_ms // 1000, COST, 19, Charge.NOTHING)
                 held = waiting.get(q.token_windows)
                 if held is None:
                     since = loop.time()

@@ -1,19 +1,18 @@
 """Redis CPU per request of quota.lua alone, with Redis kept fully busy on any machine.
 
 The capacity driver (capacity_driver.py) runs the gateway's own store client, and on a slow
-core its Python cannot keep Redis busy: Redis then runs cold and every figure grows (seen at
-35% busy: twice what this replay measures for the same code).  Here the batches are built and
-encoded in plain Python, sent over one socket per server with a few in flight, so Redis is the
-bottleneck.  The calls are the
-capacity driver's "riding" shape: each settles its token's previous request (43 tokens
-reserved, 19 used: every settlement corrects a bucket) and admits a new one, with rpm, tpm and
-concurrency far from binding; tokens take turns; 32 calls per script call, as 4 replicas x 32
-in flight gave.  ``--alone``: half of each batch is admissions, half lone settlements of
-earlier requests, so a request costs two visits to its keys.  ``--cluster``: a 3-master
-Cluster, each master sent batches of 11 calls of the tokens whose slots it holds (10.7 per
-script call with the capacity driver), only the first owner's keys declared; its masters
-share one core here.  ``--one-master``: the same Cluster, only the first master's tokens sent
-(about a third of ``--tokens``), so that master has a core of its own, as in production.
+core its Python cannot keep Redis busy: Redis then runs cold and every figure grows.  Here the
+batches are built and encoded in plain Python, sent over one socket per server with a few in
+flight, so Redis is the bottleneck.  The calls are the capacity driver's "riding" shape: each
+settles its token's previous request (43 tokens reserved, 19 used: every settlement corrects a
+bucket) and admits a new one, with rpm, tpm and concurrency far from binding; tokens take
+turns; 32 calls per script call, as 4 replicas x 32 in flight gave.  ``--alone``: half of each
+batch is admissions, half lone settlements of earlier requests, so a request costs two visits
+to its keys.  ``--cluster``: a 3-master Cluster, each master sent batches of 11 calls of the
+tokens whose slots it holds (10.7 per script call with the capacity driver), only the first
+owner's keys declared; its masters share one core here.  ``--one-master``: the same Cluster,
+only the first master's tokens sent (about a third of ``--tokens``), so that master has a core
+of its own, as in production.
 
 Checkouts are measured alternately on a fresh store each (their own ``.venv``, their own
 ``quota.lua`` and key names), and the means printed side by side:

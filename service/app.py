@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 from prometheus_client import Counter, Histogram
 
 from service import errors
-from service.api import chat, completions, messages, responses_api
+from service.api import chat, completions, messages, responses
 from service.api.errors import INTERNAL
 from service.api.http import (
     ClientGone,
@@ -41,7 +41,7 @@ from service.types import DISCONNECT, Disconnect, Message, Receive, Scope, Send
 
 log = logging.getLogger("best.http")
 
-Handler = Callable[[Gateway, Request], Awaitable[Response | StreamResponse]]
+RouteHandler = Callable[[Gateway, Request], Awaitable[Response | StreamResponse]]
 
 
 class Route(NamedTuple):
@@ -49,14 +49,14 @@ class Route(NamedTuple):
     ids) take Anthropic's shape (``{"type": "error", ...}``, a ``request-id`` header)."""
 
     label: str
-    methods: dict[str, Handler]
+    methods: dict[str, RouteHandler]
     anthropic: bool = False
 
 
 # The hot routes by path.  Every other path goes to FastAPI.
 _CHAT = Route(Api.CHAT, {"POST": chat.chat_completions})
 _EMBEDDINGS = Route(Api.EMBEDDINGS, {"POST": chat.embeddings})
-_RESPONSES = Route(Api.RESPONSES, {"POST": responses_api.create_response})
+_RESPONSES = Route(Api.RESPONSES, {"POST": responses.create_response})
 _COMPLETIONS = Route(Api.COMPLETIONS, {"POST": completions.completions})
 ROUTES: dict[str, Route] = {
     "/v1/chat/completions": _CHAT,

@@ -123,7 +123,7 @@ async def _add_fleet_state(settings: Settings, rows: list[dict[str, Any]]) -> No
         await store.start()
         if store.degraded:
             return
-        state = await store.routing_state()
+        state = await store.breaker_state()
         live = orjson.loads(await store.get(store.keys.live) or b"[]")
     except StoreError:
         return

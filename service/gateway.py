@@ -17,10 +17,10 @@ from service.observability.tracing import Tracing
 from service.quotas.admission import Quotas
 from service.quotas.teams import Teams
 from service.quotas.tokens import TokenRegistry
+from service.routing.breakers import Breakers
 from service.routing.catalog import Catalog
 from service.routing.conversations import Conversations
-from service.routing.cooldowns import Cooldowns
-from service.routing.health import FleetStats
+from service.routing.fleet_stats import FleetStats
 from service.routing.router import Router
 from service.settings import Settings
 from service.store.cache import open_answers
@@ -45,7 +45,7 @@ class Gateway:
     tokens: TokenRegistry
     teams: Teams
     quotas: Quotas
-    cooldowns: Cooldowns
+    breakers: Breakers
     router: Router
     ids: IdGenerator
     conversations: Conversations
@@ -69,14 +69,14 @@ class Gateway:
         store = open_store(settings, metrics)
         client = UpstreamClient()
         catalog = Catalog(settings, store, client, metrics)
-        cooldowns = Cooldowns(store, lambda: catalog.config.breaker)
+        breakers = Breakers(store, lambda: catalog.config.breaker)
         stats = FleetStats(
             store,
             metrics,
             providers=lambda: [p.name for p in catalog.active_providers()],
             on_health=catalog.apply_health,
             config=lambda: catalog.config,
-            cooldowns=cooldowns,
+            breakers=breakers,
             table=lambda: catalog.table,
         )
         tokens = TokenRegistry(settings, store)
@@ -88,8 +88,8 @@ class Gateway:
             prices=lambda: catalog.config.prices,
         )
         ids = IdGenerator()
-        router = Router(settings, catalog, cooldowns, client, stats, metrics, ids)
-        conversations = Conversations(store, catalog, cooldowns, client)
+        router = Router(settings, catalog, breakers, client, stats, metrics, ids)
+        conversations = Conversations(store, catalog, breakers, client)
         identities = Identities(settings, tokens, metrics)
         tracing = Tracing.from_env(settings.env, lambda: catalog.config.prices, span_exporter)
         cache = ResponseCache(
@@ -108,7 +108,7 @@ class Gateway:
             tokens,
             Teams(tokens),
             quotas,
-            cooldowns,
+            breakers,
             router,
             ids,
             conversations,
@@ -124,7 +124,7 @@ class Gateway:
         await self.tokens.start()
         await self.identities.start()
         await self.quotas.start()
-        await self.cooldowns.start()
+        await self.breakers.start()
         await self.catalog.start()
         await self.stats.start()
         self.started = True
@@ -154,7 +154,7 @@ class Gateway:
         await self.quotas.close()
         await self.catalog.close()
         await self.stats.close()
-        await self.cooldowns.close()
+        await self.breakers.close()
         await self.identities.close()
         await self.tokens.close()
         await self.client.close()

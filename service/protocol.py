@@ -15,7 +15,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from service.types import DISCONNECT, Disconnect
 
 
-class GatewayConfig(uvicorn.Config):
+class ServerConfig(uvicorn.Config):
     """uvicorn's config plus the gateway's request read bound (pickled to each worker)."""
 
     read_timeout_s: float = 30.0

@@ -23,7 +23,7 @@ import uvicorn
 from uvicorn.supervisors import Multiprocess, multiprocess
 from uvicorn.supervisors.multiprocess import Process
 
-from service.protocol import GatewayConfig, GatewayProtocol, mark_draining
+from service.protocol import GatewayProtocol, ServerConfig, mark_draining
 from service.settings import Settings
 
 log = logging.getLogger("best")
@@ -77,8 +77,8 @@ class _Supervisor(Multiprocess):
 WORKER_START_S = 30
 
 
-def _config(app: Any, settings: Settings, **extra: Any) -> GatewayConfig:
-    config = GatewayConfig(
+def _config(app: Any, settings: Settings, **extra: Any) -> ServerConfig:
+    config = ServerConfig(
         app,
         host=settings.host,
         port=settings.port,

@@ -15,7 +15,7 @@ from fastapi.responses import Response
 
 from service import errors
 from service.api.dependencies import GatewayDep, admin_caller, body_doc, json_body
-from service.api.responses import orjson_response
+from service.api.ops_errors import orjson_response
 from service.api.schemas import (
     ErrorBody,
     TeamCreate,
@@ -51,6 +51,15 @@ teams_router = APIRouter(
     responses={404: {"model": ErrorBody, "description": "Unknown team, or admin API off"}},
 )
 
+
+async def _settle_pending(gw: Gateway) -> None:
+    """Send this replica's settlements still waiting for a ride before a usage view reads the
+    store: a finished request's lease is held there until its settlement arrives, and the
+    token's next admission here would release it first.  So the view counts in flight what
+    that admission counts, not the requests that finished a moment ago."""
+    await gw.quotas.flush()
+
+
 TokenId = Annotated[
     str, PathParam(pattern=r"^[0-9a-f]{1,64}$", description="first 16 hex of the token's SHA-256")
 ]
@@ -58,6 +67,7 @@ TokenId = Annotated[
 
 @router.get("", response_model=TokenList, summary="Every token, with its usage")
 async def list_tokens(gw: GatewayDep) -> Response:
+    await _settle_pending(gw)
     return orjson_response({"object": "list", "data": await gw.tokens.list()})
 
 
@@ -117,6 +127,7 @@ TeamPath = Annotated[str, PathParam(pattern=r"^[a-z0-9_-]{1,64}$", description="
 
 @teams_router.get("", response_model=TeamList, summary="Every team, with its token count")
 async def list_teams(gw: GatewayDep) -> Response:
+    await _settle_pending(gw)
     return orjson_response({"object": "list", "data": await gw.teams.list()})
 
 
@@ -137,6 +148,7 @@ async def create_team(
 @teams_router.get("/{team_id}", response_model=TeamRecord, summary="One team")
 async def get_team(gw: GatewayDep, team_id: TeamPath) -> Response:
     fields = await gw.teams.get(team_id)
+    await _settle_pending(gw)
     return orjson_response({**to_team(fields), **await gw.teams.spend(fields)})
 
 

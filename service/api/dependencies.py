@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from service import errors
 from service.api.auth import require_admin, require_token
 from service.api.http import Request, parse_json
-from service.api.responses import invalid_request
+from service.api.ops_errors import invalid_request
 from service.gateway import Gateway
 from service.quotas.limits import Record
 from service.validation import problems

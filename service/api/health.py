@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header
 from fastapi.responses import Response
 
 from service.api.dependencies import GatewayDep
-from service.api.responses import orjson_response
+from service.api.ops_errors import orjson_response
 from service.api.schemas import Health, Readiness
 
 router = APIRouter(tags=["operations"])

@@ -2,7 +2,7 @@
 
 ``service.app.App`` serves these paths itself, in plain ASGI, and never hands them to the
 FastAPI app; the routes below exist so that ``/openapi.json`` documents every route.  Their
-bodies are checked by hand (``service.api.chat``, ``completions``, ``responses_api``), not by
+bodies are checked by hand (``service.api.chat``, ``completions``, ``responses``), not by
 these models.
 """
 
@@ -24,6 +24,7 @@ from service.api.schemas import (
     ResponseRequest,
     TextCompletion,
 )
+from service.apis import Api
 from service.errors import InternalError
 
 router = APIRouter(dependencies=[Depends(token_caller)])
@@ -68,7 +69,7 @@ for _path in ("/v1/chat/completions", "/chat/completions"):
         _path,
         _served_by_the_plain_edge,
         methods=["POST"],
-        tags=["chat"],
+        tags=[Api.CHAT],
         summary="Chat completion, JSON or SSE (`stream: true`), routed and failed over",
         response_model=ChatCompletion,
         responses={**_ERRORS, 200: {"content": _SSE}},
@@ -82,7 +83,7 @@ for _path in ("/v1/embeddings", "/embeddings"):
         _path,
         _served_by_the_plain_edge,
         methods=["POST"],
-        tags=["embeddings"],
+        tags=[Api.EMBEDDINGS],
         summary="Embeddings, routed by exact model id",
         response_model=EmbeddingList,
         responses=_ERRORS,
@@ -102,7 +103,7 @@ router.add_api_route(
     "/v1/responses",
     _served_by_the_plain_edge,
     methods=["POST"],
-    tags=["responses"],
+    tags=[Api.RESPONSES],
     summary="Responses API, JSON or typed SSE events; a follow-up (previous_response_id) "
     "goes to the provider holding the conversation",
     response_model=ResponseObject,
@@ -116,7 +117,7 @@ for _path in ("/v1/completions", "/completions"):
         _path,
         _served_by_the_plain_edge,
         methods=["POST"],
-        tags=["completions"],
+        tags=[Api.COMPLETIONS],
         summary="Legacy text completion, JSON or SSE, routed and failed over",
         response_model=TextCompletion,
         responses={**_ERRORS, 200: {"content": _SSE}},

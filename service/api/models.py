@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
 from service.api.dependencies import GatewayDep, token_caller
-from service.api.responses import orjson_response
+from service.api.ops_errors import orjson_response
 from service.api.schemas import ErrorBody, ModelDetail, ModelList
 from service.errors import model_not_found
 from service.routing.table import AUTO
@@ -63,7 +63,7 @@ async def retrieve_model(model_id: str, gw: GatewayDep) -> Response:
     providers = []
     for c in found:
         total = table.effective_score(c)
-        until = gw.cooldowns.until(c, now_ms)
+        until = gw.breakers.until(c, now_ms)
         providers.append(
             {
                 "provider": c.provider,
@@ -74,8 +74,8 @@ async def retrieve_model(model_id: str, gw: GatewayDep) -> Response:
                     "live_factor": c.live,
                     "total": round(total, 6),
                 },
-                "breaker": gw.cooldowns.breaker_state(c),
-                "provider_cooling": bool(gw.cooldowns.until_provider(c, now_ms)),
+                "breaker": gw.breakers.breaker_state(c),
+                "provider_cooling": bool(gw.breakers.until_provider(c, now_ms)),
                 "cooldown_remaining_s": round(max(0, until - now_ms) / 1000, 3),
                 "latency_p95_ms": gw.stats.live.p95_ms(c.provider, c.model),
                 "apis": sorted(c.apis),

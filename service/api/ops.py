@@ -16,8 +16,8 @@ from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
-from service.api import admin, health, hot_routes, models, responses_api, stats
-from service.api.responses import render_error
+from service.api import admin, health, hot_routes, models, responses, stats
+from service.api.ops_errors import render_error
 from service.api.schemas import ErrorBody
 from service.errors import GatewayError
 from service.gateway import Gateway
@@ -38,7 +38,7 @@ def create_ops_app(gateway: Gateway) -> FastAPI:
     routers = (
         hot_routes.router,
         models.router,
-        responses_api.router,
+        responses.router,
         health.router,
         stats.router,
         admin.router,
@@ -99,14 +99,14 @@ def _finish(document: dict[str, Any]) -> dict[str, Any]:
                     schemas.update(schema.pop("$defs", {}))
                     schemas.setdefault(schema["title"], schema)
                     media["schema"] = {"$ref": f"#/components/schemas/{schema['title']}"}
-            responses = operation.get("responses", {})
+            answers = operation.get("responses", {})
             declared = dict(_SECURED) if operation.get("security") else {}
             if "requestBody" in operation:
                 declared.update(_WITH_BODY)
-            if responses.pop("422", None) is not None:
+            if answers.pop("422", None) is not None:
                 declared[400] = "Invalid request; `param` names the field"
             for status, description in declared.items():
-                responses.setdefault(
+                answers.setdefault(
                     str(status),
                     {
                         "description": description,

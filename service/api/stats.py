@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
 from service.api.dependencies import GatewayDep, token_caller
-from service.api.responses import orjson_response
+from service.api.ops_errors import orjson_response
 from service.api.schemas import Stats
 
 router = APIRouter(tags=["operations"], dependencies=[Depends(token_caller)])

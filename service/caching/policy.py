@@ -95,11 +95,11 @@ class CachePolicy:
         default; 0 = no cache."""
         if token is None:
             return self._default_ttl_s
-        if token.cache_ttl_s >= 0:
+        if token.cache_ttl_s is not None:
             return token.cache_ttl_s
         if token.team:
             team = self._registry.team(token.team)
-            if team is not None and team.cache_ttl_s >= 0:
+            if team is not None and team.cache_ttl_s is not None:
                 return team.cache_ttl_s
         return self._default_ttl_s if token.fields.get("kind") == "static" else 0
 

@@ -61,15 +61,15 @@ def _scalar_text(value: Any) -> Any:
     ]
 
 
-Limit = Annotated[int, Field(strict=True, ge=0, le=MAX_LIMIT)]
+LimitValue = Annotated[int, Field(strict=True, ge=0, le=MAX_LIMIT)]
 
 
 class LimitsEntry(Section):
     """Every identity of the issuer starts with these (0 or absent: unlimited)."""
 
-    rpm: Limit | None = None
-    tpm: Limit | None = None
-    max_concurrency: Limit | None = None
+    rpm: LimitValue | None = None
+    tpm: LimitValue | None = None
+    max_concurrency: LimitValue | None = None
     budget_usd: Annotated[float, Field(strict=True, ge=0, le=1_000_000_000)] | None = None
     budget_period: str | None = None
 
@@ -128,7 +128,7 @@ class AuthFile(Section):
 
 
 @dataclass(frozen=True)
-class Limits:
+class IssuerLimits:
     rpm: int = 0
     tpm: int = 0
     max_concurrency: int = 0
@@ -167,7 +167,7 @@ class Issuer:
     id_claim: tuple[str, ...]  # a claim's path: "kubernetes.io/namespace" is two steps
     team_claim: tuple[str, ...] | None
     required_claims: tuple[tuple[tuple[str, ...], frozenset[str]], ...]
-    limits: Limits
+    limits: IssuerLimits
     ssl_context: ssl.SSLContext | None = field(default=None, compare=False)
 
 
@@ -253,7 +253,7 @@ def _issuer(entry: IssuerEntry, config_dir: Path) -> Issuer:
         required_claims=tuple(
             (claim_path(name), frozenset(values)) for name, values in entry.required_claims.items()
         ),
-        limits=Limits(
+        limits=IssuerLimits(
             limits.rpm or 0,
             limits.tpm or 0,
             limits.max_concurrency or 0,

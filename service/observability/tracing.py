@@ -94,7 +94,7 @@ _EXPORT_LOGGERS = (
     "opentelemetry.sdk._shared_internal",
 )
 
-Headers = Iterable[tuple[bytes, bytes]]
+HeaderPairs = Iterable[tuple[bytes, bytes]]
 
 
 class TracingError(ValueError):
@@ -151,7 +151,7 @@ class Tracing:
         return cls(provider, prices, _true(env.get(CAPTURE_CONTENT)), throttle)
 
     def server(
-        self, method: str, path: str, route: str, request_id: str, headers: Headers
+        self, method: str, path: str, route: str, request_id: str, headers: HeaderPairs
     ) -> RequestTrace:
         """The SERVER span of a request, a child of the caller's ``traceparent`` if any."""
         parent: Context | None = None

@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.store.backend import NO_BUDGET, NO_LIMITS, RateLimits, SpendBudget
+from service.store.periods import BudgetPeriod
 from service.types import Headers
 
 # Without max_tokens a request reserves this many completion tokens; settlement corrects it.
@@ -15,7 +17,12 @@ DEFAULT_COMPLETION_ESTIMATE = 1024
 BYTES_PER_TOKEN = 4
 LIMITS = ("rpm", "tpm", "max_concurrency")
 # Budget periods as the quota script knows them (UTC calendar; "total" never resets).
-PERIODS = {"total": 0, "day": 1, "week": 2, "month": 3}
+PERIODS = {
+    "total": BudgetPeriod.TOTAL,
+    "day": BudgetPeriod.DAY,
+    "week": BudgetPeriod.WEEK,
+    "month": BudgetPeriod.MONTH,
+}
 MICRO = 1_000_000  # budgets are counted in micro-USD integers
 
 
@@ -26,14 +33,14 @@ def _int(value: str | None) -> int:
         return 0
 
 
-def budget_micro(value: str | None) -> int:
-    """A stored ``budget_usd`` in micro-USD; -1 when there is no budget."""
+def budget_micro(value: str | None) -> int | None:
+    """A stored ``budget_usd`` in micro-USD; None when there is no budget."""
     if not value:
-        return -1
+        return None
     try:
         return max(0, round(float(value) * MICRO))
     except ValueError:
-        return -1
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,15 +50,14 @@ class Record:
     fields: dict[str, str] = field(repr=False)
     id: str = ""
     team: str | None = None
-    rpm: int = 0
-    tpm: int = 0
-    max_concurrency: int = 0
+    limits: RateLimits = NO_LIMITS
     expires_ms: int = 0
     revoked: bool = False
     updated_ms: int = 0
-    budget_micro: int = -1  # -1: no budget
-    budget_period: int = 0  # a PERIODS value
-    cache_ttl_s: int = -1  # response cache: -1 not set (the team's, or the default), 0 off
+    budget: SpendBudget = NO_BUDGET
+    cache_ttl_s: int | None = (
+        None  # response cache: None not set (the team's, or the default), 0 off
+    )
 
     @classmethod
     def parse(cls, fields: dict[str, str]) -> Record:
@@ -59,28 +65,42 @@ class Record:
             fields=fields,
             id=fields.get("id", ""),
             team=fields.get("team") or None,
-            rpm=_int(fields.get("rpm")),
-            tpm=_int(fields.get("tpm")),
-            max_concurrency=_int(fields.get("max_concurrency")),
+            limits=RateLimits(
+                rpm=_int(fields.get("rpm")),
+                tpm=_int(fields.get("tpm")),
+                max_concurrency=_int(fields.get("max_concurrency")),
+            ),
             expires_ms=_int(fields.get("expires_ms")),
             # A deleted team keeps its record (so no replica's re-seed brings it back).
             revoked=fields.get("revoked") == "1" or fields.get("deleted") == "1",
             updated_ms=_int(fields.get("updated_ms")),
-            budget_micro=budget_micro(fields.get("budget_usd")),
-            budget_period=PERIODS.get(fields.get("budget_period") or "", 0),
-            cache_ttl_s=_int(fields["cache_ttl_s"]) if fields.get("cache_ttl_s") else -1,
+            budget=SpendBudget(
+                micro=budget_micro(fields.get("budget_usd")),
+                period=PERIODS.get(fields.get("budget_period") or "", BudgetPeriod.TOTAL),
+            ),
+            cache_ttl_s=_int(fields["cache_ttl_s"]) if fields.get("cache_ttl_s") else None,
         )
 
     @property
+    def rpm(self) -> int:
+        return self.limits.rpm
+
+    @property
+    def tpm(self) -> int:
+        return self.limits.tpm
+
+    @property
+    def max_concurrency(self) -> int:
+        return self.limits.max_concurrency
+
+    @property
     def limited(self) -> bool:
-        return self.rpm > 0 or self.tpm > 0 or self.max_concurrency > 0 or self.budgeted
+        rpm, tpm, max_concurrency = self.limits  # asked on every request: no property calls
+        return rpm > 0 or tpm > 0 or max_concurrency > 0 or self.budget.micro is not None
 
     @property
     def budgeted(self) -> bool:
-        return self.budget_micro >= 0
-
-    def limits(self) -> tuple[int, int, int]:
-        return self.rpm, self.tpm, self.max_concurrency
+        return self.budget.micro is not None
 
 
 def refusal(record: Record | None, now_ms: int) -> str | None:
@@ -128,9 +148,9 @@ def estimate(body: dict[str, Any], body_size: int, chat: bool = True) -> Estimat
     return Estimate(body_size // BYTES_PER_TOKEN + 1, cap if valid else None, chat)
 
 
-def budget_headers(remaining_micro: int) -> Headers:
+def budget_headers(remaining_micro: int | None) -> Headers:
     """``x-best-budget-remaining-usd`` (the tighter of token and team), when known."""
-    if remaining_micro < 0:
+    if remaining_micro is None:
         return []
     return [(b"x-best-budget-remaining-usd", f"{remaining_micro / MICRO:.6f}".encode())]
 
@@ -141,20 +161,21 @@ def _duration(ms: int) -> bytes:
 
 
 def rate_limit_headers(
-    rpm: int, rpm_left: int, tpm: int, tpm_left: int, reset_ms: int = 60_000
+    rpm: int, rpm_left: int | None, tpm: int, tpm_left: int | None, reset_ms: int = 60_000
 ) -> Headers:
-    """``x-ratelimit-*`` headers (OpenAI's names) for the limits that apply (> 0)."""
+    """``x-ratelimit-*`` headers (OpenAI's names) for the limits that apply (> 0); the
+    remaining counts are those the store answered (None: that limit was not checked)."""
     headers: Headers = []
     if rpm > 0:
         headers += [
             (b"x-ratelimit-limit-requests", str(rpm).encode()),
-            (b"x-ratelimit-remaining-requests", str(max(0, rpm_left)).encode()),
+            (b"x-ratelimit-remaining-requests", str(max(0, rpm_left or 0)).encode()),
             (b"x-ratelimit-reset-requests", _duration(reset_ms)),
         ]
     if tpm > 0:
         headers += [
             (b"x-ratelimit-limit-tokens", str(tpm).encode()),
-            (b"x-ratelimit-remaining-tokens", str(max(0, tpm_left)).encode()),
+            (b"x-ratelimit-remaining-tokens", str(max(0, tpm_left or 0)).encode()),
             (b"x-ratelimit-reset-tokens", _duration(reset_ms)),
         ]
     return headers

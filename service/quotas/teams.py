@@ -158,7 +158,7 @@ class Teams:
             return {}
         keys = self._store.keys.quota("-", record.id)
         assert keys.team_budget is not None
-        spend = await self._store.spend(keys.team_budget, record.budget_period)
+        spend = await self._store.spend(keys.team_budget, record.budget.period)
         return {
             "budget_spent_usd": spend.spent / MICRO,
             "budget_reserved_usd": spend.reserved / MICRO,

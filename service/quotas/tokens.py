@@ -479,15 +479,15 @@ class TokenRegistry:
         for row in rows:
             record = to_record(row)
             keys = self._store.keys.quota(row["id"], row.get("team") or None)
-            requests, tokens, in_flight = await self._store.usage(keys)
+            usage = await self._store.usage(keys)
             record["usage"] = {
-                "requests_last_minute": requests,
-                "tokens_last_minute": tokens,
-                "in_flight": in_flight,
+                "requests_last_minute": usage.requests,
+                "tokens_last_minute": usage.tokens,
+                "in_flight": usage.in_flight,
             }
             parsed = Record.parse(row)
             if parsed.budgeted:
-                spend = await self._store.spend(keys.token_budget, parsed.budget_period)
+                spend = await self._store.spend(keys.token_budget, parsed.budget.period)
                 record["usage"]["budget_spent_usd"] = spend.spent / MICRO
                 record["usage"]["budget_reserved_usd"] = spend.reserved / MICRO
             records.append(record)

@@ -18,8 +18,8 @@ import orjson
 
 from service import errors
 from service.apis import Api
+from service.routing.breakers import Breakers
 from service.routing.catalog import Catalog
-from service.routing.cooldowns import Cooldowns
 from service.routing.table import Candidate
 from service.store.client import Store
 from service.upstream.client import UpstreamClient, UpstreamResponse
@@ -51,11 +51,11 @@ def provider_unavailable(
 
 class Conversations:
     def __init__(
-        self, store: Store, catalog: Catalog, cooldowns: Cooldowns, client: UpstreamClient
+        self, store: Store, catalog: Catalog, breakers: Breakers, client: UpstreamClient
     ) -> None:
         self._store = store
         self._catalog = catalog
-        self._cooldowns = cooldowns
+        self._breakers = breakers
         self._client = client
 
     async def record(self, response_id: str | None, candidate: Candidate) -> None:
@@ -107,7 +107,7 @@ class Conversations:
 
     def check_available(self, response_id: str, candidate: Candidate) -> None:
         """503 naming the provider while ``candidate`` is out of rotation."""
-        available, wait_s = self._cooldowns.available([candidate])
+        available, wait_s = self._breakers.available([candidate])
         if not available:
             raise provider_unavailable(
                 candidate.provider,

@@ -43,7 +43,7 @@ Outgoing = tuple[str, Mapping[str, str], bytes]
 
 
 @dataclass(slots=True)
-class Answer:
+class UsableAnswer:
     """A usable upstream answer: what the client gets, and the upstream's ``usage``."""
 
     status: int
@@ -58,7 +58,7 @@ class Exchange(Protocol):
 
     def request(self, candidate: Candidate) -> Outgoing: ...
 
-    def answer(self, candidate: Candidate, response: UpstreamResponse) -> Answer:
+    def answer(self, candidate: Candidate, response: UpstreamResponse) -> UsableAnswer:
         """The answer to relay; raises UpstreamFailure (fail over) or ClientFault."""
         ...
 
@@ -93,9 +93,9 @@ class ForwardExchange:
             payload = orjson.dumps({**self.body, "model": candidate.model})
         return candidate.urls[self.operation], candidate.headers, payload
 
-    def answer(self, candidate: Candidate, response: UpstreamResponse) -> Answer:
+    def answer(self, candidate: Candidate, response: UpstreamResponse) -> UsableAnswer:
         parsed = usable_json(response, self._check)
-        return Answer(response.status, response.body, parsed.get("usage"), parsed)
+        return UsableAnswer(response.status, response.body, parsed.get("usage"), parsed)
 
     def relay(self, candidate: Candidate, upstream: UpstreamStream) -> Relay:
         if self.operation == Api.RESPONSES:

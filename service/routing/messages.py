@@ -18,7 +18,7 @@ from service.anthropic.request import to_chat
 from service.anthropic.stream import MessageStream, message_events
 from service.apis import Api
 from service.routing.anthropic_events import NativeEventRelay, chat_usage, check_message
-from service.routing.exchange import Answer, Outgoing, usable_json
+from service.routing.exchange import Outgoing, UsableAnswer, usable_json
 from service.routing.relay import Relay, StreamRelay
 from service.routing.table import Candidate
 from service.upstream.client import UpstreamClient, UpstreamResponse, UpstreamStream
@@ -72,15 +72,17 @@ class MessagesExchange:
         payload = orjson.dumps({**chat, "model": candidate.model})
         return candidate.urls[Api.CHAT], candidate.headers, payload
 
-    def answer(self, candidate: Candidate, response: UpstreamResponse) -> Answer:
+    def answer(self, candidate: Candidate, response: UpstreamResponse) -> UsableAnswer:
         if is_native(candidate):
             parsed = usable_json(response, check_message)
             usage = parsed.get("usage")
             body = orjson.dumps({**parsed, "model": self._model})
-            return Answer(200, body, chat_usage(usage) if isinstance(usage, dict) else None, parsed)
+            return UsableAnswer(
+                200, body, chat_usage(usage) if isinstance(usage, dict) else None, parsed
+            )
         completion = usable_json(response, check_completion)
         body = orjson.dumps(from_chat(completion, self._model))
-        return Answer(200, body, completion.get("usage"), completion)
+        return UsableAnswer(200, body, completion.get("usage"), completion)
 
     def relay(self, candidate: Candidate, upstream: UpstreamStream) -> Relay:
         if is_native(candidate):

@@ -27,10 +27,10 @@ from service.errors import GatewayError
 from service.ids import IdGenerator
 from service.observability.metrics import Metrics
 from service.observability.tracing import LOST, WON, AttemptSpan, RequestTrace
+from service.routing.breakers import Breakers
 from service.routing.catalog import Catalog
-from service.routing.cooldowns import Cooldowns
-from service.routing.exchange import Answer, Exchange, ForwardExchange, Outgoing
-from service.routing.health import FleetStats
+from service.routing.exchange import Exchange, ForwardExchange, Outgoing, UsableAnswer
+from service.routing.fleet_stats import FleetStats
 from service.routing.relay import Relay
 from service.routing.table import AUTO, CHAT, Candidate
 from service.settings import Settings
@@ -118,7 +118,7 @@ class Router:
         self,
         settings: Settings,
         catalog: Catalog,
-        cooldowns: Cooldowns,
+        breakers: Breakers,
         client: UpstreamClient,
         stats: FleetStats,
         metrics: Metrics,
@@ -127,7 +127,7 @@ class Router:
         self._ids = ids
         self._settings = settings
         self._catalog = catalog
-        self._cooldowns = cooldowns
+        self._breakers = breakers
         self._client = client
         self._stats = stats
         self._metrics = metrics
@@ -191,7 +191,7 @@ class Router:
                     param="model",
                 )
             raise errors.model_not_found(model or AUTO)
-        available, wait_s = self._cooldowns.available(found)
+        available, wait_s = self._breakers.available(found)
         if available:
             explore = self._catalog.config.live.explore
             if explore and len(available) > 1 and self._random.random() < explore:
@@ -199,7 +199,7 @@ class Router:
                 return available if "," in model else _explored(available, self._random)
             return available
         now = int(time.time() * 1000)
-        if all(self._cooldowns.until_provider(c, now) for c in found):
+        if all(self._breakers.until_provider(c, now) for c in found):
             raise errors.ProvidersRateLimited(
                 "Every provider for this model is cooling down after its rate limits; retry later.",
                 retry_after_s=wait_s,
@@ -228,7 +228,7 @@ class Router:
             failure.reason,
             failure.message,
         )
-        await self._cooldowns.failed(candidate, failure)
+        await self._breakers.failed(candidate, failure)
 
     def _succeeded(
         self,
@@ -251,7 +251,7 @@ class Router:
             prompt_tokens=prompt,
             completion_tokens=completion,
         )
-        self._cooldowns.succeeded(candidate)
+        self._breakers.succeeded(candidate)
         series = self._series_of(call.operation, candidate)
         exemplar = None if call.trace is None else call.trace.exemplar
         series.duration_ok.observe(elapsed, exemplar)
@@ -400,7 +400,7 @@ class Router:
         """A non-streaming answer with failover (and hedging), each attempt made by
         ``exchange``."""
         call.operation = exchange.operation
-        plan = _Plan(call, candidates, self._settings.max_attempts, self._cooldowns)
+        plan = _Plan(call, candidates, self._settings.max_attempts, self._breakers)
 
         async def attempt(
             candidate: Candidate, outgoing: Outgoing, span: AttemptSpan | None
@@ -462,7 +462,7 @@ class Router:
     ) -> AsyncIterator[bytes] | Completion:
         """``stream``, each attempt made by ``exchange``."""
         call.operation = exchange.operation
-        plan = _Plan(call, candidates, self._settings.max_attempts, self._cooldowns)
+        plan = _Plan(call, candidates, self._settings.max_attempts, self._breakers)
 
         async def attempt(
             candidate: Candidate, outgoing: Outgoing, span: AttemptSpan | None
@@ -557,7 +557,7 @@ Attempt = Callable[[Candidate], Awaitable[T]]
 
 @dataclass(slots=True)
 class _Answer:
-    answer: Answer
+    answer: UsableAnswer
     span: AttemptSpan | None = None
 
 
@@ -640,12 +640,12 @@ class _Plan:
     """The attempts of one request: which candidate next, and the final error if none works."""
 
     def __init__(
-        self, call: Call, candidates: list[Candidate], max_attempts: int, cooldowns: Cooldowns
+        self, call: Call, candidates: list[Candidate], max_attempts: int, breakers: Breakers
     ) -> None:
         self._call = call
         self._candidates = candidates
         self._max_attempts = max_attempts
-        self._cooldowns = cooldowns
+        self._breakers = breakers
         self._next = 0
         self._started = 0
         self._failures: list[UpstreamFailure] = []
@@ -657,7 +657,7 @@ class _Plan:
 
     async def next(self) -> Candidate | None:
         """The next candidate to try, or None when the plan is over."""
-        cooldowns = self._cooldowns
+        breakers = self._breakers
         while self._next < len(self._candidates):
             candidate = self._candidates[self._next]
             self._next += 1
@@ -670,12 +670,12 @@ class _Plan:
                     UpstreamFailure(TIMEOUT, "the request deadline passed before an answer")
                 )
                 return None
-            if cooldowns.until(candidate, int(time.time() * 1000)):
+            if breakers.until(candidate, int(time.time() * 1000)):
                 self._blocked += 1  # opened while this request was under way
                 continue
-            if cooldowns.half_open(candidate):
+            if breakers.half_open(candidate):
                 lease = self.attempt_timeout(candidate)
-                if not await cooldowns.claim_probe(candidate, self._call.entry_id, lease):
+                if not await breakers.claim_probe(candidate, self._call.entry_id, lease):
                     self._blocked += 1
                     continue
                 self._probes.append(candidate)
@@ -698,7 +698,7 @@ class _Plan:
         """An attempt cancelled without a verdict (a hedge that lost): a probe it held is
         given back at once."""
         if candidate in self._probes:
-            self._cooldowns.release_probe(candidate, self._call.entry_id)
+            self._breakers.release_probe(candidate, self._call.entry_id)
 
     def give_up(self) -> GatewayError:
         failures = self._failures

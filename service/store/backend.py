@@ -9,25 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from enum import IntEnum
+from typing import Literal, NamedTuple, Protocol
 
 from service.errors import Unavailable
 from service.store.keys import QuotaKeys
+from service.store.periods import BudgetPeriod
 
-# token rpm, tpm, max_concurrency, then the team's; 0 = no limit
-Limits6 = tuple[int, int, int, int, int, int]
 WriteMode = Literal["create", "update", "newest"]
 # A usage ledger row: (UTC day "YYYY-MM-DD", token id, team id, provider, model); its values
 # are [requests, prompt tokens, completion tokens, cost in pico-USD, unpriced requests, cached
 # requests].
 LedgerKey = tuple[str, str, str, str, str]
 
-ADMITTED, OVER_RPM, OVER_TPM, OVER_CONCURRENCY, OVER_BUDGET = range(5)
-WINDOW_S = 60  # rpm and tpm count the requests of the last WINDOW_S + 1 whole seconds
-NO_BUDGET = -1
-# token budget (micro-USD), its period, the team's budget, its period (store/periods.py)
-Budgets = tuple[int, int, int, int]
-NO_BUDGETS: Budgets = (NO_BUDGET, 0, NO_BUDGET, 0)
+# rpm and tpm count the requests of the current second and the WINDOW_S - 1 before it: a
+# request counts until WINDOW_S seconds after its second began, never longer.
+WINDOW_S = 60
 
 
 class StoreError(Unavailable):
@@ -38,47 +35,91 @@ class StoreUnreachable(StoreError):
     """The store did not answer within ``STORE_TIMEOUT_MS``, or the connection failed."""
 
 
-NOT_BUDGETED = -2  # a settlement's cost when its admission reserved no budget
+class Status(IntEnum):
+    """What an admission decided (the numbers are lua/quota.lua's answers)."""
+
+    ADMITTED = 0
+    OVER_RPM = 1
+    OVER_TPM = 2
+    OVER_CONCURRENCY = 3
+    OVER_BUDGET = 4
 
 
-@dataclass(frozen=True, slots=True)
-class Settlement:
+class Charge(IntEnum):
+    """What a settlement charges its budgets when it carries no real cost (the numbers cross
+    into lua/quota.lua as they are)."""
+
+    RESERVATION = -1  # the cost is unknown: the reservation is charged in full
+    NOTHING = -2  # its admission reserved no budget: no budget is read or charged
+
+
+class RateLimits(NamedTuple):
+    """One side's rate limits (a token's, or its team's); 0 = no limit."""
+
+    rpm: int = 0
+    tpm: int = 0
+    max_concurrency: int = 0
+
+
+class SpendBudget(NamedTuple):
+    """One side's spend budget: micro-USD per ``period``; ``micro`` None: no budget."""
+
+    micro: int | None = None
+    period: BudgetPeriod = BudgetPeriod.TOTAL
+
+
+NO_LIMITS = RateLimits()
+NO_BUDGET = SpendBudget()
+
+
+class Settlement(NamedTuple):
     """A finished request's correction: its lease is released, its reservation replaced."""
 
     entry: str
     second: int  # the store second of its admission (names its window bucket)
     reserved: int  # tokens reserved at admission
-    used: int  # real tokens; -1 keeps the reservation
-    cost: int = -1  # real cost in micro-USD; -1 charges the budget reservation in full;
-    # NOT_BUDGETED: no budget was reserved (nothing to charge, no budget key read)
+    used: int | None  # real tokens; None (unknown) keeps the reservation
+    cost: int | Charge = Charge.RESERVATION  # real cost in micro-USD, or what to charge
 
     @property
     def correction(self) -> int:
         """Tokens to add to its admission's bucket: real less reserved (0: the reservation
         stands)."""
-        return self.used - self.reserved if self.used >= 0 else 0
+        return 0 if self.used is None else self.used - self.reserved
 
 
-@dataclass(frozen=True, slots=True)
-class AdmitRequest:
+class AdmitRequest(NamedTuple):
+    """A request to admit against a token's limits and budget, and its team's."""
+
     entry: str  # unique across the fleet; names the lease
     cost: int  # tokens to reserve
     lease_ms: int  # 0: no lease (nothing to settle); a budget needs one
-    limits: Limits6
+    limits: RateLimits  # the token's
+    team_limits: RateLimits = NO_LIMITS  # its team's (keys without a team: not read)
     reserve: int = 0  # worst-case cost in micro-USD, held on each budget until settled
-    budgets: Budgets = NO_BUDGETS
+    budget: SpendBudget = NO_BUDGET  # the token's
+    team_budget: SpendBudget = NO_BUDGET
 
 
-@dataclass(frozen=True, slots=True)
-class QuotaDecision:
-    status: int  # ADMITTED, OVER_RPM, OVER_TPM, OVER_CONCURRENCY, OVER_BUDGET
+class QuotaDecision(NamedTuple):
+    """What an admission decided, with the room left on the tighter side."""
+
+    status: Status
     retry_ms: int  # 0 with OVER_BUDGET: the budget never resets ("total")
     now_ms: int
-    team_side: bool  # the team's limit refused (or is the tighter one)
-    rpm_remaining: int  # -1 when unlimited
-    tpm_remaining: int
-    budget_remaining: int = -1  # micro-USD of the tighter budget after this request; -1 none
-    concurrency_remaining: int = -1  # leases still free after this one (tighter side); -1 none
+    team_side: bool = False  # the team's limit refused (or is the tighter one)
+    rpm_remaining: int | None = None  # None: unlimited
+    tpm_remaining: int | None = None
+    budget_remaining: int | None = None  # micro-USD of the tighter budget after this request
+    concurrency_remaining: int | None = None  # leases still free after this one (tighter side)
+
+
+class WindowUsage(NamedTuple):
+    """The token side of an owner group in the current window."""
+
+    requests: int
+    tokens: int
+    in_flight: int  # leases held and not expired
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +132,7 @@ class Spend:
 
 
 @dataclass(frozen=True, slots=True)
-class RoutingState:
+class BreakerState:
     cooling: dict[str, int]  # field -> cooling (or breaker open) until (ms), those in force
     failing: frozenset[str]  # fields with recent failures that a success resets
     now_ms: int
@@ -100,11 +141,11 @@ class RoutingState:
 
 @dataclass(frozen=True, slots=True)
 class CoolRule:
-    """How long a failure cools its field (see routing/cooldowns.py)."""
+    """How long a failure cools its field (see routing/breakers.py)."""
 
-    retry_after_ms: int  # the upstream's Retry-After, or -1
-    fixed_ms: int  # a fixed duration, or -1
-    base_ms: int  # doubles per consecutive failure...
+    retry_after_ms: int | None  # the upstream's Retry-After
+    fixed_ms: int | None  # a fixed duration
+    base_ms: int  # without either: doubles per consecutive failure...
     cap_ms: int  # ...up to this
     floor_ms: int  # Retry-After is clamped to [floor, ceiling]
     ceiling_ms: int
@@ -117,7 +158,7 @@ class BreakerRule:
     threshold: int  # consecutive failures that open a closed breaker
     open_ms: int  # first open period; doubles per reopening...
     max_open_ms: int  # ...up to this
-    retry_after_ms: int = -1  # the upstream's Retry-After, or -1
+    retry_after_ms: int | None = None  # the upstream's Retry-After
     floor_ms: int = 1_000  # Retry-After is clamped to [floor, ceiling]
     ceiling_ms: int = 3_600_000
 
@@ -129,7 +170,7 @@ class BreakerResult:
     opened: bool  # this call opened it
 
 
-Handler = Callable[[str], Awaitable[None]]
+MessageHandler = Callable[[str], Awaitable[None]]
 
 
 class Backend(Protocol):
@@ -154,22 +195,23 @@ class Backend(Protocol):
         """Extend held leases (key -> entry ids) to ``until_ms`` (store clock)."""
         ...
 
-    async def usage(self, keys: QuotaKeys) -> tuple[int, int, int]:
-        """(requests, tokens, leases held and not expired) of the token side in the current
-        window."""
+    async def usage(self, keys: QuotaKeys) -> WindowUsage:
+        """The token side's requests, tokens and leases in flight in the current window."""
         ...
 
     async def spend(self, budget_key: str, period: int) -> Spend:
         """A budget's spend in the current ``period`` (0 when a new period began)."""
         ...
 
-    # -- fleet-wide routing state ------------------------------------------------------------
+    # -- circuit breakers and provider cooldowns (lua/breaker_*.lua) -------------------------
 
-    async def cool(self, field: str, rule: CoolRule) -> tuple[int, int]:
+    async def breaker_cool(self, field: str, rule: CoolRule) -> tuple[int, int]:
         """Start or extend a cooldown; returns (cooling until ms, store now ms)."""
         ...
 
-    async def routing_state(self) -> RoutingState: ...
+    async def breaker_state(self) -> BreakerState:
+        """The cooldowns in force, the fields failing, the pair breakers not closed."""
+        ...
 
     async def breaker_fail(self, field: str, rule: BreakerRule, trip: bool) -> BreakerResult:
         """Count a failure of a pair (``trip``: the fleet's error rate says open it now);
@@ -238,6 +280,6 @@ class Backend(Protocol):
 
     async def publish(self, message: str) -> None: ...
 
-    async def listen(self, handler: Handler) -> None:
+    async def listen(self, handler: MessageHandler) -> None:
         """Call ``handler`` for each message published by any replica, until cancelled."""
         ...

@@ -37,18 +37,18 @@ MERGE_MAX = 64  # calls in one script call at most: Redis runs nothing else mean
 OWNER_KEYS = 3  # keys of an owner of a merged call (a token); more (6) for a team's token
 OWNER_BASE = 1024  # a merged call's head: its first argument * OWNER_BASE + its owner
 
-Call = tuple[str, list[str], list[Any], asyncio.Future[Any]]
+QueuedCall = tuple[str, list[str], list[Any], asyncio.Future[Any]]
 
 
 class _Command:
     """One EVALSHA of a pipeline, and the positions in the batch of the calls it carries.
 
     A ``merged`` command carries several calls, whose answers come back as a list.  Its
-    arguments (see lua/quota.lua; Redis parses each one, so there are few): the keys
-    not declared (``spread``: all but the first owner's, for a batch of several Cluster
-    slots); the owners (distinct key lists, numbered in turn) with more than OWNER_KEYS keys;
-    then the number of calls and, for each, its head (its first argument, which says what
-    follows, times OWNER_BASE plus its owner) and its other arguments."""
+    arguments (see lua/quota.lua; each costs Redis a parse and a Lua string, so there are
+    few): the keys not declared (``spread``: all but the first owner's, for a batch of several
+    Cluster slots); the owners (distinct key lists, numbered in turn) with more than
+    OWNER_KEYS keys; then the number of calls and, for each, its head (its first argument,
+    which says what follows, times OWNER_BASE plus its owner) and its other arguments."""
 
     __slots__ = ("calls", "keys", "merged", "name", "owners", "positions", "sizes", "spread")
 
@@ -91,7 +91,7 @@ class ScriptBatcher:
         self._client = client
         self._sources = sources
         self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in sources.items()}
-        self._queue: list[Call] = []
+        self._queue: list[QueuedCall] = []
         self._flusher: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
 
@@ -118,7 +118,7 @@ class ScriptBatcher:
             self._flusher = asyncio.ensure_future(self._flush())
 
     def _commands(
-        self, batch: list[Call], positions: Iterable[int] | None = None
+        self, batch: list[QueuedCall], positions: Iterable[int] | None = None
     ) -> list[_Command]:
         """Calls of ``batch`` as script calls: the calls of a ``MERGED`` script grouped by
         server, or (those at ``positions``, sent again after the slot map moved) by slot."""
@@ -201,8 +201,9 @@ class ScriptBatcher:
 
     async def _execute(self, commands: list[_Command]) -> list[Any]:
         if len(commands) == 1:
-            # Alone in its turn (light load): the command without a pipeline, about 35 us less
-            # client time at c=1.  A server's refusal comes back as the pipeline returns it.
+            # Alone in its turn (light load): the command without a pipeline, which costs the
+            # client less time than a pipeline of one.  A server's refusal comes back as the
+            # pipeline returns it.
             try:
                 return [await self._client.execute_command(*self._evalsha(commands[0]))]
             except ResponseError as exc:

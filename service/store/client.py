@@ -23,15 +23,16 @@ from service.store.backend import (
     Backend,
     BreakerResult,
     BreakerRule,
+    BreakerState,
     CoolRule,
-    Handler,
     LedgerKey,
+    MessageHandler,
     QuotaDecision,
-    RoutingState,
     Settlement,
     Spend,
     StoreError,
     StoreUnreachable,
+    WindowUsage,
     WriteMode,
 )
 from service.store.keys import Keys, QuotaKeys
@@ -56,7 +57,7 @@ class Store:
         self._degraded = False
         self._probe: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
-        self._handlers: dict[str, Handler] = {}
+        self._handlers: dict[str, MessageHandler] = {}
         self._on_recover: list[Callable[[], Awaitable[None]]] = []
         # Admissions whose caller gave up waiting: refunded once Redis answers again.
         self._orphans: list[tuple[QuotaKeys, Settlement]] = []
@@ -199,7 +200,10 @@ class Store:
                 # Redis may still run the admission after this caller gave up: refund it
                 # when Redis is back (a no-op if it never ran).
                 second = int(time.time())
-                self._orphans.append((keys, Settlement(admit.entry, second, admit.cost, 0, 0)))
+                refund = Settlement(
+                    entry=admit.entry, second=second, reserved=admit.cost, used=0, cost=0
+                )
+                self._orphans.append((keys, refund))
             self._send_when_back(keys, settle)
             if not local_fallback:
                 raise
@@ -219,16 +223,16 @@ class Store:
     async def spend(self, budget_key: str, period: int) -> Spend:
         return await self._run_or_local("other", lambda b: b.spend(budget_key, period))
 
-    async def usage(self, keys: QuotaKeys) -> tuple[int, int, int]:
+    async def usage(self, keys: QuotaKeys) -> WindowUsage:
         return await self._run_or_local("other", lambda b: b.usage(keys))
 
-    # -- routing state -----------------------------------------------------------------------
+    # -- circuit breakers and provider cooldowns ---------------------------------------------
 
-    async def cool(self, field: str, rule: CoolRule) -> tuple[int, int]:
-        return await self._run_or_local("cool", lambda b: b.cool(field, rule))
+    async def breaker_cool(self, field: str, rule: CoolRule) -> tuple[int, int]:
+        return await self._run_or_local("cool", lambda b: b.breaker_cool(field, rule))
 
-    async def routing_state(self) -> RoutingState:
-        return await self._run_or_local("other", lambda b: b.routing_state())
+    async def breaker_state(self) -> BreakerState:
+        return await self._run_or_local("other", lambda b: b.breaker_state())
 
     async def breaker_fail(self, field: str, rule: BreakerRule, trip: bool) -> BreakerResult:
         return await self._run_or_local("cool", lambda b: b.breaker_fail(field, rule, trip))
@@ -346,7 +350,7 @@ class Store:
         if self.shared and not self._degraded:
             await self._run("other", lambda b: b.publish(message))
 
-    def subscribe(self, topic: str, handler: Handler) -> None:
+    def subscribe(self, topic: str, handler: MessageHandler) -> None:
         """Call ``handler(rest)`` for every message ``topic:rest`` any replica publishes."""
         self._handlers[topic] = handler
 

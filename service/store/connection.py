@@ -366,7 +366,7 @@ class _FollowingPool(SentinelConnectionPool):
 
         redis-py closes the idle connections when a lookup finds a new master, but a
         connection busy at that moment goes back to the pool still connected to the old one,
-        and was reused there for as long as the old master lived (seen: 5 s and more)."""
+        and was reused there for as long as the old master lived."""
         master = self.master_address
         if (
             master is not None

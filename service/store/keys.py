@@ -77,19 +77,19 @@ class Keys:
     # -- quotas ------------------------------------------------------------------------------
 
     def quota(self, token_id: str, team_id: str | None) -> QuotaKeys:
-        # ":ring": buckets laid out as lua/quota.lua says.  Keys of other layouts (":window",
-        # ":windows") are never read, so during a rolling upgrade each layout counts in its
-        # own key (docs/operations/redis.md).
+        # The suffix names the layout of the windows hash (":ring60": lua/quota.lua): a new
+        # layout takes a new suffix, so during a rolling upgrade replicas of two layouts count
+        # in two keys and never misread each other's buckets (docs/operations/redis.md).
         group = f"{self.prefix}:{{q:{team_id or token_id}}}"
         token = f"{group}:token:{token_id}"
         if team_id is None:
-            return QuotaKeys(f"{token}:ring", f"{token}:leases", f"{token}:budget")
+            return QuotaKeys(f"{token}:ring60", f"{token}:leases", f"{token}:budget")
         team = f"{group}:team"
         return QuotaKeys(
-            f"{token}:ring",
+            f"{token}:ring60",
             f"{token}:leases",
             f"{token}:budget",
-            f"{team}:ring",
+            f"{team}:ring60",
             f"{team}:leases",
             f"{team}:budget",
         )

@@ -21,27 +21,25 @@ from typing import Any
 import orjson
 
 from service.store.backend import (
-    ADMITTED,
-    NOT_BUDGETED,
-    OVER_BUDGET,
-    OVER_CONCURRENCY,
-    OVER_RPM,
-    OVER_TPM,
     WINDOW_S,
     AdmitRequest,
     BreakerResult,
     BreakerRule,
+    BreakerState,
+    Charge,
     CoolRule,
-    Handler,
     LedgerKey,
+    MessageHandler,
     QuotaDecision,
-    RoutingState,
     Settlement,
     Spend,
+    Status,
+    WindowUsage,
     WriteMode,
 )
 from service.store.keys import QuotaKeys
-from service.store.periods import bounds
+from service.store.memory_breakers import MemoryBreakers
+from service.store.periods import BudgetPeriod, bounds
 
 log = logging.getLogger("best.store")
 
@@ -50,7 +48,8 @@ SAVE_DELAY_S = 1.0
 REGISTRY_FILE = "registry.json"
 LEDGER_FILE = "ledger.json"
 SEP = "\x1f"  # joins a ledger row's token, team, provider and model
-LEGACY_TOKENS_FILE = "tokens.json"  # the registry file of earlier versions
+_ADMITTED, _NOTHING = Status.ADMITTED, Charge.NOTHING  # looked up once, not per call
+LEGACY_TOKENS_FILE = "tokens.json"  # read when registry.json is absent (tokens only)
 
 
 def _now_ms() -> int:
@@ -68,8 +67,8 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 class _Window:
-    """Per-second request and token buckets of one owner over the last 60 s (see quota.lua),
-    with running totals so a check costs O(1) amortised."""
+    """Per-second request and token buckets of one owner: the current second and the 59
+    before it (see quota.lua), with running totals so a check costs O(1) amortised."""
 
     __slots__ = ("oldest", "request_total", "requests", "token_total", "tokens")
 
@@ -78,12 +77,12 @@ class _Window:
         self.tokens: dict[int, int] = {}
         self.request_total = 0
         self.token_total = 0
-        self.oldest = now_s - WINDOW_S
+        self.oldest = now_s - WINDOW_S + 1
 
     def prune(self, now_s: int) -> tuple[int, int]:
-        limit = now_s - WINDOW_S
+        limit = now_s - WINDOW_S + 1  # the oldest second in the window
         if self.oldest < limit:
-            if limit - self.oldest > WINDOW_S + 1:  # idle for a whole window
+            if limit - self.oldest >= WINDOW_S:  # idle for a whole window: nothing is left
                 self.requests.clear()
                 self.tokens.clear()
                 self.request_total = self.token_total = 0
@@ -113,7 +112,7 @@ class _Window:
         for second in sorted(buckets):
             freed += buckets[second]
             if used - freed + need <= limit:
-                return max(1, (second + WINDOW_S + 1) * 1000 - now)
+                return max(1, (second + WINDOW_S) * 1000 - now)  # when it leaves
         return 60_000
 
 
@@ -122,7 +121,7 @@ class _Budget:
 
     __slots__ = ("holds", "period", "reserved", "spent", "start")
 
-    def __init__(self, period: int, start: int = -1, spent: int = 0) -> None:
+    def __init__(self, period: BudgetPeriod, start: int = -1, spent: int = 0) -> None:
         self.period = period
         self.start = start
         self.spent = spent
@@ -137,10 +136,7 @@ class MemoryBackend:
         self._data_dir = data_dir
         self._windows: dict[str, _Window] = {}
         self._leases: dict[str, dict[str, int]] = {}
-        self._cooldowns: dict[str, int] = {}
-        self._failures: dict[str, tuple[int, int]] = {}  # field -> (count, expires ms)
-        self._breakers: dict[str, tuple[int, int]] = {}  # field -> (openings, expires ms)
-        self._probes: dict[str, tuple[str, int]] = {}  # field -> (owner, until ms)
+        self._breakers = MemoryBreakers()
         self._stats: dict[str, int] = {}
         self._values: dict[str, tuple[bytes, int]] = {}  # key -> (value, expires ms)
         self._sweep_at = SWEEP_MIN
@@ -166,7 +162,7 @@ class MemoryBackend:
                 for kind in self._records:
                     self._records[kind] = {r["id"]: r for r in saved.get(kind, []) if "id" in r}
                 for key, (period, start, spent) in saved.get("budgets", {}).items():
-                    self._budgets[key] = _Budget(int(period), int(start), int(spent))
+                    self._budgets[key] = _Budget(BudgetPeriod(int(period)), int(start), int(spent))
             elif legacy.exists():
                 rows = orjson.loads(legacy.read_bytes())
                 self._records["token"] = {
@@ -235,29 +231,34 @@ class MemoryBackend:
                     if window is not None:
                         window.correct(s.second, s.correction)
             # Budgets: each side's reservation is its own proof (see quota.lua).
-            if s.cost != NOT_BUDGETED:
+            if s.cost != _NOTHING:
                 self._charge(keys.token_budget, s.entry, s.cost, now)
             if in_team and keys.team_leases is not None and keys.team_budget is not None:
                 self._leases.get(keys.team_leases, {}).pop(s.entry, None)
-                if s.cost != NOT_BUDGETED:
+                if s.cost != _NOTHING:
                     self._charge(keys.team_budget, s.entry, s.cost, now)
         if admit is None:
-            return QuotaDecision(ADMITTED, 0, now, False, -1, -1)
+            return QuotaDecision(status=_ADMITTED, retry_ms=0, now_ms=now)
 
-        limits, budgets = admit.limits, admit.budgets
         sides = [
-            (keys.token_windows, keys.token_leases, keys.token_budget, limits[0:3], budgets[0:2])
+            (keys.token_windows, keys.token_leases, keys.token_budget, admit.limits, admit.budget)
         ]
         if in_team:
             assert keys.team_windows and keys.team_leases and keys.team_budget
             sides.append(
-                (keys.team_windows, keys.team_leases, keys.team_budget, limits[3:6], budgets[2:4])
+                (
+                    keys.team_windows,
+                    keys.team_leases,
+                    keys.team_budget,
+                    admit.team_limits,
+                    admit.team_budget,
+                )
             )
-        rpm_left = tpm_left = budget_left = conc_left = -1
+        rpm_left = tpm_left = budget_left = conc_left = None
         for team_side, side in enumerate(sides):
             windows_key, leases_key, budget_key, (rpm, tpm, conc), (budget, period) = side
-            left = -1
-            if budget >= 0:
+            left: int | None = None
+            if budget is not None:
                 self._expire(leases_key, budget_key, now)
                 state = self._roll(budget_key, period, now)
                 left = budget - state.spent - state.reserved
@@ -267,7 +268,11 @@ class MemoryBackend:
                         _, stop = bounds(period, now)
                         retry = 0 if stop < 0 else stop - now
                     return QuotaDecision(
-                        OVER_BUDGET, retry, now, bool(team_side), -1, -1, max(0, left)
+                        status=Status.OVER_BUDGET,
+                        retry_ms=retry,
+                        now_ms=now,
+                        team_side=bool(team_side),
+                        budget_remaining=max(0, left),
                     )
                 left -= admit.reserve
             if rpm > 0 or tpm > 0:
@@ -276,49 +281,75 @@ class MemoryBackend:
                     window = self._windows[windows_key] = _Window(now_s)
                 requests, tokens = window.prune(now_s)
                 if rpm > 0 and requests + 1 > rpm:
-                    retry = window.wait_ms(window.requests, requests, 1, rpm, now)
-                    return QuotaDecision(OVER_RPM, retry, now, bool(team_side), 0, -1, left)
-                if tpm > 0 and tokens + admit.cost > tpm:
-                    retry = window.wait_ms(window.tokens, tokens, admit.cost, tpm, now)
                     return QuotaDecision(
-                        OVER_TPM, retry, now, bool(team_side), -1, max(0, tpm - tokens), left
+                        status=Status.OVER_RPM,
+                        retry_ms=window.wait_ms(window.requests, requests, 1, rpm, now),
+                        now_ms=now,
+                        team_side=bool(team_side),
+                        rpm_remaining=0,
+                        budget_remaining=left,
+                    )
+                if tpm > 0 and tokens + admit.cost > tpm:
+                    return QuotaDecision(
+                        status=Status.OVER_TPM,
+                        retry_ms=window.wait_ms(window.tokens, tokens, admit.cost, tpm, now),
+                        now_ms=now,
+                        team_side=bool(team_side),
+                        tpm_remaining=max(0, tpm - tokens),
+                        budget_remaining=left,
                     )
                 if rpm > 0:
-                    remaining = rpm - requests - 1
-                    rpm_left = remaining if rpm_left < 0 else min(rpm_left, remaining)
+                    left_now = rpm - requests - 1
+                    rpm_left = left_now if rpm_left is None else min(rpm_left, left_now)
                 if tpm > 0:
-                    remaining = tpm - tokens - admit.cost
-                    tpm_left = remaining if tpm_left < 0 else min(tpm_left, remaining)
+                    left_now = tpm - tokens - admit.cost
+                    tpm_left = left_now if tpm_left is None else min(tpm_left, left_now)
             if conc > 0:
                 leases = self._leases.setdefault(leases_key, {})
-                if budget < 0:
+                if budget is None:
                     for entry in [e for e, until in leases.items() if until <= now]:
                         del leases[entry]
                 if len(leases) >= conc:
-                    return QuotaDecision(OVER_CONCURRENCY, 1000, now, bool(team_side), -1, -1, left)
-                remaining = conc - len(leases) - 1
-                conc_left = remaining if conc_left < 0 else min(conc_left, remaining)
-            if left >= 0:
-                budget_left = left if budget_left < 0 else min(budget_left, left)
+                    return QuotaDecision(
+                        status=Status.OVER_CONCURRENCY,
+                        retry_ms=1000,
+                        now_ms=now,
+                        team_side=bool(team_side),
+                        budget_remaining=left,
+                    )
+                left_now = conc - len(leases) - 1
+                conc_left = left_now if conc_left is None else min(conc_left, left_now)
+            if left is not None:
+                budget_left = left if budget_left is None else min(budget_left, left)
 
         for team_side, side in enumerate(sides):
             windows_key, leases_key, budget_key, (rpm, tpm, conc), (budget, _) = side
             if rpm > 0 or tpm > 0:
                 self._windows[windows_key].add(now_s, admit.cost)
-            if admit.lease_ms > 0 and (not team_side or conc > 0 or budget >= 0):
+            if admit.lease_ms > 0 and (not team_side or conc > 0 or budget is not None):
                 self._leases.setdefault(leases_key, {})[admit.entry] = now + admit.lease_ms
-            if budget >= 0:
+            if budget is not None:
                 state = self._budgets[budget_key]
                 state.holds[admit.entry] = admit.reserve
                 state.reserved += admit.reserve
-        return QuotaDecision(ADMITTED, 0, now, False, rpm_left, tpm_left, budget_left, conc_left)
+        return QuotaDecision(
+            status=_ADMITTED,
+            retry_ms=0,
+            now_ms=now,
+            rpm_remaining=rpm_left,
+            tpm_remaining=tpm_left,
+            budget_remaining=budget_left,
+            concurrency_remaining=conc_left,
+        )
 
     # -- budgets (see quota.lua) ---------------------------------------------------------------
 
-    def _roll(self, key: str, period: int | None, now: int) -> _Budget:
+    def _roll(self, key: str, period: BudgetPeriod | None, now: int) -> _Budget:
         state = self._budgets.get(key)
         if state is None:
-            state = self._budgets[key] = _Budget(period if period is not None else 0)
+            state = self._budgets[key] = _Budget(
+                period if period is not None else BudgetPeriod.TOTAL
+            )
         kind = state.period if period is None else period
         start, _ = bounds(kind, now)
         if state.period != kind or state.start != start:
@@ -327,20 +358,22 @@ class MemoryBackend:
         return state
 
     def _charge(self, key: str, entry: str, cost: int, now: int) -> None:
+        """Settle ``entry``'s reservation on budget ``key`` with ``cost`` (micro-USD, or
+        Charge.RESERVATION: the reservation in full)."""
         state = self._budgets.get(key)
         if state is None or entry not in state.holds:
             return
         self._roll(key, None, now)
         held = state.holds.pop(entry)
         state.reserved -= held
-        state.spent += cost if cost >= 0 else held
+        state.spent += held if cost == Charge.RESERVATION else cost
         self._budgets_changed()
 
     def _expire(self, leases_key: str, budget_key: str, now: int) -> None:
         leases = self._leases.get(leases_key, {})
         for entry in [e for e, until in leases.items() if until <= now]:
             del leases[entry]
-            self._charge(budget_key, entry, -1, now)
+            self._charge(budget_key, entry, Charge.RESERVATION, now)
 
     def _budgets_changed(self) -> None:
         """Spend is durable: saved at most once a second (and at close)."""
@@ -371,98 +404,33 @@ class MemoryBackend:
                 if entry in held:
                     held[entry] = until_ms
 
-    async def usage(self, keys: QuotaKeys) -> tuple[int, int, int]:
+    async def usage(self, keys: QuotaKeys) -> WindowUsage:
         now = _now_ms()
         window = self._windows.get(keys.token_windows)
         requests, tokens = window.prune(now // 1000) if window else (0, 0)
         leases = self._leases.get(keys.token_leases, {})
-        return requests, tokens, sum(1 for until in leases.values() if until > now)
+        in_flight = sum(1 for until in leases.values() if until > now)
+        return WindowUsage(requests=requests, tokens=tokens, in_flight=in_flight)
 
-    # -- routing state -----------------------------------------------------------------------
+    # -- circuit breakers and cooldowns (memory_breakers.py) -------------------------------
 
-    async def cool(self, field: str, rule: CoolRule) -> tuple[int, int]:
-        now = _now_ms()
-        count, expires = self._failures.get(field, (0, 0))
-        count = (count if expires > now else 0) + 1
-        self._failures[field] = (count, now + rule.cap_ms * 2)
-        if rule.retry_after_ms >= 0:
-            duration = min(max(rule.retry_after_ms, rule.floor_ms), rule.ceiling_ms)
-        elif rule.fixed_ms >= 0:
-            duration = rule.fixed_ms
-        else:
-            duration = min(rule.base_ms * 2 ** (count - 1), rule.cap_ms)
-        until = max(now + duration, self._cooldowns.get(field, 0))
-        self._cooldowns[field] = until
-        for done in [f for f, u in self._cooldowns.items() if u <= now]:
-            del self._cooldowns[done]
-        return until, now
+    async def breaker_cool(self, field: str, rule: CoolRule) -> tuple[int, int]:
+        return self._breakers.cool(field, rule)
 
-    async def routing_state(self) -> RoutingState:
-        now = _now_ms()
-        return RoutingState(
-            cooling={f: u for f, u in self._cooldowns.items() if u > now},
-            failing=frozenset(f for f, (_, expires) in self._failures.items() if expires > now),
-            now_ms=now,
-            tripped=frozenset(f for f, (_, expires) in self._breakers.items() if expires > now),
-        )
-
-    def _openings(self, field: str, now: int) -> int:
-        openings, expires = self._breakers.get(field, (0, 0))
-        return openings if expires > now else 0
+    async def breaker_state(self) -> BreakerState:
+        return self._breakers.state()
 
     async def breaker_fail(self, field: str, rule: BreakerRule, trip: bool) -> BreakerResult:
-        now = _now_ms()
-        current = self._cooldowns.get(field, 0)
-        if current > now:
-            return BreakerResult(current, now, False)
-        openings = self._openings(field, now)
-        if trip:
-            if openings > 0:
-                return BreakerResult(0, now, False)
-        else:
-            count, expires = self._failures.get(field, (0, 0))
-            count = (count if expires > now else 0) + 1
-            self._failures[field] = (count, now + rule.max_open_ms * 2)
-            if openings == 0 and count < rule.threshold:
-                return BreakerResult(0, now, False)
-        duration = min(rule.open_ms * 2**openings, rule.max_open_ms)
-        if rule.retry_after_ms >= 0:
-            clamped = min(max(rule.retry_after_ms, rule.floor_ms), rule.ceiling_ms)
-            duration = max(duration, clamped)
-        until = now + duration
-        self._cooldowns[field] = until
-        self._breakers[field] = (openings + 1, until + rule.max_open_ms * 2)
-        self._probes.pop(field, None)
-        for done in [f for f, u in self._cooldowns.items() if u <= now]:
-            del self._cooldowns[done]
-        return BreakerResult(until, now, True)
+        return self._breakers.fail(field, rule, trip)
 
     async def breaker_probe(self, field: str, owner: str, lease_ms: int) -> bool:
-        now = _now_ms()
-        if not self._openings(field, now):
-            return True
-        if self._cooldowns.get(field, 0) > now:
-            return False
-        holder, until = self._probes.get(field, ("", 0))
-        if until > now and holder != owner:
-            return False
-        self._probes[field] = (owner, now + lease_ms)
-        return True
+        return self._breakers.probe(field, owner, lease_ms)
 
     async def breaker_release(self, field: str, owner: str) -> None:
-        if self._probes.get(field, ("", 0))[0] == owner:
-            del self._probes[field]
+        self._breakers.release(field, owner)
 
     async def breaker_close(self, fields: Sequence[str]) -> int:
-        now = _now_ms()
-        closed = 0
-        for field in fields:
-            self._failures.pop(field, None)
-            if self._breakers.pop(field, (0, 0))[1] > now:
-                self._cooldowns.pop(field, None)
-                self._probes.pop(field, None)
-                closed += 1
-        return closed
+        return self._breakers.close(fields)
 
     # -- statistics, caches, locks -----------------------------------------------------------
 
@@ -561,5 +529,5 @@ class MemoryBackend:
     async def publish(self, message: str) -> None:
         return None
 
-    async def listen(self, handler: Handler) -> None:
+    async def listen(self, handler: MessageHandler) -> None:
         await asyncio.Event().wait()

@@ -25,20 +25,21 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.store.backend import (
-    ADMITTED,
     WINDOW_S,
     AdmitRequest,
     BreakerResult,
     BreakerRule,
+    BreakerState,
     CoolRule,
-    Handler,
     LedgerKey,
+    MessageHandler,
     QuotaDecision,
-    RoutingState,
     Settlement,
     Spend,
+    Status,
     StoreError,
     StoreUnreachable,
+    WindowUsage,
     WriteMode,
 )
 from service.store.batching import RedisClient, ScriptBatcher
@@ -48,7 +49,7 @@ from service.store.periods import bounds
 from service.store.scripts import load_sources
 
 BUCKET_TOKEN_BITS = 33  # a window bucket is requests * 2^33 + tokens (lua/quota.lua)
-RING_SLOTS = WINDOW_S + 1  # a window's one-second slots, "b0" to "b60" (lua/quota.lua)
+RING_SLOTS = WINDOW_S  # a window's one-second slots, "b0" to "b59" (lua/quota.lua)
 
 log = logging.getLogger("best.store")
 _REDIS_PACKAGE = os.path.dirname(redis.__file__) + os.sep
@@ -68,6 +69,27 @@ UNREACHABLE = (
     OSError,
     asyncio.TimeoutError,
 )
+
+
+_STATUSES = tuple(Status)  # by number: cheaper than Status(n) on the hot path
+
+
+def _terms(admit: AdmitRequest) -> str:
+    """An admission's terms as lua/quota.lua reads them: one comma-separated string of the
+    token's and the team's limits, their budgets (-1: none) and periods, and the lease."""
+    token, team = admit.limits, admit.team_limits
+    budget, team_budget = admit.budget, admit.team_budget
+    return (
+        f"{token.rpm},{token.tpm},{token.max_concurrency},"
+        f"{team.rpm},{team.tpm},{team.max_concurrency},"
+        f"{_ms_or_none(budget.micro)},{budget.period:d},"
+        f"{_ms_or_none(team_budget.micro)},{team_budget.period:d},{admit.lease_ms}"
+    )
+
+
+def _ms_or_none(value: int | None) -> int:
+    """An optional amount as the Lua scripts take it: -1 for none."""
+    return -1 if value is None else value
 
 
 def _decode(raw: Mapping[bytes, bytes]) -> dict[str, str]:
@@ -171,18 +193,25 @@ class RedisBackend:
         shape = 0 if admit is None else 2 if admit.reserve else 1
         args: list[Any] = [4 * len(settle) + shape]
         for s in settle:
-            args += [s.entry, s.second, s.correction, s.cost]
+            # int(): redis-py would send an IntEnum's repr
+            args += [s.entry, s.second, s.correction, int(s.cost)]
         if admit is not None:
-            terms = ",".join(str(n) for n in (*admit.limits, *admit.budgets, admit.lease_ms))
-            args += [admit.entry, admit.cost, terms]
+            args += [admit.entry, admit.cost, _terms(admit)]
             if admit.reserve:
                 args.append(admit.reserve)
         raw = await self._script("quota", keys.as_list(), args, urgent=admit is not None)
         if admit is None:  # the script answers 0: settled (its clock read by no one)
-            return QuotaDecision(ADMITTED, 0, int(time.time() * 1000), False, -1, -1)
+            return QuotaDecision(status=Status.ADMITTED, retry_ms=0, now_ms=int(time.time() * 1000))
         status, retry, now, side, rpm_left, tpm_left, budget_left, conc_left = (int(v) for v in raw)
         return QuotaDecision(
-            status, retry, now, side == 1, rpm_left, tpm_left, budget_left, conc_left
+            status=_STATUSES[status],
+            retry_ms=retry,
+            now_ms=now,
+            team_side=side == 1,
+            rpm_remaining=None if rpm_left < 0 else rpm_left,
+            tpm_remaining=None if tpm_left < 0 else tpm_left,
+            budget_remaining=None if budget_left < 0 else budget_left,
+            concurrency_remaining=None if conc_left < 0 else conc_left,
         )
 
     async def renew(self, leases: Mapping[str, Sequence[str]], until_ms: int) -> None:
@@ -206,10 +235,10 @@ class RedisBackend:
         current = kind == period and start == now_start
         return Spend((spent or 0) if current else 0, reserved or 0, now_start)
 
-    async def usage(self, keys: QuotaKeys) -> tuple[int, int, int]:
+    async def usage(self, keys: QuotaKeys) -> WindowUsage:
         # The buckets of the window, not the counts "rs"/"ts": those still include the buckets
         # that left it until the token's next visit drops them.  Slot i holds the bucket of
-        # the one second in [o, o + 60] that is i modulo 61 (lua/quota.lua).
+        # the one second in [o, o + 59] that is i modulo 60 (lua/quota.lua).
         now_ms = int(time.time() * 1000)
         now_s = now_ms // 1000
 
@@ -227,34 +256,36 @@ class RedisBackend:
             o = int(oldest)
             for i, value in enumerate(slots):
                 second = o + (i - o) % RING_SLOTS
-                if value is not None and now_s - WINDOW_S <= second <= now_s:
+                if value is not None and now_s - WINDOW_S < second <= now_s:
                     packed = int(value)
                     requests += packed >> BUCKET_TOKEN_BITS
                     tokens += packed & ((1 << BUCKET_TOKEN_BITS) - 1)
-        return requests, tokens, int(in_flight)
+        return WindowUsage(requests=requests, tokens=tokens, in_flight=int(in_flight))
 
-    # -- routing state -----------------------------------------------------------------------
+    # -- circuit breakers and provider cooldowns (lua/breaker_*.lua) ----------------------
 
-    async def cool(self, field: str, rule: CoolRule) -> tuple[int, int]:
+    async def breaker_cool(self, field: str, rule: CoolRule) -> tuple[int, int]:
         args = [
             field,
-            rule.retry_after_ms,
-            rule.fixed_ms,
+            _ms_or_none(rule.retry_after_ms),
+            _ms_or_none(rule.fixed_ms),
             rule.base_ms,
             rule.cap_ms,
             rule.floor_ms,
             rule.ceiling_ms,
         ]
-        until, now = await self._script("cool", [self._keys.cooldowns, self._keys.failures], args)
+        until, now = await self._script(
+            "breaker_cool", [self._keys.cooldowns, self._keys.failures], args
+        )
         return int(until), int(now)
 
-    async def routing_state(self) -> RoutingState:
+    async def breaker_state(self) -> BreakerState:
         k = self._keys
-        raw = await self._script("routing_state", [k.cooldowns, k.failures, k.breakers], [])
+        raw = await self._script("breaker_state", [k.cooldowns, k.failures, k.breakers], [])
         n, failing = int(raw[1]), int(raw[2])
         pairs = raw[3 : 3 + 2 * n]
         rest = raw[3 + 2 * n :]
-        return RoutingState(
+        return BreakerState(
             cooling={pairs[i].decode(): int(pairs[i + 1]) for i in range(0, len(pairs), 2)},
             failing=frozenset(f.decode() for f in rest[:failing]),
             now_ms=int(raw[0]),
@@ -272,7 +303,7 @@ class RedisBackend:
             1 if trip else 0,
             rule.open_ms,
             rule.max_open_ms,
-            rule.retry_after_ms,
+            _ms_or_none(rule.retry_after_ms),
             rule.floor_ms,
             rule.ceiling_ms,
         ]
@@ -416,7 +447,7 @@ class RedisBackend:
     async def publish(self, message: str) -> None:
         await self._do(self._c.publish(self._keys.channel, message))
 
-    async def listen(self, handler: Handler) -> None:
+    async def listen(self, handler: MessageHandler) -> None:
         while True:
             try:
                 await self._listen_until_moved(handler)
@@ -425,7 +456,7 @@ class RedisBackend:
                 log.debug("store: subscription lost (%r); retrying", exc)
             await asyncio.sleep(1.0)
 
-    async def _listen_until_moved(self, handler: Handler) -> None:
+    async def _listen_until_moved(self, handler: MessageHandler) -> None:
         """Relay messages until the subscription breaks (raises) or its server is no longer
         the master (returns): after a Sentinel failover the old master, still up, does not
         see what is published on the new one."""

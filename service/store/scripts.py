@@ -6,8 +6,8 @@ from importlib import resources
 
 NAMES = (
     "quota",
-    "cool",
-    "routing_state",
+    "breaker_cool",
+    "breaker_state",
     "breaker_fail",
     "breaker_probe",
     "breaker_release",

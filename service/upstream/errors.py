@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import orjson
 
-Scope = Literal["provider", "pair", "none"]
+FailureScope = Literal["provider", "pair", "none"]
 
 # Failover reasons; also the bounded label set of the failover metric.
 CONNECT = "connect"
@@ -43,7 +43,7 @@ REASONS = (
     STREAM_BROKEN,
 )
 
-_SCOPES: dict[str, Scope] = {
+_SCOPES: dict[str, FailureScope] = {
     CONNECT: "pair",
     TIMEOUT: "pair",
     SERVER_ERROR: "pair",
@@ -75,7 +75,7 @@ class UpstreamFailure(Exception):
         self.retry_after_s = retry_after_s
 
     @property
-    def scope(self) -> Scope:
+    def scope(self) -> FailureScope:
         return _SCOPES[self.reason]
 
 

@@ -98,14 +98,14 @@ def test_quota_memory_per_token_is_bounded(
     with master.client() as conn:
         keys = sorted(k.decode() for k in conn.scan_iter(match=f"best:{{q:{token_id}}}*"))
         usage = {key: int(conn.memory_usage(key, samples=0) or 0) for key in keys}
-        requests_counted = int(conn.hget(f"{group}:ring", "rs") or 0)
-        # The most a window can hold, whatever the rate: 61 one-second slots (requests
+        requests_counted = int(conn.hget(f"{group}:ring60", "rs") or 0)
+        # The most a window can hold, whatever the rate: 60 one-second slots (requests
         # * 2^33 + tokens) plus its three totals (lua/quota.lua), with counts of a token
         # running at rpm=100000 (1,700 requests and 170,000 tokens a second).
         now_s = int(time.time())
-        full = {"o": now_s - 60, "rs": 100_000, "ts": 10_000_000}
-        for second in range(now_s - 60, now_s + 1):
-            full |= {f"b{second % 61}": 1_700 * 2**33 + 170_000}
+        full = {"o": now_s - 59, "rs": 100_000, "ts": 10_000_000}
+        for second in range(now_s - 59, now_s + 1):
+            full |= {f"b{second % 60}": 1_700 * 2**33 + 170_000}
         scratch = f"{group}:full-window-scratch"
         conn.hset(scratch, mapping=full)
         full_window = int(conn.memory_usage(scratch, samples=0) or 0)
@@ -114,7 +114,7 @@ def test_quota_memory_per_token_is_bounded(
         f"\nquota keys of an rpm=100000 token after {requests} requests in {elapsed:.1f} s: "
         f"{usage} ({sum(usage.values())} B); a full 60 s window: {full_window} B"
     )
-    assert f"{group}:ring" in usage
+    assert f"{group}:ring60" in usage
     if elapsed < 59:  # every admission is still in the window
         assert requests_counted == requests
     # Per-second buckets, not one entry per request (about 120 B each: 120 KB here, 12 MB

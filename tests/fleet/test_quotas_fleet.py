@@ -43,7 +43,7 @@ def test_rpm_admits_exactly_the_limit_across_replicas(fleet: Fleet) -> None:
     assert statuses.count(429) == 20, statuses
     refused = next(r for r in responses if r.status_code == 429)
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
-    assert 1 <= int(refused.headers["retry-after"]) <= 61  # whole-second buckets
+    assert 1 <= int(refused.headers["retry-after"]) <= 60  # never longer than the window
     assert refused.headers["x-ratelimit-limit-requests"] == "10"
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
     admitted = next(r for r in responses if r.status_code == 200)

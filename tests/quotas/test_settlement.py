@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from redis import Redis
 
-from service.quotas import admission
+from service.quotas import leases, settlement
 from tests.harness import RedisServer, write_config
 from tests.inprocess import client, inprocess_settings, running_app
 
@@ -119,6 +119,6 @@ def test_a_patient_settlement_still_finds_its_lease() -> None:
     """A finished request's lease is no longer renewed: the longest wait for a ride ends at
     least 2 s before the lease could expire, so the settlement still releases it and corrects
     the reservation rather than leaving the lease to expire."""
-    least_left_ms = admission.LEASE_MS - admission.RENEW_S * 1000
-    assert least_left_ms - 2000 >= admission.SETTLE_PATIENT_S * 1000
-    assert admission.SETTLE_DELAY_S < admission.SETTLE_PATIENT_S
+    least_left_ms = leases.LEASE_MS - leases.RENEW_S * 1000
+    assert least_left_ms - 2000 >= settlement.SETTLE_PATIENT_S * 1000
+    assert settlement.SETTLE_DELAY_S < settlement.SETTLE_PATIENT_S

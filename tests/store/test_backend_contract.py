@@ -11,19 +11,20 @@ from redis.asyncio import Redis
 
 from service.store import periods
 from service.store.backend import (
-    ADMITTED,
-    OVER_BUDGET,
-    OVER_CONCURRENCY,
-    OVER_RPM,
-    OVER_TPM,
+    NO_BUDGET,
+    NO_LIMITS,
     AdmitRequest,
     Backend,
     BreakerRule,
-    Budgets,
+    Charge,
     LedgerKey,
+    RateLimits,
     Settlement,
+    SpendBudget,
+    Status,
 )
 from service.store.keys import Keys
+from service.store.periods import BudgetPeriod
 from service.store.scripts import load_sources
 from tests.harness import RedisServer
 from tests.store.conftest import BackendRunner
@@ -36,19 +37,19 @@ def test_rpm_admits_exactly_the_limit_then_refuses_with_a_wait(
         q = keys.quota("tok", None)
         out = []
         for i in range(7):
-            d = await backend.quota(q, [], AdmitRequest(f"e{i}", 0, 0, (5, 0, 0, 0, 0, 0)))
+            d = await backend.quota(q, [], AdmitRequest(f"e{i}", 0, 0, RateLimits(5, 0, 0)))
             out.append((d.status, d.retry_ms))
         return out
 
     decisions = run_backend(body)
-    assert [s for s, _ in decisions] == [ADMITTED] * 5 + [OVER_RPM] * 2
+    assert [s for s, _ in decisions] == [Status.ADMITTED] * 5 + [Status.OVER_RPM] * 2
     assert all(55_000 <= retry <= 61_000 for _, retry in decisions[5:])
 
 
 def test_concurrency_lease_is_released_by_settlement_once(run_backend: BackendRunner) -> None:
     async def body(backend: Backend, keys: Keys) -> list[int]:
         q = keys.quota("tok", None)
-        limits = (0, 0, 1, 0, 0, 0)
+        limits = RateLimits(0, 0, 1)
         first = await backend.quota(q, [], AdmitRequest("a", 0, 10_000, limits))
         second = await backend.quota(q, [], AdmitRequest("b", 0, 10_000, limits))
         done = Settlement("a", first.now_ms // 1000, 0, 0)
@@ -57,13 +58,18 @@ def test_concurrency_lease_is_released_by_settlement_once(run_backend: BackendRu
         fourth = await backend.quota(q, [done], AdmitRequest("d", 0, 10_000, limits))
         return [first.status, second.status, third.status, fourth.status]
 
-    assert run_backend(body) == [ADMITTED, OVER_CONCURRENCY, ADMITTED, OVER_CONCURRENCY]
+    assert run_backend(body) == [
+        Status.ADMITTED,
+        Status.OVER_CONCURRENCY,
+        Status.ADMITTED,
+        Status.OVER_CONCURRENCY,
+    ]
 
 
 def test_tpm_reservation_is_replaced_by_real_usage(run_backend: BackendRunner) -> None:
     async def body(backend: Backend, keys: Keys) -> list[int]:
         q = keys.quota("tok", None)
-        limits = (0, 100, 0, 0, 0, 0)
+        limits = RateLimits(0, 100, 0)
         first = await backend.quota(q, [], AdmitRequest("a", 80, 10_000, limits))
         refused = await backend.quota(q, [], AdmitRequest("b", 30, 10_000, limits))
         used = Settlement("a", first.now_ms // 1000, 80, 10)
@@ -71,7 +77,7 @@ def test_tpm_reservation_is_replaced_by_real_usage(run_backend: BackendRunner) -
         _, tokens, in_flight = await backend.usage(q)
         return [first.status, refused.status, admitted.status, tokens, in_flight]
 
-    assert run_backend(body) == [ADMITTED, OVER_TPM, ADMITTED, 40, 1]
+    assert run_backend(body) == [Status.ADMITTED, Status.OVER_TPM, Status.ADMITTED, 40, 1]
 
 
 def test_a_lease_that_expired_unsettled_is_not_in_flight(run_backend: BackendRunner) -> None:
@@ -80,7 +86,7 @@ def test_a_lease_that_expired_unsettled_is_not_in_flight(run_backend: BackendRun
 
     async def body(backend: Backend, keys: Keys) -> list[int]:
         q = keys.quota("tok", None)
-        limits = (0, 100, 0, 0, 0, 0)
+        limits = RateLimits(0, 100, 0)
         await backend.quota(q, [], AdmitRequest("orphan", 10, 150, limits))
         held = (await backend.usage(q))[2]
         await asyncio.sleep(0.3)
@@ -95,11 +101,13 @@ def test_team_limit_binds_every_token_of_the_team(run_backend: BackendRunner) ->
         out = []
         for i in range(4):
             q = keys.quota(f"tok{i % 2}", "team")
-            d = await backend.quota(q, [], AdmitRequest(f"e{i}", 0, 0, (0, 0, 0, 3, 0, 0)))
+            d = await backend.quota(
+                q, [], AdmitRequest(f"e{i}", 0, 0, NO_LIMITS, RateLimits(3, 0, 0))
+            )
             out.append((d.status, d.team_side))
         return out
 
-    assert run_backend(body) == [(ADMITTED, False)] * 3 + [(OVER_RPM, True)]
+    assert run_backend(body) == [(Status.ADMITTED, False)] * 3 + [(Status.OVER_RPM, True)]
 
 
 def test_calls_of_several_owners_in_one_turn_are_each_answered_as_alone(
@@ -115,27 +123,29 @@ def test_calls_of_several_owners_in_one_turn_are_each_answered_as_alone(
             keys.quota("mate", "team"),
             keys.quota("o", None),
         )
-        solo_limits, team_limits = (2, 100, 0, 0, 0, 0), (0, 0, 0, 3, 0, 0)
+        solo_limits, team_limits = RateLimits(2, 100, 0), RateLimits(3, 0, 0)
         calls = []
         for i in range(4):
             calls.append(backend.quota(solo, [], AdmitRequest(f"s{i}", 40, 10_000, solo_limits)))
-            calls.append(backend.quota(mate, [], AdmitRequest(f"m{i}", 0, 0, team_limits)))
-        calls.append(backend.quota(other, [], AdmitRequest("o", 0, 0, (1, 0, 0, 0, 0, 0))))
+            calls.append(
+                backend.quota(mate, [], AdmitRequest(f"m{i}", 0, 0, NO_LIMITS, team_limits))
+            )
+        calls.append(backend.quota(other, [], AdmitRequest("o", 0, 0, RateLimits(1, 0, 0))))
         first = await asyncio.gather(*calls)
         second = first[0].now_ms // 1000
         # one turn again: the lone settlements of the two admitted, and an admission of another
         await asyncio.gather(
             backend.quota(solo, [Settlement("s0", second, 40, 10)], None),
-            backend.quota(other, [], AdmitRequest("o2", 0, 0, (1, 0, 0, 0, 0, 0))),
+            backend.quota(other, [], AdmitRequest("o2", 0, 0, RateLimits(1, 0, 0))),
             backend.quota(solo, [Settlement("s1", second, 40, 0)], None),
         )
         return [[(d.status, d.team_side) for d in first], await backend.usage(solo)]
 
     answers, usage = run_backend(body)
     solo_answers, mate_answers = answers[0:8:2], answers[1:8:2]
-    assert solo_answers == [(ADMITTED, False)] * 2 + [(OVER_RPM, False)] * 2
-    assert mate_answers == [(ADMITTED, False)] * 3 + [(OVER_RPM, True)]
-    assert answers[8] == (ADMITTED, False)
+    assert solo_answers == [(Status.ADMITTED, False)] * 2 + [(Status.OVER_RPM, False)] * 2
+    assert mate_answers == [(Status.ADMITTED, False)] * 3 + [(Status.OVER_RPM, True)]
+    assert answers[8] == (Status.ADMITTED, False)
     assert usage == (2, 10, 0)  # 2 requests, their 80 tokens corrected to 10, none in flight
 
 
@@ -172,11 +182,11 @@ def test_cooldowns_extend_never_shorten(run_backend: BackendRunner) -> None:
     from service.store.backend import CoolRule
 
     async def body(backend: Backend, keys: Keys) -> tuple[int, int, int]:
-        long = CoolRule(60_000, -1, 10_000, 300_000, 1_000, 3_600_000)
-        short = CoolRule(2_000, -1, 10_000, 300_000, 1_000, 3_600_000)
-        first, now = await backend.cool("p|x", long)
-        second, _ = await backend.cool("p|x", short)
-        state = await backend.routing_state()
+        long = CoolRule(60_000, None, 10_000, 300_000, 1_000, 3_600_000)
+        short = CoolRule(2_000, None, 10_000, 300_000, 1_000, 3_600_000)
+        first, now = await backend.breaker_cool("p|x", long)
+        second, _ = await backend.breaker_cool("p|x", short)
+        state = await backend.breaker_state()
         return first - now, second - first, state.cooling["p|x"] - first
 
     duration, extension, stored = run_backend(body)
@@ -208,13 +218,15 @@ def test_response_affinity_is_kept_for_thirty_days_under_its_own_key(
 PAIR = "m|prov|model"
 
 
-def _rule(threshold: int = 3, open_ms: int = 10_000, retry_after_ms: int = -1) -> BreakerRule:
+def _rule(
+    threshold: int = 3, open_ms: int = 10_000, retry_after_ms: int | None = None
+) -> BreakerRule:
     return BreakerRule(threshold, open_ms, 300_000, retry_after_ms)
 
 
 async def _until_half_open(backend: Backend, field: str) -> None:
     """Wait (store time passes) until the breaker's open period is over."""
-    state = await backend.routing_state()
+    state = await backend.breaker_state()
     until = state.cooling.get(field)
     if until is not None:
         await asyncio.sleep((until - state.now_ms) / 1000 + 0.005)
@@ -223,7 +235,7 @@ async def _until_half_open(backend: Backend, field: str) -> None:
 def test_breaker_opens_on_the_threshold_th_consecutive_failure(run_backend: BackendRunner) -> None:
     async def body(backend: Backend, keys: Keys) -> list[object]:
         results = [await backend.breaker_fail(PAIR, _rule(), trip=False) for _ in range(3)]
-        state = await backend.routing_state()
+        state = await backend.breaker_state()
         # A failure of an attempt that began before the opening changes nothing.
         late = await backend.breaker_fail(PAIR, _rule(), trip=False)
         return [results, state, late]
@@ -311,7 +323,7 @@ def test_a_success_closes_a_half_open_breaker(run_backend: BackendRunner) -> Non
         await _until_half_open(backend, PAIR)
         await backend.breaker_probe(PAIR, "a", 5_000)
         closed = await backend.breaker_close([PAIR, "p|prov"])
-        state = await backend.routing_state()
+        state = await backend.breaker_state()
         probe_after_close = await backend.breaker_probe(PAIR, "b", 5_000)
         # Closed resets the doubling: the next opening is the first period again.
         again = await backend.breaker_fail(PAIR, rule, trip=False)
@@ -401,13 +413,25 @@ def test_concurrent_registry_writes_all_reach_the_data_file(tmp_path: Path) -> N
 
 # -- budgets ----------------------------------------------------------------------------------
 
-DAY_BUDGET = (1000, periods.DAY, -1, 0)  # 1000 micro-USD a day on the token, no team budget
+DAY_BUDGET = SpendBudget(1000, BudgetPeriod.DAY)  # 1000 micro-USD a day on the token
 
 
 def _spend_request(
-    entry: str, reserve: int, budgets: Budgets, lease_ms: int = 10_000
+    entry: str,
+    reserve: int,
+    budget: SpendBudget,
+    team_budget: SpendBudget = NO_BUDGET,
+    lease_ms: int = 10_000,
 ) -> AdmitRequest:
-    return AdmitRequest(entry, 0, lease_ms, (0, 0, 0, 0, 0, 0), reserve, budgets)
+    return AdmitRequest(
+        entry=entry,
+        cost=0,
+        lease_ms=lease_ms,
+        limits=NO_LIMITS,
+        reserve=reserve,
+        budget=budget,
+        team_budget=team_budget,
+    )
 
 
 def test_budget_reserves_the_worst_case_and_settles_the_real_cost(
@@ -419,11 +443,11 @@ def test_budget_reserves_the_worst_case_and_settles_the_real_cost(
             await backend.quota(q, [], _spend_request(f"e{i}", 300, DAY_BUDGET)) for i in range(3)
         ]
         refused = await backend.quota(q, [], _spend_request("e3", 300, DAY_BUDGET))
-        held = await backend.spend(q.token_budget, periods.DAY)
+        held = await backend.spend(q.token_budget, BudgetPeriod.DAY)
         # e0 cost 100 (not 300): two thirds of its reservation come back.
         done = Settlement("e0", admitted[0].now_ms // 1000, 0, 0, 100)
         again = await backend.quota(q, [done, done], _spend_request("e4", 300, DAY_BUDGET))
-        after = await backend.spend(q.token_budget, periods.DAY)
+        after = await backend.spend(q.token_budget, BudgetPeriod.DAY)
         full = await backend.quota(q, [], _spend_request("e5", 1, DAY_BUDGET))
         return {
             "admitted": [(d.status, d.budget_remaining) for d in admitted],
@@ -435,31 +459,35 @@ def test_budget_reserves_the_worst_case_and_settles_the_real_cost(
         }
 
     out = run_backend(body)
-    assert out["admitted"] == [(ADMITTED, 700), (ADMITTED, 400), (ADMITTED, 100)]
+    assert out["admitted"] == [
+        (Status.ADMITTED, 700),
+        (Status.ADMITTED, 400),
+        (Status.ADMITTED, 100),
+    ]
     # Over budget only while requests are in flight: retry soon, not at the period's end.
-    assert out["refused"] == (OVER_BUDGET, 100, 1000)
+    assert out["refused"] == (Status.OVER_BUDGET, 100, 1000)
     assert out["held"] == (0, 900)
-    assert out["again"] == (ADMITTED, 0)  # settled twice: charged once
+    assert out["again"] == (Status.ADMITTED, 0)  # settled twice: charged once
     assert out["after"] == (100, 900)
-    assert out["full"] == (OVER_BUDGET, 1000)
+    assert out["full"] == (Status.OVER_BUDGET, 1000)
 
 
 def test_spent_budget_waits_for_its_period_to_end(run_backend: BackendRunner) -> None:
     async def body(backend: Backend, keys: Keys) -> list[tuple[int, int, int]]:
         out = []
-        for period in (periods.DAY, periods.WEEK, periods.MONTH, periods.TOTAL):
+        for period in (BudgetPeriod.DAY, BudgetPeriod.WEEK, BudgetPeriod.MONTH, BudgetPeriod.TOTAL):
             q = keys.quota(f"tok{period}", None)
-            budgets = (500, period, -1, 0)
-            first = await backend.quota(q, [], _spend_request("a", 400, budgets))
+            budget = SpendBudget(500, period)
+            first = await backend.quota(q, [], _spend_request("a", 400, budget))
             # The provider reported more than the reservation: charged in full.
             done = Settlement("a", first.now_ms // 1000, 0, 0, 450)
-            refused = await backend.quota(q, [done], _spend_request("b", 100, budgets))
+            refused = await backend.quota(q, [done], _spend_request("b", 100, budget))
             _, end = periods.bounds(period, refused.now_ms)
             expected = 0 if end < 0 else end - refused.now_ms
             out.append((refused.status, refused.retry_ms - expected, refused.budget_remaining))
         return out
 
-    assert run_backend(body) == [(OVER_BUDGET, 0, 50)] * 4
+    assert run_backend(body) == [(Status.OVER_BUDGET, 0, 50)] * 4
 
 
 def test_team_budget_binds_every_token_and_the_tighter_side_shows(
@@ -469,16 +497,19 @@ def test_team_budget_binds_every_token_and_the_tighter_side_shows(
         out = []
         for i in range(4):
             q = keys.quota(f"tok{i % 2}", "team")
-            budgets = (10_000, periods.TOTAL, 700, periods.MONTH)
-            d = await backend.quota(q, [], _spend_request(f"e{i}", 300, budgets))
+            token_budget, team_budget = (
+                SpendBudget(10_000, BudgetPeriod.TOTAL),
+                SpendBudget(700, BudgetPeriod.MONTH),
+            )
+            d = await backend.quota(q, [], _spend_request(f"e{i}", 300, token_budget, team_budget))
             out.append((d.status, d.team_side, d.budget_remaining))
         return out
 
     assert run_backend(body) == [
-        (ADMITTED, False, 400),
-        (ADMITTED, False, 100),
-        (OVER_BUDGET, True, 100),
-        (OVER_BUDGET, True, 100),
+        (Status.ADMITTED, False, 400),
+        (Status.ADMITTED, False, 100),
+        (Status.OVER_BUDGET, True, 100),
+        (Status.OVER_BUDGET, True, 100),
     ]
 
 
@@ -487,16 +518,16 @@ def test_a_reservation_whose_lease_expired_is_charged_in_full(
 ) -> None:
     async def body(backend: Backend, keys: Keys) -> tuple[int, int, int, int]:
         q = keys.quota("tok", "team")
-        budgets = (1000, periods.TOTAL, 1000, periods.TOTAL)
-        first = await backend.quota(q, [], _spend_request("lost", 300, budgets, lease_ms=30))
+        budget = SpendBudget(1000, BudgetPeriod.TOTAL)
+        first = await backend.quota(q, [], _spend_request("lost", 300, budget, budget, lease_ms=30))
         await asyncio.sleep(0.1)  # the replica that held "lost" died: nobody renews it
-        second = await backend.quota(q, [], _spend_request("next", 300, budgets))
+        second = await backend.quota(q, [], _spend_request("next", 300, budget, budget))
         # A late settlement of the lost request changes nothing: it was charged already.
         late = Settlement("lost", first.now_ms // 1000, 0, 0, 10)
         await backend.quota(q, [late], None)
-        token = await backend.spend(q.token_budget, periods.TOTAL)
+        token = await backend.spend(q.token_budget, BudgetPeriod.TOTAL)
         assert q.team_budget is not None
-        team = await backend.spend(q.team_budget, periods.TOTAL)
+        team = await backend.spend(q.team_budget, BudgetPeriod.TOTAL)
         return second.budget_remaining, token.spent, team.spent, team.reserved
 
     assert run_backend(body) == (400, 300, 300, 300)
@@ -528,8 +559,13 @@ def test_lua_calendar_matches_python(redis_server: RedisServer) -> None:
             out = []
             for moment in moments:
                 now = int(moment.timestamp() * 1000)
-                for period in (periods.DAY, periods.WEEK, periods.MONTH, periods.TOTAL):
-                    start, end = await client.eval(script, 0, now, period)  # type: ignore[misc]
+                for period in (
+                    BudgetPeriod.DAY,
+                    BudgetPeriod.WEEK,
+                    BudgetPeriod.MONTH,
+                    BudgetPeriod.TOTAL,
+                ):
+                    start, end = await client.eval(script, 0, now, int(period))  # type: ignore[misc]
                     out.append((int(float(start)), int(float(end)), *periods.bounds(period, now)))
             return out
         finally:
@@ -544,12 +580,15 @@ def test_period_bounds_follow_the_utc_calendar() -> None:
         return int(datetime(*parts, tzinfo=UTC).timestamp() * 1000)
 
     leap = ms(2024, 2, 29, 13)
-    assert periods.bounds(periods.DAY, leap) == (ms(2024, 2, 29), ms(2024, 3, 1))
-    assert periods.bounds(periods.MONTH, leap) == (ms(2024, 2, 1), ms(2024, 3, 1))
+    assert periods.bounds(BudgetPeriod.DAY, leap) == (ms(2024, 2, 29), ms(2024, 3, 1))
+    assert periods.bounds(BudgetPeriod.MONTH, leap) == (ms(2024, 2, 1), ms(2024, 3, 1))
     # 2024-02-29 was a Thursday: its ISO week began on Monday the 26th.
-    assert periods.bounds(periods.WEEK, leap) == (ms(2024, 2, 26), ms(2024, 3, 4))
-    assert periods.bounds(periods.MONTH, ms(2025, 12, 31, 23)) == (ms(2025, 12, 1), ms(2026, 1, 1))
-    assert periods.bounds(periods.TOTAL, leap) == (0, -1)
+    assert periods.bounds(BudgetPeriod.WEEK, leap) == (ms(2024, 2, 26), ms(2024, 3, 4))
+    assert periods.bounds(BudgetPeriod.MONTH, ms(2025, 12, 31, 23)) == (
+        ms(2025, 12, 1),
+        ms(2026, 1, 1),
+    )
+    assert periods.bounds(BudgetPeriod.TOTAL, leap) == (0, -1)
 
 
 def test_usage_ledger_adds_up_rows_per_day(run_backend: BackendRunner) -> None:
@@ -587,7 +626,7 @@ def test_a_lost_lease_count_is_recounted_never_undercounted(redis_server: RedisS
         backend = _redis_backend(redis_server.url, keys)
         await backend.ping()
         q = keys.quota("tok", None)
-        limits = (100, 0, 2, 0, 0, 0)
+        limits = RateLimits(100, 0, 2)
         try:
             out = [
                 (await backend.quota(q, [], AdmitRequest(f"e{i}", 0, 10_000, limits))).status
@@ -608,11 +647,11 @@ def test_a_lost_lease_count_is_recounted_never_undercounted(redis_server: RedisS
             await backend.close()
 
     assert asyncio.run(body()) == [
-        ADMITTED,
-        ADMITTED,
-        OVER_CONCURRENCY,
-        ADMITTED,
-        OVER_CONCURRENCY,
+        Status.ADMITTED,
+        Status.ADMITTED,
+        Status.OVER_CONCURRENCY,
+        Status.ADMITTED,
+        Status.OVER_CONCURRENCY,
         2,
     ]
 
@@ -628,7 +667,7 @@ def test_every_quota_key_expires_unless_it_guards_a_budget(redis_server: RedisSe
         backend = _redis_backend(redis_server.url, keys)
         await backend.ping()
         q = keys.quota("tok", None)
-        limits = (100, 1000, 5, 0, 0, 0)
+        limits = RateLimits(100, 1000, 5)
         client = Redis.from_url(redis_server.url)
         try:
             first = await backend.quota(q, [], AdmitRequest("a", 10, 10_000, limits))
@@ -672,12 +711,12 @@ def test_usage_counts_the_window_of_an_idle_token(redis_server: RedisServer) -> 
             now_s = int((await client.time())[0])
             q = keys.quota("idle", None)
             # 30 requests (300 tokens) 65 s ago, one (10 tokens) 30 s ago; a bucket is
-            # requests * 2^33 + tokens, in the slot of its second modulo 61 (lua/quota.lua).
+            # requests * 2^33 + tokens, in the slot of its second modulo 60 (lua/quota.lua).
             old, recent = now_s - 65, now_s - 30
             await client.hset(
                 q.token_windows,
                 mapping={"o": old, "rs": 31, "ts": 310}
-                | {f"b{old % 61}": 30 * 2**33 + 300, f"b{recent % 61}": 1 * 2**33 + 10},
+                | {f"b{old % 60}": 30 * 2**33 + 300, f"b{recent % 60}": 1 * 2**33 + 10},
             )
             return await backend.usage(q)
         finally:
@@ -697,7 +736,7 @@ def test_a_request_that_would_fill_a_seconds_bucket_is_refused(redis_server: Red
         backend = _redis_backend(redis_server.url, keys)
         await backend.ping()
         q = keys.quota("tok", None)
-        limits = (1000, 0, 0, 0, 0, 0)  # rpm only: tokens are still counted
+        limits = RateLimits(1000, 0, 0)  # rpm only: tokens are still counted
         try:
             huge = await backend.quota(q, [], AdmitRequest("a", 2**33, 0, limits))
             small = await backend.quota(q, [], AdmitRequest("b", 10, 0, limits))
@@ -705,7 +744,7 @@ def test_a_request_that_would_fill_a_seconds_bucket_is_refused(redis_server: Red
         finally:
             await backend.close()
 
-    assert asyncio.run(body()) == [OVER_TPM, ADMITTED, 1000 - 1]
+    assert asyncio.run(body()) == [Status.OVER_TPM, Status.ADMITTED, 1000 - 1]
 
 
 def test_calls_of_one_turn_decide_as_the_same_calls_one_at_a_time(
@@ -714,8 +753,8 @@ def test_calls_of_one_turn_decide_as_the_same_calls_one_at_a_time(
     """A replica sends the quota calls of one event-loop turn together (on Redis, those that
     share a slot as one script call reading each owner's windows once): every call must get
     the answer it would get alone, in order, and leave the same counts."""
-    solo, team_ = (5, 100, 3, 0, 0, 0), (0, 0, 0, 8, 0, 4)
-    budget = (100, 0, -1, 0)  # 100 micro-USD in total for token "d"
+    solo, team_ = RateLimits(5, 100, 3), RateLimits(8, 0, 4)
+    budget = SpendBudget(100, BudgetPeriod.TOTAL)  # 100 micro-USD in total for token "d"
     Answer = tuple[int, bool, int, int, int, int]
 
     async def rounds(backend: Backend, keys: Keys, together: bool) -> list[Any]:
@@ -725,7 +764,8 @@ def test_calls_of_one_turn_decide_as_the_same_calls_one_at_a_time(
             "c": keys.quota("c", "t"),
             "d": keys.quota("d", None),
         }
-        limits = {"a": solo, "b": team_, "c": team_, "d": (0, 0, 0, 0, 0, 0)}
+        limits = {"a": solo, "b": NO_LIMITS, "c": NO_LIMITS, "d": NO_LIMITS}
+        team_limits = {"b": team_, "c": team_}
         admitted: dict[str, list[tuple[str, int]]] = {owner: [] for owner in owners}
 
         async def run(
@@ -738,7 +778,7 @@ def test_calls_of_one_turn_decide_as_the_same_calls_one_at_a_time(
                 decisions = [await coro for coro in coros]
             out = []
             for (owner, _, admit), d in zip(calls, decisions, strict=True):
-                if admit is not None and d.status == ADMITTED:
+                if admit is not None and d.status == Status.ADMITTED:
                     admitted[owner].append((admit.entry, d.now_ms // 1000))
                 out.append(
                     (
@@ -754,13 +794,19 @@ def test_calls_of_one_turn_decide_as_the_same_calls_one_at_a_time(
 
         def admit(owner: str, n: int) -> AdmitRequest:
             if owner == "d":
-                return AdmitRequest(f"{owner}{n}", 0, 10_000, limits[owner], 30, budget)
-            return AdmitRequest(f"{owner}{n}", 10, 10_000, limits[owner])
+                return _spend_request(f"{owner}{n}", 30, budget)
+            return AdmitRequest(
+                f"{owner}{n}", 10, 10_000, limits[owner], team_limits.get(owner, NO_LIMITS)
+            )
 
         def done(owner: str, used: int) -> Settlement:
             entry, second = admitted[owner].pop(0)
             return Settlement(
-                entry, second, 10 if owner != "d" else 0, used, 20 if owner == "d" else -2
+                entry,
+                second,
+                10 if owner != "d" else 0,
+                used,
+                20 if owner == "d" else Charge.NOTHING,
             )
 
         first = await run([(o, [], admit(o, n)) for n in range(6) for o in owners])
@@ -789,10 +835,10 @@ def test_calls_of_one_turn_decide_as_the_same_calls_one_at_a_time(
     assert together == alone
     # And the answers are the limits': a has 3 leases, the team 4, d's budget 3 reservations.
     first = alone[0]
-    assert [s for s, *_ in first[0::4]] == [ADMITTED] * 3 + [OVER_CONCURRENCY] * 3
+    assert [s for s, *_ in first[0::4]] == [Status.ADMITTED] * 3 + [Status.OVER_CONCURRENCY] * 3
     assert [answer[5] for answer in first[0:12:4]] == [2, 1, 0]  # leases still free
-    assert sum(s == ADMITTED for s, *_ in first[1::4] + first[2::4]) == 4
-    assert [s for s, *_ in first[3::4]] == [ADMITTED] * 3 + [OVER_BUDGET] * 3
+    assert sum(s == Status.ADMITTED for s, *_ in first[1::4] + first[2::4]) == 4
+    assert [s for s, *_ in first[3::4]] == [Status.ADMITTED] * 3 + [Status.OVER_BUDGET] * 3
 
 
 def test_a_registry_written_again_after_a_loss_never_repeats_a_version(

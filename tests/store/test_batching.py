@@ -11,7 +11,11 @@ import uuid
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from service.store.backend import ADMITTED, AdmitRequest
+from service.store.backend import (
+    AdmitRequest,
+    RateLimits,
+    Status,
+)
 from service.store.connection import parse_redis_url
 from service.store.keys import Keys
 from service.store.redis_backend import RedisBackend
@@ -31,7 +35,7 @@ def test_calls_on_masters_that_kept_their_scripts_run_once(
         owners.setdefault(port, owner)
         if len(owners) == len(masters):
             break
-    limits = (1000, 0, 0, 0, 0, 0)
+    limits = RateLimits(1000, 0, 0)
 
     async def admit_all(backend: RedisBackend, round_: int) -> list[int]:
         decisions = await asyncio.gather(
@@ -48,10 +52,10 @@ def test_calls_on_masters_that_kept_their_scripts_run_once(
         backend = RedisBackend(parse_redis_url(redis_cluster.url), keys)
         await backend.ping()
         try:
-            assert await admit_all(backend, 0) == [ADMITTED] * 3  # loads the scripts
+            assert await admit_all(backend, 0) == [Status.ADMITTED] * 3  # loads the scripts
             with masters[0].client() as conn:
                 conn.script_flush()
-            assert await admit_all(backend, 1) == [ADMITTED] * 3
+            assert await admit_all(backend, 1) == [Status.ADMITTED] * 3
             return [await backend.usage(keys.quota(owner, None)) for owner in owners.values()]
         finally:
             await backend.close()
@@ -85,7 +89,7 @@ def test_a_turn_costs_one_script_call_per_master_and_a_moved_slot_a_resend(
     owners = [*here, there]
     slots = {key_slot(keys.quota(o, None).token_windows.encode()) for o in here}
     assert len(slots) == 4
-    limits = (1000, 0, 0, 0, 0, 0)
+    limits = RateLimits(1000, 0, 0)
 
     def script_calls() -> dict[int, int]:
         calls = {}
@@ -108,9 +112,9 @@ def test_a_turn_costs_one_script_call_per_master_and_a_moved_slot_a_resend(
         backend = RedisBackend(parse_redis_url(redis_cluster.url), keys)
         await backend.ping()
         try:
-            assert await admit_all(backend, 0) == [ADMITTED] * 5  # loads the scripts
+            assert await admit_all(backend, 0) == [Status.ADMITTED] * 5  # loads the scripts
             before = script_calls()
-            assert await admit_all(backend, 1) == [ADMITTED] * 5
+            assert await admit_all(backend, 1) == [Status.ADMITTED] * 5
             after = script_calls()
             sent = {port: after[port] - before[port] for port in after}
             # A stale map: the client believes the last owner's slot is on the first master.
@@ -119,7 +123,7 @@ def test_a_turn_costs_one_script_call_per_master_and_a_moved_slot_a_resend(
             cache = client.nodes_manager.slots_cache
             moved = key_slot(keys.quota(there, None).token_windows.encode())
             cache[moved] = cache[next(iter(slots))]
-            assert await admit_all(backend, 2) == [ADMITTED] * 5
+            assert await admit_all(backend, 2) == [Status.ADMITTED] * 5
             return sent, [await backend.usage(keys.quota(o, None)) for o in owners]
         finally:
             await backend.close()

@@ -4,7 +4,7 @@ a settlement travelling alone touches only what it changes; leases that expired 
 
 These windows are written directly, as they would stand after a token's earlier visits: a test
 cannot wait a minute for Redis's clock.  Slot i holds the bucket (requests * 2^33 + tokens) of
-the one second in [o, o + 60] that is i modulo 61."""
+the one second in [o, o + 59] that is i modulo 60: the window is [now - 59, now]."""
 
 from __future__ import annotations
 
@@ -13,7 +13,13 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from service.store.backend import ADMITTED, NOT_BUDGETED, OVER_RPM, AdmitRequest, Settlement
+from service.store.backend import (
+    AdmitRequest,
+    Charge,
+    RateLimits,
+    Settlement,
+    Status,
+)
 from service.store.connection import parse_redis_url
 from service.store.keys import Keys, QuotaKeys
 from service.store.redis_backend import RedisBackend
@@ -27,7 +33,7 @@ def bucket(requests: int, tokens: int) -> int:
 
 
 def slot(second: int) -> str:
-    return f"b{second % 61}"
+    return f"b{second % 60}"
 
 
 async def _early_in_a_second(client: Redis) -> int:
@@ -62,14 +68,14 @@ async def _run(
 
 
 async def _stale_slot(client: Redis, q: QuotaKeys, now: int) -> Settlement:
-    """A window whose o is 62 s old, its only bucket (2 requests, 200 tokens) that of now - 62,
+    """A window whose o is 61 s old, its only bucket (2 requests, 200 tokens) that of now - 61,
     in the slot of now - 1; and the settlement, its lease held, of a request of now - 1."""
     await client.hset(
         q.token_windows,
-        mapping={"o": now - 62, "rs": 2, "ts": 200, "c": 1, slot(now - 62): bucket(2, 200)},
+        mapping={"o": now - 61, "rs": 2, "ts": 200, "c": 1, slot(now - 61): bucket(2, 200)},
     )
     await client.zadd(q.token_leases, {"~": float("inf"), "e1": (now + 60) * 1000})
-    return Settlement("e1", now - 1, 100, 10, NOT_BUDGETED)
+    return Settlement("e1", now - 1, 100, 10, Charge.NOTHING)
 
 
 def test_a_window_visited_once_a_second_ages_without_a_command(
@@ -78,28 +84,28 @@ def test_a_window_visited_once_a_second_ages_without_a_command(
     """The second that leaves is the one in now's slot, read with the window anyway: its counts
     leave the window, and the slot takes now's bucket in the one HSET that writes it back;
     a settlement of the second before is corrected in its own slot."""
-    limits = (2, 0, 10, 0, 0, 0)  # rpm 2: the 5 requests of 61 s ago must have left
+    limits = RateLimits(2, 0, 10)  # rpm 2: the 5 requests of 60 s ago must have left
 
     async def body(backend: RedisBackend, client: Redis, q: QuotaKeys, now: int) -> Any:
         await client.hset(
             q.token_windows,
             mapping={
-                "o": now - 61,
+                "o": now - 60,
                 "rs": 6,
                 "ts": 600,
                 "c": 1,
-                slot(now - 61): bucket(5, 500),  # now's slot, holding now - 61
+                slot(now - 60): bucket(5, 500),  # now's slot, holding now - 60
                 slot(now - 1): bucket(1, 100),
             },
         )
         await client.zadd(q.token_leases, {"~": float("inf"), "e1": (now + 60) * 1000})
         await client.config_resetstat()
-        done = Settlement("e1", now - 1, 100, 40, NOT_BUDGETED)
+        done = Settlement("e1", now - 1, 100, 40, Charge.NOTHING)
         return await backend.quota(q, [done], AdmitRequest("e2", 30, 10_000, limits))
 
     decision, fields, ran = asyncio.run(_run(redis_server, "test-ring-steady", body))
-    assert (decision.status, decision.rpm_remaining) == (ADMITTED, 0)
-    assert fields["o"] == fields["x"] - 60  # now - 60
+    assert (decision.status, decision.rpm_remaining) == (Status.ADMITTED, 0)
+    assert fields["o"] == fields["x"] - 59  # now - 59
     assert (fields["rs"], fields["ts"]) == (2, 40 + 30)
     now = fields["x"]
     assert fields[slot(now)] == bucket(1, 30)
@@ -114,7 +120,7 @@ def test_seconds_left_behind_by_a_gap_leave_the_window_and_their_slots_empty(
 ) -> None:
     """After a gap every second older than the window leaves it, whichever slot it sat in; the
     next refusal's wait counts only what is left, and usage (`GET /admin/tokens`) agrees."""
-    limits = (2, 0, 0, 0, 0, 0)
+    limits = RateLimits(2, 0, 0)
 
     async def body(backend: RedisBackend, client: Redis, q: QuotaKeys, now: int) -> Any:
         await client.hset(
@@ -125,7 +131,7 @@ def test_seconds_left_behind_by_a_gap_leave_the_window_and_their_slots_empty(
                 "ts": 60,
                 slot(now - 70): bucket(3, 30),
                 slot(now - 62): bucket(2, 20),
-                slot(now - 12): bucket(1, 10),  # leaves at the end of now + 49
+                slot(now - 12): bucket(1, 10),  # leaves when now + 48 begins
             },
         )
         first = await backend.quota(q, [], AdmitRequest("a", 5, 0, limits))
@@ -133,11 +139,11 @@ def test_seconds_left_behind_by_a_gap_leave_the_window_and_their_slots_empty(
         return first, second, await backend.usage(q)
 
     (first, second, usage), fields, _ = asyncio.run(_run(redis_server, "test-ring-gap", body))
-    assert first.status == ADMITTED
-    assert second.status == OVER_RPM
+    assert first.status == Status.ADMITTED
+    assert second.status == Status.OVER_RPM
     now = second.now_ms // 1000
-    assert 48_000 < second.retry_ms <= 50_000  # the bucket of now - 12, not the emptied slots
-    assert (fields["o"], fields["rs"], fields["ts"]) == (now - 60, 2, 15)
+    assert 47_000 < second.retry_ms <= 48_000  # the bucket of now - 12, not the emptied slots
+    assert (fields["o"], fields["rs"], fields["ts"]) == (now - 59, 2, 15)
     assert fields[slot(now - 70)] == 0 and fields[slot(now - 62)] == 0
     assert fields[slot(now - 12)] == bucket(1, 10)
     assert fields[slot(now)] == bucket(1, 5)
@@ -150,7 +156,7 @@ def test_a_slot_whose_second_left_is_not_corrected_as_its_new_second(
     """A settlement names its admission second; when that second's slot still holds an older
     second that leaves now, the correction is not applied to it (nor counted): a bucket the
     window no longer holds has nothing left to correct."""
-    limits = (100, 1000, 10, 0, 0, 0)
+    limits = RateLimits(100, 1000, 10)
 
     async def body(backend: RedisBackend, client: Redis, q: QuotaKeys, now: int) -> Any:
         done = await _stale_slot(client, q, now)
@@ -158,7 +164,7 @@ def test_a_slot_whose_second_left_is_not_corrected_as_its_new_second(
 
     decision, fields, _ = asyncio.run(_run(redis_server, "test-ring-stale", body))
     now = decision.now_ms // 1000
-    assert decision.status == ADMITTED
+    assert decision.status == Status.ADMITTED
     assert (fields["rs"], fields["ts"], fields["c"]) == (1, 7, 1)
     assert fields[slot(now - 1)] == 0
 
@@ -175,12 +181,12 @@ def test_a_settlement_alone_reads_and_writes_only_what_it_changes(
         # in its slot
         await client.hset(
             q.token_windows,
-            mapping={"o": now - 61, "rs": 1, "ts": 100, "c": 2, "x": now},
+            mapping={"o": now - 60, "rs": 1, "ts": 100, "c": 2, "x": now},
         )
         await client.hset(q.token_windows, slot(now - 1), bucket(1, 100))
         await client.zadd(q.token_leases, {"~": float("inf"), "e1": (now + 60) * 1000})
         await client.config_resetstat()
-        done = Settlement("e1", now - 1, 100, 40, NOT_BUDGETED)
+        done = Settlement("e1", now - 1, 100, 40, Charge.NOTHING)
         first = await backend.quota(q, [done], None)
         after_first = await client.hgetall(q.token_windows)
         second = await backend.quota(q, [done], None)
@@ -190,9 +196,9 @@ def test_a_settlement_alone_reads_and_writes_only_what_it_changes(
         _run(redis_server, "test-ring-alone", body)
     )
     now = first.now_ms // 1000
-    assert first.status == second.status == ADMITTED  # 0: only settled
+    assert first.status == second.status == Status.ADMITTED  # 0: only settled
     assert (fields["ts"], fields[slot(now - 1)], fields["c"]) == (40, bucket(1, 40), 1)
-    assert (fields["o"], fields["rs"]) == (now - 61, 1)  # not aged
+    assert (fields["o"], fields["rs"]) == (now - 60, 1)  # not aged
     assert {k.decode(): int(v) for k, v in after_first.items()} == fields  # the retry: nothing
     assert (ran["zrem"], ran["hmget"], ran["hset"]) == (2, 1, 1)
     assert "pexpire" not in ran and "zmscore" not in ran
@@ -202,18 +208,18 @@ def test_a_settlement_alone_leaves_a_stale_slot_and_a_missing_window_alone(
     redis_server: RedisServer,
 ) -> None:
     """Alone, a settlement corrects its slot only when the window's o shows the slot holds its
-    second's bucket (o >= second - 60), and writes nothing when the window is gone: no key is
+    second's bucket (o >= second - 59), and writes nothing when the window is gone: no key is
     made without an expiry."""
 
     async def body(backend: RedisBackend, client: Redis, q: QuotaKeys, now: int) -> Any:
         await backend.quota(q, [await _stale_slot(client, q, now)], None)
         other = Keys("test-ring-gone").quota("gone", None)
         await client.zadd(other.token_leases, {"~": float("inf"), "e2": (now + 60) * 1000})
-        await backend.quota(other, [Settlement("e2", now, 100, 10, NOT_BUDGETED)], None)
+        await backend.quota(other, [Settlement("e2", now, 100, 10, Charge.NOTHING)], None)
         return await client.exists(other.token_windows), await client.zcard(other.token_leases)
 
     (gone, leases), fields, _ = asyncio.run(_run(redis_server, "test-ring-alone-stale", body))
-    now = fields["o"] + 62
+    now = fields["o"] + 61
     assert (fields["rs"], fields["ts"], fields[slot(now - 1)]) == (2, 200, bucket(2, 200))
     assert fields["c"] == 0  # its lease was released all the same
     assert (gone, leases) == (0, 1)  # no window made; the lease released (LIVE stays)
@@ -225,7 +231,7 @@ def test_leases_that_expired_unsettled_are_dropped_with_the_windows_refresh(
     """A token without a concurrency limit or a budget never recounts its leases; the ones that
     expired unsettled are dropped when its windows' expiry is pushed out (every 10 s), so they
     do not pile up while it stays busy.  In between, no command looks for them."""
-    limits = (0, 1000, 0, 0, 0, 0)
+    limits = RateLimits(0, 1000, 0)
 
     async def body(backend: RedisBackend, client: Redis, q: QuotaKeys, now: int) -> Any:
         first = await backend.quota(q, [], AdmitRequest("a", 10, 10_000, limits))

@@ -12,8 +12,9 @@
 -- Inside Redis a number turned into a string (or back) costs about as much as a command, so
 -- the limits travel as one string parsed once per batch, and so are lease expiries
 -- formatted.  Each argument costs too (Redis parses it, then makes it a Lua string), and so
--- does each number of an answer: the layout below spends as few as it can, and a call that
--- only settles answers one number, not eight.
+-- does each number of an answer: the layout below spends as few as it can (a lone
+-- settlement's call is 8 arguments), and a call that only settles answers one number, not
+-- eight.  `uv run python -m bench.script_replay` measures the script's Redis time per call.
 --
 -- ARGV[1] U, then U keys not declared in KEYS (on a Cluster, where a command's keys must
 -- share a slot, only the first owner's keys are declared: the others follow KEYS here).  Then
@@ -25,20 +26,21 @@
 -- when it only settles, 1 when it admits, 2 when it admits and holds a budget reservation),
 -- then its arguments.
 --
--- Windows hash fields: "o" the oldest second that may hold a bucket; "rs"/"ts" requests/tokens
--- in the window; "b0" to "b60" a ring of 61 one-second slots.  Slot i holds the bucket of the
--- one second in [o, o + 60] that is i modulo 61 (or 0, or nothing: no request then): the
--- second's requests and tokens as one number, requests * 2^33 + tokens (exact in a double:
--- fewer than 2^20 requests of one owner run in one second on one Redis server, and a request
--- that would take a second's tokens to 2^33 is refused as over tpm).  A bucket is dropped once
--- it is certainly older than 60 s: "o" moves on and the slots of the seconds it passed are
--- read (their counts leave "rs"/"ts") and set to 0 in the HSET that writes the side back.  So
--- nothing is ever deleted, and for an owner visited about once a second the one second that
--- leaves is now's slot (now - 61), read already: aging costs no command.  One field per
--- second, and short names: Redis keeps a hash this small as a listpack and finds a field by
--- scanning it.  At most 61 slots: memory per owner is bounded whatever its limits.  A count
--- may include requests up to 1 s older than the window: it refuses a little early, never
--- admits more than the limit.  Bookkeeping fields: "c" leases held (a count kept beside
+-- The window is the current second and the 59 before it, [now - 59, now]: a request counts
+-- until 60 s after the start of its second, so a refusal never asks for a longer wait than
+-- 60 s.  Windows hash fields: "o" the oldest second that may hold a bucket; "rs"/"ts"
+-- requests/tokens in the window; "b0" to "b59" a ring of 60 one-second slots.  Slot i holds
+-- the bucket of the one second in [o, o + 59] that is i modulo 60 (or 0, or nothing: no
+-- request then): the second's requests and tokens as one number, requests * 2^33 + tokens
+-- (exact in a double: fewer than 2^20 requests of one owner run in one second on one Redis
+-- server, and a request that would take a second's tokens to 2^33 is refused as over tpm).
+-- A bucket is dropped once its second left the window: "o" moves on and the slots of the
+-- seconds it passed are read (their counts leave "rs"/"ts") and set to 0 in the HSET that
+-- writes the side back.  So nothing is ever deleted, and for an owner visited about once a
+-- second the one second that leaves is now's slot (now - 60), read already: aging costs no
+-- command.  One field per second, and short names: Redis keeps a hash this small as a
+-- listpack and finds a field by scanning it.  At most 60 slots: memory per owner is bounded
+-- whatever its limits.  Bookkeeping fields: "c" leases held (a count kept beside
 -- the leases zset, never below it: recounted when missing or at the limit), "x" the second the
 -- key's expiry was last pushed out (every REFRESH_S, to 61 s + REFRESH_S, so the key outlives
 -- its newest bucket by 61 s without a PEXPIRE per request; the leases that expired unsettled
@@ -82,7 +84,8 @@ local now_s = floor(now / 1000)
 local DAY = 86400000
 local REFRESH_S = 10
 local PACK = 8589934592  -- 2^33: a bucket is requests * PACK + tokens
-local RING = 61  -- slots: the window's 61 seconds
+local RING = 60  -- slots: the window's 60 seconds
+local SPAN = RING - 1  -- the window is [now - SPAN, now]
 local OWNER_BASE = 1024  -- a call's head: (4 * S + A) * OWNER_BASE + its owner (see above)
 -- The field of second s's slot; names made once per script call, when first needed (a number
 -- turned into a string costs about as much as a command here).
@@ -301,14 +304,14 @@ local function keep_buckets(side, v, first)
   end
 end
 
--- Drop the seconds [o, now - 61] that left the window of a side just read (`bn` its slot of
--- now, which is now - 61's): their counts leave "rs"/"ts" and their slots are set to 0.  The
--- key expires 61 to 71 s after its newest bucket, and o is never more than 60 s older than
--- that bucket, so at most the 61 slots of [o, o + 60] hold anything.
+-- Drop the seconds [o, now - 60] that left the window of a side just read (`bn` its slot of
+-- now, which is now - 60's): their counts leave "rs"/"ts" and their slots are set to 0.  The
+-- key expires 61 to 71 s after its newest bucket, and o is never more than 59 s older than
+-- that bucket, so at most the 60 slots of [o, o + 59] hold anything.
 local function age(side, bn)
   local o, t = side.o, side.t
-  local last = now_s - 61
-  if last > o + 60 then last = o + 60 end
+  local last = now_s - RING
+  if last > o + SPAN then last = o + SPAN end
   local n = 0
   for s = o, last do
     local f = slot(s)
@@ -344,16 +347,16 @@ local function age(side, bn)
       end
     end
   end
-  side.o, side.rs, side.ts = now_s - 60, (side.rs or 0) - freed_r, (side.ts or 0) - freed_t
+  side.o, side.rs, side.ts = now_s - SPAN, (side.rs or 0) - freed_r, (side.ts or 0) - freed_t
 end
 
 local function open(w, l, b, freed)
   local side = cache[w]
   missing = 0
   if corrected > 0 then
-    -- A bucket older than now - 60 left the window, whatever its slot holds now.
+    -- A bucket older than now - SPAN left the window, whatever its slot holds now.
     for s in pairs(corrections) do
-      if s ~= now_s and s >= now_s - 60 then
+      if s ~= now_s and s >= now_s - SPAN then
         local f = slot(s)
         if side == nil or side.t == nil or side.t[f] == nil then
           missing = missing + 1
@@ -373,7 +376,7 @@ local function open(w, l, b, freed)
     o, rs, ts = o and o + 0 or nil, rs and rs + 0 or nil, ts and ts + 0 or nil
     c, x, y, bn = c and c + 0 or nil, x and x + 0 or nil, y and y + 0 or nil, bn and bn + 0 or nil
     local rn, tn
-    local aged = o ~= nil and o < now_s - 60  -- now's slot holds now - 61 (or nothing)
+    local aged = o ~= nil and o < now_s - SPAN  -- now's slot holds now - 60 (or nothing)
     if bn ~= nil and not aged then  -- split() written out: this runs on every visit
       rn = floor(bn / PACK)
       tn = bn - rn * PACK
@@ -388,8 +391,8 @@ local function open(w, l, b, freed)
     keep_buckets(side, call("HMGET", w, unpack(fields, 1, missing)), 1)
   end
   if corrected > 0 then
-    -- Corrections of buckets still in the window.  Once o is no older than now - 60, a slot
-    -- of a second in [now - 60, now] holds that second's bucket, or 0 (or false) when it has
+    -- Corrections of buckets still in the window.  Once o is no older than now - SPAN, a
+    -- slot of a second in [now - SPAN, now] holds that second's bucket, or 0 (or false) when it has
     -- none: a bucket is never 0, it counts its requests.
     for s, delta in pairs(corrections) do
       if s == now_s then
@@ -397,7 +400,7 @@ local function open(w, l, b, freed)
           side.tn = side.tn + delta
           side.ts = (side.ts or 0) + delta
         end
-      elseif s >= now_s - 60 then
+      elseif s >= now_s - SPAN then
         local f = slot(s)
         local packed = side.t[f]
         if packed and packed > 0 then
@@ -485,17 +488,17 @@ end
 local function wait_for(side, tokens, used, need, limit)
   if need > limit then return 60000 end
   local window = {}
-  for s = now_s - 60, now_s do window[#window + 1] = slot(s) end
+  for s = now_s - SPAN, now_s do window[#window + 1] = slot(s) end
   local v = call("HMGET", side.w, unpack(window))
   local freed = 0
   for i = 1, #window do
-    local s = now_s - 61 + i
+    local s = now_s - RING + i
     local packed = cached(side, s) or tonumber(v[i])
     if packed ~= nil then
       local r, t = split(packed)
       freed = freed + (tokens and t or r)
     end
-    -- The bucket of second s leaves the window at the end of second s + 61.
+    -- The bucket of second s leaves the window when second s + 60 begins.
     if used - freed + need <= limit then return max(1, (now_s + i) * 1000 - now) end
   end
   return 60000
@@ -599,21 +602,21 @@ end
 -- A settlement travelling alone (arguments from ARGV[base]) of a token without a team or a
 -- budget, whose windows this batch has not opened: its lease, then only the fields it changes.
 -- It does not age the window (the token's next admission does): a bucket of second s in
--- [now - 60, now] is in its slot once o >= s - 60, which the admission that made it ensured;
+-- [now - 59, now] is in its slot once o >= s - 59, which the admission that made it ensured;
 -- and the key outlives that bucket by more than 60 s (close() pushed its expiry then), so
 -- nothing here needs to push it.  The HSET runs at once: a later call of the batch for the
 -- same token reads its windows after it.
 local function settle_alone(base)
   if not take(kl, ARGV[base]) then return SETTLED end
   local s, delta = ARGV[base + 1] + 0, ARGV[base + 2] + 0
-  local f = delta ~= 0 and s >= now_s - 60 and slot(s)
+  local f = delta ~= 0 and s >= now_s - SPAN and slot(s)
   local v = f and call("HMGET", kw, "o", "c", "ts", f) or call("HMGET", kw, "o", "c")
   local o, c = v[1], v[2]
   if not o then return SETTLED end  -- the window is gone: nothing to correct or count
   o, c = o + 0, c and c + 0
   local w, n = written, 0
   if c and c > 0 then w[1], w[2], n = "c", fmt("%d", c - 1), 2 end
-  local packed = f and o >= s - 60 and v[4]
+  local packed = f and o >= s - SPAN and v[4]
   if packed and packed + 0 > 0 then
     w[n + 1], w[n + 2] = f, fmt("%d", packed + delta)
     w[n + 3], w[n + 4], n = "ts", fmt("%d", (v[3] or 0) + delta), n + 4

@@ -1,4 +1,4 @@
--- routing_state: the fleet's cooldowns in force, the fields with recent failures and the pair
+-- breaker_state: the fleet's cooldowns in force, the fields with recent failures and the pair
 -- breakers not closed, with the store's clock, in one read (each replica polls it every
 -- second).
 --

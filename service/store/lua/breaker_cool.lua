@@ -1,4 +1,4 @@
--- cool: put a provider or a (provider, model) pair in cooldown after a failure.
+-- breaker_cool: put a provider or a (provider, model) pair in cooldown after a failure.
 -- A new failure can extend a cooldown, never shorten it.
 --
 -- KEYS[1] cooldowns (hash: field -> cooling until, ms)   KEYS[2] consecutive failures (hash)

@@ -1,16 +1,17 @@
-"""Cooldowns and circuit breakers: which providers and pairs are out of rotation, as every
-replica sees it.
+"""Circuit breakers and provider cooldowns: which providers and pairs are out of rotation, as
+every replica sees it.
 
 Policy (docs/routing.md, "Circuit breakers" and "Cooldowns"):
 - a provider's 429 cools the whole provider for its ``Retry-After`` (clamped to 1 s .. 1 h;
   without one 10 s, doubling per 429 in a row up to 5 minutes); 401/403 cool it 5 minutes;
 - any other failure is evidence against the (provider, model) pair, never a verdict on its
   own: its breaker opens after ``failure_threshold`` consecutive failures, or when the fleet's
-  error rate for the pair is over ``error_rate`` (``trip``).  Open for ``open_s``, doubling
-  per reopening up to ``max_open_s``; then half-open: one probe at a time across the fleet
-  (claimed in the store) decides; a success closes it.
-The arithmetic runs atomically in the store (``cool.lua``, ``breaker_*.lua``) so replicas
-never race.
+  error rate for the pair is over ``error_rate`` (``check_error_rates``, fed by the fleet's
+  statistics).  Open for ``open_s``, doubling per reopening up to ``max_open_s``; then
+  half-open: one probe at a time across the fleet (claimed in the store) decides; a success
+  closes it.
+The arithmetic runs atomically in the store (``store/lua/breaker_*.lua``; the embedded
+store's twin is ``store/memory_breakers.py``), so replicas never race.
 
 Each replica keeps the fleet's state in memory, so filtering candidates costs no store call:
 a replica that changes something updates its copy at once and tells the others (a change
@@ -23,16 +24,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from service.config import Breaker
+from service.routing.live import PairFigures
 from service.routing.table import Candidate
-from service.store.backend import BreakerRule, CoolRule, RoutingState, StoreError
+from service.store.backend import BreakerRule, BreakerState, CoolRule, StoreError
 from service.store.client import Store
+from service.store.keys import pair_field
 from service.upstream.errors import AUTH, UpstreamFailure
 
-log = logging.getLogger("best.cooldowns")
+log = logging.getLogger("best.breakers")
 
 BASE_MS = 10_000
 CAP_MS = 300_000
@@ -43,11 +46,15 @@ REFRESH_S = 1.0
 
 CLOSED, HALF_OPEN, OPEN = "closed", "half_open", "open"
 
+# The fleet's figures per (provider, model) over the last ``window_s`` seconds, counting only
+# attempts after ``since`` (monotonic; 0: all of the window).
+FleetWindow = Callable[[float, float], Mapping[tuple[str, str], PairFigures]]
+
 
 def rule_for(failure: UpstreamFailure) -> CoolRule:
     return CoolRule(
         retry_after_ms=_retry_after_ms(failure),
-        fixed_ms=AUTH_MS if failure.reason == AUTH else -1,
+        fixed_ms=AUTH_MS if failure.reason == AUTH else None,
         base_ms=BASE_MS,
         cap_ms=CAP_MS,
         floor_ms=RETRY_AFTER_FLOOR_MS,
@@ -60,17 +67,17 @@ def breaker_rule(config: Breaker, failure: UpstreamFailure | None = None) -> Bre
         threshold=config.failure_threshold,
         open_ms=int(config.open_s * 1000),
         max_open_ms=int(config.max_open_s * 1000),
-        retry_after_ms=_retry_after_ms(failure) if failure is not None else -1,
+        retry_after_ms=_retry_after_ms(failure) if failure is not None else None,
         floor_ms=RETRY_AFTER_FLOOR_MS,
         ceiling_ms=RETRY_AFTER_CEILING_MS,
     )
 
 
-def _retry_after_ms(failure: UpstreamFailure) -> int:
-    return -1 if failure.retry_after_s is None else int(failure.retry_after_s * 1000)
+def _retry_after_ms(failure: UpstreamFailure) -> int | None:
+    return None if failure.retry_after_s is None else int(failure.retry_after_s * 1000)
 
 
-class Cooldowns:
+class Breakers:
     def __init__(self, store: Store, breaker: Callable[[], Breaker] = Breaker) -> None:
         self._store = store
         self._breaker = breaker  # the current configuration (it can be reloaded)
@@ -91,7 +98,7 @@ class Cooldowns:
         if self._task is not None:
             self._task.cancel()
 
-    def _apply(self, state: RoutingState, asked: float) -> None:
+    def _apply(self, state: BreakerState, asked: float) -> None:
         """Take the store's snapshot, read at ``asked`` (monotonic); a change this replica
         made or heard of after that is newer than the snapshot and stays."""
         skew = int(time.time() * 1000) - state.now_ms  # store ms -> local ms
@@ -119,9 +126,9 @@ class Cooldowns:
     async def refresh(self) -> None:
         asked = time.monotonic()
         try:
-            self._apply(await self._store.routing_state(), asked)
+            self._apply(await self._store.breaker_state(), asked)
         except StoreError as exc:
-            log.warning("cooldowns: refresh failed: %s", exc)
+            log.warning("breakers: refresh failed: %s", exc)
 
     async def _on_message(self, message: str) -> None:
         """Another replica's change, applied without a store call: ``<kind> <until ms>
@@ -246,7 +253,7 @@ class Cooldowns:
         if failure.scope == "provider":
             field = candidate.provider_field
             try:
-                until, now = await self._store.cool(field, rule_for(failure))
+                until, now = await self._store.breaker_cool(field, rule_for(failure))
             except StoreError as exc:
                 log.warning("cooldown of %s not recorded: %s", field, exc)
                 return
@@ -263,6 +270,24 @@ class Cooldowns:
             log.warning("failure of %s not recorded: %s", field, exc)
             return
         await self._opened(field, result.open_until_ms, result.now_ms, result.opened)
+
+    async def check_error_rates(self, fleet: FleetWindow) -> None:
+        """Open the breaker of a closed pair whose fleet-wide error rate is over the limit.
+        Only attempts since the breaker last closed count: the failures that opened it
+        before are no evidence against the pair the probe just proved."""
+        rule = self._breaker()
+        for (provider, model), fig in fleet(rule.window_s, 0.0).items():
+            if fig.attempts < rule.min_attempts or fig.error_rate < rule.error_rate:
+                continue
+            field = pair_field(provider, model)
+            closed_at = self.closed_at.get(field)
+            if closed_at is not None:
+                fig = fleet(rule.window_s, closed_at).get((provider, model), fig)
+                if fig.attempts < rule.min_attempts or fig.error_rate < rule.error_rate:
+                    continue
+            if field in self._tripped:
+                continue
+            await self.trip(provider, model, field)
 
     async def trip(self, provider: str, model: str, field: str) -> None:
         """The fleet's error rate for a closed pair is over the limit: open its breaker."""

@@ -1,6 +1,7 @@
 """Fleet-wide statistics per (provider, model): counted locally, flushed to the store about
 once a second, read back by every replica.  They feed ``/stats``, the live factors that adjust
-scores (``live.py``), the error-rate trip of circuit breakers, and the routing gauges.
+scores (``live.py``), the routing gauges, and the error-rate check of the circuit breakers
+(``breakers.py`` decides; this module only hands it the fleet's figures).
 """
 
 from __future__ import annotations
@@ -17,12 +18,11 @@ import orjson
 
 from service.config import GatewayConfig
 from service.observability.metrics import Metrics
-from service.routing.cooldowns import CLOSED, HALF_OPEN, OPEN, Cooldowns
+from service.routing.breakers import CLOSED, HALF_OPEN, OPEN, Breakers
 from service.routing.live import FIRST_BYTE_BUCKETS_MS, LiveView, compute, figures
 from service.routing.table import ModelTable
 from service.store.backend import StoreError
 from service.store.client import Store
-from service.store.keys import pair_field
 
 log = logging.getLogger("best.stats")
 
@@ -60,7 +60,7 @@ class FleetStats:
         providers: Callable[[], list[str]],
         on_health: HealthCallback | None = None,
         config: Callable[[], GatewayConfig] | None = None,
-        cooldowns: Cooldowns | None = None,
+        breakers: Breakers | None = None,
         table: Callable[[], ModelTable] | None = None,
     ) -> None:
         self._store = store
@@ -69,7 +69,7 @@ class FleetStats:
         self._pending: dict[str, int] = {}
         self._on_health = on_health
         self._config = config
-        self._cooldowns = cooldowns
+        self._breakers = breakers
         self._table = table
         self._history: deque[tuple[float, dict[str, int]]] = deque()
         self._task: asyncio.Task[None] | None = None
@@ -138,9 +138,9 @@ class FleetStats:
                 totals = await self._store.read_stats()
                 # The replica's cooldown copy is fresh (refreshed every second): no second read.
                 cooldowns = (
-                    self._cooldowns.in_force()
-                    if self._cooldowns is not None
-                    else (await self._store.routing_state()).cooling
+                    self._breakers.in_force()
+                    if self._breakers is not None
+                    else (await self._store.breaker_state()).cooling
                 )
             except StoreError as exc:
                 log.warning("stats read failed: %s", exc)
@@ -161,20 +161,20 @@ class FleetStats:
     def update_breaker_gauges(self) -> None:
         """Breaker state per pair that has tripped, and the routable models every candidate
         of which is out of rotation (breaker open or provider cooling)."""
-        if self._table is None or self._cooldowns is None:
+        if self._table is None or self._breakers is None:
             return
-        table, cooldowns = self._table(), self._cooldowns
+        table, breakers = self._table(), self._breakers
         now = int(time.time() * 1000)
         blocked = 0
         for model in table.model_ids:
             candidates = table.resolve(model)
             if not any(c.score.total > 0 for c in candidates):
                 continue
-            if all(cooldowns.until(c, now) for c in candidates):
+            if all(breakers.until(c, now) for c in candidates):
                 blocked += 1
         self._metrics.models_blocked.set(blocked)
         for c in table.pairs:
-            state = cooldowns.breaker_state(c)
+            state = breakers.breaker_state(c)
             key = (c.provider, c.model)
             if state == CLOSED and key not in self._breaker_series:
                 continue  # a series appears once its breaker first trips (bounded labels)
@@ -204,32 +204,11 @@ class FleetStats:
         )
         if self._on_health is not None:
             self._on_health(self.live.factors)
-        await self._trip_on_error_rate(totals, config)
+        if self._breakers is not None:
+            await self._breakers.check_error_rates(
+                lambda window_s, since: figures(totals, self._baseline(window_s, since))
+            )
         await self._publish_live()
-
-    async def _trip_on_error_rate(self, totals: dict[str, int], config: GatewayConfig) -> None:
-        """Open the breaker of a closed pair whose fleet-wide error rate is over the limit.
-        Only attempts since the breaker last closed count: the failures that opened it
-        before are no evidence against the pair the probe just proved."""
-        cooldowns = self._cooldowns
-        if cooldowns is None:
-            return
-        rule = config.breaker
-        window = figures(totals, self._baseline(rule.window_s))
-        for (provider, model), fig in window.items():
-            if fig.attempts < rule.min_attempts or fig.error_rate < rule.error_rate:
-                continue
-            field = pair_field(provider, model)
-            closed_at = cooldowns.closed_at.get(field)
-            if closed_at is not None:
-                fig = figures(totals, self._baseline(rule.window_s, closed_at)).get(
-                    (provider, model), fig
-                )
-                if fig.attempts < rule.min_attempts or fig.error_rate < rule.error_rate:
-                    continue
-            if field in cooldowns.tripped:
-                continue
-            await cooldowns.trip(provider, model, field)
 
     async def _publish_live(self) -> None:
         """Keep the fleet's live factors in the store for ``best check-config``."""
@@ -256,7 +235,7 @@ class FleetStats:
         """The ``/stats`` document: fleet totals and per-pair figures, with cooldowns."""
         await self.flush()
         totals = await self._store.read_stats()
-        state = await self._store.routing_state()
+        state = await self._store.breaker_state()
         cooldowns, now_ms = state.cooling, state.now_ms
         pairs: dict[str, dict[str, Any]] = {}
         for key, value in totals.items():
