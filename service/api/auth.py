@@ -23,7 +23,10 @@ def bearer(request: Request) -> str | None:
 async def require_token(gw: Gateway, request: Request) -> Record | None:
     """The caller's record: an identity's (a JWT of a trusted issuer) or a token's (None when
     auth is off); raises Unauthorized, or Forbidden for an identity of an unknown team."""
-    raw = bearer(request)
+    return await _caller(gw, request, bearer(request))
+
+
+async def _caller(gw: Gateway, request: Request, raw: str | None) -> Record | None:
     record = await gw.identities.authenticate(raw)
     if record is None:
         record = await gw.quotas.authenticate(raw)
@@ -42,8 +45,9 @@ def api_key(request: Request) -> str | None:
 
 
 async def require_api_key(gw: Gateway, request: Request) -> Record | None:
-    """``require_token`` for Anthropic's routes (the token in ``x-api-key`` or a bearer)."""
-    return await gw.quotas.authenticate(api_key(request))
+    """``require_token`` for Anthropic's routes (the token, or a JWT, in ``x-api-key`` or a
+    bearer)."""
+    return await _caller(gw, request, api_key(request))
 
 
 def require_admin(gw: Gateway, request: Request) -> None:

@@ -135,8 +135,15 @@ def anthropic_status(exc: errors.GatewayError) -> int:
 
 
 def anthropic_error_body(exc: errors.GatewayError) -> bytes:
-    kind = ANTHROPIC_TYPES.get(anthropic_status(exc), "api_error")
-    return orjson.dumps({"type": "error", "error": {"type": kind, "message": exc.message}})
+    """Anthropic's error shape; a refused caller's error (401, 403) raised with a ``code`` of
+    its own, such as a JWT's refusal cause, also carries it, as ``code`` beside Anthropic's
+    fields."""
+    status = anthropic_status(exc)
+    kind = ANTHROPIC_TYPES.get(status, "api_error")
+    error = {"type": kind, "message": exc.message}
+    if exc.code and status in (401, 403):
+        error["code"] = exc.code
+    return orjson.dumps({"type": "error", "error": error})
 
 
 def anthropic_error_headers(exc: errors.GatewayError) -> Headers:

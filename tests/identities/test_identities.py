@@ -382,3 +382,40 @@ async def test_an_identitys_id_preimage_is_not_a_token(app: App, keys: dict[str,
 
     with pytest.raises(Unauthorized, match="The API token is unknown"):
         await require_token(app.gateway, Request(scope, receive))
+
+
+MESSAGE = {"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.anyio
+async def test_an_identity_calls_the_messages_api_in_x_api_key_or_as_a_bearer(
+    app: App, keys: dict[str, Key]
+) -> None:
+    token = sign(keys["rsa"], _claims("claude-user"))
+    async with client(app, None) as http:
+        by_key = await http.post("/v1/messages", json=MESSAGE, headers={"x-api-key": token})
+        by_bearer = await http.post(
+            "/v1/messages", json=MESSAGE, headers={"Authorization": f"Bearer {token}"}
+        )
+    assert by_key.status_code == 200, by_key.text
+    assert by_key.json()["type"] == "message"
+    assert by_bearer.status_code == 200, by_bearer.text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("make", "code"), REFUSALS[:3], ids=[m.__name__[1:] for m, _ in REFUSALS[:3]]
+)
+async def test_a_refused_jwt_on_the_messages_api_is_an_anthropic_401_naming_its_cause(
+    app: App, keys: dict[str, Key], make: Any, code: str
+) -> None:
+    token = make(keys)
+    async with client(app, None) as http:
+        response = await http.post("/v1/messages", json=MESSAGE, headers={"x-api-key": token})
+    assert response.status_code == 401, response.text
+    body = response.json()
+    assert body["type"] == "error" and body["error"]["type"] == "authentication_error"
+    assert body["error"]["code"] == code, body
+    for part in token.split("."):
+        if part:
+            assert part not in response.text
