@@ -156,8 +156,14 @@ def budget_headers(remaining_micro: int | None) -> Headers:
 
 
 def _duration(ms: int) -> bytes:
-    seconds = max(0, ms) / 1000.0
-    return (f"{seconds:.3f}".rstrip("0").rstrip(".") + "s").encode()
+    """``ms`` as OpenAI writes a reset: seconds, up to three decimals (``1.5s``, ``60s``)."""
+    whole, part = divmod(max(0, ms), 1000)
+    if not part:
+        return b"%ds" % whole
+    return (b"%d.%03d" % (whole, part)).rstrip(b"0") + b"s"
+
+
+_MINUTE = _duration(60_000)
 
 
 def rate_limit_headers(
@@ -165,18 +171,19 @@ def rate_limit_headers(
 ) -> Headers:
     """``x-ratelimit-*`` headers (OpenAI's names) for the limits that apply (> 0); the
     remaining counts are those the store answered (None: that limit was not checked)."""
+    reset = _MINUTE if reset_ms == 60_000 else _duration(reset_ms)
     headers: Headers = []
     if rpm > 0:
         headers += [
-            (b"x-ratelimit-limit-requests", str(rpm).encode()),
-            (b"x-ratelimit-remaining-requests", str(max(0, rpm_left or 0)).encode()),
-            (b"x-ratelimit-reset-requests", _duration(reset_ms)),
+            (b"x-ratelimit-limit-requests", b"%d" % rpm),
+            (b"x-ratelimit-remaining-requests", b"%d" % max(0, rpm_left or 0)),
+            (b"x-ratelimit-reset-requests", reset),
         ]
     if tpm > 0:
         headers += [
-            (b"x-ratelimit-limit-tokens", str(tpm).encode()),
-            (b"x-ratelimit-remaining-tokens", str(max(0, tpm_left or 0)).encode()),
-            (b"x-ratelimit-reset-tokens", _duration(reset_ms)),
+            (b"x-ratelimit-limit-tokens", b"%d" % tpm),
+            (b"x-ratelimit-remaining-tokens", b"%d" % max(0, tpm_left or 0)),
+            (b"x-ratelimit-reset-tokens", reset),
         ]
     return headers
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+
+from prometheus_client import Counter
 
 from service.observability.metrics import Metrics
 from service.prices import Prices, usd_to_pico
@@ -21,6 +24,13 @@ log = logging.getLogger("best.quotas")
 
 GAUGE_S = 15.0
 PERIOD_LABEL = {0: "total", 1: "day", 2: "week", 3: "month"}
+_SERIES_MAX = 10_000  # (team, provider, model) whose counters are remembered
+
+
+@dataclass(frozen=True, slots=True)
+class _SpendSeries:
+    spend: Counter
+    unpriced: Counter
 
 
 class Spending:
@@ -39,6 +49,7 @@ class Spending:
         self.ledger = ledger
         self._gauges: asyncio.Task[None] | None = None
         self._gauged: set[tuple[str, str]] = set()  # (team, period) with budget gauges
+        self._series: dict[tuple[str, str, str], _SpendSeries] = {}
 
     async def start(self) -> None:
         self._gauges = asyncio.create_task(self._budget_gauge_loop())
@@ -67,10 +78,11 @@ class Spending:
                 price = self._prices().of(served.provider, served.model)
                 cost = price.cost(served.prompt_tokens, served.completion_tokens) if price else None
             self.ledger.record(token_id, team, served, cost)
+            series = self._series_of(team, served.provider, served.model)
             if cost is None:
-                self._metrics.unpriced.labels(served.provider, served.model).inc()
+                series.unpriced.inc()
                 continue
-            self._metrics.spend.labels(team, served.provider, served.model).inc(cost / 10**12)
+            series.spend.inc(cost / 10**12)
             if self._metrics.token_spend is not None and token_id:
                 per_token = self._metrics.token_spend.labels(
                     token_id, served.provider, served.model
@@ -78,6 +90,19 @@ class Spending:
                 per_token.inc(cost / 10**12)
             total += cost
         return total
+
+    def _series_of(self, team: str, provider: str, model: str) -> _SpendSeries:
+        """The spend counters of a (team, provider, model), resolved once."""
+        key = (team, provider, model)
+        series = self._series.get(key)
+        if series is None:
+            series = _SpendSeries(
+                self._metrics.spend.labels(team, provider, model),
+                self._metrics.unpriced.labels(provider, model),
+            )
+            if len(self._series) < _SERIES_MAX:
+                self._series[key] = series
+        return series
 
     async def _budget_gauge_loop(self) -> None:
         """Export each budgeted team's limit and spend for the dashboard's burn panel (one

@@ -124,6 +124,9 @@ class Store:
     async def _run(self, op: str, fn: Callable[[Backend], Awaitable[T]]) -> T:
         if self._degraded:
             return await fn(self._local)
+        if not self.shared:
+            # The embedded store answers in this process, at once: nothing to bound or time.
+            return await fn(self._primary)
         started = time.perf_counter()
         try:
             result = await self._bounded(fn(self._primary))

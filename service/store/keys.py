@@ -35,8 +35,12 @@ class QuotaKeys:
         return keys
 
 
+_QUOTA_KEYS_MAX = 100_000  # owners whose quota keys are remembered (about 1 KiB each)
+
+
 class Keys:
     __slots__ = (
+        "_quota_keys",
         "breakers",
         "channel",
         "cooldowns",
@@ -52,6 +56,7 @@ class Keys:
 
     def __init__(self, prefix: str = "best") -> None:
         self.prefix = prefix
+        self._quota_keys: dict[tuple[str, str | None], QuotaKeys] = {}
         registry = f"{prefix}:{{registry}}"
         self.tokens = f"{registry}:tokens"
         self.teams = f"{registry}:teams"
@@ -77,6 +82,15 @@ class Keys:
     # -- quotas ------------------------------------------------------------------------------
 
     def quota(self, token_id: str, team_id: str | None) -> QuotaKeys:
+        """The quota keys of a token (and its team), built once per pair."""
+        found = self._quota_keys.get((token_id, team_id))
+        if found is None:
+            found = self._quota(token_id, team_id)
+            if len(self._quota_keys) < _QUOTA_KEYS_MAX:
+                self._quota_keys[(token_id, team_id)] = found
+        return found
+
+    def _quota(self, token_id: str, team_id: str | None) -> QuotaKeys:
         # The suffix names the layout of the windows hash (":ring60": lua/quota.lua): a new
         # layout takes a new suffix, so during a rolling upgrade replicas of two layouts count
         # in two keys and never misread each other's buckets (docs/operations/redis.md).

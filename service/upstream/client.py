@@ -25,6 +25,7 @@ from service.upstream.connections import (
 from service.upstream.errors import BAD_BODY, CONNECT, SERVER_ERROR, TIMEOUT, UpstreamFailure
 
 _ROUTES_MAX = 4096  # URLs whose origin, target and proxy are remembered
+_ENCODED_MAX = 4096  # header mappings whose encoding is remembered
 
 
 @dataclass(slots=True)
@@ -41,6 +42,17 @@ class _Route:
     origin: Origin
     target: bytes  # the request line's target: a path, or the whole URL through an HTTP proxy
     proxy: Origin | None
+    post: bytes  # "POST <target> HTTP/1.1" and the Host line, the start of every POST
+
+    def line(self, method: str) -> bytes:
+        """The request line and the Host header."""
+        if method == "POST":
+            return self.post
+        return _request_line(method, self.target, self.origin.authority)
+
+
+def _request_line(method: str, target: bytes, authority: bytes) -> bytes:
+    return b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode(), target, authority)
 
 
 class UpstreamStream:
@@ -96,6 +108,7 @@ class UpstreamClient:
         self._tls = tls
         self._pool: Pool | None = None
         self._routes: dict[str, _Route] = {}
+        self._encoded: dict[int, tuple[Mapping[str, str], bytes]] = {}
 
     async def start(self) -> None:
         self._pool = Pool(self._tls)
@@ -104,6 +117,22 @@ class UpstreamClient:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+
+    def _header_block(self, headers: Mapping[str, str]) -> bytes:
+        """``headers`` as HTTP/1.1 header lines, encoded once per mapping: a candidate's
+        headers are one mapping for the life of the configuration."""
+        found = self._encoded.get(id(headers))
+        if found is not None and found[0] is headers:
+            return found[1]
+        block = b"".join(
+            b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
+            for name, value in headers.items()
+        )
+        if len(self._encoded) >= _ENCODED_MAX:
+            self._encoded.clear()
+        # The mapping is kept with its bytes, so its id cannot name another mapping meanwhile.
+        self._encoded[id(headers)] = (headers, block)
+        return block
 
     def _route(self, url: str) -> _Route:
         """Where ``url`` goes: its origin, the request target, and the HTTP(S)_PROXY that
@@ -125,7 +154,8 @@ class UpstreamClient:
                 proxy, _ = split_url(proxy_url if "://" in proxy_url else f"http://{proxy_url}")
                 if not origin.tls:
                     target = url.encode()  # a plain-HTTP proxy takes the absolute URL
-            route = _Route(origin, target, proxy)
+            post = _request_line("POST", target, origin.authority)
+            route = _Route(origin, target, proxy, post)
             if len(self._routes) < _ROUTES_MAX:
                 self._routes[url] = route
         return route
@@ -142,12 +172,7 @@ class UpstreamClient:
         pooled connection that the server closed meanwhile (no byte of an answer) is replaced
         by a new one, once."""
         pool = self._require_pool()
-        head = [
-            b"%s %s HTTP/1.1\r\nHost: %s\r\n"
-            % (method.encode(), route.target, route.origin.authority)
-        ]
-        for name, value in headers.items():
-            head.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
+        head = [route.line(method), self._header_block(headers)]
         if body is not None:
             head.append(b"Content-Length: %d\r\n\r\n" % len(body))
             head.append(body)
