@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal, get_args
@@ -38,10 +39,6 @@ WIDTH = 6  # requests, prompt, completion, cost (pico-USD), unpriced, cached
 _FIELD = {"day": 0, "token": 1, "team": 2, "provider": 3, "model": 4}
 
 
-def _today() -> str:
-    return datetime.now(UTC).date().isoformat()
-
-
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
@@ -62,6 +59,8 @@ class Ledger:
         self._pending: dict[LedgerKey, list[int]] = {}
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._second = -1  # the last second whose day is known, and that day
+        self._day = ""
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop())
@@ -71,9 +70,16 @@ class Ledger:
             self._task.cancel()
         await self.flush()
 
+    def _today(self) -> str:
+        """Today's UTC date, ISO; worked out again only when the second changes."""
+        second = int(time.time())
+        if second != self._second:
+            self._second, self._day = second, datetime.fromtimestamp(second, UTC).date().isoformat()
+        return self._day
+
     def record(self, token: str, team: str, usage: Usage, cost_pico: int | None) -> None:
         """Count one served request (``cost_pico`` None: no price known)."""
-        key = (_today(), token, team, usage.provider, usage.model)
+        key = (self._today(), token, team, usage.provider, usage.model)
         row = self._pending.get(key)
         if row is None:
             if len(self._pending) >= MAX_PENDING:
@@ -91,7 +97,7 @@ class Ledger:
     def record_cached(self, token: str, team: str, provider: str, model: str) -> None:
         """Count one request answered from the response cache (``provider`` and ``model``
         wrote the answer when it was stored)."""
-        key = (_today(), token, team, provider, model)
+        key = (self._today(), token, team, provider, model)
         row = self._pending.get(key)
         if row is None:
             if len(self._pending) >= MAX_PENDING:
