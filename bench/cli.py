@@ -15,6 +15,7 @@ from bench.loadgen import CACHE_KINDS
 from bench.page import soak_documents, write_page
 from bench.procs import HELPER_CORE, cpu_count, pin_self
 from bench.report import (
+    baseline_table,
     cache_table,
     main_table,
     messages_vs_chat,
@@ -108,6 +109,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="measure the gateway of another checkout (its own .venv), e.g. an older commit in "
         "a git worktree",
     )
+    parser.add_argument(
+        "--baseline-root",
+        type=Path,
+        help="also measure the gateway of this checkout (its own .venv), e.g. an older commit "
+        "in a git worktree, in the same run: its embedded and Redis rows and the ratios",
+    )
     parser.add_argument("--no-plot", action="store_true", help="skip the matplotlib plot")
     parser.add_argument(
         "--report-only",
@@ -163,6 +170,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         ],
         store_cost_s=store_cost_s,
         gateway_root=args.gateway_root.resolve(),
+        baseline_root=args.baseline_root.resolve() if args.baseline_root else None,
     )
 
 
@@ -182,6 +190,8 @@ def _print_report(results: dict[str, Any]) -> None:
     print("\n".join(messages_vs_chat(results)))
     print()
     print("\n".join(tracing_table(results)))
+    print()
+    print("\n".join(baseline_table(results)))
     print()
     print("\n".join(sweep_table(results)))
     if any(kind in results["meta"]["kinds"] for kind in CACHE_KINDS):

@@ -229,6 +229,35 @@ def messages_vs_chat(results: Results) -> list[str]:
     return [f"Messages API throughput as a share of chat's (same run): {', '.join(shares)}"]
 
 
+def baseline_table(results: Results) -> list[str]:
+    """This checkout's gateway against the baseline's, row by row, in the same run."""
+    derived = derive(results)
+    rows: list[list[str]] = []
+    labels = {target["name"]: target["label"] for target in _targets(results)}
+    for store in ("embedded", "redis"):
+        ours, theirs = derived.get(f"gateway-{store}"), derived.get(f"baseline-{store}")
+        if ours is None or theirs is None:
+            continue
+        cells = []
+        for kind in KINDS:
+            now, then = ours[kind]["rps"], theirs[kind]["rps"]
+            cells.append(_times(now / then if now and then else None))
+        for kind in KINDS:
+            now, then = ours[kind]["overhead_p50_ms"], theirs[kind]["overhead_p50_ms"]
+            cells.append(f"{_num(now, '.3f')} / {_num(then, '.3f')}")
+        rows.append([f"{labels[f'gateway-{store}']} vs {labels[f'baseline-{store}']}", *cells])
+    if not rows:
+        return []
+    header = [
+        "same run",
+        "JSON req/s ratio (c=32)",
+        "SSE req/s ratio (c=32)",
+        "JSON added p50 c=1 ms, now / then",
+        "SSE added p50 c=1 ms, now / then",
+    ]
+    return _table(header, rows)
+
+
 def sweep_table(results: Results) -> list[str]:
     concurrencies: list[int] = results["meta"]["concurrencies"]
     header = ["", "kind", *[f"c={c} p50 ms (req/s)" for c in concurrencies]]
@@ -455,6 +484,8 @@ def render_markdown(results: Results) -> str:
         *messages_vs_chat(results),
         "",
         *tracing_table(results),
+        "",
+        *baseline_table(results),
         "",
         "Latency sweep (p50 ms, with req/s):",
         "",

@@ -29,6 +29,8 @@ from bench.targets import (
 )
 from bench.upstream import start_nginx
 
+BASELINE = "baseline-"  # "baseline-embedded" is the baseline's "gateway-embedded"
+
 
 @dataclass
 class Settings:
@@ -45,6 +47,7 @@ class Settings:
     store_cost_s: float = 10.0  # the timed run of each store-cost point
     monitor_s: float = 1.0  # the run under MONITOR that counts commands by name
     gateway_root: Path = ROOT  # the checkout whose gateway is measured
+    baseline_root: Path | None = None  # another checkout measured in the same run, for ratios
 
 
 @dataclass
@@ -263,6 +266,24 @@ def run_all(settings: Settings, workdir: Path) -> dict[str, object]:
                 api=api,
             )
             results.append(_measure_started(name, label, start, settings, scripts))
+
+        if settings.baseline_root is not None:
+            # The same two rows of an older checkout, against the same upstream and Redis.
+            base = git_commit(settings.baseline_root)
+            for name, label, store_url in (
+                (BASELINE + "embedded", f"BEST at {base}, embedded store", None),
+                (BASELINE + "redis", f"BEST at {base}, Redis store", redis_url),
+            ):
+                start = functools.partial(
+                    start_gateway,
+                    workdir / name,
+                    upstream_port,
+                    store_url,
+                    name,
+                    label,
+                    root=settings.baseline_root,
+                )
+                results.append(_measure_started(name, label, start, settings, scripts))
 
         if not settings.litellm:
             results.append(TargetResult("litellm", "LiteLLM proxy", "skipped", "--skip-litellm"))
