@@ -34,8 +34,8 @@ from typing import Any
 
 from bench.loadgen import render_script, run_wrk
 from bench.page import splice_breakdown
-from bench.procs import HELPER_CORE, SUT_CORE, cpu_seconds, free_port, pin_self, pinned
-from bench.runner import _cpu_model, git_commit, log
+from bench.procs import HELPER_CORE, SUT_CORE, CpuMeter, cpu_seconds, free_port, pin_self, pinned
+from bench.runner import _cpu_model, _wait_quiet, git_commit, log
 from bench.stages import other_rows, read_raw, render_markdown, stage_rows
 from bench.targets import ROOT, gateway_command, start_gateway, start_redis, write_gateway_config
 from bench.upstream import JSON_MODEL, start_nginx
@@ -44,6 +44,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DOCS_PAGE = ROOT / "docs" / "performance.md"
 CONNECTIONS = 32
 RATE = 500  # samples per second
+QUIET_WAIT_S = 60.0  # before each run, wait this long at most for other work to leave the cores
 COUNTERS_SCRIPT = Path(__file__).resolve().parent / "stage_counters.py"
 
 
@@ -103,15 +104,18 @@ def profile(
         url = target.urls[args.kind]
         log("warm-up, 2 s")
         run_wrk(url, script, CONNECTIONS, 2)
+        _wait_quiet(target.proc.pid, QUIET_WAIT_S)
         before = cpu_seconds(target.proc.pid)
         plain = run_wrk(url, script, CONNECTIONS, args.seconds)
         unprofiled_us = (cpu_seconds(target.proc.pid) - before) / max(plain.requests, 1) * 1e6
         log(f"without the profiler: {plain.rps:,.0f} req/s, {unprofiled_us:.0f} µs per request")
+        _wait_quiet(target.proc.pid, QUIET_WAIT_S)
         raw_path = workdir / "py-spy.txt"
         spy_binary = py_spy()
         assert spy_binary is not None
         spy_argv = [spy_binary, "record", "-f", "raw", "--nonblocking", "-r", str(RATE)]
-        spy_argv += ["-d", str(round(args.seconds) + 30), "-o", str(raw_path)]
+        # Stopped by SIGINT after the run; the duration is only a bound.
+        spy_argv += ["-d", str(round(args.seconds) + 600), "-o", str(raw_path)]
         spy_argv += ["-p", str(target.proc.pid)]
         spy = subprocess.Popen(
             pinned(spy_argv, HELPER_CORE),
@@ -121,10 +125,12 @@ def profile(
         )
         time.sleep(0.5)  # py-spy attaches
         before = cpu_seconds(target.proc.pid)
+        meter = CpuMeter(target.proc.pid, SUT_CORE)
         started = time.monotonic()
         loaded = run_wrk(url, script, CONNECTIONS, args.seconds)
         spent = cpu_seconds(target.proc.pid) - before
         seconds = time.monotonic() - started
+        core = meter.read()
         spy.send_signal(2)  # SIGINT: py-spy writes what it has and exits
         output, _ = spy.communicate(timeout=60)
         if not raw_path.exists():
@@ -133,6 +139,11 @@ def profile(
             raise RuntimeError(f"wrk saw {loaded.errors + plain.errors} errors")
         counts = _SAMPLES.search(output)
         found = read_raw(raw_path.read_text(), roots=[str(root)])
+        if found.total < RATE * spent / 2:
+            raise RuntimeError(
+                f"py-spy took {found.total} samples of a gateway busy for {spent:.1f} s "
+                f"at {RATE} Hz:\n{output}"
+            )
         cpu_us = spent / max(loaded.requests, 1) * 1e6
         log(f"with the profiler: {loaded.rps:,.0f} req/s, {cpu_us:.0f} µs per request")
         return {
@@ -141,6 +152,9 @@ def profile(
             "rps": loaded.rps,
             "cpu_s": round(spent, 3),
             "cpu_us": round(cpu_us, 1),
+            # Share of its core the gateway used, and what other processes used of it.
+            "core_share": core.get("proc_cpu"),
+            "others_on_core": round(max(0.0, core["core_busy"] - core.get("proc_cpu", 0.0)), 3),
             "unprofiled_cpu_us": round(unprofiled_us, 1),
             "unprofiled_rps": plain.rps,
             "samples": found.total,

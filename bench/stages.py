@@ -201,6 +201,24 @@ def command_line(meta: dict[str, Any]) -> str:
     )
 
 
+def _core(profile: dict[str, Any]) -> str:
+    share = profile.get("core_share")
+    return "" if share is None else f" ({share:.0%} of its core)"
+
+
+def _contention(profile: dict[str, Any]) -> list[str]:
+    """A warning when other processes shared the gateway's core: time-sliced, its caches go
+    cold, and its CPU per request grows."""
+    others = profile.get("others_on_core")
+    if others is None or others < 0.1:
+        return []
+    return [
+        f"Other processes used {others:.0%} of the gateway's core during the profiled run: "
+        "the machine was shared, and the figures above are inflated by it.",
+        "",
+    ]
+
+
 def render_markdown(doc: dict[str, Any]) -> str:
     """The breakdown as the docs' performance page shows it (also printed by the tool)."""
     meta, profile, counters = doc["meta"], doc["profile"], doc["counters"]
@@ -220,10 +238,12 @@ def render_markdown(doc: dict[str, Any]) -> str:
         f"py-spy sampled the gateway at {meta['rate']} Hz for {profile['seconds']:g} s "
         f"({profile['samples']:,} samples with the gateway running) while it served "
         f"{profile['requests']:,} requests ({profile['rps']:,.0f} req/s), using "
-        f"{profile['cpu_s']:.2f} s of CPU: **{profile['cpu_us']:.0f} µs per request** "
+        f"{profile['cpu_s']:.2f} s of CPU{_core(profile)}: "
+        f"**{profile['cpu_us']:.0f} µs per request** "
         f"({profile['unprofiled_cpu_us']:.0f} µs in the same run's span without the "
         "profiler). Each stage's share of the samples times that is its CPU per request.",
         "",
+        *_contention(profile),
         "| stage | share of samples | µs per request |",
         "|---|---|---|",
     ]

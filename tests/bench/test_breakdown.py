@@ -116,6 +116,8 @@ def breakdown() -> dict[str, Any]:
             "rps": 2_500.0,
             "cpu_s": 10.0,
             "cpu_us": 400.0,
+            "core_share": 0.8,
+            "others_on_core": 0.02,
             "unprofiled_cpu_us": 380.0,
             "samples": profile.total,
             "sampling_errors": 0,
@@ -140,6 +142,11 @@ def test_the_markdown_holds_both_tables_and_the_command() -> None:
     assert "| `service.app` | 10.0% | 40 |" in text
     assert "| auth | `require_token` | 3.7 |" in text
     assert "| metrics | observations | n/a (KeyError: 'x') |" in text
+    assert "10.00 s of CPU (80% of its core)" in text
+    assert "Other processes used" not in text
+    shared = breakdown()
+    shared["profile"]["others_on_core"] = 0.3
+    assert "Other processes used 30% of the gateway's core" in render_markdown(shared)
 
 
 def test_the_docs_page_gets_the_section_once_and_keeps_the_rest() -> None:
