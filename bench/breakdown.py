@@ -44,7 +44,6 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DOCS_PAGE = ROOT / "docs" / "performance.md"
 CONNECTIONS = 32
 RATE = 500  # samples per second
-QUIET_WAIT_S = 60.0  # before each run, wait this long at most for other work to leave the cores
 COUNTERS_SCRIPT = Path(__file__).resolve().parent / "stage_counters.py"
 
 
@@ -69,6 +68,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--write",
         action="store_true",
         help="also write the section of docs/performance.md (the results JSON is always written)",
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=60.0,
+        help="before each run, wait up to this many seconds for other processes to leave "
+        "the two cores idle (default 60; 0 = never wait)",
     )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--docs-page", type=Path, default=DOCS_PAGE)
@@ -104,12 +110,12 @@ def profile(
         url = target.urls[args.kind]
         log("warm-up, 2 s")
         run_wrk(url, script, CONNECTIONS, 2)
-        _wait_quiet(target.proc.pid, QUIET_WAIT_S)
+        _wait_quiet(target.proc.pid, args.quiet_wait)
         before = cpu_seconds(target.proc.pid)
         plain = run_wrk(url, script, CONNECTIONS, args.seconds)
         unprofiled_us = (cpu_seconds(target.proc.pid) - before) / max(plain.requests, 1) * 1e6
         log(f"without the profiler: {plain.rps:,.0f} req/s, {unprofiled_us:.0f} µs per request")
-        _wait_quiet(target.proc.pid, QUIET_WAIT_S)
+        _wait_quiet(target.proc.pid, args.quiet_wait)
         raw_path = workdir / "py-spy.txt"
         spy_binary = py_spy()
         assert spy_binary is not None

@@ -193,7 +193,16 @@ def test_the_breakdown_runs_end_to_end(tmp_path: Path) -> None:
         require_tool(tool)
     page = tmp_path / "performance.md"
     page.write_text("# Performance\n\n## Method\n")
-    argv = [sys.executable, "-m", "bench.breakdown", "--seconds", "2", "--write"]
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.breakdown",
+        "--seconds",
+        "2",
+        "--write",
+        "--quiet-wait",
+        "0",
+    ]
     argv += ["--results-dir", str(tmp_path), "--docs-page", str(page)]
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
