@@ -19,9 +19,13 @@ from bench.report import (
     sweep_table,
 )
 from bench.soak import render_soak_markdown
+from bench.stages import render_markdown as render_breakdown
 
 TEMPLATE = Path(__file__).resolve().parent / "performance_template.md"
 SOAK_STORES = ("redis", "embedded")
+BREAKDOWN = "breakdown.json"
+BREAKDOWN_HEADING = "## Where a request's CPU goes"
+NO_BREAKDOWN = "Not measured yet: `uv run python -m bench.breakdown --write`."
 
 
 def run_line(meta: dict[str, Any]) -> str:
@@ -46,9 +50,12 @@ def soak_section(soaks: dict[str, dict[str, Any]]) -> str:
 
 
 def render_page(
-    results: Results, soaks: dict[str, dict[str, Any]] | None = None, template: str | None = None
+    results: Results,
+    soaks: dict[str, dict[str, Any]] | None = None,
+    template: str | None = None,
+    breakdown: dict[str, Any] | None = None,
 ) -> str:
-    """The page for ``results`` (and the soak documents, by store)."""
+    """The page for ``results`` (and the soak documents, by store, and the CPU breakdown)."""
     text = TEMPLATE.read_text() if template is None else template
     store_cost = results.get("store_cost")
     capacity = results.get("capacity")
@@ -66,6 +73,7 @@ def render_page(
         if capacity
         else "Not measured in this run.",
         "soak": soak_section(soaks or {}),
+        "breakdown": render_breakdown(breakdown) if breakdown else NO_BREAKDOWN,
         "notes": "\n".join(["### Notes on this run", "", *extra]) if extra else "",
     }
     page = string.Template(text).substitute(sections)
@@ -84,9 +92,46 @@ def soak_documents(results_dir: Path) -> dict[str, dict[str, Any]]:
     return found
 
 
+def breakdown_document(results_dir: Path) -> dict[str, Any] | None:
+    """The latest CPU breakdown (``python -m bench.breakdown``), if there is one."""
+    path = results_dir / BREAKDOWN
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def write_page(results: Results, results_dir: Path, docs_dir: Path) -> Path:
     """Write ``docs_dir/performance.md``; the plots are made by the caller."""
     path = docs_dir / "performance.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_page(results, soak_documents(results_dir)))
+    breakdown = breakdown_document(results_dir)
+    path.write_text(render_page(results, soak_documents(results_dir), breakdown=breakdown))
     return path
+
+
+def _section(text: str, heading: str) -> tuple[int, int] | None:
+    """Where the ``heading`` section of ``text`` starts and ends (at the next ``## ``)."""
+    start = text.find(heading + "\n")
+    if start < 0:
+        return None
+    end = text.find("\n## ", start + len(heading))
+    return start, len(text) if end < 0 else end + 1
+
+
+def splice_breakdown(page: str, breakdown: dict[str, Any], template: str | None = None) -> str:
+    """``page`` with its CPU breakdown section as the template renders it for ``breakdown``
+    (added before "## Method" when the page has none), the rest left as it is: the page
+    of a run whose results document is gone keeps its figures."""
+    text = TEMPLATE.read_text() if template is None else template
+    where = _section(text, BREAKDOWN_HEADING)
+    if where is None:
+        raise ValueError(f"the template has no {BREAKDOWN_HEADING!r} section")
+    chunk = text[where[0] : where[1]]
+    section = string.Template(chunk).substitute(breakdown=render_breakdown(breakdown))
+    if not section.endswith("\n\n"):
+        section += "\n"
+    found = _section(page, BREAKDOWN_HEADING)
+    if found is not None:
+        return page[: found[0]] + section + page[found[1] :]
+    method = page.find("## Method\n")
+    if method < 0:
+        return page.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
+    return page[:method] + section + page[method:]
