@@ -212,7 +212,9 @@ def start_gateway(
         raise
     path = "/v1/messages" if api == "messages" else "/v1/chat/completions"
     url = f"http://127.0.0.1:{port}{path}"
-    urls = {"json": url, "sse": url, "hit": url, "miss": url}
+    urls = {"json": url, "sse": url}
+    if api == "chat":
+        urls.update(hit=url, miss=url)  # the response cache's rows are chat requests
     return Target(name, label, urls, jwt_token or tokens[0], proc, api=api)
 
 
