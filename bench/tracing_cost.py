@@ -1,0 +1,289 @@
+"""CPU microseconds per request that tracing costs: ``uv run python -m bench.tracing_cost``.
+
+One request is what the edge and the router ask of ``service/observability/tracing.py`` for a
+chat completion served on the first attempt: the SERVER span (``Tracing.server`` with a
+client's headers, ``caller``, the exemplar read as the metrics read it, ``end``) and one CLIENT
+attempt span (``attempt`` with a real body, its ``headers``, then ``answered`` with the
+provider's JSON answer, or ``streamed`` for the stream row), with the gateway's attributes.
+
+Rows (each the minimum over ``--repeats`` runs of ``--requests`` requests; the machine is
+shared, and the minimum is the run the other processes disturbed least):
+
+- **off**: the call sites' ``trace is None`` tests with tracing off (``Tracing.from_env``
+  returns None without an endpoint).
+- **record (json)** / **record (stream)**: CPU of the calling thread only
+  (``time.thread_time``): what a request's own coroutine pays, the export thread excluded.
+- **encode**: turning one request's spans into the OTLP protobuf bytes that the HTTP exporter
+  posts, in batches of ``BATCH`` spans, as the export thread does.  Beside it, the same spans
+  through the SDK's own encoder (``encode_spans``, from ``ReadableSpan`` objects).
+- **whole path**: process CPU (``time.process_time``: every thread of this process) for
+  recording and exporting over OTLP/HTTP into a receiver on loopback that discards (in a
+  child process, so its CPU is not counted), until everything is exported.  This is the
+  figure to hold against the gateway's own CPU per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from service.apis import Api
+from service.observability.tracing import WON, Tracing
+from service.prices import Price, Prices
+from service.upstream.usage import Usage
+
+BATCH = 512  # spans per export (OTEL_BSP_MAX_EXPORT_BATCH_SIZE as the bench sets it)
+REQUESTS = 20_000
+REPEATS = 5
+
+HEADERS = [
+    (b"host", b"gateway.internal:8080"),
+    (b"user-agent", b"OpenAI/Python 1.54.0"),
+    (b"accept", b"application/json"),
+    (b"content-type", b"application/json"),
+    (b"authorization", b"Bearer sk-best-0123456789abcdef0123456789abcdef"),
+    (b"content-length", b"187"),
+]
+UPSTREAM_HEADERS = {"Authorization": "Bearer sk-provider-key", "Content-Type": "application/json"}
+URL = "https://api.openai.com/v1/chat/completions"
+BODY: dict[str, Any] = {
+    "model": "gpt-4o-mini",
+    "messages": [{"role": "user", "content": "Say hello in one word."}],
+    "max_tokens": 64,
+    "temperature": 0.7,
+}
+STREAM_BODY: dict[str, Any] = {**BODY, "stream": True, "stream_options": {"include_usage": True}}
+ANSWER: dict[str, Any] = {
+    "id": "chatcmpl-AbCdEf0123456789",
+    "object": "chat.completion",
+    "created": 1_700_000_000,
+    "model": "gpt-4o-mini-2024-07-18",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hello!"},
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {"prompt_tokens": 12, "completion_tokens": 2, "total_tokens": 14},
+}
+FIRST_FRAMES = [
+    b'data: {"id":"chatcmpl-AbCdEf0123456789","object":"chat.completion.chunk",'
+    b'"created":1700000000,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,'
+    b'"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n'
+]
+USED = Usage("openai", "gpt-4o-mini", 12, 2)
+PRICES = Prices(models={"gpt-4o-mini": Price.per_million(0.15, 0.6, 16384)})
+TOKEN_ID = "b9b815bdafe4a64b"
+
+Request = Callable[[Tracing | None, str], None]
+
+
+def json_request(tracing: Tracing | None, request_id: str) -> None:
+    """The tracing calls of a JSON chat completion, in the gateway's order."""
+    if tracing is None:
+        # What the call sites do when tracing is off: the same tests, nothing else.
+        trace = None
+        if trace is not None:  # auth.py, calls.py, router.py, app.py
+            raise AssertionError
+        return
+    trace = tracing.server(
+        "POST", "/v1/chat/completions", "/v1/chat/completions", request_id, HEADERS
+    )
+    trace.caller(TOKEN_ID, None)
+    span = trace.attempt(Api.CHAT, "openai", "gpt-4o-mini", URL, BODY, UPSTREAM_HEADERS)
+    if "traceparent" not in span.headers:
+        raise AssertionError("the upstream request carries no traceparent")
+    span.answered(WON, ANSWER, USED)
+    exemplar = trace.exemplar  # the router's and the edge's histograms
+    trace.status = 200
+    trace.end()
+    if exemplar is None and trace.exemplar is not None:
+        raise AssertionError
+
+
+def stream_request(tracing: Tracing | None, request_id: str) -> None:
+    """The tracing calls of a streamed chat completion relayed to its end."""
+    if tracing is None:
+        return
+    trace = tracing.server(
+        "POST", "/v1/chat/completions", "/v1/chat/completions", request_id, HEADERS
+    )
+    trace.caller(TOKEN_ID, None)
+    span = trace.attempt(Api.CHAT, "openai", "gpt-4o-mini", URL, STREAM_BODY, UPSTREAM_HEADERS)
+    span.streamed(FIRST_FRAMES, ("stop",), USED, 0.2345, None)
+    _ = trace.exemplar
+    trace.status = 200
+    trace.end()
+
+
+class Discard(SpanExporter):
+    """Keeps the last batch only: the record rows' exporter (its thread's CPU is not theirs)."""
+
+    def __init__(self) -> None:
+        self.kept: list[ReadableSpan] = []
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.kept = list(spans)
+        return SpanExportResult.SUCCESS
+
+
+def _min_us(run: Callable[[], float], repeats: int, per: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        gc.collect()
+        best = min(best, run())
+    return best / per * 1e6
+
+
+def cpu_of(
+    tracing: Tracing | None, request: Request, requests: int, clock: Callable[[], float]
+) -> float:
+    ids = [f"3f9c2a1b7d4e-{i}" for i in range(requests)]
+    started = clock()
+    for request_id in ids:
+        request(tracing, request_id)
+    return clock() - started
+
+
+def record_us(request: Request, requests: int, repeats: int) -> float:
+    tracing = Tracing.from_env({"OTEL_TRACES_SAMPLER": "always_on"}, lambda: PRICES, Discard())
+    assert tracing is not None
+    request(tracing, "warm-up")
+
+    def run() -> float:
+        took = cpu_of(tracing, request, requests, time.thread_time)
+        tracing.flush()
+        return took
+
+    try:
+        return _min_us(run, repeats, requests)
+    finally:
+        tracing.provider.shutdown()
+
+
+def spans_of(request: Request, count: int) -> list[ReadableSpan]:
+    """``count`` requests' spans as the SDK's exporters receive them."""
+    kept: list[ReadableSpan] = []
+
+    class Keep(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            kept.extend(spans)
+            return SpanExportResult.SUCCESS
+
+    tracing = Tracing.from_env({}, lambda: PRICES, Keep())
+    assert tracing is not None
+    for i in range(count):
+        request(tracing, f"3f9c2a1b7d4e-{i}")
+    tracing.flush()
+    tracing.provider.shutdown()
+    return kept
+
+
+def sdk_encode_us(spans: list[ReadableSpan], repeats: int, requests: int) -> float:
+    batches = [spans[i : i + BATCH] for i in range(0, len(spans), BATCH)]
+
+    def run() -> float:
+        started = time.thread_time()
+        for batch in batches:
+            encode_spans(batch).SerializePartialToString()
+        return time.thread_time() - started
+
+    return _min_us(run, repeats, requests)
+
+
+RECEIVER = """
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Discard(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["content-length"]))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), Discard)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+def whole_us(request: Request, requests: int, repeats: int) -> float:
+    """Process CPU per request, recording and exporting over OTLP/HTTP to a loopback
+    receiver in a child process."""
+    receiver = subprocess.Popen([sys.executable, "-c", RECEIVER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert receiver.stdout is not None
+        port = int(receiver.stdout.readline())
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+            "OTEL_TRACES_SAMPLER": "always_on",
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": str(BATCH),
+            "OTEL_BSP_MAX_QUEUE_SIZE": str(8 * BATCH),
+        }
+        tracing = Tracing.from_env(env, lambda: PRICES)
+        assert tracing is not None
+        request(tracing, "warm-up")
+        assert tracing.flush()
+        chunk = BATCH  # flushed as it goes (2 spans a request), so the queue never drops
+
+        def run() -> float:
+            started = time.process_time()
+            for first in range(0, requests, chunk):
+                for i in range(first, min(first + chunk, requests)):
+                    request(tracing, f"3f9c2a1b7d4e-{i}")
+                assert tracing.flush()
+            return time.process_time() - started
+
+        try:
+            return _min_us(run, repeats, requests)
+        finally:
+            tracing.provider.shutdown()
+    finally:
+        receiver.terminate()
+        receiver.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.tracing_cost", description=__doc__)
+    parser.add_argument("--requests", type=int, default=REQUESTS)
+    parser.add_argument("--repeats", type=int, default=REPEATS)
+    args = parser.parse_args(argv)
+    n, r = args.requests, args.repeats
+    rows: list[tuple[str, float]] = []
+    rows.append(
+        (
+            "off (call sites' None tests)",
+            _min_us(lambda: cpu_of(None, json_request, n, time.thread_time), r, n),
+        )
+    )
+    rows.append(("record, JSON request (calling thread)", record_us(json_request, n, r)))
+    rows.append(("record, stream request (calling thread)", record_us(stream_request, n, r)))
+    spans = spans_of(json_request, n)
+    rows.append(("encode, SDK encode_spans (export thread)", sdk_encode_us(spans, r, n)))
+    rows.append(("whole path, OTLP/HTTP to loopback (process)", whole_us(json_request, n, r)))
+    width = max(len(name) for name, _ in rows)
+    print(f"tracing cost per request: min of {r} runs of {n:,} requests, CPU us")
+    for name, us in rows:
+        print(f"  {name:<{width}}  {us:8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
