@@ -33,11 +33,21 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest as PB2Request,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue as PB2AnyValue
+from opentelemetry.proto.common.v1.common_pb2 import ArrayValue as PB2ArrayValue
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope as PB2Scope
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue as PB2KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource as PB2Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import Status as PB2Status
+from opentelemetry.sdk.resources import Resource
 
 from service.apis import Api
-from service.observability.tracing import WON, Tracing
+from service.observability.span_export import SpanQueue, readable_span
+from service.observability.spans import Sampling, SpanRecord
+from service.observability.tracing import REPEATED, WON, Tracing, encoder
 from service.prices import Price, Prices
 from service.upstream.usage import Usage
 
@@ -126,15 +136,20 @@ def stream_request(tracing: Tracing | None, request_id: str) -> None:
     trace.end()
 
 
-class Discard(SpanExporter):
-    """Keeps the last batch only: the record rows' exporter (its thread's CPU is not theirs)."""
+class Keep:
+    """A sink that keeps what it is given (or nothing: ``keep=False``)."""
 
-    def __init__(self) -> None:
-        self.kept: list[ReadableSpan] = []
+    def __init__(self, keep: bool) -> None:
+        self.keep = keep
+        self.kept: list[SpanRecord] = []
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self.kept = list(spans)
-        return SpanExportResult.SUCCESS
+    def export(self, spans: Sequence[SpanRecord]) -> bool:
+        if self.keep:
+            self.kept.extend(spans)
+        return True
+
+    def shutdown(self) -> None:
+        return None
 
 
 def _min_us(run: Callable[[], float], repeats: int, per: int) -> float:
@@ -155,9 +170,14 @@ def cpu_of(
     return clock() - started
 
 
-def record_us(request: Request, requests: int, repeats: int) -> float:
-    tracing = Tracing.from_env({"OTEL_TRACES_SAMPLER": "always_on"}, lambda: PRICES, Discard())
-    assert tracing is not None
+def traced(sink: Keep, requests: int, rate: float = 1.0) -> Tracing:
+    """Tracing into ``sink``, with room for ``requests`` requests' spans."""
+    queue = SpanQueue(sink, max_size=2 * requests + 2, batch_size=BATCH)
+    return Tracing(queue, Sampling.ratio(rate, parent_based=True), lambda: PRICES)
+
+
+def record_us(request: Request, requests: int, repeats: int, rate: float = 1.0) -> float:
+    tracing = traced(Keep(False), requests, rate)
     request(tracing, "warm-up")
 
     def run() -> float:
@@ -168,37 +188,85 @@ def record_us(request: Request, requests: int, repeats: int) -> float:
     try:
         return _min_us(run, repeats, requests)
     finally:
-        tracing.provider.shutdown()
+        tracing.shutdown()
 
 
-def spans_of(request: Request, count: int) -> list[ReadableSpan]:
-    """``count`` requests' spans as the SDK's exporters receive them."""
-    kept: list[ReadableSpan] = []
-
-    class Keep(SpanExporter):
-        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-            kept.extend(spans)
-            return SpanExportResult.SUCCESS
-
-    tracing = Tracing.from_env({}, lambda: PRICES, Keep())
-    assert tracing is not None
+def spans_of(request: Request, count: int) -> list[SpanRecord]:
+    """``count`` requests' spans as the export thread receives them."""
+    sink = Keep(True)
+    tracing = traced(sink, count)
     for i in range(count):
         request(tracing, f"3f9c2a1b7d4e-{i}")
-    tracing.flush()
-    tracing.provider.shutdown()
-    return kept
+    tracing.shutdown()
+    return sink.kept
 
 
-def sdk_encode_us(spans: list[ReadableSpan], repeats: int, requests: int) -> float:
+def encode_us(
+    encode: Callable[[list[Any]], bytes], spans: list[Any], repeats: int, requests: int
+) -> float:
+    """Thread CPU per request to encode ``spans`` in batches of ``BATCH``."""
     batches = [spans[i : i + BATCH] for i in range(0, len(spans), BATCH)]
 
     def run() -> float:
         started = time.thread_time()
         for batch in batches:
-            encode_spans(batch).SerializePartialToString()
+            encode(batch)
         return time.thread_time() - started
 
     return _min_us(run, repeats, requests)
+
+
+class ProtoEncoder:
+    """The ExportTraceServiceRequest built with opentelemetry-proto's message classes, the
+    KeyValue messages of repeated (key, value) pairs cached: the library way, to compare."""
+
+    def __init__(self, resource: Resource) -> None:
+        self._pairs: dict[tuple[str, type, Any], PB2KeyValue] = {}
+        self._repeated = frozenset(REPEATED)
+        self._resource = PB2Resource(
+            attributes=[self._key_value(k, v) for k, v in resource.attributes.items()]
+        )
+        self._scope = PB2Scope(name="best")
+
+    def _value(self, value: Any) -> PB2AnyValue:
+        if isinstance(value, bool):
+            return PB2AnyValue(bool_value=value)
+        if isinstance(value, str):
+            return PB2AnyValue(string_value=value)
+        if isinstance(value, int):
+            return PB2AnyValue(int_value=value)
+        if isinstance(value, float):
+            return PB2AnyValue(double_value=value)
+        return PB2AnyValue(array_value=PB2ArrayValue(values=[self._value(v) for v in value]))
+
+    def _key_value(self, key: str, value: Any) -> PB2KeyValue:
+        if key not in self._repeated:
+            return PB2KeyValue(key=key, value=self._value(value))
+        pair = (key, value.__class__, value)
+        found = self._pairs.get(pair)
+        if found is None:
+            found = self._pairs[pair] = PB2KeyValue(key=key, value=self._value(value))
+        return found
+
+    def encode(self, spans: list[SpanRecord]) -> bytes:
+        request = PB2Request()
+        scope_spans = request.resource_spans.add(resource=self._resource).scope_spans.add(
+            scope=self._scope
+        )
+        for span in spans:
+            encoded = scope_spans.spans.add(
+                trace_id=span.trace_id.to_bytes(16, "big"),
+                span_id=span.span_id.to_bytes(8, "big"),
+                parent_span_id=span.parent_id.to_bytes(8, "big") if span.parent_id else b"",
+                name=span.name,
+                kind=span.kind.value + 1,
+                start_time_unix_nano=span.start_ns,
+                end_time_unix_nano=span.end_ns,
+                flags=0x300 if span.parent_remote else 0x100,
+                status=PB2Status(code=2 if span.error else 0),
+            )
+            encoded.attributes.extend([self._key_value(k, v) for k, v in span.attributes.items()])
+        return bytes(request.SerializeToString())
 
 
 RECEIVER = """
@@ -224,16 +292,18 @@ server.serve_forever()
 """
 
 
-def whole_us(request: Request, requests: int, repeats: int) -> float:
+def whole_us(request: Request, requests: int, repeats: int, sampler: str = "always_on") -> float:
     """Process CPU per request, recording and exporting over OTLP/HTTP to a loopback
     receiver in a child process."""
     receiver = subprocess.Popen([sys.executable, "-c", RECEIVER], stdout=subprocess.PIPE, text=True)
     try:
         assert receiver.stdout is not None
         port = int(receiver.stdout.readline())
+        name, _, ratio = sampler.partition("=")
         env = {
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-            "OTEL_TRACES_SAMPLER": "always_on",
+            "OTEL_TRACES_SAMPLER": name,
+            "OTEL_TRACES_SAMPLER_ARG": ratio,
             "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": str(BATCH),
             "OTEL_BSP_MAX_QUEUE_SIZE": str(8 * BATCH),
         }
@@ -241,7 +311,7 @@ def whole_us(request: Request, requests: int, repeats: int) -> float:
         assert tracing is not None
         request(tracing, "warm-up")
         assert tracing.flush()
-        chunk = BATCH  # flushed as it goes (2 spans a request), so the queue never drops
+        chunk = 2 * BATCH  # flushed as it goes (2 spans a request), so the queue never drops
 
         def run() -> float:
             started = time.process_time()
@@ -249,37 +319,56 @@ def whole_us(request: Request, requests: int, repeats: int) -> float:
                 for i in range(first, min(first + chunk, requests)):
                     request(tracing, f"3f9c2a1b7d4e-{i}")
                 assert tracing.flush()
-            return time.process_time() - started
+            took = time.process_time() - started
+            assert tracing.dropped == 0
+            return took
 
         try:
             return _min_us(run, repeats, requests)
         finally:
-            tracing.provider.shutdown()
+            tracing.shutdown()
     finally:
         receiver.terminate()
         receiver.wait()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.tracing_cost", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.tracing_cost",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--requests", type=int, default=REQUESTS)
     parser.add_argument("--repeats", type=int, default=REPEATS)
     args = parser.parse_args(argv)
     n, r = args.requests, args.repeats
-    rows: list[tuple[str, float]] = []
-    rows.append(
-        (
-            "off (call sites' None tests)",
-            _min_us(lambda: cpu_of(None, json_request, n, time.thread_time), r, n),
-        )
-    )
-    rows.append(("record, JSON request (calling thread)", record_us(json_request, n, r)))
-    rows.append(("record, stream request (calling thread)", record_us(stream_request, n, r)))
+    off = _min_us(lambda: cpu_of(None, json_request, n, time.thread_time), r, n)
+    rows = [
+        ("off (the call sites' None tests)", off),
+        ("record, JSON request (calling thread)", record_us(json_request, n, r)),
+        ("record, stream request (calling thread)", record_us(stream_request, n, r)),
+        ("record, JSON, traceidratio 0.1 (calling thread)", record_us(json_request, n, r, 0.1)),
+    ]
     spans = spans_of(json_request, n)
-    rows.append(("encode, SDK encode_spans (export thread)", sdk_encode_us(spans, r, n)))
-    rows.append(("whole path, OTLP/HTTP to loopback (process)", whole_us(json_request, n, r)))
+    resource = Resource.create({"service.name": "best"})
+    ours = encoder(resource)
+    proto = ProtoEncoder(resource)
+    sdk = [readable_span(s, resource) for s in spans]
+    rows += [
+        ("encode, service/observability/otlp.py", encode_us(ours.encode, spans, r, n)),
+        ("encode, opentelemetry-proto messages", encode_us(proto.encode, spans, r, n)),
+        (
+            "encode, SDK encode_spans (from ReadableSpan)",
+            encode_us(lambda b: encode_spans(b).SerializePartialToString(), sdk, r, n),
+        ),
+        ("whole path, OTLP/HTTP to loopback (process)", whole_us(json_request, n, r)),
+        (
+            "whole path, traceidratio 0.1 (process)",
+            whole_us(json_request, n, r, "traceidratio=0.1"),
+        ),
+    ]
     width = max(len(name) for name, _ in rows)
-    print(f"tracing cost per request: min of {r} runs of {n:,} requests, CPU us")
+    print(f"tracing cost per request: CPU us, min of {r} runs of {n:,} requests")
     for name, us in rows:
         print(f"  {name:<{width}}  {us:8.2f}")
     return 0
