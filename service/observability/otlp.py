@@ -26,6 +26,7 @@ _MASK_64 = (1 << 64) - 1
 _CACHED = 4096  # distinct (key, value) pairs whose bytes are kept; more are encoded each time
 _pack_fixed64 = struct.Struct("<Q").pack
 _pack_double = struct.Struct("<d").pack
+_pack_times = struct.Struct("<BQBQ").pack  # start_time_unix_nano, end_time_unix_nano
 
 
 def _varint(value: int) -> bytes:
@@ -58,8 +59,8 @@ _SPAN_ID = b"\x12\x08"
 _TRACE_STATE = b"\x1a"
 _PARENT_ID = b"\x22\x08"
 _NAME = b"\x2a"
-_START = b"\x39"
-_END = b"\x41"
+_START = 0x39  # field 7, fixed64
+_END = 0x41  # field 8, fixed64
 _KINDS = {
     SpanKind.INTERNAL: b"\x30\x01",
     SpanKind.SERVER: b"\x30\x02",
@@ -73,6 +74,15 @@ _STATUS_ERROR = b"\x7a\x02\x18\x02"
 _FLAGS_LOCAL = b"\x85\x01" + struct.pack("<I", 0x100)
 _FLAGS_REMOTE = b"\x85\x01" + struct.pack("<I", 0x300)
 _ATTRIBUTE = b"\x4a"  # Span.attributes
+# The kind, status and flags of a span, by (kind, error, parent remote).
+_TAILS = {
+    (kind, error, remote): encoded
+    + (_STATUS_ERROR if error else _STATUS_UNSET)
+    + (_FLAGS_REMOTE if remote else _FLAGS_LOCAL)
+    for kind, encoded in _KINDS.items()
+    for error in (False, True)
+    for remote in (False, True)
+}
 _KEY = b"\x0a"
 _VALUE = b"\x12"
 _FALSE = b"\x10\x00"
@@ -116,6 +126,7 @@ class OtlpEncoder:
         self._repeated = frozenset(repeated)
         self._pairs: dict[tuple[str, type, Any], bytes] = {}
         self._keys: dict[str, bytes] = {}
+        self._names: dict[str, bytes] = {}
         encoded_resource = b"".join(  # Resource.attributes (1)
             _field(b"\x0a", _field(_KEY, k.encode()) + _field(_VALUE, any_value(v)))
             for k, v in resource.items()
@@ -130,28 +141,25 @@ class OtlpEncoder:
         return _field(b"\x0a", self._resource + scope_spans)
 
     def _span(self, span: SpanRecord) -> bytes:
-        name = span.name.encode()
+        name = self._names.get(span.name)
+        if name is None:
+            name = _field(_NAME, span.name.encode())
+            if len(self._names) < _CACHED:
+                self._names[span.name] = name
         parts = [
             _TRACE_ID,
             span.trace_id.to_bytes(16, "big"),
             _SPAN_ID,
             span.span_id.to_bytes(8, "big"),
-            _NAME,
-            _length(len(name)),
             name,
-            _KINDS[span.kind],
-            _START,
-            _pack_fixed64(span.start_ns),
-            _END,
-            _pack_fixed64(span.end_ns),
-            _STATUS_ERROR if span.error else _STATUS_UNSET,
-            _FLAGS_REMOTE if span.parent_remote else _FLAGS_LOCAL,
+            _TAILS[span.kind, span.error, span.parent_remote],
+            _pack_times(_START, span.start_ns, _END, span.end_ns),
         ]
         if span.parent_id:
             parts += (_PARENT_ID, span.parent_id.to_bytes(8, "big"))
         if span.trace_state:
             parts.append(_field(_TRACE_STATE, span.trace_state.encode()))
-        repeated, pairs = self._repeated, self._pairs
+        repeated, pairs, keys = self._repeated, self._pairs, self._keys
         for key, value in span.attributes.items():
             if key in repeated and value.__class__ is not list:
                 pair = (key, value.__class__, value)
@@ -161,8 +169,18 @@ class OtlpEncoder:
                     if len(pairs) < _CACHED:
                         pairs[pair] = found
                 parts.append(found)
-            else:
+                continue
+            prefix = keys.get(key)
+            if prefix is None:
                 parts.append(self._key_value(key, value))
+                continue
+            if value.__class__ is str:
+                data = value.encode()
+                encoded = b"\x0a" + _length(len(data)) + data
+            else:
+                encoded = any_value(value)
+            encoded = prefix + _VALUE + _length(len(encoded)) + encoded
+            parts += (_ATTRIBUTE, _length(len(encoded)), encoded)
         body = b"".join(parts)
         return b"\x12" + _length(len(body)) + body  # ScopeSpans.spans
 

@@ -89,6 +89,7 @@ _NUMBERS = {
     "seed": "gen_ai.request.seed",
     "n": "gen_ai.request.choice.count",
 }
+_NUMERIC = frozenset((int, float))
 # Attributes whose values repeat from request to request: the encoder caches their bytes.
 REPEATED = (
     "http.request.method",
@@ -257,7 +258,7 @@ class Tracing:
         for field, value in body.items():
             name = _NUMBERS.get(field)
             if name is not None:
-                if isinstance(value, int | float) and not isinstance(value, bool):
+                if value.__class__ in _NUMERIC:  # not a bool, which is an int too
                     attributes[name] = value
             elif field == "stream":
                 if value is True:

@@ -291,3 +291,23 @@ async def test_latency_histograms_carry_trace_id_exemplars(traced: Traced) -> No
     plain = await traced.http.get("/metrics")
     assert plain.headers["content-type"].startswith("text/plain")
     assert "trace_id" not in plain.text
+
+
+async def test_a_trace_not_sampled_records_nothing_but_still_propagates(
+    config_dir: Path, tmp_path: Path, providers: dict[str, FakeProvider]
+) -> None:
+    env = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0"}
+    async with traced_gateway(config_dir, tmp_path, env) as traced:
+        assert (await traced.http.post("/v1/chat/completions", json=CHAT)).status_code == 200
+        assert traced.spans() == []
+        sent = only([r for r in providers["a"].requests if r.path.endswith("/chat/completions")])
+        assert sent.headers["traceparent"].endswith("-00")  # unsampled, for the upstream too
+        # A caller that kept its trace is followed (parent-based), whatever the ratio.
+        traceparent = f"00-{INCOMING_TRACE}-{INCOMING_PARENT}-01"
+        response = await traced.http.post(
+            "/v1/chat/completions", json=CHAT, headers={"traceparent": traceparent}
+        )
+        assert response.status_code == 200
+        server, attempt = only(traced.servers()), only(traced.clients())
+    assert f"{server.context.trace_id:032x}" == INCOMING_TRACE
+    assert child_of(attempt, server)
