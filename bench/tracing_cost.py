@@ -26,10 +26,13 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -44,8 +47,16 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource as PB2Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Status as PB2Status
 from opentelemetry.sdk.resources import Resource
 
+from bench.loadgen import render_script, run_wrk
+from bench.procs import cpu_seconds, free_port
+from bench.targets import BENCH_TOKEN, Target, start_gateway
+from bench.upstream import start_nginx
 from service.apis import Api
-from service.observability.span_export import SpanQueue, readable_span
+from service.observability.span_export import (
+    SCHEDULE_DELAY_S,
+    SpanQueue,
+    readable_span,
+)
 from service.observability.spans import Sampling, SpanRecord
 from service.observability.tracing import REPEATED, WON, Tracing, encoder
 from service.prices import Price, Prices
@@ -263,7 +274,9 @@ class ProtoEncoder:
                 start_time_unix_nano=span.start_ns,
                 end_time_unix_nano=span.end_ns,
                 flags=0x300 if span.parent_remote else 0x100,
-                status=PB2Status(code=2 if span.error else 0),
+                status=PB2Status(
+                    code=PB2Status.STATUS_CODE_ERROR if span.error else PB2Status.STATUS_CODE_UNSET
+                ),
             )
             encoded.attributes.extend([self._key_value(k, v) for k, v in span.attributes.items()])
         return bytes(request.SerializeToString())
@@ -332,6 +345,91 @@ def whole_us(request: Request, requests: int, repeats: int, sampler: str = "alwa
         receiver.wait()
 
 
+def main_thread_cpu_s(pid: int) -> float:
+    """CPU seconds of the process's main thread (the event loop's)."""
+    stat = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+Point = tuple[bool, str]  # tracing on, kind
+
+
+def gateway_us(
+    seconds: float, rounds: int
+) -> tuple[dict[Point, list[float]], dict[Point, list[float]]]:
+    """The gateway's own CPU per request (its process, export thread included), tracing off
+    and on (every request sampled, exported to nginx's OTLP receiver), embedded store: wrk
+    at c=32 for ``seconds`` per point, off and on alternating for ``rounds`` rounds.  Each
+    point waits out the export schedule delay after wrk, so the spans of its requests are
+    exported (and counted) before the next point.  Also the event loop's thread's share."""
+    workdir = Path(tempfile.mkdtemp(prefix="best-tracing-cost-"))
+    upstream_port = free_port()
+    nginx = start_nginx(workdir / "nginx", upstream_port)
+    gateways: dict[bool, Target] = {}
+    out: dict[Point, list[float]] = {}
+    loop: dict[Point, list[float]] = {}
+    try:
+        for on in (False, True):
+            name = "gateway-traced" if on else "gateway"
+            gateways[on] = start_gateway(
+                workdir / name,
+                upstream_port,
+                None,
+                name,
+                name,
+                otlp_endpoint=f"http://127.0.0.1:{upstream_port}" if on else None,
+            )
+        scripts = {}
+        for kind in ("json", "sse"):
+            scripts[kind] = workdir / f"{kind}.lua"
+            scripts[kind].write_text(render_script(kind, BENCH_TOKEN))
+        for _ in range(rounds):
+            for kind in ("json", "sse"):
+                for on in (False, True):
+                    target = gateways[on]
+                    assert target.proc is not None
+                    pid = target.proc.pid
+                    before, thread_before = cpu_seconds(pid), main_thread_cpu_s(pid)
+                    result = run_wrk(target.urls[kind], scripts[kind], 32, seconds)
+                    time.sleep(SCHEDULE_DELAY_S + 0.5)
+                    used = cpu_seconds(pid) - before
+                    if result.errors or not result.requests:
+                        raise RuntimeError(f"{target.name} {kind}: {result.errors} errors")
+                    out.setdefault((on, kind), []).append(used / result.requests * 1e6)
+                    thread = main_thread_cpu_s(pid) - thread_before
+                    loop.setdefault((on, kind), []).append(thread / result.requests * 1e6)
+        traced = gateways[True].proc
+        assert traced is not None
+        if "queue full" in traced.log_path.read_text(errors="replace"):
+            raise RuntimeError("the traced gateway dropped spans: its figures are too low")
+        return out, loop
+    finally:
+        for target in gateways.values():
+            if target.proc is not None:
+                target.proc.stop()
+        nginx.stop()
+
+
+def gateway_main(seconds: float, rounds: int) -> None:
+    found, loop = gateway_us(seconds, rounds)
+    print(
+        f"gateway CPU us per request (its process), min of {rounds} rounds of {seconds:g} s, "
+        "c=32, embedded store"
+    )
+    print("  kind   tracing off   tracing on (all sampled)   on / off")
+    for kind in ("json", "sse"):
+        off, on = min(found[False, kind]), min(found[True, kind])
+        print(f"  {kind:<5}  {off:11.1f}   {on:24.1f}   {on / off:8.3f}")
+    for (on, kind), runs in sorted(found.items()):
+        label = "on " if on else "off"
+        print(f"    {kind} {label} runs: " + ", ".join(f"{us:.1f}" for us in runs))
+    print("  of which the event loop's thread (min):")
+    for kind in ("json", "sse"):
+        off, on = min(loop[False, kind]), min(loop[True, kind])
+        print(f"  {kind:<5}  {off:11.1f}   {on:24.1f}   {on / off:8.3f}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.tracing_cost",
@@ -340,7 +438,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--requests", type=int, default=REQUESTS)
     parser.add_argument("--repeats", type=int, default=REPEATS)
+    parser.add_argument(
+        "--gateway",
+        action="store_true",
+        help="instead: the gateway's CPU per request with tracing off and on, under wrk",
+    )
+    parser.add_argument("--seconds", type=float, default=3.0, help="per --gateway point")
+    parser.add_argument("--rounds", type=int, default=3, help="of --gateway points")
     args = parser.parse_args(argv)
+    if args.gateway:
+        gateway_main(args.seconds, args.rounds)
+        return 0
     n, r = args.requests, args.repeats
     off = _min_us(lambda: cpu_of(None, json_request, n, time.thread_time), r, n)
     rows = [

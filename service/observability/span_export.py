@@ -38,6 +38,8 @@ log = logging.getLogger("best.tracing")
 MAX_QUEUE_SIZE = 2048
 MAX_BATCH_SIZE = 512
 SCHEDULE_DELAY_S = 5.0
+EXPORT_THREAD = "best-span-export"
+EXPORT_THREAD = "best-span-export"
 
 
 class Sink(Protocol):
@@ -73,7 +75,7 @@ class SpanQueue:
         self._wake = threading.Event()
         self._lock = threading.Lock()  # held while a batch is exported: one at a time
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="best-span-export", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=EXPORT_THREAD, daemon=True)
         self._thread.start()
 
     def put(self, span: SpanRecord) -> None:
