@@ -66,6 +66,7 @@ log = logging.getLogger("best.tracing")
 
 SERVICE_NAME = "best"
 LOG_INTERVAL_S = 60.0  # at most one log line about failing exports per interval
+EXEMPLAR_INTERVAL_NS = 100_000_000  # per route and process: at most 10 exemplars a second
 CAPTURE_CONTENT = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 
 # gen_ai.operation.name of each API (the GenAI conventions' well-known values).
@@ -154,6 +155,8 @@ class Tracing:
         self._prices = prices
         self._throttle = throttle
         self._servers: dict[str, tuple[str, int | None]] = {}  # url -> (address, port)
+        self._upstreams: dict[tuple[str, str, str, str], tuple[str, dict[str, Any]]] = {}
+        self._exemplars_due: dict[str, int] = {}  # route -> monotonic ns of its next exemplar
 
     @classmethod
     def from_env(
@@ -199,30 +202,39 @@ class Tracing:
                 parent = parse_traceparent(value.decode("latin-1"))
             elif name == b"tracestate":
                 state = value
-        trace_id = new_trace_id() if parent is None else parent.trace_id
-        trace_state = _trace_state(state) if parent is not None and state else ""
+        if parent is None:
+            trace_id, parent_id, trace_state = new_trace_id(), 0, ""
+        else:
+            trace_id, parent_id = parent.trace_id, parent.span_id
+            trace_state = _trace_state(state) if state else ""
+        span_id = new_span_id()
+        if not self.sampling.sampled(trace_id, parent):
+            return RequestTrace(self, trace_id, span_id, parent_id, trace_state, False, "", {})
+        attributes: dict[str, Any] = {
+            "http.request.method": method,
+            "url.path": path,
+            "best.request_id": request_id,
+        }
+        if route:
+            attributes["http.route"] = route
         trace = RequestTrace(
-            self, trace_id, new_span_id(), self.sampling.sampled(trace_id, parent), trace_state
+            self,
+            trace_id,
+            span_id,
+            parent_id,
+            trace_state,
+            True,
+            f"{method} {route}" if route else method,
+            attributes,
         )
-        if trace.sampled:
-            attributes: dict[str, Any] = {
-                "http.request.method": method,
-                "url.path": path,
-                "best.request_id": request_id,
-            }
-            if route:
-                attributes["http.route"] = route
-            trace.record = SpanRecord(
-                trace_id,
-                trace.span_id,
-                0 if parent is None else parent.span_id,
-                parent is not None,
-                trace_state,
-                f"{method} {route}" if route else method,
-                SpanKind.SERVER,
-                time.time_ns(),
-                attributes,
-            )
+        # Prometheus keeps one exemplar per bucket and scrape: a few requests a second per
+        # route carry one, not each of thousands (each costs the metrics library microseconds).
+        now = time.monotonic_ns()
+        due = self._exemplars_due
+        if now >= due.get(route, 0):
+            trace.exemplar = {"trace_id": f"{trace_id:032x}", "span_id": f"{span_id:016x}"}
+            if len(due) < 4096 or route in due:  # routes are the application's: bounded
+                due[route] = now + EXEMPLAR_INTERVAL_NS
         return trace
 
     def _attempt(
@@ -242,24 +254,16 @@ class Tracing:
         if trace.trace_state:
             sent["tracestate"] = trace.trace_state
         if not trace.sampled:
-            return AttemptSpan(self, None, sent)
-        operation = OPERATIONS.get(api, api)
-        address, port = self._server_of(url)
-        attributes: dict[str, Any] = {
-            "gen_ai.operation.name": operation,
-            "gen_ai.provider.name": provider,
-            "gen_ai.request.model": model,
-            "best.attempt": number,
-            "best.hedge": hedge,
-            "server.address": address,
-        }
-        if port is not None:
-            attributes["server.port"] = port
+            return AttemptSpan(self, trace, span_id, "", {}, sent)
+        name, fixed = self._upstream(api, provider, model, url)
+        attributes = fixed.copy()
+        attributes["best.attempt"] = number
+        attributes["best.hedge"] = hedge
         for field, value in body.items():
-            name = _NUMBERS.get(field)
-            if name is not None:
+            attribute = _NUMBERS.get(field)
+            if attribute is not None:
                 if value.__class__ in _NUMERIC:  # not a bool, which is an int too
-                    attributes[name] = value
+                    attributes[attribute] = value
             elif field == "stream":
                 if value is True:
                     attributes["gen_ai.request.stream"] = True
@@ -270,18 +274,29 @@ class Tracing:
                     attributes["gen_ai.request.stop_sequences"] = tuple(value)
         if self.capture_content:
             attributes.update(_input_content(api, body))
-        record = SpanRecord(
-            trace.trace_id,
-            span_id,
-            trace.span_id,
-            False,
-            trace.trace_state,
-            f"{operation} {model}",
-            SpanKind.CLIENT,
-            time.time_ns(),
-            attributes,
-        )
-        return AttemptSpan(self, record, sent)
+        return AttemptSpan(self, trace, span_id, name, attributes, sent)
+
+    def _upstream(
+        self, api: str, provider: str, model: str, url: str
+    ) -> tuple[str, dict[str, Any]]:
+        """An attempt's span name and the attributes that depend on its upstream only."""
+        key = (api, provider, model, url)
+        found = self._upstreams.get(key)
+        if found is None:
+            operation = OPERATIONS.get(api, api)
+            address, port = self._server_of(url)
+            fixed: dict[str, Any] = {
+                "gen_ai.operation.name": operation,
+                "gen_ai.provider.name": provider,
+                "gen_ai.request.model": model,
+                "server.address": address,
+            }
+            if port is not None:
+                fixed["server.port"] = port
+            found = (f"{operation} {model}", fixed)
+            if len(self._upstreams) < 4096:  # pairs come from the configuration: bounded
+                self._upstreams[key] = found
+        return found
 
     def _server_of(self, url: str) -> tuple[str, int | None]:
         found = self._servers.get(url)
@@ -347,56 +362,57 @@ def _trace_state(raw: bytes) -> str:
     return TraceState.from_header([raw.decode("latin-1")]).to_header()
 
 
-class RequestTrace:
-    """The SERVER span of one request; the attempts' spans are its children.  ``record``
-    is None when the trace is not sampled: then nothing is recorded."""
+class RequestTrace(SpanRecord):
+    """The SERVER span of one request; the attempts' spans are its children.  When its
+    trace is not sampled (``sampled`` False) nothing is recorded, and it is never queued."""
 
-    __slots__ = (
-        "_attempts",
-        "_ended",
-        "_open",
-        "_tracing",
-        "exemplar",
-        "record",
-        "sampled",
-        "span_id",
-        "status",
-        "trace_id",
-        "trace_state",
-    )
+    __slots__ = ("_attempts", "_ended", "_open", "_tracing", "exemplar", "sampled", "status")
 
     def __init__(
-        self, tracing: Tracing, trace_id: int, span_id: int, sampled: bool, trace_state: str
+        self,
+        tracing: Tracing,
+        trace_id: int,
+        span_id: int,
+        parent_id: int,
+        trace_state: str,
+        sampled: bool,
+        name: str,
+        attributes: dict[str, Any],
     ) -> None:
-        self._tracing = tracing
         self.trace_id = trace_id
         self.span_id = span_id
-        self.sampled = sampled
+        self.parent_id = parent_id
+        self.parent_remote = parent_id != 0  # a SERVER span's parent is the caller's
         self.trace_state = trace_state
-        self.record: SpanRecord | None = None
+        self.name = name
+        self.kind = SpanKind.SERVER
+        self.start_ns = time.time_ns()
+        self.end_ns = 0
+        self.attributes = attributes
+        self.error = False
+        self._tracing = tracing
+        self.sampled = sampled
         self.status = 0
-        self._ended = False
+        self._ended = not sampled
         self._attempts = 0
         self._open: list[AttemptSpan] = []
-        # A metric sample links to its trace only if the trace is kept.
-        self.exemplar: dict[str, str] | None = (
-            {"trace_id": f"{trace_id:032x}", "span_id": f"{span_id:016x}"} if sampled else None
-        )
+        # The trace of this request, for its metrics' samples (None: not kept, or not one
+        # of the requests that carry exemplars).
+        self.exemplar: dict[str, str] | None = None
 
     def caller(self, token_id: str, team: str | None) -> None:
         """Who called: the token's id (never the token) and its team."""
-        record = self.record
-        if record is None or self._ended:
+        if self._ended:
             return
         if token_id:
-            record.attributes["best.token_id"] = token_id
+            self.attributes["best.token_id"] = token_id
         if team:
-            record.attributes["best.team"] = team
+            self.attributes["best.team"] = team
 
     def cache(self, state: str) -> None:
         """The response cache's verdict for this request (hit, miss, bypass...)."""
-        if self.record is not None and not self._ended:
-            self.record.attributes["best.cache"] = state
+        if not self._ended:
+            self.attributes["best.cache"] = state
 
     def attempt(
         self,
@@ -414,18 +430,16 @@ class RequestTrace:
         attempt = self._tracing._attempt(
             self, api, provider, model, url, body, headers, bool(self._open), self._attempts
         )
-        if attempt.record is not None:
-            attempt.request = self
+        if self.sampled:
             self._open.append(attempt)
         return attempt
 
     def route(self, method: str, template: str) -> None:
         """The route template the framework matched (known only after it ran)."""
-        record = self.record
-        if record is None or self._ended:
+        if self._ended:
             return
-        record.attributes["http.route"] = template
-        record.name = f"{method} {template}"
+        self.attributes["http.route"] = template
+        self.name = f"{method} {template}"
 
     def end(self) -> None:
         """End the SERVER span with ``status`` (0: no response was sent: the client left);
@@ -433,60 +447,70 @@ class RequestTrace:
         if self._ended:
             return
         self._ended = True
-        record = self.record
-        if record is None:
-            return
         for attempt in list(self._open):
             attempt.cancelled()
         status = self.status
         if status:
-            record.attributes["http.response.status_code"] = status
+            self.attributes["http.response.status_code"] = status
             if status >= 500:
-                record.attributes["error.type"] = str(status)
-                record.error = True
+                self.attributes["error.type"] = str(status)
+                self.error = True
         else:
-            record.attributes["error.type"] = "client_disconnected"
-        record.end_ns = time.time_ns()
-        self._tracing.queue.put(record)
+            self.attributes["error.type"] = "client_disconnected"
+        self.end_ns = time.time_ns()
+        self._tracing.queue.put(self)
 
 
-class AttemptSpan:
-    """One upstream attempt's CLIENT span; ended exactly once with its outcome.  ``record``
-    is None when the trace is not sampled."""
+class AttemptSpan(SpanRecord):
+    """One upstream attempt's CLIENT span; ended exactly once with its outcome.  Nothing
+    is recorded when its trace is not sampled."""
 
-    __slots__ = ("_ended", "_tracing", "headers", "record", "request")
+    __slots__ = ("_ended", "_tracing", "headers", "request")
 
     def __init__(
-        self, tracing: Tracing, record: SpanRecord | None, headers: Mapping[str, str]
+        self,
+        tracing: Tracing,
+        request: RequestTrace,
+        span_id: int,
+        name: str,
+        attributes: dict[str, Any],
+        headers: Mapping[str, str],
     ) -> None:
+        self.trace_id = request.trace_id
+        self.span_id = span_id
+        self.parent_id = request.span_id
+        self.parent_remote = False
+        self.trace_state = request.trace_state
+        self.name = name
+        self.kind = SpanKind.CLIENT
+        self.start_ns = time.time_ns()
+        self.end_ns = 0
+        self.attributes = attributes
+        self.error = False
         self._tracing = tracing
-        self.record = record
+        self.request = request
         self.headers = headers  # the upstream request's headers, with its traceparent
-        self.request: RequestTrace | None = None
-        self._ended = record is None
+        self._ended = not request.sampled
 
     def failed(self, error_type: str) -> None:
         """It failed; ``error_type`` is the gateway's failure reason (or the upstream's
         status when it refused the request as the client's fault)."""
-        record = self.record
-        if record is None or self._ended:
+        if self._ended:
             return
-        record.attributes["error.type"] = error_type
-        record.error = True
-        self._end(record, FAILED)
+        self.attributes["error.type"] = error_type
+        self.error = True
+        self._end(FAILED)
 
     def cancelled(self) -> None:
-        record = self.record
-        if record is not None and not self._ended:
-            self._end(record, CANCELLED)
+        if not self._ended:
+            self._end(CANCELLED)
 
     def answered(self, outcome: str, body: Any, used: Usage | None) -> None:
         """A JSON answer: the response's id, model, finish reasons and usage, and its
         content when content capture is on."""
-        record = self.record
-        if record is None or self._ended:
+        if self._ended:
             return
-        attributes = record.attributes
+        attributes = self.attributes
         if isinstance(body, dict):
             _set_response(attributes, body)
             if self._tracing.capture_content:
@@ -494,7 +518,7 @@ class AttemptSpan:
                 if output is not None:
                     attributes["gen_ai.output.messages"] = output
         self._usage(attributes, used)
-        self._end(record, outcome)
+        self._end(outcome)
 
     def streamed(
         self,
@@ -506,10 +530,9 @@ class AttemptSpan:
     ) -> None:
         """A stream that was relayed to its end (or broke: ``error_type``): the first
         event's id and model, the finish reasons, usage and the time to its first chunk."""
-        record = self.record
-        if record is None or self._ended:
+        if self._ended:
             return
-        attributes = record.attributes
+        attributes = self.attributes
         event = _first_event(first)
         if event is not None:
             # A chat chunk, or a Responses API event holding its response object.
@@ -517,14 +540,14 @@ class AttemptSpan:
         reasons = tuple(finish_reasons)
         if error_type is not None:
             attributes["error.type"] = error_type
-            record.error = True
+            self.error = True
             reasons = reasons or ("error",)
         if reasons:
             attributes["gen_ai.response.finish_reasons"] = reasons
         attributes["gen_ai.response.time_to_first_chunk"] = first_chunk_s
         attributes["best.ttft_ms"] = round(first_chunk_s * 1000.0, 3)
         self._usage(attributes, used)
-        self._end(record, WON)
+        self._end(WON)
 
     def _usage(self, attributes: dict[str, Any], used: Usage | None) -> None:
         if used is None or not used.provider:
@@ -535,14 +558,14 @@ class AttemptSpan:
         if cost is not None:
             attributes["best.cost_usd"] = cost
 
-    def _end(self, record: SpanRecord, outcome: str) -> None:
+    def _end(self, outcome: str) -> None:
         self._ended = True
-        record.attributes["best.outcome"] = outcome
-        record.end_ns = time.time_ns()
-        self._tracing.queue.put(record)
-        request = self.request
-        if request is not None and self in request._open:
-            request._open.remove(self)
+        self.attributes["best.outcome"] = outcome
+        self.end_ns = time.time_ns()
+        self._tracing.queue.put(self)
+        opened = self.request._open
+        if self in opened:
+            opened.remove(self)
 
 
 def _set_identity(attributes: dict[str, Any], body: Any) -> None:

@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
+from service.observability.tracing import EXEMPLAR_INTERVAL_NS, Tracing
 from service.quotas.tokens import token_id
 from tests.fakes.behaviors import Behavior
 from tests.fakes.upstream import FakeProvider
@@ -311,3 +313,24 @@ async def test_a_trace_not_sampled_records_nothing_but_still_propagates(
         server, attempt = only(traced.servers()), only(traced.clients())
     assert f"{server.context.trace_id:032x}" == INCOMING_TRACE
     assert child_of(attempt, server)
+
+
+def test_a_few_requests_a_second_per_route_carry_an_exemplar() -> None:
+    """Prometheus keeps one exemplar per bucket and scrape: under load, the requests of a
+    route carry their trace id to the metrics at most ten times a second."""
+    tracing = Tracing.from_env({}, exporter=InMemorySpanExporter())
+    assert tracing is not None
+    try:
+        chat = "/v1/chat/completions"
+        first = tracing.server("POST", chat, chat, "r-1", [])
+        assert first.exemplar == {
+            "trace_id": f"{first.trace_id:032x}",
+            "span_id": f"{first.span_id:016x}",
+        }
+        assert tracing.server("POST", chat, chat, "r-2", []).exemplar is None
+        other = tracing.server("POST", "/v1/embeddings", "/v1/embeddings", "r-3", [])
+        assert other.exemplar is not None
+        time.sleep(EXEMPLAR_INTERVAL_NS / 1e9)
+        assert tracing.server("POST", chat, chat, "r-4", []).exemplar is not None
+    finally:
+        tracing.shutdown()
