@@ -123,8 +123,9 @@ class OtlpEncoder:
     def __init__(
         self, resource: Mapping[str, Any], scope: str, repeated: Iterable[str] = ()
     ) -> None:
-        self._repeated = frozenset(repeated)
-        self._pairs: dict[tuple[str, type, Any], bytes] = {}
+        # Attribute -> value (or (type, value)) -> its KeyValue bytes, for ``repeated``.
+        self._by_key: dict[str, dict[Any, bytes]] = {key: {} for key in repeated}
+        self._cached = 0
         self._keys: dict[str, bytes] = {}
         self._names: dict[str, bytes] = {}
         encoded_resource = b"".join(  # Resource.attributes (1)
@@ -159,15 +160,19 @@ class OtlpEncoder:
             parts += (_PARENT_ID, span.parent_id.to_bytes(8, "big"))
         if span.trace_state:
             parts.append(_field(_TRACE_STATE, span.trace_state.encode()))
-        repeated, pairs, keys = self._repeated, self._pairs, self._keys
+        by_key, keys = self._by_key, self._keys
         for key, value in span.attributes.items():
-            if key in repeated and value.__class__ is not list:
-                pair = (key, value.__class__, value)
-                found = pairs.get(pair)
+            cache = by_key.get(key)
+            if cache is not None:
+                kind = value.__class__
+                # By value and type (1, 1.0 and True are equal keys); a list is unhashable.
+                pair = value if kind is str else None if kind is list else (kind, value)
+                found = cache.get(pair)
                 if found is None:
                     found = self._key_value(key, value)
-                    if len(pairs) < _CACHED:
-                        pairs[pair] = found
+                    if pair is not None and self._cached < _CACHED:
+                        cache[pair] = found
+                        self._cached += 1
                 parts.append(found)
                 continue
             prefix = keys.get(key)

@@ -596,16 +596,20 @@ def _set_response(attributes: dict[str, Any], body: dict[str, Any]) -> None:
 
 
 def _first_event(frames: Sequence[bytes]) -> dict[str, Any] | None:
-    """The first JSON event of the stream's first frames (``data: {...}``)."""
+    """The first JSON event of the stream's first frames (``data: {...}``); only that line
+    is read, however many events the frames hold."""
     for frame in frames:
-        for line in frame.split(b"\n"):
-            if line.startswith(b"data:"):
+        at = frame.find(b"data:")
+        while at >= 0:
+            if at == 0 or frame[at - 1] == 0x0A:  # at the start of a line
+                end = frame.find(b"\n", at)
                 try:
-                    event = orjson.loads(line[5:])
+                    event = orjson.loads(frame[at + 5 : end if end >= 0 else len(frame)])
                 except orjson.JSONDecodeError:
-                    continue
+                    event = None
                 if isinstance(event, dict):
                     return event
+            at = frame.find(b"data:", at + 5)
     return None
 
 
