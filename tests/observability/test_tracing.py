@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
+from service.apis import Api
 from service.observability.tracing import EXEMPLAR_INTERVAL_NS, Tracing
 from service.quotas.tokens import token_id
 from tests.fakes.behaviors import Behavior
@@ -334,3 +335,28 @@ def test_a_few_requests_a_second_per_route_carry_an_exemplar() -> None:
         assert tracing.server("POST", chat, chat, "r-4", []).exemplar is not None
     finally:
         tracing.shutdown()
+
+
+def test_a_stream_s_identity_is_its_first_data_event() -> None:
+    exporter = InMemorySpanExporter()
+    tracing = Tracing.from_env({}, exporter=exporter)
+    assert tracing is not None
+    frames = [
+        b": keep-alive\n\ndata: not json\n\n",
+        b'xdata: {"id":"no"}\n\ndata: {"id":"chatcmpl-1","model":"m-2024"}\n\n'
+        b'data: {"id":"chatcmpl-2"}\n\ndata: [DONE]\n\n',
+    ]
+    try:
+        trace = tracing.server("POST", "/v1/chat/completions", "", "r-1", [])
+        attempt = trace.attempt(Api.CHAT, "a", "m", "http://up:8080/v1", {"stream": True}, {})
+        attempt.streamed(frames, ["stop"], None, 0.25, None)
+        trace.status = 200
+        trace.end()
+        assert tracing.flush()
+    finally:
+        tracing.shutdown()
+    got = attrs(only([s for s in exporter.get_finished_spans() if s.name == "chat m"]))
+    assert got["gen_ai.response.id"] == "chatcmpl-1"
+    assert got["gen_ai.response.model"] == "m-2024"
+    assert got["best.ttft_ms"] == 250.0
+    assert got["server.port"] == 8080
