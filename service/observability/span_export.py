@@ -81,11 +81,12 @@ class SpanQueue:
     def put(self, span: SpanRecord) -> None:
         """Queue an ended span (from the event loop; never blocks)."""
         queue = self._queue
-        if len(queue) >= self._max_size:
+        size = len(queue)
+        if size >= self._max_size:
             self.dropped += 1
             return
         queue.append(span)
-        if len(queue) == self._batch_size:
+        if size + 1 == self._batch_size:
             self._wake.set()
 
     def flush(self, timeout_s: float = 30.0) -> bool:

@@ -27,6 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from random import getrandbits
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -203,11 +204,11 @@ class Tracing:
             elif name == b"tracestate":
                 state = value
         if parent is None:
-            trace_id, parent_id, trace_state = new_trace_id(), 0, ""
+            trace_id, parent_id, trace_state = getrandbits(128) or new_trace_id(), 0, ""
         else:
             trace_id, parent_id = parent.trace_id, parent.span_id
             trace_state = _trace_state(state) if state else ""
-        span_id = new_span_id()
+        span_id = getrandbits(64) or new_span_id()
         if not self.sampling.sampled(trace_id, parent):
             return RequestTrace(self, trace_id, span_id, parent_id, trace_state, False, "", {})
         attributes: dict[str, Any] = {
@@ -249,7 +250,7 @@ class Tracing:
         hedge: bool,
         number: int,
     ) -> AttemptSpan:
-        span_id = new_span_id()
+        span_id = getrandbits(64) or new_span_id()
         sent = {**headers, "traceparent": traceparent(trace.trace_id, span_id, trace.sampled)}
         if trace.trace_state:
             sent["tracestate"] = trace.trace_state
@@ -447,8 +448,9 @@ class RequestTrace(SpanRecord):
         if self._ended:
             return
         self._ended = True
-        for attempt in list(self._open):
-            attempt.cancelled()
+        if self._open:
+            for attempt in list(self._open):
+                attempt.cancelled()
         status = self.status
         if status:
             self.attributes["http.response.status_code"] = status
@@ -564,7 +566,9 @@ class AttemptSpan(SpanRecord):
         self.end_ns = time.time_ns()
         self._tracing.queue.put(self)
         opened = self.request._open
-        if self in opened:
+        if opened and opened[-1] is self:
+            opened.pop()
+        elif self in opened:
             opened.remove(self)
 
 
@@ -583,13 +587,14 @@ def _set_response(attributes: dict[str, Any], body: dict[str, Any]) -> None:
     _set_identity(attributes, body)
     choices = body.get("choices")
     if isinstance(choices, list):
-        reasons = tuple(
-            c["finish_reason"]
-            for c in choices
-            if isinstance(c, dict) and isinstance(c.get("finish_reason"), str)
-        )
+        reasons = []
+        for choice in choices:
+            if isinstance(choice, dict):
+                reason = choice.get("finish_reason")
+                if isinstance(reason, str):
+                    reasons.append(reason)
         if reasons:
-            attributes["gen_ai.response.finish_reasons"] = reasons
+            attributes["gen_ai.response.finish_reasons"] = tuple(reasons)
     elif isinstance(body.get("status"), str) and body.get("object") == "response":
         # The Responses API has no finish reason; its status says how it ended.
         attributes["gen_ai.response.finish_reasons"] = (body["status"],)
