@@ -11,15 +11,20 @@ shared, and the minimum is the run the other processes disturbed least):
 
 - **off**: the call sites' ``trace is None`` tests with tracing off (``Tracing.from_env``
   returns None without an endpoint).
-- **record (json)** / **record (stream)**: CPU of the calling thread only
-  (``time.thread_time``): what a request's own coroutine pays, the export thread excluded.
+- **record**: CPU of the calling thread only (``time.thread_time``): what a request's own
+  coroutine pays, the export thread excluded; every request sampled, or one in ten
+  (``traceidratio`` 0.1: the other nine draw ids and a ``traceparent`` only).
 - **encode**: turning one request's spans into the OTLP protobuf bytes that the HTTP exporter
   posts, in batches of ``BATCH`` spans, as the export thread does.  Beside it, the same spans
-  through the SDK's own encoder (``encode_spans``, from ``ReadableSpan`` objects).
+  built with ``opentelemetry-proto``'s message classes, and through the SDK's own encoder
+  (``encode_spans``, from ``ReadableSpan`` objects).
 - **whole path**: process CPU (``time.process_time``: every thread of this process) for
   recording and exporting over OTLP/HTTP into a receiver on loopback that discards (in a
-  child process, so its CPU is not counted), until everything is exported.  This is the
-  figure to hold against the gateway's own CPU per request.
+  child process, so its CPU is not counted), until everything is exported.
+
+These run in a tight loop, with warm caches.  ``--gateway`` measures instead what the
+gateway itself pays: its process's CPU per request under ``wrk``, tracing off and on (see
+``gateway_us``); that is the figure to hold against the gateway's throughput.
 """
 
 from __future__ import annotations

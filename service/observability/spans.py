@@ -1,10 +1,10 @@
 """A recorded span, its ids and ``traceparent``, and the sampling decision.
 
 The SDK's ``Span`` costs tens of microseconds a request (attribute cleaning under a lock,
-context objects, a processor chain); a ``SpanRecord`` is a plain object with an attributes
-dict, queued when it ends and turned into OTLP by the export thread (``span_export``).  The
-attributes it holds are already of OTLP's types (str, bool, int, float, tuples of str), so
-nothing cleans them.
+context objects, a processor chain); a ``SpanRecord`` (the tracer's ``RequestTrace`` and
+``AttemptSpan`` are ones) is a plain object with an attributes dict, queued when it ends and
+turned into OTLP by the export thread (``span_export``).  The attributes it holds are already
+of OTLP's types (str, bool, int, float, tuples of str), so nothing cleans them.
 
 Ids are drawn as the SDK's ``RandomIdGenerator`` draws them (``random.getrandbits``: the
 module's generator, which is reseeded in a forked child).  The sampling decision is made once
