@@ -2,14 +2,17 @@
 
 Off unless ``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is set
 (and ``OTEL_SDK_DISABLED`` is not true): then ``Tracing.from_env`` is None, and the edge and
-the router, which test ``trace is None``, do no OpenTelemetry work at all: no span, no
-context, no ``traceparent`` sent upstream.
+the router, which test ``trace is None``, do no tracing work at all: no span, no
+``traceparent`` sent upstream.
 
-When on, the process has a ``TracerProvider`` of its own (the API's global one is left
-alone), a W3C TraceContext propagator, and a ``BatchSpanProcessor`` whose queue is bounded
-(``OTEL_BSP_MAX_QUEUE_SIZE``, default 2048): spans are exported by a background thread, so
-a collector that is down or slow drops spans and logs, at most once per ``LOG_INTERVAL_S``,
-but never delays or fails a request.
+When on, spans are recorded as ``SpanRecord`` objects (``spans``), not the SDK's ``Span``: a
+request's two spans cost a few microseconds of the event loop instead of about a hundred
+(``uv run python -m bench.tracing_cost``).  The sampling decision is the SDK's sampler rule,
+made once per trace; a trace that is not kept records nothing, though its ``traceparent``
+still travels upstream (unsampled).  Ended spans go to a bounded queue (``span_export``,
+``OTEL_BSP_MAX_QUEUE_SIZE``, default 2048) that a background thread exports through the SDK's
+OTLP exporters, so a collector that is down or slow drops spans and logs, at most once per
+``LOG_INTERVAL_S``, but never delays or fails a request.
 
 Attempt spans follow the OpenTelemetry GenAI semantic conventions (client inference spans):
 ``gen_ai.*`` attributes are only ever set on them, never on the SERVER span.  Message content
@@ -24,32 +27,39 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from random import getrandbits
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import orjson
-from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    SpanExporter,
-    SpanExportResult,
-)
-from opentelemetry.sdk.trace.sampling import (
-    ALWAYS_OFF,
-    ALWAYS_ON,
-    DEFAULT_OFF,
-    DEFAULT_ON,
-    ParentBasedTraceIdRatio,
-    Sampler,
-    TraceIdRatioBased,
-)
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.trace import SpanKind, TraceState
 from opentelemetry.util.re import parse_env_headers
 
 from service.apis import Api
+from service.observability.otlp import OtlpEncoder
+from service.observability.span_export import (
+    MAX_BATCH_SIZE,
+    MAX_QUEUE_SIZE,
+    SCHEDULE_DELAY_S,
+    ExporterSink,
+    OtlpGrpcSink,
+    OtlpHttpSink,
+    Sink,
+    SpanQueue,
+    Throttle,
+    grpc_exporter,
+)
+from service.observability.spans import (
+    Parent,
+    Sampling,
+    SpanRecord,
+    new_span_id,
+    new_trace_id,
+    parse_traceparent,
+    traceparent,
+)
 from service.prices import PICO_PER_USD, Prices
 from service.upstream.usage import Usage
 
@@ -57,6 +67,7 @@ log = logging.getLogger("best.tracing")
 
 SERVICE_NAME = "best"
 LOG_INTERVAL_S = 60.0  # at most one log line about failing exports per interval
+EXEMPLAR_INTERVAL_NS = 100_000_000  # per route and process: at most 10 exemplars a second
 CAPTURE_CONTENT = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 
 # gen_ai.operation.name of each API (the GenAI conventions' well-known values).
@@ -80,6 +91,32 @@ _NUMBERS = {
     "seed": "gen_ai.request.seed",
     "n": "gen_ai.request.choice.count",
 }
+_NUMERIC = frozenset((int, float))
+# Attributes whose values repeat from request to request: the encoder caches their bytes.
+REPEATED = (
+    "http.request.method",
+    "http.route",
+    "url.path",
+    "http.response.status_code",
+    "best.token_id",
+    "best.team",
+    "best.cache",
+    "error.type",
+    "gen_ai.operation.name",
+    "gen_ai.provider.name",
+    "gen_ai.request.model",
+    "gen_ai.request.stream",
+    "gen_ai.request.max_tokens",
+    "gen_ai.request.temperature",
+    "gen_ai.request.top_p",
+    "gen_ai.response.model",
+    "gen_ai.response.finish_reasons",
+    "server.address",
+    "server.port",
+    "best.attempt",
+    "best.hedge",
+    "best.outcome",
+)
 
 # best.outcome of an attempt.
 WON = "won"  # its answer is the one the client got
@@ -91,7 +128,8 @@ LOST = "lost"  # it answered, but another attempt had already won (hedging)
 _EXPORT_LOGGERS = (
     "opentelemetry.exporter.otlp.proto.http.trace_exporter",
     "opentelemetry.exporter.otlp.proto.grpc.exporter",
-    "opentelemetry.sdk._shared_internal",
+    "opentelemetry.exporter.otlp.common.http",
+    log.name,
 )
 
 HeaderPairs = Iterable[tuple[bytes, bytes]]
@@ -106,18 +144,20 @@ class Tracing:
 
     def __init__(
         self,
-        provider: TracerProvider,
+        queue: SpanQueue,
+        sampling: Sampling,
         prices: Callable[[], Prices],
         capture_content: bool = False,
-        throttle: _Throttle | None = None,
+        throttle: Throttle | None = None,
     ) -> None:
-        self.provider = provider
+        self.queue = queue
+        self.sampling = sampling
         self.capture_content = capture_content
-        self._tracer = provider.get_tracer("best")
-        self._propagator = TraceContextTextMapPropagator()
         self._prices = prices
         self._throttle = throttle
         self._servers: dict[str, tuple[str, int | None]] = {}  # url -> (address, port)
+        self._upstreams: dict[tuple[str, str, str, str], tuple[str, dict[str, Any]]] = {}
+        self._exemplars_due: dict[str, int] = {}  # route -> monotonic ns of its next exemplar
 
     @classmethod
     def from_env(
@@ -134,34 +174,43 @@ class Tracing:
         base = _get(env, "OTEL_EXPORTER_OTLP_ENDPOINT")
         if exporter is None and endpoint is None and base is None:
             return None
-        if exporter is None:
-            exporter = _otlp_exporter(env, endpoint, base)
-        throttle = _Throttle(LOG_INTERVAL_S)
-        provider = TracerProvider(sampler=_sampler(env), resource=_resource(env))
-        provider.add_span_processor(
-            BatchSpanProcessor(
-                _Counted(exporter, throttle),
-                max_queue_size=_number(env, "OTEL_BSP_MAX_QUEUE_SIZE"),
-                schedule_delay_millis=_number(env, "OTEL_BSP_SCHEDULE_DELAY"),
-                max_export_batch_size=_number(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"),
-                export_timeout_millis=_number(env, "OTEL_BSP_EXPORT_TIMEOUT"),
-            )
+        check_env(env)
+        resource = _resource(env)
+        sink = (
+            ExporterSink(exporter, resource)
+            if exporter is not None
+            else _otlp_sink(env, endpoint, base, resource)
         )
+        delay_ms = _number(env, "OTEL_BSP_SCHEDULE_DELAY")
+        queue = SpanQueue(
+            sink,
+            max_size=_number(env, "OTEL_BSP_MAX_QUEUE_SIZE") or MAX_QUEUE_SIZE,
+            batch_size=_batch_size(env),
+            delay_s=SCHEDULE_DELAY_S if delay_ms is None else delay_ms / 1000,
+        )
+        throttle = Throttle(LOG_INTERVAL_S, _EXPORT_LOGGERS)
         throttle.attach()
-        return cls(provider, prices, _true(env.get(CAPTURE_CONTENT)), throttle)
+        return cls(queue, _sampling(env), prices, _true(env.get(CAPTURE_CONTENT)), throttle)
 
     def server(
         self, method: str, path: str, route: str, request_id: str, headers: HeaderPairs
     ) -> RequestTrace:
         """The SERVER span of a request, a child of the caller's ``traceparent`` if any."""
-        parent: Context | None = None
-        carrier: dict[str, str] | None = None
+        parent: Parent | None = None
+        state = b""
         for name, value in headers:
-            if name == b"traceparent" or name == b"tracestate":
-                carrier = carrier or {}
-                carrier[name.decode()] = value.decode("latin-1")
-        if carrier is not None:
-            parent = self._propagator.extract(carrier)
+            if name == b"traceparent":
+                parent = parse_traceparent(value.decode("latin-1"))
+            elif name == b"tracestate":
+                state = value
+        if parent is None:
+            trace_id, parent_id, trace_state = getrandbits(128) or new_trace_id(), 0, ""
+        else:
+            trace_id, parent_id = parent.trace_id, parent.span_id
+            trace_state = _trace_state(state) if state else ""
+        span_id = getrandbits(64) or new_span_id()
+        if not self.sampling.sampled(trace_id, parent):
+            return RequestTrace(self, trace_id, span_id, parent_id, trace_state, False, "", {})
         attributes: dict[str, Any] = {
             "http.request.method": method,
             "url.path": path,
@@ -169,17 +218,29 @@ class Tracing:
         }
         if route:
             attributes["http.route"] = route
-        span = self._tracer.start_span(
+        trace = RequestTrace(
+            self,
+            trace_id,
+            span_id,
+            parent_id,
+            trace_state,
+            True,
             f"{method} {route}" if route else method,
-            parent,
-            SpanKind.SERVER,
             attributes,
         )
-        return RequestTrace(self, span)
+        # Prometheus keeps one exemplar per bucket and scrape: a few requests a second per
+        # route carry one, not each of thousands (each costs the metrics library microseconds).
+        now = time.monotonic_ns()
+        due = self._exemplars_due
+        if now >= due.get(route, 0):
+            trace.exemplar = {"trace_id": f"{trace_id:032x}", "span_id": f"{span_id:016x}"}
+            if len(due) < 4096 or route in due:  # routes are the application's: bounded
+                due[route] = now + EXEMPLAR_INTERVAL_NS
+        return trace
 
     def _attempt(
         self,
-        parent: Span,
+        trace: RequestTrace,
         api: str,
         provider: str,
         model: str,
@@ -189,37 +250,54 @@ class Tracing:
         hedge: bool,
         number: int,
     ) -> AttemptSpan:
-        operation = OPERATIONS.get(api, api)
-        attributes: dict[str, Any] = {
-            "gen_ai.operation.name": operation,
-            "gen_ai.provider.name": provider,
-            "gen_ai.request.model": model,
-            "best.attempt": number,
-            "best.hedge": hedge,
-        }
-        address, port = self._server_of(url)
-        attributes["server.address"] = address
-        if port is not None:
-            attributes["server.port"] = port
-        if body.get("stream") is True:
-            attributes["gen_ai.request.stream"] = True
-        for field, name in _NUMBERS.items():
-            value = body.get(field)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                attributes[name] = value
-        stop = body.get("stop")
-        if isinstance(stop, str):
-            attributes["gen_ai.request.stop_sequences"] = [stop]
-        elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
-            attributes["gen_ai.request.stop_sequences"] = stop
+        span_id = getrandbits(64) or new_span_id()
+        sent = {**headers, "traceparent": traceparent(trace.trace_id, span_id, trace.sampled)}
+        if trace.trace_state:
+            sent["tracestate"] = trace.trace_state
+        if not trace.sampled:
+            return AttemptSpan(self, trace, span_id, "", {}, sent)
+        name, fixed = self._upstream(api, provider, model, url)
+        attributes = fixed.copy()
+        attributes["best.attempt"] = number
+        attributes["best.hedge"] = hedge
+        for field, value in body.items():
+            attribute = _NUMBERS.get(field)
+            if attribute is not None:
+                if value.__class__ in _NUMERIC:  # not a bool, which is an int too
+                    attributes[attribute] = value
+            elif field == "stream":
+                if value is True:
+                    attributes["gen_ai.request.stream"] = True
+            elif field == "stop":
+                if isinstance(value, str):
+                    attributes["gen_ai.request.stop_sequences"] = (value,)
+                elif isinstance(value, list) and all(isinstance(s, str) for s in value):
+                    attributes["gen_ai.request.stop_sequences"] = tuple(value)
         if self.capture_content:
             attributes.update(_input_content(api, body))
-        span = self._tracer.start_span(
-            f"{operation} {model}", set_span_in_context(parent), SpanKind.CLIENT, attributes
-        )
-        carrier: dict[str, str] = {}
-        self._propagator.inject(carrier, set_span_in_context(span))
-        return AttemptSpan(self, span, {**headers, **carrier})
+        return AttemptSpan(self, trace, span_id, name, attributes, sent)
+
+    def _upstream(
+        self, api: str, provider: str, model: str, url: str
+    ) -> tuple[str, dict[str, Any]]:
+        """An attempt's span name and the attributes that depend on its upstream only."""
+        key = (api, provider, model, url)
+        found = self._upstreams.get(key)
+        if found is None:
+            operation = OPERATIONS.get(api, api)
+            address, port = self._server_of(url)
+            fixed: dict[str, Any] = {
+                "gen_ai.operation.name": operation,
+                "gen_ai.provider.name": provider,
+                "gen_ai.request.model": model,
+                "server.address": address,
+            }
+            if port is not None:
+                fixed["server.port"] = port
+            found = (f"{operation} {model}", fixed)
+            if len(self._upstreams) < 4096:  # pairs come from the configuration: bounded
+                self._upstreams[key] = found
+        return found
 
     def _server_of(self, url: str) -> tuple[str, int | None]:
         found = self._servers.get(url)
@@ -238,9 +316,20 @@ class Tracing:
             return None
         return price.cost(used.prompt_tokens, used.completion_tokens) / PICO_PER_USD
 
+    @property
+    def dropped(self) -> int:
+        """Spans dropped because the export queue was full."""
+        return self.queue.dropped
+
     def flush(self, timeout_s: float = 30.0) -> bool:
         """Export every ended span now (blocking: tests and shutdown only)."""
-        return self.provider.force_flush(int(timeout_s * 1000))
+        return self.queue.flush(timeout_s)
+
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        """Export what is queued and stop (blocking)."""
+        self.queue.shutdown(timeout_s)
+        if self._throttle is not None:
+            self._throttle.detach()
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Export what is queued and stop, waiting at most ``timeout_s``: the flush runs in
@@ -250,7 +339,7 @@ class Tracing:
 
         def shutdown() -> None:
             try:
-                self.provider.shutdown()
+                self.queue.shutdown(timeout_s)
             finally:
                 if not loop.is_closed():
                     loop.call_soon_threadsafe(_resolve, done)
@@ -269,36 +358,62 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-class RequestTrace:
-    """The SERVER span of one request; the attempts' spans are its children."""
+def _trace_state(raw: bytes) -> str:
+    """The caller's ``tracestate``, validated and normalised as the SDK's propagator does."""
+    return TraceState.from_header([raw.decode("latin-1")]).to_header()
 
-    __slots__ = ("_attempts", "_ended", "_open", "_tracing", "exemplar", "span", "status")
 
-    def __init__(self, tracing: Tracing, span: Span) -> None:
+class RequestTrace(SpanRecord):
+    """The SERVER span of one request; the attempts' spans are its children.  When its
+    trace is not sampled (``sampled`` False) nothing is recorded, and it is never queued."""
+
+    __slots__ = ("_attempts", "_ended", "_open", "_tracing", "exemplar", "sampled", "status")
+
+    def __init__(
+        self,
+        tracing: Tracing,
+        trace_id: int,
+        span_id: int,
+        parent_id: int,
+        trace_state: str,
+        sampled: bool,
+        name: str,
+        attributes: dict[str, Any],
+    ) -> None:
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_id = parent_id
+        self.parent_remote = parent_id != 0  # a SERVER span's parent is the caller's
+        self.trace_state = trace_state
+        self.name = name
+        self.kind = SpanKind.SERVER
+        self.start_ns = time.time_ns()
+        self.end_ns = 0
+        self.attributes = attributes
+        self.error = False
         self._tracing = tracing
-        self.span = span
+        self.sampled = sampled
         self.status = 0
-        self._ended = False
+        self._ended = not sampled
         self._attempts = 0
         self._open: list[AttemptSpan] = []
-        context = span.get_span_context()
-        # A metric sample links to its trace only if the trace is kept.
-        self.exemplar: dict[str, str] | None = (
-            {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"}
-            if context.trace_flags.sampled
-            else None
-        )
+        # The trace of this request, for its metrics' samples (None: not kept, or not one
+        # of the requests that carry exemplars).
+        self.exemplar: dict[str, str] | None = None
 
     def caller(self, token_id: str, team: str | None) -> None:
         """Who called: the token's id (never the token) and its team."""
+        if self._ended:
+            return
         if token_id:
-            self.span.set_attribute("best.token_id", token_id)
+            self.attributes["best.token_id"] = token_id
         if team:
-            self.span.set_attribute("best.team", team)
+            self.attributes["best.team"] = team
 
     def cache(self, state: str) -> None:
         """The response cache's verdict for this request (hit, miss, bypass...)."""
-        self.span.set_attribute("best.cache", state)
+        if not self._ended:
+            self.attributes["best.cache"] = state
 
     def attempt(
         self,
@@ -313,18 +428,19 @@ class RequestTrace:
         ``headers`` plus its ``traceparent``.  An attempt started while another is still
         running is a hedge."""
         self._attempts += 1
-        hedge = bool(self._open)
         attempt = self._tracing._attempt(
-            self.span, api, provider, model, url, body, headers, hedge, self._attempts
+            self, api, provider, model, url, body, headers, bool(self._open), self._attempts
         )
-        attempt.request = self
-        self._open.append(attempt)
+        if self.sampled:
+            self._open.append(attempt)
         return attempt
 
     def route(self, method: str, template: str) -> None:
         """The route template the framework matched (known only after it ran)."""
-        self.span.set_attribute("http.route", template)
-        self.span.update_name(f"{method} {template}")
+        if self._ended:
+            return
+        self.attributes["http.route"] = template
+        self.name = f"{method} {template}"
 
     def end(self) -> None:
         """End the SERVER span with ``status`` (0: no response was sent: the client left);
@@ -332,53 +448,78 @@ class RequestTrace:
         if self._ended:
             return
         self._ended = True
-        for attempt in list(self._open):
-            attempt.cancelled()
-        span = self.span
+        if self._open:
+            for attempt in list(self._open):
+                attempt.cancelled()
         status = self.status
         if status:
-            span.set_attribute("http.response.status_code", status)
+            self.attributes["http.response.status_code"] = status
             if status >= 500:
-                span.set_attribute("error.type", str(status))
-                span.set_status(Status(StatusCode.ERROR))
+                self.attributes["error.type"] = str(status)
+                self.error = True
         else:
-            span.set_attribute("error.type", "client_disconnected")
-        span.end()
+            self.attributes["error.type"] = "client_disconnected"
+        self.end_ns = time.time_ns()
+        self._tracing.queue.put(self)
 
 
-class AttemptSpan:
-    """One upstream attempt's CLIENT span; ended exactly once with its outcome."""
+class AttemptSpan(SpanRecord):
+    """One upstream attempt's CLIENT span; ended exactly once with its outcome.  Nothing
+    is recorded when its trace is not sampled."""
 
-    __slots__ = ("_ended", "_tracing", "headers", "request", "span")
+    __slots__ = ("_ended", "_tracing", "headers", "request")
 
-    def __init__(self, tracing: Tracing, span: Span, headers: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        tracing: Tracing,
+        request: RequestTrace,
+        span_id: int,
+        name: str,
+        attributes: dict[str, Any],
+        headers: Mapping[str, str],
+    ) -> None:
+        self.trace_id = request.trace_id
+        self.span_id = span_id
+        self.parent_id = request.span_id
+        self.parent_remote = False
+        self.trace_state = request.trace_state
+        self.name = name
+        self.kind = SpanKind.CLIENT
+        self.start_ns = time.time_ns()
+        self.end_ns = 0
+        self.attributes = attributes
+        self.error = False
         self._tracing = tracing
-        self.span = span
+        self.request = request
         self.headers = headers  # the upstream request's headers, with its traceparent
-        self.request: RequestTrace | None = None
-        self._ended = False
+        self._ended = not request.sampled
 
     def failed(self, error_type: str) -> None:
         """It failed; ``error_type`` is the gateway's failure reason (or the upstream's
         status when it refused the request as the client's fault)."""
-        self.span.set_attribute("error.type", error_type)
-        self.span.set_status(Status(StatusCode.ERROR))
+        if self._ended:
+            return
+        self.attributes["error.type"] = error_type
+        self.error = True
         self._end(FAILED)
 
     def cancelled(self) -> None:
-        self._end(CANCELLED)
+        if not self._ended:
+            self._end(CANCELLED)
 
     def answered(self, outcome: str, body: Any, used: Usage | None) -> None:
         """A JSON answer: the response's id, model, finish reasons and usage, and its
         content when content capture is on."""
-        span = self.span
+        if self._ended:
+            return
+        attributes = self.attributes
         if isinstance(body, dict):
-            _set_response(span, body)
+            _set_response(attributes, body)
             if self._tracing.capture_content:
                 output = _output_content(body)
                 if output is not None:
-                    span.set_attribute("gen_ai.output.messages", output)
-        self._usage(used)
+                    attributes["gen_ai.output.messages"] = output
+        self._usage(attributes, used)
         self._end(outcome)
 
     def streamed(
@@ -391,82 +532,89 @@ class AttemptSpan:
     ) -> None:
         """A stream that was relayed to its end (or broke: ``error_type``): the first
         event's id and model, the finish reasons, usage and the time to its first chunk."""
-        span = self.span
+        if self._ended:
+            return
+        attributes = self.attributes
         event = _first_event(first)
         if event is not None:
             # A chat chunk, or a Responses API event holding its response object.
-            _set_identity(span, event.get("response") if "response" in event else event)
-        reasons = list(finish_reasons)
+            _set_identity(attributes, event.get("response") if "response" in event else event)
+        reasons = tuple(finish_reasons)
         if error_type is not None:
-            span.set_attribute("error.type", error_type)
-            span.set_status(Status(StatusCode.ERROR))
-            reasons = reasons or ["error"]
+            attributes["error.type"] = error_type
+            self.error = True
+            reasons = reasons or ("error",)
         if reasons:
-            span.set_attribute("gen_ai.response.finish_reasons", reasons)
-        span.set_attribute("gen_ai.response.time_to_first_chunk", first_chunk_s)
-        span.set_attribute("best.ttft_ms", round(first_chunk_s * 1000.0, 3))
-        self._usage(used)
+            attributes["gen_ai.response.finish_reasons"] = reasons
+        attributes["gen_ai.response.time_to_first_chunk"] = first_chunk_s
+        attributes["best.ttft_ms"] = round(first_chunk_s * 1000.0, 3)
+        self._usage(attributes, used)
         self._end(WON)
 
-    def _usage(self, used: Usage | None) -> None:
+    def _usage(self, attributes: dict[str, Any], used: Usage | None) -> None:
         if used is None or not used.provider:
             return
-        span = self.span
-        span.set_attribute("gen_ai.usage.input_tokens", used.prompt_tokens)
-        span.set_attribute("gen_ai.usage.output_tokens", used.completion_tokens)
+        attributes["gen_ai.usage.input_tokens"] = used.prompt_tokens
+        attributes["gen_ai.usage.output_tokens"] = used.completion_tokens
         cost = self._tracing._cost_usd(used)
         if cost is not None:
-            span.set_attribute("best.cost_usd", cost)
+            attributes["best.cost_usd"] = cost
 
     def _end(self, outcome: str) -> None:
-        if self._ended:
-            return
         self._ended = True
-        self.span.set_attribute("best.outcome", outcome)
-        self.span.end()
-        request = self.request
-        if request is not None and self in request._open:
-            request._open.remove(self)
+        self.attributes["best.outcome"] = outcome
+        self.end_ns = time.time_ns()
+        self._tracing.queue.put(self)
+        opened = self.request._open
+        if opened and opened[-1] is self:
+            opened.pop()
+        elif self in opened:
+            opened.remove(self)
 
 
-def _set_identity(span: Span, body: Any) -> None:
+def _set_identity(attributes: dict[str, Any], body: Any) -> None:
     if not isinstance(body, dict):
         return
     value = body.get("id")
     if isinstance(value, str):
-        span.set_attribute("gen_ai.response.id", value)
+        attributes["gen_ai.response.id"] = value
     value = body.get("model")
     if isinstance(value, str):
-        span.set_attribute("gen_ai.response.model", value)
+        attributes["gen_ai.response.model"] = value
 
 
-def _set_response(span: Span, body: dict[str, Any]) -> None:
-    _set_identity(span, body)
+def _set_response(attributes: dict[str, Any], body: dict[str, Any]) -> None:
+    _set_identity(attributes, body)
     choices = body.get("choices")
     if isinstance(choices, list):
-        reasons = [
-            c["finish_reason"]
-            for c in choices
-            if isinstance(c, dict) and isinstance(c.get("finish_reason"), str)
-        ]
+        reasons = []
+        for choice in choices:
+            if isinstance(choice, dict):
+                reason = choice.get("finish_reason")
+                if isinstance(reason, str):
+                    reasons.append(reason)
         if reasons:
-            span.set_attribute("gen_ai.response.finish_reasons", reasons)
+            attributes["gen_ai.response.finish_reasons"] = tuple(reasons)
     elif isinstance(body.get("status"), str) and body.get("object") == "response":
         # The Responses API has no finish reason; its status says how it ended.
-        span.set_attribute("gen_ai.response.finish_reasons", [body["status"]])
+        attributes["gen_ai.response.finish_reasons"] = (body["status"],)
 
 
 def _first_event(frames: Sequence[bytes]) -> dict[str, Any] | None:
-    """The first JSON event of the stream's first frames (``data: {...}``)."""
+    """The first JSON event of the stream's first frames (``data: {...}``); only that line
+    is read, however many events the frames hold."""
     for frame in frames:
-        for line in frame.split(b"\n"):
-            if line.startswith(b"data:"):
+        at = frame.find(b"data:")
+        while at >= 0:
+            if at == 0 or frame[at - 1] == 0x0A:  # at the start of a line
+                end = frame.find(b"\n", at)
                 try:
-                    event = orjson.loads(line[5:])
+                    event = orjson.loads(frame[at + 5 : end if end >= 0 else len(frame)])
                 except orjson.JSONDecodeError:
-                    continue
+                    event = None
                 if isinstance(event, dict):
                     return event
+            at = frame.find(b"data:", at + 5)
     return None
 
 
@@ -568,19 +716,20 @@ def _output_content(body: dict[str, Any]) -> str | None:
 # -- configuration -----------------------------------------------------------------------------
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_SAMPLERS: dict[str, Callable[[float], Sampler]] = {
-    "always_on": lambda _: ALWAYS_ON,
-    "always_off": lambda _: ALWAYS_OFF,
-    "parentbased_always_on": lambda _: DEFAULT_ON,
-    "parentbased_always_off": lambda _: DEFAULT_OFF,
-    "traceidratio": TraceIdRatioBased,
-    "parentbased_traceidratio": ParentBasedTraceIdRatio,
+# OTEL_TRACES_SAMPLER -> (parent-based, takes a ratio); the SDK's sampler names.
+_SAMPLERS: dict[str, tuple[bool, float | None]] = {
+    "always_on": (False, 1.0),
+    "always_off": (False, 0.0),
+    "parentbased_always_on": (True, 1.0),
+    "parentbased_always_off": (True, 0.0),
+    "traceidratio": (False, None),
+    "parentbased_traceidratio": (True, None),
 }
 
 
 def check_env(env: Mapping[str, str]) -> None:
     """Raise TracingError for an unusable sampler or protocol (before anything starts)."""
-    _sampler(env)
+    _sampling(env)
     _timeout_s(env)
     for name in (
         "OTEL_BSP_MAX_QUEUE_SIZE",
@@ -589,6 +738,7 @@ def check_env(env: Mapping[str, str]) -> None:
         "OTEL_BSP_EXPORT_TIMEOUT",
     ):
         _number(env, name)
+    _batch_size(env)
     protocol = _protocol(env)
     if protocol not in ("http/protobuf", "grpc"):
         raise TracingError(
@@ -619,6 +769,17 @@ def _number(env: Mapping[str, str], name: str) -> int | None:
     return int(raw)
 
 
+def _batch_size(env: Mapping[str, str]) -> int:
+    """Spans per export: OTEL_BSP_MAX_EXPORT_BATCH_SIZE, at most the queue's size."""
+    size = _number(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE") or MAX_BATCH_SIZE
+    queue = _number(env, "OTEL_BSP_MAX_QUEUE_SIZE") or MAX_QUEUE_SIZE
+    if size > queue:
+        raise TracingError(
+            f"OTEL_BSP_MAX_EXPORT_BATCH_SIZE: {size} is more than OTEL_BSP_MAX_QUEUE_SIZE ({queue})"
+        )
+    return size
+
+
 def _timeout_s(env: Mapping[str, str]) -> float | None:
     raw = _get(env, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT") or _get(env, "OTEL_EXPORTER_OTLP_TIMEOUT")
     if raw is None:
@@ -636,21 +797,23 @@ def _true(value: str | None) -> bool:
     return (value or "").strip().lower() == "true"
 
 
-def _sampler(env: Mapping[str, str]) -> Sampler:
+def _sampling(env: Mapping[str, str]) -> Sampling:
     name = (_get(env, "OTEL_TRACES_SAMPLER") or "parentbased_always_on").lower()
-    make = _SAMPLERS.get(name)
-    if make is None:
+    found = _SAMPLERS.get(name)
+    if found is None:
         raise TracingError(f"OTEL_TRACES_SAMPLER: unknown sampler {name!r} (one of {_names()})")
+    parent_based, rate = found
     raw = _get(env, "OTEL_TRACES_SAMPLER_ARG")
-    rate = 1.0
-    if raw is not None and "ratio" in name:
-        try:
-            rate = float(raw)
-        except ValueError:
-            rate = -1.0
-        if not 0.0 <= rate <= 1.0:
-            raise TracingError(f"OTEL_TRACES_SAMPLER_ARG: {raw!r} is not a ratio in [0, 1]")
-    return make(rate)
+    if rate is None:
+        rate = 1.0
+        if raw is not None:
+            try:
+                rate = float(raw)
+            except ValueError:
+                rate = -1.0
+            if not 0.0 <= rate <= 1.0:
+                raise TracingError(f"OTEL_TRACES_SAMPLER_ARG: {raw!r} is not a ratio in [0, 1]")
+    return Sampling.ratio(rate, parent_based)
 
 
 def _names() -> str:
@@ -671,7 +834,14 @@ def _resource(env: Mapping[str, str]) -> Resource:
     return Resource.create(attributes)
 
 
-def _otlp_exporter(env: Mapping[str, str], endpoint: str | None, base: str | None) -> SpanExporter:
+def encoder(resource: Resource) -> OtlpEncoder:
+    """The OTLP encoder of this process's spans."""
+    return OtlpEncoder(resource.attributes, SERVICE_NAME, REPEATED)
+
+
+def _otlp_sink(
+    env: Mapping[str, str], endpoint: str | None, base: str | None, resource: Resource
+) -> Sink:
     protocol = _protocol(env)
     headers = dict(
         parse_env_headers(
@@ -687,78 +857,13 @@ def _otlp_exporter(env: Mapping[str, str], endpoint: str | None, base: str | Non
         )
 
         url = endpoint or f"{(base or '').rstrip('/')}/v1/traces"
-        return HTTPExporter(endpoint=url, headers=headers or None, timeout=_timeout_s(env))
+        exporter = HTTPExporter(endpoint=url, headers=headers or None, timeout=_timeout_s(env))
+        return OtlpHttpSink(exporter, encoder(resource), resource)
     if protocol == "grpc":
-        # Imported only when asked for: grpc is a large library to hold in memory.
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-            OTLPSpanExporter as GRPCExporter,
-        )
-
-        return GRPCExporter(
+        exporter = grpc_exporter(
             endpoint=endpoint or base, headers=headers or None, timeout=_timeout_s(env)
         )
+        return OtlpGrpcSink(exporter, encoder(resource))
     raise TracingError(
         f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r} is not supported (http/protobuf or grpc)"
     )
-
-
-# -- export health -----------------------------------------------------------------------------
-
-
-class _Throttle(logging.Filter):
-    """Lets one record through per interval on the export path's loggers: a collector that
-    stays down costs a log line per interval, not one per batch and retry."""
-
-    def __init__(self, interval_s: float) -> None:
-        super().__init__()
-        self._interval_s = interval_s
-        self._next = 0.0
-        self.suppressed = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        now = time.monotonic()
-        if now < self._next:
-            self.suppressed += 1
-            return False
-        self._next = now + self._interval_s
-        if self.suppressed:
-            record.msg = f"{record.msg} ({self.suppressed} similar lines suppressed)"
-            self.suppressed = 0
-        return True
-
-    def attach(self) -> None:
-        for name in (*_EXPORT_LOGGERS, log.name):
-            logging.getLogger(name).addFilter(self)
-
-    def detach(self) -> None:
-        for name in (*_EXPORT_LOGGERS, log.name):
-            logging.getLogger(name).removeFilter(self)
-
-
-class _Counted(SpanExporter):
-    """The exporter, with a failed export reported on ``best.tracing`` (throttled): the
-    SDK's exporters say why, this says how many spans were lost."""
-
-    def __init__(self, inner: SpanExporter, throttle: _Throttle) -> None:
-        self._inner = inner
-        self._throttle = throttle
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        try:
-            result = self._inner.export(spans)
-        except Exception:  # an exporter bug must not kill the export thread
-            log.exception("trace export failed: %d spans dropped", len(spans))
-            return SpanExportResult.FAILURE
-        if result is not SpanExportResult.SUCCESS:
-            log.warning(
-                "trace export failed: %d spans dropped (is the collector at the "
-                "OTEL_EXPORTER_OTLP_ENDPOINT up?)",
-                len(spans),
-            )
-        return result
-
-    def shutdown(self) -> None:
-        self._inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self._inner.force_flush(timeout_millis)

@@ -10,8 +10,11 @@ from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
+from service.apis import Api
+from service.observability.tracing import EXEMPLAR_INTERVAL_NS, Tracing
 from service.quotas.tokens import token_id
 from tests.fakes.behaviors import Behavior
 from tests.fakes.upstream import FakeProvider
@@ -291,3 +294,69 @@ async def test_latency_histograms_carry_trace_id_exemplars(traced: Traced) -> No
     plain = await traced.http.get("/metrics")
     assert plain.headers["content-type"].startswith("text/plain")
     assert "trace_id" not in plain.text
+
+
+async def test_a_trace_not_sampled_records_nothing_but_still_propagates(
+    config_dir: Path, tmp_path: Path, providers: dict[str, FakeProvider]
+) -> None:
+    env = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0"}
+    async with traced_gateway(config_dir, tmp_path, env) as traced:
+        assert (await traced.http.post("/v1/chat/completions", json=CHAT)).status_code == 200
+        assert traced.spans() == []
+        sent = only([r for r in providers["a"].requests if r.path.endswith("/chat/completions")])
+        assert sent.headers["traceparent"].endswith("-00")  # unsampled, for the upstream too
+        # A caller that kept its trace is followed (parent-based), whatever the ratio.
+        traceparent = f"00-{INCOMING_TRACE}-{INCOMING_PARENT}-01"
+        response = await traced.http.post(
+            "/v1/chat/completions", json=CHAT, headers={"traceparent": traceparent}
+        )
+        assert response.status_code == 200
+        server, attempt = only(traced.servers()), only(traced.clients())
+    assert f"{server.context.trace_id:032x}" == INCOMING_TRACE
+    assert child_of(attempt, server)
+
+
+def test_a_few_requests_a_second_per_route_carry_an_exemplar() -> None:
+    """Prometheus keeps one exemplar per bucket and scrape: under load, the requests of a
+    route carry their trace id to the metrics at most ten times a second."""
+    tracing = Tracing.from_env({}, exporter=InMemorySpanExporter())
+    assert tracing is not None
+    try:
+        chat = "/v1/chat/completions"
+        first = tracing.server("POST", chat, chat, "r-1", [])
+        assert first.exemplar == {
+            "trace_id": f"{first.trace_id:032x}",
+            "span_id": f"{first.span_id:016x}",
+        }
+        assert tracing.server("POST", chat, chat, "r-2", []).exemplar is None
+        other = tracing.server("POST", "/v1/embeddings", "/v1/embeddings", "r-3", [])
+        assert other.exemplar is not None
+        time.sleep(EXEMPLAR_INTERVAL_NS / 1e9)
+        assert tracing.server("POST", chat, chat, "r-4", []).exemplar is not None
+    finally:
+        tracing.shutdown()
+
+
+def test_a_stream_s_identity_is_its_first_data_event() -> None:
+    exporter = InMemorySpanExporter()
+    tracing = Tracing.from_env({}, exporter=exporter)
+    assert tracing is not None
+    frames = [
+        b": keep-alive\n\ndata: not json\n\n",
+        b'xdata: {"id":"no"}\n\ndata: {"id":"chatcmpl-1","model":"m-2024"}\n\n'
+        b'data: {"id":"chatcmpl-2"}\n\ndata: [DONE]\n\n',
+    ]
+    try:
+        trace = tracing.server("POST", "/v1/chat/completions", "", "r-1", [])
+        attempt = trace.attempt(Api.CHAT, "a", "m", "http://up:8080/v1", {"stream": True}, {})
+        attempt.streamed(frames, ["stop"], None, 0.25, None)
+        trace.status = 200
+        trace.end()
+        assert tracing.flush()
+    finally:
+        tracing.shutdown()
+    got = attrs(only([s for s in exporter.get_finished_spans() if s.name == "chat m"]))
+    assert got["gen_ai.response.id"] == "chatcmpl-1"
+    assert got["gen_ai.response.model"] == "m-2024"
+    assert got["best.ttft_ms"] == 250.0
+    assert got["server.port"] == 8080
