@@ -11,12 +11,17 @@ from typing import Any
 
 from bench.report import (
     Results,
+    baseline_table,
+    cache_table,
     capacity_markdown,
+    jwt_lines,
     main_table,
+    messages_vs_chat,
     notes,
     ratio_table,
     store_cost_markdown,
     sweep_table,
+    tracing_table,
 )
 from bench.soak import render_soak_markdown
 from bench.stages import render_markdown as render_breakdown
@@ -65,6 +70,18 @@ def render_page(
         "concurrency": str(results["meta"]["throughput_concurrency"]),
         "throughput": "\n".join(main_table(results)),
         "ratios": "\n".join(ratio_table(results)),
+        "baseline": "\n".join(baseline_table(results))
+        or "Not measured in this run (no `--baseline-root`).",
+        "features": "\n\n".join(
+            part
+            for part in (
+                "\n".join(messages_vs_chat(results)),
+                "\n".join(tracing_table(results)),
+                "\n".join(jwt_lines(results)),
+                "\n".join(cache_table(results)),
+            )
+            if part
+        ),
         "sweep": "\n".join(sweep_table(results)),
         "store_cost": "\n".join(store_cost_markdown(store_cost, with_commit=False))
         if store_cost

@@ -284,17 +284,20 @@ def jwt_ratio(results: Results) -> dict[str, float | None]:
     return out
 
 
+def jwt_lines(results: Results) -> list[str]:
+    """The JWT row against the static-token row, as a line (none when not measured)."""
+    ratio = jwt_ratio(results)
+    if not any(value is not None for value in ratio.values()):
+        return []
+    shares = ", ".join(f"{kind.upper()} {_num(value, '.1%')}" for kind, value in ratio.items())
+    return [f"JWT identity vs static token (embedded store), req/s: {shares}"]
+
+
 def notes(results: Results) -> list[str]:
     """The JWT row against the static-token row; skipped or failed rows, failed checks,
     crashes and first wrong answers."""
-    out: list[str] = []
+    out: list[str] = [f"- {line}" for line in jwt_lines(results)]
     derived = derive(results)
-    ratio = jwt_ratio(results)
-    if any(value is not None for value in ratio.values()):
-        out.append(
-            "- JWT identity vs static token (embedded store), req/s: "
-            + ", ".join(f"{kind.upper()} {_num(value, '.1%')}" for kind, value in ratio.items())
-        )
     for target in _targets(results):
         for kind in KINDS:
             share = derived[target["name"]][kind]["vs_direct"]
