@@ -11,26 +11,21 @@ read from ``message_start`` (input and cache tokens) and ``message_delta`` (outp
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 
 from service.anthropic.stream import message_events
-from service.errors import StreamFailed
+from service.routing.typed_events import TypedEventRelay
 from service.upstream.client import UpstreamStream
 from service.upstream.errors import (
     BAD_BODY,
     IN_BAND_ERROR,
     STREAM_AS_JSON_INVALID,
-    STREAM_BROKEN,
-    TIMEOUT,
     UpstreamFailure,
     checked_json,
     in_band_failure,
 )
-from service.upstream.sse import EventDecoder
 
 
 def check_message(parsed: Any) -> UpstreamFailure | None:
@@ -58,79 +53,24 @@ def chat_usage(usage: dict[str, Any]) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion}
 
 
-class NativeEventRelay:
+class NativeEventRelay(TypedEventRelay):
     """Reads a provider's Messages stream and hands its events on."""
 
-    response_id: str | None = None
+    incomplete = "upstream stream ended before the message was complete"
 
     def __init__(self, upstream: UpstreamStream, model: str) -> None:
-        self.upstream = upstream
+        super().__init__(upstream)
         self._model = model
-        self._decoder = EventDecoder()
-        self._chunks = upstream.chunks().__aiter__()
         self._anthropic_usage: dict[str, Any] = {}
-        self.usage: Any = None
-        self.failure: UpstreamFailure | None = None
-        self.finish_reasons: list[str] = []  # the message's stop_reason (traces)
-        self.done = False
 
-    async def first_frames(self) -> list[bytes]:
-        if b"event-stream" not in self.upstream.content_type:
-            parsed = checked_json(await self.upstream.read(), check_message, STREAM_AS_JSON_INVALID)
-            self._add_usage(parsed.get("usage"))
-            if isinstance(parsed.get("stop_reason"), str):
-                self.finish_reasons = [parsed["stop_reason"]]
-            self.done = True
-            return [message_events({**parsed, "model": self._model})]
-        frames: list[bytes] = []
-        while not frames:
-            events = await self._next_events()
-            if events is None:
-                raise UpstreamFailure(BAD_BODY, "upstream stream ended before any event")
-            for block, data in events:
-                out = self._handle(block, data, opening=True)
-                if out is not None:
-                    frames.append(out)
-                if self.done:
-                    break
-        return frames
-
-    async def rest(self, deadline: float) -> AsyncIterator[bytes]:
-        batch: list[bytes] = []
-        try:
-            while not self.done:
-                if time.monotonic() > deadline:
-                    raise UpstreamFailure(TIMEOUT, "the request deadline passed mid-stream")
-                events = await self._next_events()
-                if events is None:
-                    raise UpstreamFailure(
-                        STREAM_BROKEN, "upstream stream ended before the message was complete"
-                    )
-                for block, data in events:
-                    out = self._handle(block, data, opening=False)
-                    if out is not None:
-                        batch.append(out)
-                    if self.done:
-                        break
-                if batch:
-                    yield b"".join(batch)
-                    batch = []
-        except UpstreamFailure as failure:
-            self.failure = failure
-            if batch:
-                yield b"".join(batch)
-            raise StreamFailed(failure.message, code=f"upstream_{failure.reason}") from None
-
-    async def _next_events(self) -> list[tuple[bytes, bytes | None]] | None:
-        while True:
-            try:
-                chunk = await self._chunks.__anext__()
-            except StopAsyncIteration:
-                rest = self._decoder.flush()
-                return rest or None
-            events = self._decoder.feed(chunk)
-            if events:
-                return events
+    async def _from_json(self) -> list[bytes]:
+        """A provider that answered the stream request with a whole message: its events."""
+        parsed = checked_json(await self.upstream.read(), check_message, STREAM_AS_JSON_INVALID)
+        self._add_usage(parsed.get("usage"))
+        if isinstance(parsed.get("stop_reason"), str):
+            self.finish_reasons = [parsed["stop_reason"]]
+        self.done = True
+        return [message_events({**parsed, "model": self._model})]
 
     def _handle(self, block: bytes, data: bytes | None, opening: bool) -> bytes | None:
         if data is None:

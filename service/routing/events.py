@@ -11,25 +11,22 @@ No ``[DONE]`` is added: the Responses API has none.
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 
-from service.errors import ResponseStreamFailed
+from service.errors import ResponseStreamFailed, StreamFailed
+from service.routing.typed_events import TypedEventRelay
 from service.upstream.client import UpstreamStream
 from service.upstream.errors import (
     BAD_BODY,
     IN_BAND_ERROR,
     STREAM_AS_JSON_INVALID,
-    STREAM_BROKEN,
-    TIMEOUT,
     UpstreamFailure,
     check_response,
     checked_json,
 )
-from service.upstream.sse import DONE, EventDecoder
+from service.upstream.sse import DONE
 
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed", "error"})
 FAILED = frozenset({"response.failed", "error"})
@@ -39,80 +36,21 @@ def event_frame(kind: str, data: dict[str, Any]) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
-class EventRelay:
+class EventRelay(TypedEventRelay):
     """Reads an upstream Responses API stream and hands its events on, unchanged."""
 
+    incomplete = "upstream stream ended before the response was complete"
+
     def __init__(self, upstream: UpstreamStream) -> None:
-        self.upstream = upstream
-        self._decoder = EventDecoder()
-        self._chunks = upstream.chunks().__aiter__()
-        self.usage: Any = None
-        self.failure: UpstreamFailure | None = None
-        self.response_id: str | None = None
-        self.finish_reasons: list[str] = []  # the final response's status (traces)
+        super().__init__(upstream)
         self.sequence = -1  # the last sequence_number relayed
-        self.done = False
 
-    async def first_frames(self) -> list[bytes]:
-        """The events of the upstream read(s) holding the first event; raises
-        UpstreamFailure when any of them fails (nothing has reached the client yet)."""
-        if b"event-stream" not in self.upstream.content_type:
-            return await self._from_json()
-        frames: list[bytes] = []
-        while not frames:
-            events = await self._next_events()
-            if events is None:
-                raise UpstreamFailure(BAD_BODY, "upstream stream ended before any event")
-            for block, data in events:
-                out = self._handle(block, data, opening=True)
-                if out is not None:
-                    frames.append(out)
-                if self.done:
-                    break
-        return frames
-
-    async def rest(self, deadline: float) -> AsyncIterator[bytes]:
-        """Everything after the first frames, one piece per upstream read, up to and
-        including the terminal event."""
-        batch: list[bytes] = []
-        try:
-            while not self.done:
-                if time.monotonic() > deadline:
-                    raise UpstreamFailure(TIMEOUT, "the request deadline passed mid-stream")
-                events = await self._next_events()
-                if events is None:
-                    raise UpstreamFailure(
-                        STREAM_BROKEN, "upstream stream ended before the response was complete"
-                    )
-                for block, data in events:
-                    out = self._handle(block, data, opening=False)
-                    if out is not None:
-                        batch.append(out)
-                    if self.done:
-                        break
-                if batch:
-                    yield b"".join(batch)
-                    batch = []
-        except UpstreamFailure as failure:
-            self.failure = failure
-            if batch:
-                yield b"".join(batch)
-            raise ResponseStreamFailed(
-                failure.message,
-                code=f"upstream_{failure.reason}",
-                sequence_number=self.sequence + 1,
-            ) from None
-
-    async def _next_events(self) -> list[tuple[bytes, bytes | None]] | None:
-        while True:
-            try:
-                chunk = await self._chunks.__anext__()
-            except StopAsyncIteration:
-                rest = self._decoder.flush()
-                return rest or None
-            events = self._decoder.feed(chunk)
-            if events:
-                return events
+    def _broken(self, failure: UpstreamFailure) -> StreamFailed:
+        return ResponseStreamFailed(
+            failure.message,
+            code=f"upstream_{failure.reason}",
+            sequence_number=self.sequence + 1,
+        )
 
     def _handle(self, block: bytes, data: bytes | None, opening: bool) -> bytes | None:
         """The block to forward for one upstream event, or None; raises on a failure that
