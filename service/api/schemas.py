@@ -77,13 +77,14 @@ Budget = Annotated[
 ]
 CacheTtl = Annotated[
     int,
-    BeforeValidator(_not_bool_or_text),
+    # The bounds before the validator: so they reach the JSON Schema as minimum and maximum.
     Field(
         ge=0,
         le=MAX_CACHE_TTL_S,
         description="seconds a cached answer is served (response cache); 0 = off; null = "
         "not set (a token follows its team, a static token CACHE_DEFAULT_TTL_S)",
     ),
+    BeforeValidator(_not_bool_or_text),
 ]
 Period = Literal["day", "week", "month", "total"]
 TeamId = Annotated[

@@ -27,7 +27,7 @@ REGISTRY_KEY = "best:{registry}:version"
 
 
 def _quota_key(token_id: str) -> str:
-    return f"best:{{q:{token_id}}}:token:{token_id}:ring"
+    return f"best:{{q:{token_id}}}:token:{token_id}:ring60"
 
 
 @pytest.mark.parametrize(
