@@ -23,6 +23,7 @@ def store_url(request: pytest.FixtureRequest) -> str | None:
     return server.url
 
 
+@pytest.mark.slow  # about a second per store
 def test_retry_after_of_an_rpm_refusal_is_at_most_the_window(
     tmp_path: Path, single_provider_config: Path, store_url: str | None
 ) -> None:

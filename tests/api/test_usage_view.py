@@ -35,6 +35,7 @@ def store_url(request: pytest.FixtureRequest) -> str | None:
     return server.url
 
 
+@pytest.mark.slow  # waits a second after the round
 def test_a_round_of_abuse_leaves_no_lease_in_the_usage_view(
     tmp_path: Path, single_provider_config: Path, store_url: str | None
 ) -> None:

@@ -108,6 +108,7 @@ async def test_no_cache_refreshes_no_store_bypasses_and_a_changed_body_misses(
     assert invalid.json()["error"]["param"] == "x-best-cache-ttl"
 
 
+@pytest.mark.slow  # waits out a TTL: over a second
 async def test_a_request_header_opts_in_and_ttl_expires(
     gateway: Gateway, upstream: ScriptedUpstream
 ) -> None:
@@ -239,6 +240,7 @@ async def test_completions_and_embeddings_are_cached_too(
     assert upstream.calls["completions"] == 1 and upstream.calls["embeddings"] == 1
 
 
+@pytest.mark.slow  # a 429's Retry-After: over a second
 @pytest.mark.parametrize("mode", ["429", "500", "filter", "cut"])
 @pytest.mark.parametrize("stream", [False, True])
 async def test_errors_filtered_and_cut_answers_are_never_stored(

@@ -191,7 +191,7 @@ PAIR_FAILURES = [
     pytest.param("nochoice", Behavior.no_choices(), id="empty-choices"),
     pytest.param("inband", Behavior.inband_error(), id="in-band-error"),
     pytest.param("dies", Behavior.stream_dies(), id="truncated-body"),
-    pytest.param("hang", Behavior.hang(), id="hang-past-timeout_s"),
+    pytest.param("hang", Behavior.hang(), id="hang-past-timeout_s", marks=pytest.mark.slow),
 ]
 
 

@@ -316,6 +316,7 @@ def test_client_fault_on_a_stream_is_relayed_untouched(fleet: Fleet) -> None:
     assert fleet["second"].chat_requests == 0
 
 
+@pytest.mark.slow  # waits out an idle timeout
 def test_upstream_that_stalls_mid_stream_ends_with_an_error_event(fleet: Fleet) -> None:
     """A provider's timeout_s bounds each wait for the next chunk, not the whole stream."""
     fake = fleet["stall"]

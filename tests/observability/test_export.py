@@ -142,6 +142,7 @@ async def test_spans_arrive_at_the_collector(
         print(span.name, span.attributes)  # the docs page shows such a trace
 
 
+@pytest.mark.slow  # about two seconds of export retries
 async def test_a_closed_collector_port_costs_requests_nothing_and_logs(
     config_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
