@@ -3,6 +3,7 @@ request reserves, and OpenAI's rate-limit headers."""
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -208,7 +209,18 @@ def anthropic_rate_headers(headers: Headers, now: float) -> Headers:
         if anthropic is None:
             continue
         if anthropic.endswith(b"-reset"):
-            seconds = float(value.rstrip(b"s") or 0)  # as _duration wrote it
-            value = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + seconds)).encode()
+            value = _rfc3339(int(now + _seconds(value)))
         renamed.append((anthropic, value))
     return renamed
+
+
+@functools.lru_cache(maxsize=64)
+def _seconds(duration: bytes) -> float:
+    """A reset as ``_duration`` wrote it, in seconds."""
+    return float(duration.rstrip(b"s") or 0)
+
+
+@functools.lru_cache(maxsize=256)
+def _rfc3339(second: int) -> bytes:
+    """A Unix second as RFC 3339 in UTC; the few resets of each second are formatted once."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second)).encode()

@@ -43,7 +43,7 @@ class MessagesExchange:
     and ``beta`` its ``anthropic-*`` headers (for native providers); ``input_estimate`` the
     prompt tokens ``message_start`` reports before the upstream's count is known."""
 
-    __slots__ = ("_chat", "_input_estimate", "_model", "_native_extra", "body")
+    __slots__ = ("_beta", "_chat", "_input_estimate", "_model", "_version", "body")
     operation = Api.MESSAGES
 
     def __init__(
@@ -59,12 +59,13 @@ class MessagesExchange:
         self._model = model
         self._input_estimate = input_estimate
         self._chat = chat
-        self._native_extra = native_headers(version, beta)
+        self._version = version
+        self._beta = beta
 
     def request(self, candidate: Candidate) -> Outgoing:
         if is_native(candidate):
             payload = orjson.dumps({**self.body, "model": candidate.model})
-            headers = {**candidate.messages_headers, **self._native_extra}
+            headers = {**candidate.messages_headers, **native_headers(self._version, self._beta)}
             return candidate.urls[Api.MESSAGES], headers, payload
         chat = self._chat
         if chat is None:
