@@ -8,6 +8,7 @@ sends them); then ``message_delta`` (stop reason and the upstream's usage) and
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import orjson
@@ -44,6 +45,7 @@ _DELTAS = {
 }
 
 
+@functools.lru_cache(maxsize=256)
 def _delta_head(index: int, kind: str) -> bytes:
     return (_DELTA_HEAD % (index, *_DELTAS[kind])).encode()
 
@@ -52,6 +54,13 @@ def _empty_block(kind: str) -> dict[str, Any]:
     if kind == "thinking":
         return {"type": "thinking", "thinking": "", "signature": ""}
     return {"type": "text", "text": ""}
+
+
+@functools.lru_cache(maxsize=256)
+def _empty_start(index: int, kind: str) -> bytes:
+    """``content_block_start`` of an empty text or thinking block."""
+    started = {"type": "content_block_start", "index": index, "content_block": _empty_block(kind)}
+    return frame("content_block_start", started)
 
 
 def _start(message_id: str, model: str, usage: dict[str, int]) -> bytes:
@@ -68,15 +77,19 @@ def _start(message_id: str, model: str, usage: dict[str, int]) -> bytes:
     return frame("message_start", {"type": "message_start", "message": message})
 
 
+@functools.lru_cache(maxsize=256)
 def _stop(index: int) -> bytes:
     return frame("content_block_stop", {"type": "content_block_stop", "index": index})
 
 
+# The last event of every complete stream (the edge ends the response on it).
+MESSAGE_STOP = frame("message_stop", {"type": "message_stop"})
+
+
 def _finish(reason: str | None, sequence: str | None, usage: dict[str, int]) -> bytes:
     delta = {"stop_reason": reason, "stop_sequence": sequence}
-    return frame("message_delta", {"type": "message_delta", "delta": delta, "usage": usage}) + (
-        frame("message_stop", {"type": "message_stop"})
-    )
+    data = {"type": "message_delta", "delta": delta, "usage": usage}
+    return frame("message_delta", data) + MESSAGE_STOP
 
 
 class MessageStream:
@@ -134,17 +147,21 @@ class MessageStream:
         self._open = None
         return _stop(self._blocks - 1)
 
-    def _begin(self, kind: str, block: dict[str, Any]) -> bytes:
+    def _begin(self, kind: str, block: dict[str, Any] | None) -> bytes:
+        """Opens a block (``None``: an empty text or thinking block) after closing the open
+        one."""
         closed = self._close()
         index = self._blocks
         self._blocks += 1
         self._open = kind
         self._head = _delta_head(index, kind)
+        if block is None:
+            return closed + _empty_start(index, kind)
         started = {"type": "content_block_start", "index": index, "content_block": block}
         return closed + frame("content_block_start", started)
 
     def _piece(self, kind: str, piece: str) -> bytes:
-        opened = b"" if self._open == kind else self._begin(kind, _empty_block(kind))
+        opened = b"" if self._open == kind else self._begin(kind, None)
         return opened + self._head + orjson.dumps(piece) + _DELTA_TAIL
 
     def _tool_call(self, call: dict[str, Any]) -> bytes:

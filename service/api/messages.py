@@ -19,7 +19,7 @@ import orjson
 
 from service import errors
 from service.anthropic.request import estimate_input_tokens, to_chat, validate
-from service.anthropic.stream import frame
+from service.anthropic.stream import MESSAGE_STOP
 from service.api.auth import require_api_key
 from service.api.cached import through_cache
 from service.api.calls import finish_failed, open_call, served_headers
@@ -41,8 +41,6 @@ from service.routing.table import AUTO
 from service.types import Headers
 
 MESSAGES = Api.MESSAGES
-# The last event of every complete stream (the edge ends the response on it).
-MESSAGE_STOP = frame("message_stop", {"type": "message_stop"})
 COUNT_TIMEOUT_S = 10.0
 
 
