@@ -73,30 +73,52 @@ class HeadHeldTransport:
 class GatewayProtocol(HttpToolsProtocol):
     """httptools HTTP/1.1 with a bound on reading a request: a connection that has not sent
     its headers and body within ``read_timeout_s`` is closed (slow clients cannot hold
-    connections open).  A connection told to shut down also marks the replica draining."""
+    connections open).  A connection told to shut down also marks the replica draining.
+
+    One timer per connection, not per request, bounds both that and an idle keep-alive
+    connection (``timeout_keep_alive``): a request only notes when its reading, or the
+    connection's idleness, began; the timer, when it fires, closes a connection past its
+    bound or waits again for the rest of it."""
 
     def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         self._read_timeout_s: float = getattr(config, "read_timeout_s", 30.0)
-        self._read_timer: asyncio.TimerHandle | None = None
+        self._reading = True  # a new connection owes its first request
+        self._since = 0.0  # when the reading, or the idleness, began (loop time)
+        self._watchdog: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(cast(asyncio.Transport, HeadHeldTransport(transport, self.loop)))
-        self._arm_read_timer()
+        self._since = self.loop.time()
+        self._watch_in(self._read_timeout_s)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         # An ASGI extension of this server's own (uvicorn sets no other).
         extensions: dict[str, Any] = {DISCONNECT: Disconnect()}
         self.scope["extensions"] = cast(dict[str, dict[object, object]], extensions)
-        self._arm_read_timer()
+        self._reading = True
+        self._since = self.loop.time()
 
     def on_message_complete(self) -> None:
-        self._disarm_read_timer()
+        self._reading = False
         super().on_message_complete()
 
+    def on_response_complete(self) -> None:
+        """As uvicorn's, except that the idle bound is the watchdog's, not a new timer."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        self._since = self.loop.time()
+        if self.pipeline:  # a pipelined request waited for this response
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_read_timer()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         cycle = self.cycle
         super().connection_lost(exc)
         if cycle is not None and not cycle.response_complete:
@@ -108,18 +130,25 @@ class GatewayProtocol(HttpToolsProtocol):
         mark_draining(self.app)
         super().shutdown()
 
-    def _arm_read_timer(self) -> None:
-        if self._read_timer is None:
-            self._read_timer = self.loop.call_later(self._read_timeout_s, self._read_timed_out)
+    def _watch_in(self, delay_s: float) -> None:
+        self._watchdog = self.loop.call_later(delay_s, self._watch)
 
-    def _disarm_read_timer(self) -> None:
-        if self._read_timer is not None:
-            self._read_timer.cancel()
-            self._read_timer = None
-
-    def _read_timed_out(self) -> None:
-        self._read_timer = None
+    def _watch(self) -> None:
+        self._watchdog = None
+        if self.transport.is_closing():
+            return
         cycle = self.cycle
-        if cycle is not None and cycle.response_started:
-            return  # already answering (say, a 413 before the body): not a slow client
-        self.transport.close()
+        answering = cycle is not None and cycle.response_started and not cycle.response_complete
+        if answering:
+            # Not a slow client, even if its body is still coming (a 413 goes out before
+            # it): nothing to bound until the response ends.
+            self._watch_in(self._read_timeout_s)
+            return
+        bound = self._read_timeout_s if self._reading else self.timeout_keep_alive
+        left = self._since + bound - self.loop.time()
+        if left > 0:
+            self._watch_in(left)
+        elif self._reading or cycle is None or cycle.response_complete:
+            self.transport.close()
+        else:  # the request is in, its answer not begun: the app's timeouts bound it
+            self._watch_in(self._read_timeout_s)

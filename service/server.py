@@ -86,6 +86,9 @@ def _config(app: Any, settings: Settings, **extra: Any) -> ServerConfig:
         http=GatewayProtocol,
         lifespan="on",
         access_log=False,
+        # The gateway reads no client address or scheme: X-Forwarded-* need no rewriting.
+        proxy_headers=False,
+        server_header=False,
         log_config=None,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
         timeout_keep_alive=30,
