@@ -2,11 +2,11 @@
 
 The OTLP exporters post what this returns (``span_export``).  It is written out by hand
 (protobuf's wire format: a tag, then a varint, fixed-width or length-prefixed value) because
-building the same message costs about three times as much CPU with ``opentelemetry-proto``'s
-message classes (KeyValue messages cached), and about ten times as much through the SDK's
-``encode_spans`` (``uv run python -m bench.tracing_cost``).  The KeyValue bytes of repeated
-(key, value) pairs are cached.  The tests decode the output with ``opentelemetry-proto`` and
-compare it with the SDK's encoding of the same spans.
+building the same message costs about three and a half times as much CPU with
+``opentelemetry-proto``'s message classes (KeyValue messages cached), and about thirteen times
+as much through the SDK's ``encode_spans`` (``uv run python -m bench.tracing_cost``).  The
+KeyValue bytes of repeated (key, value) pairs are cached.  The tests decode the output with
+``opentelemetry-proto`` and compare it with the SDK's encoding of the same spans.
 
 Field numbers are those of opentelemetry/proto/trace/v1/trace.proto,
 common/v1/common.proto, resource/v1/resource.proto and the trace collector service.
