@@ -130,3 +130,12 @@ def test_any_spans_encode_as_the_sdk_encodes_them(
         for attributes, parent_id, remote, error, name in cases
     ]
     assert decoded(encoder, spans) == the_sdk_s(spans)
+
+
+def test_unrepeated_attributes_encode_alike_once_their_key_is_known() -> None:
+    """After a key's first span its values are encoded inline, by type: ints either side
+    of the one-byte and two-byte varints and negative, floats, long strings, bools."""
+    encoder = OtlpEncoder(RESOURCE.attributes, "best", REPEATED)
+    values = (0, 127, 128, 16383, 16384, -1, 1 << 62, 0.0, -0.0, 2.5, "", "x" * 20000, True)
+    spans = [record({"gen_ai.usage.input_tokens": value}) for value in values]
+    assert decoded(encoder, spans) == the_sdk_s(spans)

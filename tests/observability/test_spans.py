@@ -58,6 +58,9 @@ def test_traceparent_is_w3c_and_round_trips() -> None:
         assert header.endswith("-01" if sampled else "-00")
         assert parse_traceparent(header) == Parent(trace_id, span_id, sampled)
     assert traceparent(1, 2, True) == f"00-{'0' * 31}1-{'0' * 15}2-01"
+    for trace_id, span_id in ((1 << 128) - 1, (1 << 64) - 1), (0xABC << 100, 0xDEF << 40):
+        expected = f"00-{trace_id:032x}-{span_id:016x}-00"
+        assert traceparent(trace_id, span_id, False) == expected
 
 
 HEADERS = [
