@@ -191,8 +191,14 @@ class OtlpEncoder:
             cache = by_key.get(key)
             kind = value.__class__
             if cache is not None:
-                # By value and type (1, 1.0 and True are equal keys); a list is unhashable.
-                pair = value if kind is str else None if kind is list else (kind, value)
+                # By value and type (1, 1.0 and True are equal keys), a float by its bits
+                # (0.0 and -0.0 are equal too); a list is unhashable.
+                if kind is str:
+                    pair = value
+                elif kind is float:
+                    pair = (kind, _pack_double(value))
+                else:
+                    pair = None if kind is list else (kind, value)
                 found = cache.get(pair)
                 if found is None:
                     found = self._key_value(key, value)

@@ -39,7 +39,6 @@ MAX_QUEUE_SIZE = 2048
 MAX_BATCH_SIZE = 512
 SCHEDULE_DELAY_S = 5.0
 EXPORT_THREAD = "best-span-export"
-EXPORT_THREAD = "best-span-export"
 
 
 class Sink(Protocol):

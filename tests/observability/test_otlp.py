@@ -3,6 +3,7 @@ spans, as a collector decodes it (with opentelemetry-proto)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from hypothesis import given, settings
@@ -96,6 +97,15 @@ def test_cached_pairs_keep_their_types() -> None:
     ]
     assert decoded(encoder, spans) == the_sdk_s(spans)
     assert decoded(encoder, spans) == the_sdk_s(spans)  # now from the cache
+
+
+def test_cached_floats_keep_their_sign() -> None:
+    """0.0 and -0.0 are equal keys of a dict, not equal values to a collector."""
+    encoder = OtlpEncoder(RESOURCE.attributes, "best", REPEATED)
+    spans = [record({"gen_ai.request.temperature": value}) for value in (0.0, -0.0, -0.0, 0.0)]
+    got = decoded(encoder, spans).resource_spans[0].scope_spans[0].spans
+    signs = [math.copysign(1.0, s.attributes[0].value.double_value) for s in got]
+    assert signs == [1.0, -1.0, -1.0, 1.0]
 
 
 values = st.one_of(
