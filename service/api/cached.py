@@ -40,7 +40,7 @@ NOTHING_TO_RESERVE = Estimate(0, 0, chat=False)
 _CACHE = b"x-best-cache"
 
 
-async def through_cache(
+def through_cache(
     gw: Gateway,
     request: Request,
     token: Record | None,
@@ -49,11 +49,26 @@ async def through_cache(
     stream: bool,
     wants_usage: bool,
     miss: Miss,
-) -> Response | StreamResponse:
+) -> Awaitable[Response | StreamResponse]:
+    """The answer: from the cache, or from ``miss`` (then kept when the cache may keep it).
+    A request the cache has nothing to do with is ``miss`` itself, awaited by the caller."""
     cache = gw.cache
     plan = cache.plan(api, token, request.header(TTL_HEADER), request.header(CACHE_CONTROL), body)
     if plan is None:
-        return await miss(None)
+        return miss(None)
+    return _with_cache(gw, request, token, plan, stream, wants_usage, miss)
+
+
+async def _with_cache(
+    gw: Gateway,
+    request: Request,
+    token: Record | None,
+    plan: Plan,
+    stream: bool,
+    wants_usage: bool,
+    miss: Miss,
+) -> Response | StreamResponse:
+    cache = gw.cache
     if plan.bypass:
         _verdict(cache, request, "bypass")
         return _marked(await miss(None), b"bypass")

@@ -379,7 +379,7 @@ class Router:
                         if lost is not None:
                             call.extra_usage.append(lost)
 
-    async def complete(
+    def complete(
         self,
         call: Call,
         body: dict[str, Any],
@@ -387,12 +387,11 @@ class Router:
         embeddings: bool = False,
         api: str | None = None,
         raw: bytes | None = None,
-    ) -> Completion:
+    ) -> Awaitable[Completion]:
         """A non-streaming answer of ``api`` (default: chat, or embeddings) with failover
         (and hedging); ``raw``: the body's bytes as the client sent them."""
         api = api or (Api.EMBEDDINGS if embeddings else Api.CHAT)
-        exchange = ForwardExchange(Api(api), body, raw=raw)
-        return await self.complete_via(call, exchange, candidates)
+        return self.complete_via(call, ForwardExchange(Api(api), body, raw=raw), candidates)
 
     async def complete_via(
         self, call: Call, exchange: Exchange, candidates: list[Candidate]

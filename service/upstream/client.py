@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,17 +196,17 @@ class UpstreamClient:
                 raise
             return connection
 
-    async def post(
+    def post(
         self,
         url: str,
         headers: Mapping[str, str],
         body: bytes,
         timeout_s: float,
         first_byte_s: float | None = None,
-    ) -> UpstreamResponse:
+    ) -> Awaitable[UpstreamResponse]:
         """POST and read the whole answer within ``timeout_s``; with ``first_byte_s``, the
         status line must arrive within it (a TIMEOUT failure otherwise, the request closed)."""
-        return await self._request("POST", url, headers, body, timeout_s, first_byte_s)
+        return self._request("POST", url, headers, body, timeout_s, first_byte_s)
 
     async def open_stream(
         self, url: str, headers: Mapping[str, str], body: bytes, idle_timeout_s: float
