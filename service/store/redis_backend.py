@@ -15,7 +15,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -166,12 +166,13 @@ class RedisBackend:
             raise StoreUnreachable("not connected yet")
         return self._client
 
-    async def _script(
+    def _script(
         self, name: str, keys: list[str], args: list[Any], urgent: bool = True
-    ) -> Any:
+    ) -> Awaitable[Any]:
+        """The script call, batched (``store/batching.py``), to await."""
         if self._scripts is None:
             raise StoreUnreachable("not connected yet")
-        return await self._do(self._scripts.call(name, keys, args, urgent))
+        return self._do(self._scripts.call(name, keys, args, urgent))
 
     async def ping(self) -> None:
         client = await self._connect()

@@ -166,12 +166,14 @@ class UpstreamClient:
         route: _Route,
         headers: Mapping[str, str],
         body: bytes | None,
-        bound_s: float,
+        by: float,
     ) -> Connection:
-        """Send the request; returns the connection once the answer's headers arrived.  A
-        pooled connection that the server closed meanwhile (no byte of an answer) is replaced
-        by a new one, once."""
+        """Send the request; returns the connection once the answer's headers arrived, or
+        raises TimeoutError if they have not by ``by`` (the loop's time).  A pooled
+        connection that the server closed meanwhile (no byte of an answer) is replaced by a
+        new one, once."""
         pool = self._require_pool()
+        loop = asyncio.get_running_loop()
         head = [route.line(method), self._header_block(headers)]
         if body is not None:
             head.append(b"Content-Length: %d\r\n\r\n" % len(body))
@@ -179,13 +181,13 @@ class UpstreamClient:
         else:
             head.append(b"\r\n")
         request = b"".join(head)
-        connect_s = min(self._connect_timeout_s, bound_s)
         fresh = False
         while True:
+            connect_s = min(self._connect_timeout_s, by - loop.time())
             connection = await pool.connect(route.origin, route.proxy, connect_s, fresh)
             connection.exchange(request)
             try:
-                await connection.head()
+                await connection.head(by)
             except ConnectionFailed:
                 if connection.reused and not connection.got_bytes and not fresh:
                     fresh = True
@@ -214,11 +216,11 @@ class UpstreamClient:
         """POST and return once the status line and headers arrived; each later read of the
         body may wait at most ``idle_timeout_s``."""
         route = self._route(url)
+        by = asyncio.get_running_loop().time() + idle_timeout_s
         try:
             # Connecting, the TLS handshake and the headers together get the attempt's own
             # bound, not the client's fixed connect timeout.
-            async with asyncio.timeout(idle_timeout_s):
-                connection = await self._send("POST", route, headers, body, idle_timeout_s)
+            connection = await self._send("POST", route, headers, body, by)
         except TimeoutError:
             raise UpstreamFailure(
                 TIMEOUT, f"upstream did not answer within {idle_timeout_s:g}s"
@@ -261,18 +263,16 @@ class UpstreamClient:
         first_byte_s: float | None = None,
     ) -> UpstreamResponse:
         route = self._route(url)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = asyncio.get_running_loop().time()
         first_byte = first_byte_s is not None and 0 < first_byte_s < timeout_s
-        deadline = asyncio.timeout(first_byte_s if first_byte else timeout_s)
+        head_by = started + (first_byte_s if first_byte and first_byte_s else timeout_s)
         connection: Connection | None = None
         try:
-            async with deadline:
-                connection = await self._send(method, route, headers, body, timeout_s)
-                if first_byte:
-                    deadline.reschedule(started + timeout_s)  # the rest of the answer
-                    first_byte = False
-                answer = await connection.read()
+            # Bounded by the waits themselves (one timer per wait for bytes, rarely more than
+            # one), not by an asyncio.timeout around it all.
+            connection = await self._send(method, route, headers, body, head_by)
+            first_byte = False
+            answer = await connection.read(by=started + timeout_s)  # the rest of the answer
         except TimeoutError:
             if connection is not None:
                 connection.close()

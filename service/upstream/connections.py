@@ -217,17 +217,22 @@ class Connection(asyncio.Protocol):
         self._buffered = 0
         self._transport.write(request)
 
-    async def head(self) -> int:
-        """Wait for the status line and headers; returns the status."""
+    async def head(self, by: float | None = None) -> int:
+        """Wait for the status line and headers; returns the status.  TimeoutError if they
+        have not arrived by ``by`` (the loop's time)."""
         while not self.headers_done:
-            await self._wait()
+            await self._wait(None if by is None else by - self._loop.time())
         return self.status
 
-    async def read(self, idle_s: float | None = None) -> bytes:
+    async def read(self, idle_s: float | None = None, by: float | None = None) -> bytes:
         """The whole body (decoded when the server compressed it); each wait for more bytes
-        lasts at most ``idle_s``."""
+        lasts at most ``idle_s``, and none past ``by`` (the loop's time)."""
         while not self.complete:
-            await self._wait(idle_s)
+            wait_s = idle_s
+            if by is not None:
+                left = by - self._loop.time()
+                wait_s = left if wait_s is None else min(wait_s, left)
+            await self._wait(wait_s)
         body = b"".join(self._chunks)
         self._chunks.clear()
         self._buffered = 0
