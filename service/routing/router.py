@@ -12,6 +12,7 @@ request is over.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -47,6 +48,7 @@ from service.upstream.errors import (
 from service.upstream.usage import NOTHING_USED, Usage, read_usage
 
 log = logging.getLogger("best.router")
+_UNBOUNDED: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 # Called with the chosen candidate and its relay before a stream's first byte leaves.
 OnOpen = Callable[[Candidate, Relay], Awaitable[None]]
@@ -469,7 +471,8 @@ class Router:
             url, headers, payload = outgoing
             upstream: UpstreamStream | None = None
             limit = candidate.first_token_timeout_s
-            first_byte = asyncio.timeout(limit)
+            # An asyncio.timeout costs microseconds even unarmed: none without a limit.
+            first_byte = _UNBOUNDED if limit is None else asyncio.timeout(limit)
             try:
                 async with first_byte:
                     upstream = await self._client.open_stream(
@@ -485,7 +488,7 @@ class Router:
             except TimeoutError:
                 if upstream is not None:
                     upstream.close()
-                if not first_byte.expired():
+                if not isinstance(first_byte, asyncio.Timeout) or not first_byte.expired():
                     raise
                 raise UpstreamFailure(
                     TIMEOUT, f"upstream sent no first token within {limit:g}s"
