@@ -177,6 +177,9 @@ class Backend(Protocol):
     """Every operation is atomic on its own; none blocks the event loop."""
 
     kind: str  # "embedded", "standalone", "sentinel" or "cluster"
+    # The bound the backend itself puts on each quota call, if it has one (then the Store
+    # puts none of its own around it).
+    quota_bound_s: float | None
 
     async def ping(self) -> None: ...
 

@@ -29,6 +29,8 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisClusterException, ResponseError
 
+from service.store.backend import StoreUnreachable
+
 RedisClient = Redis | RedisCluster
 
 LAZY_S = 0.002
@@ -87,8 +89,14 @@ class _Command:
 
 
 class ScriptBatcher:
-    def __init__(self, client: RedisClient, sources: dict[str, str]) -> None:
+    """``bound_s``: a batch whose calls Redis has not answered within it (retries included)
+    fails them all with ``StoreUnreachable``; None: unbounded here."""
+
+    def __init__(
+        self, client: RedisClient, sources: dict[str, str], bound_s: float | None = None
+    ) -> None:
         self._client = client
+        self._bound_s = bound_s
         self._sources = sources
         self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in sources.items()}
         self._queue: list[QueuedCall] = []
@@ -157,15 +165,16 @@ class ScriptBatcher:
         batch, self._queue, self._flusher = self._queue, [], None
         commands = self._commands(batch)
         try:
-            results = await self._run(commands)
-            done = list(zip(commands, results, strict=True))
-            moved = [c for c, r in done if c.spread and _misrouted(r)]
-            if moved:
-                # The slot map moved under a batch of several slots: it ran nothing.  Send its
-                # calls again one slot per command; redis-py follows MOVED/ASK for those.
-                again = self._commands(batch, [p for c in moved for p in c.positions])
-                done = [(c, r) for c, r in done if c not in moved]
-                done += zip(again, await self._run(again), strict=True)
+            if self._bound_s is None:
+                done = await self._run_batch(batch, commands)
+            else:
+                try:
+                    async with asyncio.timeout(self._bound_s):
+                        done = await self._run_batch(batch, commands)
+                except TimeoutError:
+                    raise StoreUnreachable(
+                        f"no answer within {self._bound_s * 1000:.0f} ms"
+                    ) from None
         except BaseException as exc:  # hand the failure to every waiting caller
             for *_, future in batch:
                 if not future.done():
@@ -184,6 +193,21 @@ class ScriptBatcher:
                     future.set_exception(answer)
                 else:
                     future.set_result(answer)
+
+    async def _run_batch(
+        self, batch: list[QueuedCall], commands: list[_Command]
+    ) -> list[tuple[_Command, Any]]:
+        """Each command of ``batch`` with its answer."""
+        results = await self._run(commands)
+        done = list(zip(commands, results, strict=True))
+        moved = [c for c, r in done if c.spread and _misrouted(r)]
+        if moved:
+            # The slot map moved under a batch of several slots: it ran nothing.  Send its
+            # calls again one slot per command; redis-py follows MOVED/ASK for those.
+            again = self._commands(batch, [p for c in moved for p in c.positions])
+            done = [(c, r) for c, r in done if c not in moved]
+            done += zip(again, await self._run(again), strict=True)
+        return done
 
     async def _run(self, commands: list[_Command]) -> list[Any]:
         results = await self._execute(commands)

@@ -131,6 +131,7 @@ class _Budget:
 
 class MemoryBackend:
     kind = "embedded"
+    quota_bound_s: float | None = None  # answers in this process, at once
 
     def __init__(self, data_dir: Path | None = None) -> None:
         self._data_dir = data_dir

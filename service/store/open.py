@@ -26,5 +26,5 @@ def open_store(settings: Settings, metrics: Metrics) -> Store:
         sentinel_password=settings.redis_sentinel_password,
         timeout_ms=settings.store_timeout_ms,
     )
-    primary = RedisBackend(target, keys)
+    primary = RedisBackend(target, keys, quota_bound_s=timeout_s)
     return Store(primary, MemoryBackend(), keys, timeout_s=timeout_s, metrics=metrics)

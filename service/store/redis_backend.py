@@ -107,7 +107,12 @@ def _raised_in_client(exc: BaseException) -> bool:
 
 
 class RedisBackend:
-    def __init__(self, target: RedisTarget | RedisClient, keys: Keys) -> None:
+    def __init__(
+        self, target: RedisTarget | RedisClient, keys: Keys, quota_bound_s: float | None = None
+    ) -> None:
+        """``quota_bound_s``: each batch of quota calls, retries included, fails with
+        ``StoreUnreachable`` when Redis has not answered within it."""
+        self.quota_bound_s = quota_bound_s
         self._keys = keys
         self._sources = load_sources()
         self._topology: RedisTopology | None = None
@@ -124,7 +129,7 @@ class RedisBackend:
 
     def _use(self, client: RedisClient) -> None:
         self._client = client
-        self._scripts = ScriptBatcher(client, self._sources)
+        self._scripts = ScriptBatcher(client, self._sources, self.quota_bound_s)
 
     async def _connect(self) -> RedisClient:
         if self._client is not None:
