@@ -1,0 +1,167 @@
+"""CPU per request of the hot path's small choices, each measured in a loop on uvloop:
+``uv run python -m bench.choices``.
+
+Each row times what a request would do one way and the other (the least of ``REPEATS`` runs of
+``N`` calls, ``time.process_time``), so that the performance page can give every choice its
+figure.  These are floors with warm caches; the gateway's own A/B under load is
+``python -m bench`` against another checkout (``--baseline-root``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry, Histogram
+
+N = 50_000
+REPEATS = 5
+BODY: dict[str, Any] = {
+    "model": "bench-model",
+    "messages": [{"role": "user", "content": "Say hello in four words."}],
+    "max_tokens": 16,
+}
+# A coding agent's turn: a long system prompt, tool definitions and history (about 60 KB).
+AGENT_BODY: dict[str, Any] = {
+    "model": "bench-model",
+    "messages": [{"role": "system", "content": "You are a coding agent. " * 400}]
+    + [
+        {"role": "user" if i % 2 else "assistant", "content": f"Step {i}: " + "x = f(y)\n" * 300}
+        for i in range(16)
+    ],
+    "tools": [
+        {"type": "function", "function": {"name": f"tool_{i}", "parameters": {"type": "object"}}}
+        for i in range(20)
+    ],
+}
+HEADERS = {"Authorization": "Bearer sk-bench-key", "Content-Type": "application/json"}
+
+
+def _best(run: Callable[[], None]) -> float:
+    best = float("inf")
+    for _ in range(REPEATS):
+        started = time.process_time()
+        run()
+        best = min(best, (time.process_time() - started) / N)
+    return best * 1e6
+
+
+async def _best_async(step: Callable[[], Awaitable[None]]) -> float:
+    best = float("inf")
+    for _ in range(REPEATS):
+        started = time.process_time()
+        for _ in range(N):
+            await step()
+        best = min(best, (time.process_time() - started) / N)
+    return best * 1e6
+
+
+def _loop(rows: list[tuple[str, float]], name: str, fn: Callable[[], object]) -> None:
+    def run() -> None:
+        for _ in range(N):
+            fn()
+
+    rows.append((name, _best(run)))
+
+
+async def _timers(rows: list[tuple[str, float]]) -> None:
+    loop = asyncio.get_running_loop()
+
+    async def answer() -> int:
+        return 1
+
+    async def bare() -> None:
+        await answer()
+
+    async def armed() -> None:
+        async with asyncio.timeout(30):
+            await answer()
+
+    async def unarmed() -> None:
+        async with asyncio.timeout(None):
+            await answer()
+
+    async def handle() -> None:
+        timer = loop.call_later(30, lambda: None)
+        try:
+            await answer()
+        finally:
+            timer.cancel()
+
+    async def nothing() -> None:
+        async with contextlib.nullcontext():
+            await answer()
+
+    async def watcher_task() -> None:
+        waiting: asyncio.Future[None] = loop.create_future()
+
+        async def watch() -> None:
+            await waiting
+
+        task = asyncio.ensure_future(watch())
+        await asyncio.sleep(0)  # the task starts waiting, as a request's watcher does
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    for name, step in (
+        ("a request awaited bare", bare),
+        ("... inside an armed asyncio.timeout", armed),
+        ("... inside an unarmed asyncio.timeout(None)", unarmed),
+        ("... with a timer handle armed and cancelled", handle),
+        ("... inside contextlib.nullcontext", nothing),
+        ("a task per request waiting for the client to leave, started and cancelled", watcher_task),
+    ):
+        rows.append((name, await _best_async(step)))
+
+
+def main() -> int:
+    rows: list[tuple[str, float]] = []
+    try:
+        import uvloop
+
+        uvloop.run(_timers(rows))
+    except ImportError:
+        asyncio.run(_timers(rows))
+
+    registry = CollectorRegistry()
+    histogram = Histogram("bench_seconds", "a histogram", ["route", "provider"], registry=registry)
+    child = histogram.labels("chat", "json")
+    _loop(
+        rows,
+        "a labelled histogram observed, child looked up by labels",
+        lambda: histogram.labels("chat", "json").observe(0.01),
+    )
+    _loop(rows, "... child resolved once", lambda: child.observe(0.01))
+
+    encoded = "".join(f"{k}: {v}\r\n" for k, v in HEADERS.items()).encode()
+    blocks = {id(HEADERS): encoded}
+    _loop(
+        rows,
+        "an upstream header block encoded per request",
+        lambda: "".join(f"{k}: {v}\r\n" for k, v in HEADERS.items()).encode(),
+    )
+    _loop(rows, "... looked up once encoded", lambda: blocks[id(HEADERS)])
+
+    for label, body in (("the benchmark's body", BODY), ("a 60 KB agent body", AGENT_BODY)):
+        raw = orjson.dumps(body)
+        _loop(
+            rows,
+            f"{label} ({len(raw):,} B) re-serialised with the model replaced",
+            lambda b=body: orjson.dumps({**b, "model": "m"}),
+        )
+        _loop(rows, "... sent as the client's bytes", lambda r=raw: r)
+
+    width = max(len(name) for name, _ in rows)
+    print(f"CPU us per call, least of {REPEATS} runs of {N:,} (time.process_time)")
+    for name, us in rows:
+        print(f"  {name:<{width}}  {us:7.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
