@@ -31,6 +31,8 @@ SOAK_STORES = ("redis", "embedded")
 BREAKDOWN = "breakdown.json"
 BREAKDOWN_HEADING = "## Where a request's CPU goes"
 NO_BREAKDOWN = "Not measured yet: `uv run python -m bench.breakdown --write`."
+PAIRED = "paired.json"
+NO_PAIRED = "Not measured yet: `uv run python -m bench.paired`."
 
 
 def run_line(meta: dict[str, Any]) -> str:
@@ -59,8 +61,10 @@ def render_page(
     soaks: dict[str, dict[str, Any]] | None = None,
     template: str | None = None,
     breakdown: dict[str, Any] | None = None,
+    paired: dict[str, Any] | None = None,
 ) -> str:
-    """The page for ``results`` (and the soak documents, by store, and the CPU breakdown)."""
+    """The page for ``results`` (and the soak documents, by store, the CPU breakdown and the
+    features' paired costs)."""
     text = TEMPLATE.read_text() if template is None else template
     store_cost = results.get("store_cost")
     capacity = results.get("capacity")
@@ -91,6 +95,7 @@ def render_page(
         else "Not measured in this run.",
         "soak": soak_section(soaks or {}),
         "breakdown": render_breakdown(breakdown) if breakdown else NO_BREAKDOWN,
+        "paired": paired_table(paired) if paired else NO_PAIRED,
         "notes": "\n".join(["### Notes on this run", "", *extra]) if extra else "",
     }
     page = string.Template(text).substitute(sections)
@@ -109,6 +114,32 @@ def soak_documents(results_dir: Path) -> dict[str, dict[str, Any]]:
     return found
 
 
+def paired_table(document: dict[str, Any]) -> str:
+    """The markdown table of a run of ``python -m bench.paired``."""
+    meta = document["meta"]
+    lines = [
+        f"Commit `{meta['commit']}`, {meta['started_at'][:16].replace('T', ' ')} UTC, on "
+        f"{meta['cpu']}: embedded store, c={meta['connections']}, {meta['seconds']:g} s per run.",
+        "",
+        "| pair | plain / feature CPU per request | CPU µs per request, plain / feature "
+        "| req/s, plain / feature | rounds |",
+        "|---|---|---|---|---|",
+    ]
+    for row in document["rows"]:
+        lines.append(
+            f"| {row['pair']} | {row['share']:.1%} | {row['plain_cpu_us']:.0f} / "
+            f"{row['feature_cpu_us']:.0f} | {row['plain_rps']:,.0f} / {row['feature_rps']:,.0f} "
+            f"| {row['rounds']} |"
+        )
+    return "\n".join(lines)
+
+
+def paired_document(results_dir: Path) -> dict[str, Any] | None:
+    """The latest run of ``python -m bench.paired``, if there is one."""
+    path = results_dir / PAIRED
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def breakdown_document(results_dir: Path) -> dict[str, Any] | None:
     """The latest CPU breakdown (``python -m bench.breakdown``), if there is one."""
     path = results_dir / BREAKDOWN
@@ -120,7 +151,10 @@ def write_page(results: Results, results_dir: Path, docs_dir: Path) -> Path:
     path = docs_dir / "performance.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     breakdown = breakdown_document(results_dir)
-    path.write_text(render_page(results, soak_documents(results_dir), breakdown=breakdown))
+    paired = paired_document(results_dir)
+    path.write_text(
+        render_page(results, soak_documents(results_dir), breakdown=breakdown, paired=paired)
+    )
     return path
 
 
