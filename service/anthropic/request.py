@@ -46,6 +46,21 @@ def _bad(where: str, text: str) -> BadRequest:
     return BadRequest(f"{where}: {text}", param=where)
 
 
+class _Invalid(Exception):
+    """A check's failure, with its path from the value checked (``""``: that value itself).
+    The loops over messages and blocks prefix their part of the path only when one fails, so
+    a valid request formats no path at all; ``validate`` turns it into the ``BadRequest``."""
+
+    def __init__(self, where: str, text: str) -> None:
+        super().__init__(where, text)
+        self.where = where
+        self.text = text
+
+    def under(self, prefix: str) -> _Invalid:
+        """The same failure, seen from the value holding ``prefix``."""
+        return _Invalid(f"{prefix}.{self.where}" if self.where else prefix, self.text)
+
+
 # -- validation ---------------------------------------------------------------------------
 
 
@@ -64,21 +79,21 @@ def _is_number(value: Any) -> bool:
 _KINDS: dict[type, str] = {str: "a string", dict: "an object", list: "a list"}
 
 
-def _need(obj: dict[str, Any], key: str, kind: type, where: str) -> Any:
+def _need(obj: dict[str, Any], key: str, kind: type, where: str = "") -> Any:
     value = obj.get(key)
     if not isinstance(value, kind):
         required = "required, " if value is None else ""
-        raise _bad(f"{where}.{key}", f"{required}must be {_KINDS[kind]}")
+        raise _Invalid(f"{where}.{key}" if where else key, f"{required}must be {_KINDS[kind]}")
     return value
 
 
-def _check_source(block: dict[str, Any], where: str, kinds: dict[str, tuple[str, ...]]) -> None:
-    source = _need(block, "source", dict, where)
+def _check_source(block: dict[str, Any], kinds: dict[str, tuple[str, ...]]) -> None:
+    source = _need(block, "source", dict)
     kind = source.get("type")
     if kind not in kinds:
-        raise _bad(f"{where}.source.type", f"must be one of {', '.join(kinds)}")
+        raise _Invalid("source.type", f"must be one of {', '.join(kinds)}")
     for key in kinds[kind]:
-        _need(source, key, list if key == "content" else str, f"{where}.source")
+        _need(source, key, list if key == "content" else str, "source")
 
 
 _IMAGE_SOURCES = {"base64": ("media_type", "data"), "url": ("url",), "file": ("file_id",)}
@@ -91,82 +106,111 @@ _DOCUMENT_SOURCES = {
 }
 
 
-def _check_block(block: Any, where: str, role: str, nested: bool = False) -> None:
+def _check_block(block: Any, role: str, nested: bool = False) -> None:
     if not isinstance(block, dict):
-        raise _bad(where, "a content block must be an object")
+        raise _Invalid("", "a content block must be an object")
     kind = block.get("type")
     if not isinstance(kind, str):
-        raise _bad(f"{where}.type", "required, must be a string")
+        raise _Invalid("type", "required, must be a string")
     if kind == "text":
-        _need(block, "text", str, where)
+        _need(block, "text", str)
     elif kind == "image":
-        _check_source(block, where, _IMAGE_SOURCES)
+        _check_source(block, _IMAGE_SOURCES)
     elif kind == "document":
-        _check_source(block, where, _DOCUMENT_SOURCES)
+        _check_source(block, _DOCUMENT_SOURCES)
     elif kind == "search_result":
-        _need(block, "source", str, where)
-        _need(block, "title", str, where)
-        for i, part in enumerate(_need(block, "content", list, where)):
+        _need(block, "source", str)
+        _need(block, "title", str)
+        for i, part in enumerate(_need(block, "content", list)):
             if not isinstance(part, dict) or part.get("type") != "text":
-                raise _bad(f"{where}.content.{i}", "must be a text block")
-            _need(part, "text", str, f"{where}.content.{i}")
+                raise _Invalid(f"content.{i}", "must be a text block")
+            _need(part, "text", str, f"content.{i}")
     elif nested:
-        raise _bad(f"{where}.type", "a tool result holds text, image, document or search_result")
+        raise _Invalid("type", "a tool result holds text, image, document or search_result")
     elif kind == "tool_use":
         if role != "assistant":
-            raise _bad(f"{where}.type", "tool_use blocks belong in assistant messages")
-        _need(block, "id", str, where)
-        _need(block, "name", str, where)
-        _need(block, "input", dict, where)
+            raise _Invalid("type", "tool_use blocks belong in assistant messages")
+        _need(block, "id", str)
+        _need(block, "name", str)
+        _need(block, "input", dict)
     elif kind == "tool_result":
         if role != "user":
-            raise _bad(f"{where}.type", "tool_result blocks belong in user messages")
-        _need(block, "tool_use_id", str, where)
+            raise _Invalid("type", "tool_result blocks belong in user messages")
+        _need(block, "tool_use_id", str)
         content = block.get("content")
         if isinstance(content, list):
-            for i, part in enumerate(content):
-                _check_block(part, f"{where}.content.{i}", role, nested=True)
+            try:
+                _check_blocks(content, role, nested=True)
+            except _Invalid as failure:
+                raise failure.under("content") from None
         elif content is not None and not isinstance(content, str):
-            raise _bad(f"{where}.content", "must be a string or a list of blocks")
+            raise _Invalid("content", "must be a string or a list of blocks")
         if block.get("is_error") is not None and not isinstance(block["is_error"], bool):
-            raise _bad(f"{where}.is_error", "must be a boolean")
+            raise _Invalid("is_error", "must be a boolean")
     elif kind == "thinking":
-        _need(block, "thinking", str, where)
+        _need(block, "thinking", str)
     elif kind == "redacted_thinking":
-        _need(block, "data", str, where)
+        _need(block, "data", str)
     elif kind not in _ANTHROPIC_ONLY_BLOCKS and not kind.endswith(_SERVER_RESULT_SUFFIX):
-        raise _bad(f"{where}.type", f"unknown content block type {kind!r}")
+        raise _Invalid("type", f"unknown content block type {kind!r}")
 
 
-def _check_content(content: Any, where: str, role: str) -> None:
+def _check_blocks(blocks: list[Any], role: str, nested: bool = False) -> None:
+    for i, block in enumerate(blocks):
+        try:
+            _check_block(block, role, nested)
+        except _Invalid as failure:
+            raise failure.under(str(i)) from None
+
+
+def _check_content(content: Any, role: str) -> None:
     if isinstance(content, str):
         return
     if not isinstance(content, list):
-        raise _bad(where, "must be a string or a list of content blocks")
-    for i, block in enumerate(content):
-        _check_block(block, f"{where}.{i}", role)
+        raise _Invalid("", "must be a string or a list of content blocks")
+    _check_blocks(content, role)
+
+
+def _check_message(message: Any) -> None:
+    if not isinstance(message, dict):
+        raise _Invalid("", "a message must be an object")
+    role = message.get("role")
+    if role not in ("user", "assistant"):
+        raise _Invalid("role", "must be user or assistant")
+    if "content" not in message:
+        raise _Invalid("content", "required")
+    try:
+        _check_content(message["content"], role)
+    except _Invalid as failure:
+        raise failure.under("content") from None
 
 
 def _check_tools(tools: Any) -> None:
     if not isinstance(tools, list):
-        raise _bad("tools", "must be a list")
+        raise _Invalid("tools", "must be a list")
     for i, tool in enumerate(tools):
-        where = f"tools.{i}"
-        if not isinstance(tool, dict):
-            raise _bad(where, "a tool must be an object")
-        _need(tool, "name", str, where)
-        if tool.get("type") in (None, "custom"):
-            _need(tool, "input_schema", dict, where)
+        try:
+            _check_tool(tool)
+        except _Invalid as failure:
+            raise failure.under(f"tools.{i}") from None
+
+
+def _check_tool(tool: Any) -> None:
+    if not isinstance(tool, dict):
+        raise _Invalid("", "a tool must be an object")
+    _need(tool, "name", str)
+    if tool.get("type") in (None, "custom"):
+        _need(tool, "input_schema", dict)
 
 
 def _check_tool_choice(choice: Any) -> None:
     if not isinstance(choice, dict) or choice.get("type") not in ("auto", "any", "tool", "none"):
-        raise _bad("tool_choice.type", "must be one of auto, any, tool, none")
+        raise _Invalid("tool_choice.type", "must be one of auto, any, tool, none")
     if choice["type"] == "tool":
         _need(choice, "name", str, "tool_choice")
     parallel = choice.get("disable_parallel_tool_use")
     if parallel is not None and not isinstance(parallel, bool):
-        raise _bad("tool_choice.disable_parallel_tool_use", "must be a boolean")
+        raise _Invalid("tool_choice.disable_parallel_tool_use", "must be a boolean")
 
 
 def _check_thinking(thinking: Any) -> None:
@@ -175,38 +219,39 @@ def _check_thinking(thinking: Any) -> None:
         "disabled",
         "adaptive",
     ):
-        raise _bad("thinking.type", "must be one of enabled, disabled, adaptive")
+        raise _Invalid("thinking.type", "must be one of enabled, disabled, adaptive")
     if thinking["type"] == "enabled" and not _is_positive_int(thinking.get("budget_tokens")):
-        raise _bad("thinking.budget_tokens", "required, must be a positive integer")
+        raise _Invalid("thinking.budget_tokens", "required, must be a positive integer")
 
 
 def _check_optional(body: dict[str, Any]) -> None:
     for key in ("temperature", "top_p"):
         if body.get(key) is not None and not _is_number(body[key]):
-            raise _bad(key, "must be a number")
+            raise _Invalid(key, "must be a number")
     if body.get("top_k") is not None and not _is_int(body["top_k"]):
-        raise _bad("top_k", "must be an integer")
+        raise _Invalid("top_k", "must be an integer")
     if "stream" in body and not isinstance(body["stream"], bool):
-        raise _bad("stream", "must be a boolean")
+        raise _Invalid("stream", "must be a boolean")
     stops = body.get("stop_sequences")
     if stops is not None and (
         not isinstance(stops, list) or not all(isinstance(s, str) for s in stops)
     ):
-        raise _bad("stop_sequences", "must be a list of strings")
+        raise _Invalid("stop_sequences", "must be a list of strings")
     metadata = body.get("metadata")
     if metadata is not None:
         if not isinstance(metadata, dict):
-            raise _bad("metadata", "must be an object")
+            raise _Invalid("metadata", "must be an object")
         if metadata.get("user_id") is not None and not isinstance(metadata["user_id"], str):
-            raise _bad("metadata.user_id", "must be a string")
+            raise _Invalid("metadata.user_id", "must be a string")
     system = body.get("system")
     if system is not None and not isinstance(system, str):
         if not isinstance(system, list):
-            raise _bad("system", "must be a string or a list of text blocks")
+            raise _Invalid("system", "must be a string or a list of text blocks")
         for i, block in enumerate(system):
             if not isinstance(block, dict) or block.get("type") != "text":
-                raise _bad(f"system.{i}", "must be a text block")
-            _need(block, "text", str, f"system.{i}")
+                raise _Invalid(f"system.{i}", "must be a text block")
+            if not isinstance(block.get("text"), str):
+                _need(block, "text", str, f"system.{i}")  # raises, with the path
     checks: tuple[tuple[str, Callable[[Any], None]], ...] = (
         ("tools", _check_tools),
         ("tool_choice", _check_tool_choice),
@@ -220,25 +265,27 @@ def _check_optional(body: dict[str, Any]) -> None:
 def validate(body: Any) -> None:
     """Raises ``BadRequest`` (its message and ``param`` name the field, e.g.
     ``messages.2.content.0.text``) for a body that is not a Messages request."""
+    try:
+        _check_request(body)
+    except _Invalid as failure:
+        raise _bad(failure.where, failure.text) from None
+
+
+def _check_request(body: Any) -> None:
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.")
     if not isinstance(body.get("model"), str):
-        raise _bad("model", "required, must be a string")
+        raise _Invalid("model", "required, must be a string")
     if not _is_positive_int(body.get("max_tokens")):
-        raise _bad("max_tokens", "required, must be a positive integer")
+        raise _Invalid("max_tokens", "required, must be a positive integer")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise _bad("messages", "required, must be a non-empty list")
+        raise _Invalid("messages", "required, must be a non-empty list")
     for i, message in enumerate(messages):
-        where = f"messages.{i}"
-        if not isinstance(message, dict):
-            raise _bad(where, "a message must be an object")
-        role = message.get("role")
-        if role not in ("user", "assistant"):
-            raise _bad(f"{where}.role", "must be user or assistant")
-        if "content" not in message:
-            raise _bad(f"{where}.content", "required")
-        _check_content(message["content"], f"{where}.content", role)
+        try:
+            _check_message(message)
+        except _Invalid as failure:
+            raise failure.under(f"messages.{i}") from None
     _check_optional(body)
 
 
