@@ -299,6 +299,13 @@ def notes(results: Results) -> list[str]:
     out: list[str] = [f"- {line}" for line in jwt_lines(results)]
     derived = derive(results)
     for target in _targets(results):
+        cached = target.get("rss_cache_bytes")
+        if cached:
+            out.append(
+                f"- {target['label']}: RSS {cached / 2**20:.0f} MiB after the response cache's "
+                "rows too (an embedded store keeps the cached answers in the process, up to "
+                "`CACHE_MAX_BYTES`)."
+            )
         for kind in KINDS:
             share = derived[target["name"]][kind]["vs_direct"]
             if target["name"] != "direct" and share is not None and share > 0.5:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.capacity import run_capacity
-from bench.loadgen import WrkResult, render_script, request_body, run_wrk
+from bench.loadgen import CACHE_KINDS, WrkResult, render_script, request_body, run_wrk
 from bench.procs import HELPER_CORE, SUT_CORE, CpuMeter, Proc, free_port, tree_rss_bytes
 from bench.storecost import StoreCost, run_store_cost
 from bench.targets import (
@@ -75,7 +75,8 @@ class TargetResult:
     label: str
     status: str  # "ok", "skipped" or "failed"
     message: str | None = None
-    rss_bytes: int | None = None
+    rss_bytes: int | None = None  # after the JSON and SSE load
+    rss_cache_bytes: int | None = None  # after the response cache's rows too
     kinds: dict[str, KindResult] = field(default_factory=dict)
 
 
@@ -110,11 +111,14 @@ def _describe(result: WrkResult) -> str:
 
 
 def measure(target: Target, settings: Settings, scripts_dir: Path) -> TargetResult:
-    """Check, warm up, validate and sweep one running target; RSS after the load."""
+    """Check, warm up, validate and sweep one running target; RSS after the load (and again
+    after the response cache's rows, which fill an embedded cache with answers)."""
     result = TargetResult(target.name, target.label, "ok")
     for kind in settings.kinds:
         if kind not in target.urls:
             continue  # the response cache's rows are the gateway's alone
+        if kind in CACHE_KINDS and result.rss_bytes is None and target.proc is not None:
+            result.rss_bytes = tree_rss_bytes(target.proc.pid)
         kind_result = KindResult()
         result.kinds[kind] = kind_result
         problem = check_target(target, kind, request_body(kind))
@@ -157,8 +161,15 @@ def measure(target: Target, settings: Settings, scripts_dir: Path) -> TargetResu
                 result.message = kind_result.crash
                 return result
     if target.proc is not None:
-        result.rss_bytes = tree_rss_bytes(target.proc.pid)
-        log(f"{target.name}: RSS after load {result.rss_bytes / 2**20:.1f} MiB")
+        rss = tree_rss_bytes(target.proc.pid)
+        if result.rss_bytes is None:
+            result.rss_bytes = rss
+        else:
+            result.rss_cache_bytes = rss
+        log(
+            f"{target.name}: RSS {result.rss_bytes / 2**20:.1f} MiB after load, "
+            f"{rss / 2**20:.1f} MiB at the end"
+        )
     return result
 
 
@@ -432,6 +443,7 @@ def _target_dict(result: TargetResult) -> dict[str, object]:
         "status": result.status,
         "message": result.message,
         "rss_bytes": result.rss_bytes,
+        "rss_cache_bytes": result.rss_cache_bytes,
         "kinds": {
             kind: {
                 "check": kind_result.check,
