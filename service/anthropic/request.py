@@ -224,6 +224,12 @@ def _check_thinking(thinking: Any) -> None:
         raise _Invalid("thinking.budget_tokens", "required, must be a positive integer")
 
 
+def _check_system_block(block: Any) -> None:
+    if not isinstance(block, dict) or block.get("type") != "text":
+        raise _Invalid("", "must be a text block")
+    _need(block, "text", str)
+
+
 def _check_optional(body: dict[str, Any]) -> None:
     for key in ("temperature", "top_p"):
         if body.get(key) is not None and not _is_number(body[key]):
@@ -248,10 +254,10 @@ def _check_optional(body: dict[str, Any]) -> None:
         if not isinstance(system, list):
             raise _Invalid("system", "must be a string or a list of text blocks")
         for i, block in enumerate(system):
-            if not isinstance(block, dict) or block.get("type") != "text":
-                raise _Invalid(f"system.{i}", "must be a text block")
-            if not isinstance(block.get("text"), str):
-                _need(block, "text", str, f"system.{i}")  # raises, with the path
+            try:
+                _check_system_block(block)
+            except _Invalid as failure:
+                raise failure.under(f"system.{i}") from None
     checks: tuple[tuple[str, Callable[[Any], None]], ...] = (
         ("tools", _check_tools),
         ("tool_choice", _check_tool_choice),
