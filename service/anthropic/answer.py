@@ -66,13 +66,15 @@ def usage(reported: Any) -> dict[str, int]:
     ``cache_creation_input_tokens``, 0 when not reported)."""
     if not isinstance(reported, dict):
         reported = {}
+    read = written = 0
     details = reported.get("prompt_tokens_details")
-    if not isinstance(details, dict):
-        details = {}
-    read = _count(details.get("cached_tokens")) or _count(reported.get("prompt_cache_hit_tokens"))
-    written = _count(details.get("cache_write_tokens")) or _count(
-        reported.get("cache_creation_input_tokens")
-    )
+    if details and isinstance(details, dict):
+        read = _count(details.get("cached_tokens"))
+        written = _count(details.get("cache_write_tokens"))
+    if not read and "prompt_cache_hit_tokens" in reported:
+        read = _count(reported["prompt_cache_hit_tokens"])
+    if not written and "cache_creation_input_tokens" in reported:
+        written = _count(reported["cache_creation_input_tokens"])
     return {
         "input_tokens": max(_count(reported.get("prompt_tokens")) - read - written, 0),
         "output_tokens": _count(reported.get("completion_tokens")),

@@ -35,7 +35,7 @@ from service.api.http import (
 from service.apis import Api
 from service.gateway import Gateway
 from service.quotas.limits import Estimate, Record, anthropic_rate_headers
-from service.routing.messages import MessagesExchange, is_native, native_count
+from service.routing.messages import MessagesExchange, is_native, native_count, needs_chat
 from service.routing.router import Call, Completion, OnOpen
 from service.routing.table import AUTO
 from service.types import Headers
@@ -87,7 +87,7 @@ async def _create(
     need = Estimate(prompt, cap if isinstance(cap, int) else None)
     candidates = gw.router.candidates(model, MESSAGES)
     # Translated before the admission: content chat cannot carry is the client's 400.
-    chat = None if all(is_native(c) for c in candidates) else to_chat(body)
+    chat = to_chat(body) if needs_chat(candidates) else None
     call, candidates = await open_call(gw, request, token, model, need, MESSAGES, candidates)
     exchange = MessagesExchange(
         body,

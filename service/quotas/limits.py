@@ -4,6 +4,7 @@ request reserves, and OpenAI's rate-limit headers."""
 from __future__ import annotations
 
 import functools
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -189,38 +190,38 @@ def rate_limit_headers(
     return headers
 
 
-# OpenAI's rate-limit header -> Anthropic's name for the same figure.
+# OpenAI's rate-limit header -> Anthropic's name for the same figure, and whether it is a
+# reset (a duration there, an RFC 3339 time here).
 _ANTHROPIC_NAMES = {
-    b"x-ratelimit-limit-requests": b"anthropic-ratelimit-requests-limit",
-    b"x-ratelimit-remaining-requests": b"anthropic-ratelimit-requests-remaining",
-    b"x-ratelimit-reset-requests": b"anthropic-ratelimit-requests-reset",
-    b"x-ratelimit-limit-tokens": b"anthropic-ratelimit-tokens-limit",
-    b"x-ratelimit-remaining-tokens": b"anthropic-ratelimit-tokens-remaining",
-    b"x-ratelimit-reset-tokens": b"anthropic-ratelimit-tokens-reset",
+    b"x-ratelimit-limit-requests": (b"anthropic-ratelimit-requests-limit", False),
+    b"x-ratelimit-remaining-requests": (b"anthropic-ratelimit-requests-remaining", False),
+    b"x-ratelimit-reset-requests": (b"anthropic-ratelimit-requests-reset", True),
+    b"x-ratelimit-limit-tokens": (b"anthropic-ratelimit-tokens-limit", False),
+    b"x-ratelimit-remaining-tokens": (b"anthropic-ratelimit-tokens-remaining", False),
+    b"x-ratelimit-reset-tokens": (b"anthropic-ratelimit-tokens-reset", True),
 }
 
 
 def anthropic_rate_headers(headers: Headers, now: float) -> Headers:
     """The ``x-ratelimit-*`` among ``headers`` under Anthropic's names (``anthropic-ratelimit-
     requests-limit`` ...); a reset is an RFC 3339 time there, not a duration."""
+    second = int(now)
     renamed: Headers = []
     for name, value in headers:
-        anthropic = _ANTHROPIC_NAMES.get(name)
-        if anthropic is None:
-            continue
-        if anthropic.endswith(b"-reset"):
-            value = _rfc3339(int(now + _seconds(value)))
-        renamed.append((anthropic, value))
+        named = _ANTHROPIC_NAMES.get(name)
+        if named is not None:
+            anthropic, reset = named
+            renamed.append((anthropic, _reset_at(value, second) if reset else value))
     return renamed
 
 
-@functools.lru_cache(maxsize=64)
-def _seconds(duration: bytes) -> float:
-    """A reset as ``_duration`` wrote it, in seconds."""
-    return float(duration.rstrip(b"s") or 0)
-
-
 @functools.lru_cache(maxsize=256)
+def _reset_at(duration: bytes, second: int) -> bytes:
+    """The time a reset ``duration`` (as ``_duration`` wrote it) after Unix ``second`` ends,
+    rounded up to the second; the few resets of each second are formatted once."""
+    return _rfc3339(second + math.ceil(float(duration.rstrip(b"s") or 0)))
+
+
 def _rfc3339(second: int) -> bytes:
-    """A Unix second as RFC 3339 in UTC; the few resets of each second are formatted once."""
+    """A Unix second as RFC 3339 in UTC."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second)).encode()

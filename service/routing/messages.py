@@ -37,6 +37,15 @@ def is_native(candidate: Candidate) -> bool:
     return Api.MESSAGES in candidate.apis
 
 
+def needs_chat(candidates: list[Candidate]) -> bool:
+    """Some candidate is tried in chat completions (the request is translated)."""
+    # A loop, not any(<generator>): no generator object per request.
+    for candidate in candidates:  # noqa: SIM110
+        if Api.MESSAGES not in candidate.apis:
+            return True
+    return False
+
+
 class MessagesExchange:
     """Attempts of one Messages request: ``body`` as the client sent it, ``chat`` its
     translation (made on first use when None), ``model`` the name it asked for; ``version``
