@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 Scope = MutableMapping[str, Any]  # as the ASGI spec (and Starlette) type them
@@ -33,3 +33,36 @@ class Disconnect:
         callback, self.callback = self.callback, None
         if callback is not None:
             callback()
+
+
+class HeadersPlus(Mapping[str, str]):
+    """An upstream request's headers: a mapping shared by many requests (a provider's, which
+    the upstream client encodes once) plus a few of this request's own (a traced attempt's
+    ``traceparent``), encoded each time.  Made by ``headers_plus``: ``own`` names no header
+    of ``base``."""
+
+    __slots__ = ("base", "own")
+
+    def __init__(self, base: Mapping[str, str], own: dict[str, str]) -> None:
+        self.base = base
+        self.own = own
+
+    def __getitem__(self, name: str) -> str:
+        value = self.own.get(name)
+        return self.base[name] if value is None else value
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.base
+        yield from self.own
+
+    def __len__(self) -> int:
+        return len(self.base) + len(self.own)
+
+
+def headers_plus(base: Mapping[str, str], own: dict[str, str]) -> Mapping[str, str]:
+    """``base`` with ``own`` added, ``own`` winning; a ``HeadersPlus`` unless they share a
+    name (a provider configured with one of the request's own headers)."""
+    for name in own:
+        if name in base:
+            return {**base, **own}
+    return HeadersPlus(base, own)

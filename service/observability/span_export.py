@@ -109,14 +109,18 @@ class SpanQueue:
 
     def _run(self) -> None:
         while not self._stopping:
-            self._wake.wait(self._delay_s)
+            full = self._wake.wait(self._delay_s)
             self._wake.clear()
             with self._lock:
-                self._export_queued()
+                # Woken by a full batch: whole batches only.  The spans that arrive while
+                # one is exported wait for the next full batch or the delay, instead of
+                # leaving at once in a small batch each (one POST per few spans under load).
+                self._export_queued(whole_batches_only=full)
 
-    def _export_queued(self) -> None:
+    def _export_queued(self, whole_batches_only: bool = False) -> None:
         queue = self._queue
-        while queue:
+        least = self._batch_size if whole_batches_only else 1
+        while len(queue) >= least:
             batch = [queue.popleft() for _ in range(min(self._batch_size, len(queue)))]
             try:
                 exported = self._sink.export(batch)

@@ -61,6 +61,7 @@ from service.observability.spans import (
     traceparent,
 )
 from service.prices import PICO_PER_USD, Prices
+from service.types import headers_plus
 from service.upstream.usage import Usage
 
 log = logging.getLogger("best.tracing")
@@ -251,9 +252,10 @@ class Tracing:
         number: int,
     ) -> AttemptSpan:
         span_id = getrandbits(64) or new_span_id()
-        sent = {**headers, "traceparent": traceparent(trace.trace_id, span_id, trace.sampled)}
+        own = {"traceparent": traceparent(trace.trace_id, span_id, trace.sampled)}
         if trace.trace_state:
-            sent["tracestate"] = trace.trace_state
+            own["tracestate"] = trace.trace_state
+        sent = headers_plus(headers, own)
         if not trace.sampled:
             return AttemptSpan(self, trace, span_id, "", {}, sent)
         name, fixed = self._upstream(api, provider, model, url)

@@ -21,6 +21,7 @@ from service.routing.anthropic_events import NativeEventRelay, chat_usage, check
 from service.routing.exchange import Outgoing, UsableAnswer, usable_json
 from service.routing.relay import Relay, StreamRelay
 from service.routing.table import Candidate
+from service.types import headers_plus
 from service.upstream.client import UpstreamClient, UpstreamResponse, UpstreamStream
 from service.upstream.errors import (
     STREAM_AS_JSON_INVALID,
@@ -74,7 +75,9 @@ class MessagesExchange:
     def request(self, candidate: Candidate) -> Outgoing:
         if is_native(candidate):
             payload = orjson.dumps({**self.body, "model": candidate.model})
-            headers = {**candidate.messages_headers, **native_headers(self._version, self._beta)}
+            headers = headers_plus(
+                candidate.messages_headers, native_headers(self._version, self._beta)
+            )
             return candidate.urls[Api.MESSAGES], headers, payload
         chat = self._chat
         if chat is None:
@@ -142,7 +145,7 @@ async def native_count(
     """``POST {base_url}/messages/count_tokens`` at a native provider: its count, or None
     when it cannot tell (any failure: the caller falls back to the estimate)."""
     url = candidate.urls[Api.MESSAGES] + "/count_tokens"
-    headers = {**candidate.messages_headers, **native_headers(version, beta)}
+    headers = headers_plus(candidate.messages_headers, native_headers(version, beta))
     payload = orjson.dumps({**body, "model": candidate.model})
     try:
         response = await client.request("POST", url, headers, payload, timeout_s)

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from service.types import HeadersPlus
 from service.upstream.connections import (
     Connection,
     ConnectionFailed,
@@ -100,6 +101,13 @@ class UpstreamStream:
         self._pool.release(self._connection, self._route.origin, self._route.proxy)
 
 
+def _lines(headers: Mapping[str, str]) -> bytes:
+    return b"".join(
+        b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
+        for name, value in headers.items()
+    )
+
+
 class UpstreamClient:
     """A pooled HTTP client shared by every request of the process."""
 
@@ -120,14 +128,14 @@ class UpstreamClient:
 
     def _header_block(self, headers: Mapping[str, str]) -> bytes:
         """``headers`` as HTTP/1.1 header lines, encoded once per mapping: a candidate's
-        headers are one mapping for the life of the configuration."""
+        headers are one mapping for the life of the configuration.  A ``HeadersPlus`` is its
+        base's lines (encoded once) and its own (each time)."""
+        if type(headers) is HeadersPlus:
+            return self._header_block(headers.base) + _lines(headers.own)
         found = self._encoded.get(id(headers))
         if found is not None and found[0] is headers:
             return found[1]
-        block = b"".join(
-            b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
-            for name, value in headers.items()
-        )
+        block = _lines(headers)
         if len(self._encoded) >= _ENCODED_MAX:
             self._encoded.clear()
         # The mapping is kept with its bytes, so its id cannot name another mapping meanwhile.

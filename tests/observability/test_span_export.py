@@ -79,6 +79,27 @@ def test_a_full_queue_drops_spans_counts_them_and_logs_once(
     assert sink.shut
 
 
+
+def test_spans_ended_during_an_export_wait_for_a_whole_batch() -> None:
+    gate = threading.Event()
+    sink = Sink(gate)
+    queue = SpanQueue(sink, max_size=100, batch_size=4, delay_s=60)
+    for number in range(4):
+        queue.put(span(number))  # a full batch wakes the thread, held in its export
+    assert sink.entered.wait(10)
+    for number in range(4, 11):
+        queue.put(span(number))  # 7 more meanwhile: one whole batch and 3 left over
+    gate.set()
+    # The thread sends the whole batch, and keeps the 3 for a full batch or the delay.
+    for _ in range(100):
+        if len(sink.batches) == 2:
+            break
+        threading.Event().wait(0.01)
+    threading.Event().wait(0.05)
+    assert [len(batch) for batch in sink.batches] == [4, 4]
+    queue.shutdown()
+    assert [len(batch) for batch in sink.batches] == [4, 4, 3]
+
 def test_spans_are_exported_after_the_delay_without_a_flush() -> None:
     sink = Sink()
     queue = SpanQueue(sink, max_size=100, batch_size=50, delay_s=0.05)

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from service.types import HeadersPlus, headers_plus
 from service.upstream.client import UpstreamClient
 from service.upstream.errors import TIMEOUT, UpstreamFailure
 
@@ -44,6 +45,23 @@ def test_proxy_choice_is_cached_per_url(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("HTTPS_PROXY", "http://late.proxy:1")
     assert _proxy(client, "https://api.example/v1/chat/completions") is None
     assert _proxy(client, "https://other.example/v1/embeddings") == "late.proxy:1"
+
+
+def test_a_requests_own_headers_go_with_the_shared_ones_encoded_once() -> None:
+    client = UpstreamClient()
+    shared = {"authorization": "Bearer k", "x-team": "a"}
+    own = headers_plus(shared, {"traceparent": "00-1-2-01"})
+    assert isinstance(own, HeadersPlus) and dict(own) == {**shared, "traceparent": "00-1-2-01"}
+    assert client._header_block(own) == (
+        b"authorization: Bearer k\r\nx-team: a\r\ntraceparent: 00-1-2-01\r\n"
+    )
+    assert client._header_block(headers_plus(shared, {"traceparent": "00-3-4-01"})).endswith(
+        b"traceparent: 00-3-4-01\r\n"
+    )
+    assert list(client._encoded) == [id(shared)]  # the per-request mappings are not kept
+    # A provider configured with one of the request's own headers: the request's wins, once.
+    clash = headers_plus({"traceparent": "configured", "x": "1"}, {"traceparent": "mine"})
+    assert client._header_block(clash) == b"traceparent: mine\r\nx: 1\r\n"
 
 
 class _SilentServer:
