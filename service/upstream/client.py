@@ -131,7 +131,10 @@ class UpstreamClient:
         headers are one mapping for the life of the configuration.  A ``HeadersPlus`` is its
         base's lines (encoded once) and its own (each time)."""
         if type(headers) is HeadersPlus:
-            return self._header_block(headers.base) + _lines(headers.own)
+            block = self._header_block(headers.base)
+            for name, value in headers.own.items():
+                block += b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
+            return block
         found = self._encoded.get(id(headers))
         if found is not None and found[0] is headers:
             return found[1]
