@@ -12,11 +12,11 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Security
 from fastapi import Request as FastAPIRequest
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 
 from service import errors
-from service.api.auth import require_admin, require_token
+from service.api.auth import require_admin, require_api_key, require_token
 from service.api.http import Request, parse_json
 from service.api.ops_errors import invalid_request
 from service.gateway import Gateway
@@ -29,6 +29,13 @@ B = TypeVar("B", bound=BaseModel)
 
 # Documents the bearer scheme in the OpenAPI document; the check itself is require_*.
 bearer_scheme = HTTPBearer(auto_error=False, description="a gateway token, or an admin token")
+# Anthropic's clients send the token in x-api-key (or as a bearer); the check is require_api_key.
+api_key_scheme = APIKeyHeader(
+    name="x-api-key",
+    scheme_name="ApiKey",
+    auto_error=False,
+    description="a gateway token, as Anthropic's clients send it (Anthropic's routes only)",
+)
 
 
 def gateway(request: FastAPIRequest) -> Gateway:
@@ -38,11 +45,19 @@ def gateway(request: FastAPIRequest) -> Gateway:
 
 GatewayDep = Annotated[Gateway, Depends(gateway)]
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)]
+ApiKey = Annotated[str | None, Security(api_key_scheme)]
 
 
 async def token_caller(request: FastAPIRequest, gw: GatewayDep, _: Bearer) -> Record | None:
     """The caller's token record on token routes (None when auth is off)."""
     return await require_token(gw, Request(request.scope, request.receive))
+
+
+async def api_key_caller(
+    request: FastAPIRequest, gw: GatewayDep, _: Bearer, __: ApiKey
+) -> Record | None:
+    """The caller's token record on Anthropic's routes: ``x-api-key``, else a bearer."""
+    return await require_api_key(gw, Request(request.scope, request.receive))
 
 
 def admin_caller(request: FastAPIRequest, gw: GatewayDep, _: Bearer) -> None:

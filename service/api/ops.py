@@ -22,9 +22,11 @@ from service.api.schemas import ErrorBody
 from service.errors import GatewayError
 from service.gateway import Gateway
 
-DESCRIPTION = """OpenAI-compatible LLM gateway. Chat, embeddings, responses and completions
-are served by a plain ASGI edge for speed; this document describes them too. Every error is
-`{"error": {"message", "type", "param", "code"}}`."""
+DESCRIPTION = """OpenAI-compatible LLM gateway, which speaks Anthropic's Messages API too.
+Chat, embeddings, responses, completions and messages are served by a plain ASGI edge for
+speed; this document describes them too. Every error is `{"error": {"message", "type",
+"param", "code"}}`, except on Anthropic's routes (`/v1/messages*`): `{"type": "error",
+"error": {"type", "message"}}`."""
 
 
 def create_ops_app(gateway: Gateway) -> FastAPI:
@@ -63,7 +65,8 @@ def create_ops_app(gateway: Gateway) -> FastAPI:
                     title=app.title,
                     version=app.version,
                     description=app.description,
-                    routes=app.routes,
+                    # Anthropic's routes are in the document, not in the app's router.
+                    routes=[*app.routes, *hot_routes.anthropic_router.routes],
                 )
             )
         return app.openapi_schema

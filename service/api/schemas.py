@@ -517,3 +517,315 @@ class TextCompletion(Answer):
     model: str
     choices: list[dict[str, Any]]
     usage: dict[str, Any] | None = None
+
+
+# -- Anthropic's Messages API (documentation; validated by hand in service.anthropic.request) --
+#
+# The request models hold the fields the gateway checks, as it checks them (null included
+# where it takes null); every other field (a tool's description, a thinking block's
+# signature, cache_control...) passes unchecked, and a native provider's refusal is relayed.
+# Blocks of Anthropic's server tools (server_tool_use, web_search_tool_result...) pass
+# through to a native provider and are not listed.
+
+# Integers up to MAX_INT, the bound of the OpenAI routes (the Messages check does not hold
+# to it yet: it takes any integer orjson reads as one, up to 2**64 - 1).
+PositiveCount = Annotated[int, Field(ge=1, le=MAX_INT)]
+SignedCount = Annotated[int, Field(ge=-MAX_INT, le=MAX_INT)]
+
+
+class TextBlockParam(Answer):
+    type: Literal["text"]
+    text: str
+
+
+class Base64Source(Answer):
+    type: Literal["base64"]
+    media_type: str
+    data: str
+
+
+class UrlSource(Answer):
+    type: Literal["url"]
+    url: str
+
+
+class FileSource(Answer):
+    type: Literal["file"]
+    file_id: str = Field(description="the Files API's id")
+
+
+class PlainTextSource(Answer):
+    type: Literal["text"]
+    data: str
+
+
+class ImageBlockParam(Answer):
+    """An image from the Files API reaches a native provider only (a translation refuses it)."""
+
+    type: Literal["image"]
+    source: Annotated[Base64Source | UrlSource | FileSource, Field(discriminator="type")]
+
+
+class BlocksSource(Answer):
+    type: Literal["content"]
+    content: list[Annotated[TextBlockParam | ImageBlockParam, Field(discriminator="type")]]
+
+
+class DocumentBlockParam(Answer):
+    """A document by URL or from the Files API reaches a native provider only (a translation
+    refuses it)."""
+
+    type: Literal["document"]
+    source: Annotated[
+        Base64Source | PlainTextSource | BlocksSource | UrlSource | FileSource,
+        Field(discriminator="type"),
+    ]
+
+
+class SearchResultBlockParam(Answer):
+    type: Literal["search_result"]
+    source: str
+    title: str
+    content: list[TextBlockParam]
+
+
+class ToolUseBlockParam(Answer):
+    type: Literal["tool_use"]
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+ToolResultPart = Annotated[
+    TextBlockParam | ImageBlockParam | DocumentBlockParam | SearchResultBlockParam,
+    Field(discriminator="type"),
+]
+
+
+class ToolResultBlockParam(Answer):
+    type: Literal["tool_result"]
+    tool_use_id: str
+    content: str | list[ToolResultPart] | None = None
+    is_error: bool | None = None
+
+
+class ThinkingBlockParam(Answer):
+    type: Literal["thinking"]
+    thinking: str
+
+
+class RedactedThinkingBlockParam(Answer):
+    type: Literal["redacted_thinking"]
+    data: str
+
+
+class UserMessage(Answer):
+    role: Literal["user"]
+    content: (
+        str
+        | list[
+            Annotated[
+                TextBlockParam
+                | ImageBlockParam
+                | DocumentBlockParam
+                | SearchResultBlockParam
+                | ToolResultBlockParam,
+                Field(discriminator="type"),
+            ]
+        ]
+    )
+
+
+class AssistantMessage(Answer):
+    role: Literal["assistant"]
+    content: (
+        str
+        | list[
+            Annotated[
+                TextBlockParam
+                | ToolUseBlockParam
+                | ThinkingBlockParam
+                | RedactedThinkingBlockParam,
+                Field(discriminator="type"),
+            ]
+        ]
+    )
+
+
+class Tool(Answer):
+    """A client tool (``type`` absent, null or ``custom``)."""
+
+    name: str
+    input_schema: dict[str, Any] = Field(description="the JSON Schema of the tool's input")
+    type: Literal["custom"] | None = None
+
+
+class ServerTool(Answer):
+    """One of Anthropic's server tools (``web_search_20250305``...): a native provider runs
+    it; a translation leaves it out."""
+
+    # Not checked beyond "not a client tool's": a translation drops every such tool.
+    type: Annotated[
+        Any,
+        WithJsonSchema(
+            {"not": {"enum": [None, "custom"]}, "description": "such as web_search_20250305"}
+        ),
+    ]
+    name: str
+
+
+class ToolChoice(Answer):
+    disable_parallel_tool_use: bool | None = None
+
+
+class ToolChoiceAuto(ToolChoice):
+    type: Literal["auto"]
+
+
+class ToolChoiceAny(ToolChoice):
+    type: Literal["any"]
+
+
+class ToolChoiceTool(ToolChoice):
+    type: Literal["tool"]
+    name: str
+
+
+class ToolChoiceNone(ToolChoice):
+    type: Literal["none"]
+
+
+class ThinkingEnabled(Answer):
+    type: Literal["enabled"]
+    budget_tokens: PositiveCount = Field(
+        description="Anthropic's API wants at least 1024, and fewer than max_tokens"
+    )
+
+
+class ThinkingDisabled(Answer):
+    type: Literal["disabled"]
+
+
+class ThinkingAdaptive(Answer):
+    type: Literal["adaptive"]
+
+
+class MessagesInput(Answer):
+    """What a request and a token count share; any other field passes through to a native
+    provider (a translation sends only the fields it knows)."""
+
+    model: str = Field(
+        description="`priority-auto` (also empty), a model id, `provider/model`, `a,b,c` in "
+        "order, or a name config/aliases.yaml maps (`claude-*`)"
+    )
+    messages: list[Annotated[UserMessage | AssistantMessage, Field(discriminator="role")]] = Field(
+        min_length=1
+    )
+    system: str | list[TextBlockParam] | None = None
+    tools: list[Tool | ServerTool] | None = None
+    tool_choice: (
+        Annotated[
+            ToolChoiceAuto | ToolChoiceAny | ToolChoiceTool | ToolChoiceNone,
+            Field(discriminator="type"),
+        ]
+        | None
+    ) = None
+    thinking: (
+        Annotated[
+            ThinkingEnabled | ThinkingDisabled | ThinkingAdaptive, Field(discriminator="type")
+        ]
+        | None
+    ) = None
+
+
+class MessagesMetadata(Answer):
+    user_id: str | None = None
+
+
+class MessagesRequest(MessagesInput):
+    max_tokens: PositiveCount
+    stream: bool = Field(False, description="server-sent events, in Anthropic's named events")
+    stop_sequences: list[str] | None = None
+    temperature: float | None = Field(None, description="0 to 1 at Anthropic")
+    top_p: float | None = None
+    top_k: SignedCount | None = None
+    metadata: MessagesMetadata | None = None
+
+
+class CountTokensRequest(MessagesInput):
+    pass
+
+
+class TextBlock(Answer):
+    type: Literal["text"]
+    text: str
+
+
+class ToolUseBlock(Answer):
+    type: Literal["tool_use"]
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+class ThinkingBlock(Answer):
+    type: Literal["thinking"]
+    thinking: str
+    signature: str
+
+
+class RedactedThinkingBlock(Answer):
+    type: Literal["redacted_thinking"]
+    data: str
+
+
+class ServerBlock(Answer):
+    """A block of Anthropic's server tools (``server_tool_use``, ``web_search_tool_result``...),
+    relayed from a native provider."""
+
+    type: str
+
+
+class MessagesUsage(Answer):
+    input_tokens: int = Field(description="the prompt's tokens not read from or written to a cache")
+    output_tokens: int
+    cache_read_input_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+
+
+class MessageAnswer(Answer):
+    """Anthropic's message object; its ``model`` is the name the client asked for."""
+
+    id: str
+    type: Literal["message"]
+    role: Literal["assistant"]
+    model: str
+    content: list[TextBlock | ToolUseBlock | ThinkingBlock | RedactedThinkingBlock | ServerBlock]
+    stop_reason: str | None = Field(
+        description="end_turn, max_tokens, stop_sequence, tool_use or refusal (a native "
+        "provider may send another of Anthropic's); null when the provider gave none"
+    )
+    stop_sequence: str | None
+    usage: MessagesUsage
+
+
+class TokenCount(Answer):
+    input_tokens: int
+
+
+class AnthropicErrorDetail(BaseModel):
+    type: str = Field(
+        description="invalid_request_error, authentication_error, permission_error, "
+        "not_found_error, request_too_large, rate_limit_error, api_error or overloaded_error"
+    )
+    message: str
+    code: str | None = Field(
+        None, description="on a 401 or 403, the cause, when the gateway knows it"
+    )
+
+
+class AnthropicErrorBody(BaseModel):
+    """Every error of Anthropic's routes, in Anthropic's shape."""
+
+    type: Literal["error"]
+    error: AnthropicErrorDetail

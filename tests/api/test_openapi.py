@@ -1,7 +1,8 @@
 """The OpenAPI document (docs/api/admin.md): it is a valid OpenAPI 3 document, it describes every
 route, and schemathesis, generating requests from it for a bounded number of cases, finds no
-input that yields a 5xx or a body that is not an OpenAI error.  All in process: the app is
-driven through ASGI, only the fake provider listens on loopback."""
+input that yields a 5xx or a body that is not an error in the route's shape (OpenAI's, or
+Anthropic's on /v1/messages*).  All in process: the app is driven through ASGI, only the fake
+provider listens on loopback."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from service.app import App
 from service.gateway import Gateway
 from tests.inprocess import ADMIN_TOKEN, client, inprocess_settings, running_app
 
-# Per operation (21 operations): about 300 requests, under 20 s on a loaded 2-core machine.
+# Per operation (33 operations): about 500 requests.
 MAX_EXAMPLES = 15
 
 EVERY_ROUTE = {
@@ -33,6 +34,8 @@ EVERY_ROUTE = {
     ("post", "/v1/responses/{response_id}/cancel"),
     ("post", "/v1/completions"),
     ("post", "/completions"),
+    ("post", "/v1/messages"),
+    ("post", "/v1/messages/count_tokens"),
     ("get", "/v1/models/{model_id}"),
     ("get", "/models/{model_id}"),
     ("get", "/v1/models"),
@@ -90,6 +93,49 @@ async def test_the_document_is_valid_openapi_and_describes_every_route(
     assert components["TokenCreate"]["additionalProperties"] is False
 
 
+@pytest.mark.anyio
+async def test_the_document_describes_anthropics_messages_routes(
+    document: dict[str, Any],
+) -> None:
+    paths = document["paths"]
+    assert set(paths["/v1/messages"]) == {"post"}
+    assert set(paths["/v1/messages/count_tokens"]) == {"post"}
+    message, count = paths["/v1/messages"]["post"], paths["/v1/messages/count_tokens"]["post"]
+    components = document["components"]["schemas"]
+
+    def body(operation: dict[str, Any]) -> dict[str, Any]:
+        ref: str = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        schema: dict[str, Any] = components[ref.rsplit("/", 1)[1]]
+        return schema
+
+    assert {"model", "messages", "max_tokens"} <= set(body(message)["required"])
+    assert "max_tokens" not in body(count).get("required", [])
+    answer = message["responses"]["200"]["content"]
+    assert answer["application/json"]["schema"] == {"$ref": "#/components/schemas/MessageAnswer"}
+    events = answer["text/event-stream"]["schema"]["properties"]["event"]["enum"]
+    assert {"message_start", "content_block_delta", "message_stop", "error"} <= set(events)
+    usage = components["MessagesUsage"]["properties"]
+    assert {"cache_read_input_tokens", "cache_creation_input_tokens"} <= set(usage)
+    assert count["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/TokenCount"
+    }
+    # Errors in Anthropic's shape; 529 when the providers are overloaded, and a count is
+    # never refused for its model or a provider.
+    anthropic_error = {"$ref": "#/components/schemas/AnthropicErrorBody"}
+    statuses = {"400", "401", "403", "404", "413", "429", "502", "503", "504", "529"}
+    assert set(message["responses"]) == {"200", *statuses}
+    assert set(count["responses"]) == {"200", "400", "401", "403", "413", "503"}
+    for operation in (message, count):
+        for status, response in operation["responses"].items():
+            if status != "200":
+                assert response["content"]["application/json"]["schema"] == anthropic_error
+    assert "overloaded_error" in message["responses"]["529"]["description"]
+    # The token goes in x-api-key or a bearer, either.
+    assert message["security"] == [{"HTTPBearer": []}, {"ApiKey": []}]
+    api_key = document["components"]["securitySchemes"]["ApiKey"]
+    assert (api_key["type"], api_key["in"], api_key["name"]) == ("apiKey", "header", "x-api-key")
+
+
 # -- schemathesis --------------------------------------------------------------------------
 
 
@@ -132,8 +178,13 @@ def test_generated_requests_never_get_a_5xx(fuzzed_app: App) -> None:
             where += response.text[:300]
             assert response.status_code < 500, where
             if response.status_code >= 400:
-                error = response.json()["error"]
-                assert set(error) == {"message", "type", "param", "code"}, where
+                answer = response.json()
+                error = answer["error"]
+                if case.formatted_path.startswith("/v1/messages"):
+                    assert answer["type"] == "error", where
+                    assert {"type", "message"} <= set(error) <= {"type", "message", "code"}, where
+                else:
+                    assert set(error) == {"message", "type", "param", "code"}, where
                 assert error["message"], where
 
         no_5xx()
