@@ -38,6 +38,29 @@ AGENT_BODY: dict[str, Any] = {
         for i in range(20)
     ],
 }
+# A Claude Code turn: 120 messages of content blocks (tool calls and their results), about
+# 50 KB and a few thousand JSON containers.
+CODING_TURN: dict[str, Any] = {
+    "model": "bench-model",
+    "max_tokens": 4096,
+    "messages": [
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "text", "text": "Reading the file."},
+                {"type": "tool_use", "id": f"toolu_{i}", "name": "Read", "input": {"path": "a.py"}},
+            ],
+        }
+        if i % 2
+        else {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": f"toolu_{i - 1}", "content": "x = 1\n" * 40}
+            ],
+        }
+        for i in range(120)
+    ],
+}
 HEADERS = {"Authorization": "Bearer sk-bench-key", "Content-Type": "application/json"}
 
 
@@ -58,6 +81,23 @@ async def _best_async(step: Callable[[], Awaitable[None]]) -> float:
             await step()
         best = min(best, (time.process_time() - started) / N)
     return best * 1e6
+
+
+def _walked_depth(document: Any) -> int:
+    """A body's nesting depth, walked in Python (the check ``parse_json`` made before)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children if isinstance(child, dict | list))
+    return deepest
 
 
 def _loop(rows: list[tuple[str, float]], name: str, fn: Callable[[], object]) -> None:
@@ -155,6 +195,20 @@ def main() -> int:
             lambda b=body: orjson.dumps({**b, "model": "m"}),
         )
         _loop(rows, "... sent as the client's bytes", lambda r=raw: r)
+
+    turn = orjson.dumps(CODING_TURN)
+    containers = turn.count(b"[") + turn.count(b"{")
+    _loop(
+        rows,
+        f"a coding agent's turn ({len(turn):,} B, {containers:,} containers) checked for "
+        "depth: walked in Python",
+        lambda: _walked_depth(CODING_TURN),
+    )
+    _loop(
+        rows,
+        "... written by orjson (which refuses over 254 levels)",
+        lambda: orjson.dumps(CODING_TURN),
+    )
 
     width = max(len(name) for name, _ in rows)
     print(f"CPU us per call, least of {REPEATS} runs of {N:,} (time.process_time)")

@@ -35,7 +35,6 @@ STAGES = (SERVER, AUTH, BODY, ADMISSION, UPSTREAM, ROUTING, METRICS, SETTLEMENT,
 # rule precedes its module's.
 _FUNCTION_RULES: dict[tuple[str, str], str] = {
     ("service/api/http.py", "parse_json"): BODY,
-    ("service/api/http.py", "_depth"): BODY,
     ("service/api/chat.py", "validate_chat"): BODY,
     ("service/api/calls.py", "int_field"): BODY,
     ("service/api/calls.py", "stream_options"): BODY,
