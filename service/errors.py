@@ -11,6 +11,10 @@ from collections.abc import Iterable
 
 from service.types import Headers
 
+# The largest integer a request field may hold: the largest every JSON parser reads exactly
+# (I-JSON, RFC 7493), clients and providers included; orjson writes no more than 64 bits.
+MAX_INT = 2**53 - 1
+
 
 class GatewayError(Exception):
     """An error answered to the client.  ``code`` overrides the class's OpenAI code."""

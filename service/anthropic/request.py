@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from service.errors import BadRequest
+from service.errors import MAX_INT, BadRequest
 
 # Block types a translation drops: they mean something only to Anthropic's own servers
 # (server tools run there, containers, MCP connectors), or are the model's earlier reasoning.
@@ -65,7 +65,8 @@ class _Invalid(Exception):
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An integer a request may hold (``MAX_INT`` at most either way)."""
+    return isinstance(value, int) and not isinstance(value, bool) and -MAX_INT <= value <= MAX_INT
 
 
 def _is_positive_int(value: Any) -> bool:
@@ -90,10 +91,26 @@ def _need(obj: dict[str, Any], key: str, kind: type, where: str = "") -> Any:
 def _check_source(block: dict[str, Any], kinds: dict[str, tuple[str, ...]]) -> None:
     source = _need(block, "source", dict)
     kind = source.get("type")
-    if kind not in kinds:
+    if not isinstance(kind, str) or kind not in kinds:
         raise _Invalid("source.type", f"must be one of {', '.join(kinds)}")
     for key in kinds[kind]:
         _need(source, key, list if key == "content" else str, "source")
+    if kind == "content":  # a document made of blocks: text, and images
+        for i, part in enumerate(source["content"]):
+            try:
+                _check_document_part(part)
+            except _Invalid as failure:
+                raise failure.under(f"source.content.{i}") from None
+
+
+def _check_document_part(part: Any) -> None:
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind == "text":
+        _need(part, "text", str)
+    elif kind == "image":
+        _check_source(part, _IMAGE_SOURCES)
+    else:
+        raise _Invalid("", "must be a text or image block")
 
 
 _IMAGE_SOURCES = {"base64": ("media_type", "data"), "url": ("url",), "file": ("file_id",)}
@@ -270,7 +287,8 @@ def _check_optional(body: dict[str, Any]) -> None:
 
 def validate(body: Any) -> None:
     """Raises ``BadRequest`` (its message and ``param`` name the field, e.g.
-    ``messages.2.content.0.text``) for a body that is not a Messages request."""
+    ``messages.2.content.0.text``) for a body that is not a Messages request.  An integral
+    float ``max_tokens`` (JSON does not tell 2 from 2.0) is made an int."""
     try:
         _check_request(body)
     except _Invalid as failure:
@@ -282,8 +300,11 @@ def _check_request(body: Any) -> None:
         raise BadRequest("The request body must be a JSON object.")
     if not isinstance(body.get("model"), str):
         raise _Invalid("model", "required, must be a string")
-    if not _is_positive_int(body.get("max_tokens")):
-        raise _Invalid("max_tokens", "required, must be a positive integer")
+    cap = body.get("max_tokens")
+    if isinstance(cap, float) and cap.is_integer():  # JSON does not tell 2 from 2.0
+        cap = body["max_tokens"] = int(cap)
+    if not _is_positive_int(cap):
+        raise _Invalid("max_tokens", f"required, must be an integer from 1 to {MAX_INT}")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _Invalid("messages", "required, must be a non-empty list")

@@ -9,14 +9,11 @@ from typing import Any, NamedTuple
 from service import errors
 from service.api.http import Request, Response
 from service.apis import Api
+from service.errors import MAX_INT
 from service.gateway import Gateway
 from service.quotas.limits import Estimate, Record
 from service.routing.router import Call, Completion
 from service.routing.table import Candidate
-
-# The largest integer a request field may hold: the largest every JSON parser reads exactly
-# (I-JSON, RFC 7493), clients and providers included; orjson writes no more than 64 bits.
-MAX_INT = 2**53 - 1
 
 
 def int_field(body: dict[str, Any], name: str) -> bool:

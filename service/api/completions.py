@@ -10,7 +10,6 @@ from service import errors
 from service.api.auth import require_token
 from service.api.cached import through_cache
 from service.api.calls import (
-    MAX_INT,
     Checked,
     finish_failed,
     int_field,
@@ -21,6 +20,7 @@ from service.api.calls import (
 )
 from service.api.http import SSE_HEADERS, Request, Response, StreamResponse, parse_json
 from service.apis import Api
+from service.errors import MAX_INT
 from service.gateway import Gateway
 from service.quotas.limits import Estimate, Record, estimate
 from service.routing.relay import DONE_FRAME

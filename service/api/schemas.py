@@ -24,7 +24,7 @@ from pydantic import (
 )
 from pydantic.config import JsonDict, JsonValue
 
-from service.api.calls import MAX_INT
+from service.errors import MAX_INT
 from service.quotas.tokens import MAX_BUDGET_USD, TokenError, iso_utc, parse_expiry
 from service.routing.conversations import RESPONSE_ID_PATTERN
 from service.settings import MAX_CACHE_TTL_S
@@ -527,8 +527,7 @@ class TextCompletion(Answer):
 # Blocks of Anthropic's server tools (server_tool_use, web_search_tool_result...) pass
 # through to a native provider and are not listed.
 
-# Integers up to MAX_INT, the bound of the OpenAI routes (the Messages check does not hold
-# to it yet: it takes any integer orjson reads as one, up to 2**64 - 1).
+# Integers up to MAX_INT, the bound of every route.
 PositiveCount = Annotated[int, Field(ge=1, le=MAX_INT)]
 SignedCount = Annotated[int, Field(ge=-MAX_INT, le=MAX_INT)]
 

@@ -70,6 +70,23 @@ async def test_bad_requests_are_invalid_request_errors(app: App) -> None:
         anthropic_error(await http.get("/v1/messages", headers=AUTH), 405, "invalid_request_error")
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        [{"type": "image", "source": {"type": {}}}],
+        [{"type": "document", "source": {"type": "content", "content": [5]}}],
+        [{"type": "document", "source": {"type": "content", "content": [{"type": "text"}]}}],
+    ],
+)
+async def test_malformed_sources_are_invalid_requests_not_crashes(
+    app: App, content: list[Any]
+) -> None:
+    request = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": content}]}
+    async with transport(app) as http:
+        response = await http.post("/v1/messages", json=request, headers=AUTH)
+    assert "source" in anthropic_error(response, 400, "invalid_request_error")
+
+
 async def test_an_unknown_model_is_not_found(app: App) -> None:
     body = {"model": "gpt-nothing", "max_tokens": 5, "messages": HELLO}
     async with transport(app) as http:

@@ -111,7 +111,63 @@ INVALID: list[tuple[Any, str | None]] = [
     (body(stop_sequences=["END", 1]), "stop_sequences"),
     (body(temperature="hot"), "temperature"),
     (body(top_k=1.5), "top_k"),
+    (body(max_tokens=2**53), "max_tokens"),
+    (body(max_tokens=2**64 - 1), "max_tokens"),
+    (body(top_k=-(2**53)), "top_k"),
+    # A source type that is not a string (once a TypeError: a 500).
+    (body(messages=[user({"type": "image", "source": {"type": {}}})]), None),
+    (body(messages=[user({"type": "document", "source": {"type": ["text"]}})]), None),
+    # A document of blocks holds text and images only (once a crash in the translation).
+    (
+        body(messages=[user({"type": "document", "source": {"type": "content", "content": [5]}})]),
+        "messages.0.content.0.source.content.0",
+    ),
+    (
+        body(
+            messages=[
+                user(
+                    {
+                        "type": "document",
+                        "source": {"type": "content", "content": [text("a"), {"type": "text"}]},
+                    }
+                )
+            ]
+        ),
+        "messages.0.content.0.source.content.1.text",
+    ),
+    (
+        body(
+            messages=[
+                user(
+                    {
+                        "type": "document",
+                        "source": {"type": "content", "content": [tool_use("t", "f", {})]},
+                    }
+                )
+            ]
+        ),
+        "messages.0.content.0.source.content.0",
+    ),
 ]
+
+
+def test_an_integral_float_max_tokens_is_taken_as_an_int() -> None:
+    request = body(max_tokens=1024.0)
+    validate(request)
+    assert request["max_tokens"] == 1024 and type(request["max_tokens"]) is int
+    assert type(to_chat(request)["max_tokens"]) is int
+
+
+def test_a_document_of_text_and_image_blocks_is_translated_to_its_text() -> None:
+    document = {
+        "type": "document",
+        "source": {
+            "type": "content",
+            "content": [text("first"), {"type": "image", "source": PNG}, text("second")],
+        },
+    }
+    translated = chat(messages=[user(document)])
+    assert translated["messages"] == [{"role": "user", "content": "first\n\nsecond"}]
 
 
 @pytest.mark.parametrize(("request_body", "param"), INVALID)

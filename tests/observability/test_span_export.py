@@ -79,7 +79,6 @@ def test_a_full_queue_drops_spans_counts_them_and_logs_once(
     assert sink.shut
 
 
-
 def test_spans_ended_during_an_export_wait_for_a_whole_batch() -> None:
     gate = threading.Event()
     sink = Sink(gate)
@@ -99,6 +98,7 @@ def test_spans_ended_during_an_export_wait_for_a_whole_batch() -> None:
     assert [len(batch) for batch in sink.batches] == [4, 4]
     queue.shutdown()
     assert [len(batch) for batch in sink.batches] == [4, 4, 3]
+
 
 def test_spans_are_exported_after_the_delay_without_a_flush() -> None:
     sink = Sink()
