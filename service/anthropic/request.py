@@ -69,6 +69,15 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and -MAX_INT <= value <= MAX_INT
 
 
+def _whole(fields: dict[str, Any], key: str) -> Any:
+    """``fields[key]``; an integral float there is made an int, in place: JSON does not tell
+    2 from 2.0 (JSON Schema's integer is either)."""
+    value = fields.get(key)
+    if isinstance(value, float) and value.is_integer() and -MAX_INT <= value <= MAX_INT:
+        value = fields[key] = int(value)
+    return value
+
+
 def _is_positive_int(value: Any) -> bool:
     return _is_int(value) and bool(value >= 1)
 
@@ -237,7 +246,7 @@ def _check_thinking(thinking: Any) -> None:
         "adaptive",
     ):
         raise _Invalid("thinking.type", "must be one of enabled, disabled, adaptive")
-    if thinking["type"] == "enabled" and not _is_positive_int(thinking.get("budget_tokens")):
+    if thinking["type"] == "enabled" and not _is_positive_int(_whole(thinking, "budget_tokens")):
         raise _Invalid("thinking.budget_tokens", "required, must be a positive integer")
 
 
@@ -251,7 +260,7 @@ def _check_optional(body: dict[str, Any]) -> None:
     for key in ("temperature", "top_p"):
         if body.get(key) is not None and not _is_number(body[key]):
             raise _Invalid(key, "must be a number")
-    if body.get("top_k") is not None and not _is_int(body["top_k"]):
+    if _whole(body, "top_k") is not None and not _is_int(body["top_k"]):
         raise _Invalid("top_k", "must be an integer")
     if "stream" in body and not isinstance(body["stream"], bool):
         raise _Invalid("stream", "must be a boolean")
@@ -288,7 +297,7 @@ def _check_optional(body: dict[str, Any]) -> None:
 def validate(body: Any) -> None:
     """Raises ``BadRequest`` (its message and ``param`` name the field, e.g.
     ``messages.2.content.0.text``) for a body that is not a Messages request.  An integral
-    float ``max_tokens`` (JSON does not tell 2 from 2.0) is made an int."""
+    float in an integer field (``max_tokens``: 1024.0) is made an int."""
     try:
         _check_request(body)
     except _Invalid as failure:
@@ -300,10 +309,7 @@ def _check_request(body: Any) -> None:
         raise BadRequest("The request body must be a JSON object.")
     if not isinstance(body.get("model"), str):
         raise _Invalid("model", "required, must be a string")
-    cap = body.get("max_tokens")
-    if isinstance(cap, float) and cap.is_integer():  # JSON does not tell 2 from 2.0
-        cap = body["max_tokens"] = int(cap)
-    if not _is_positive_int(cap):
+    if not _is_positive_int(_whole(body, "max_tokens")):
         raise _Invalid("max_tokens", f"required, must be an integer from 1 to {MAX_INT}")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:

@@ -151,10 +151,13 @@ INVALID: list[tuple[Any, str | None]] = [
 ]
 
 
-def test_an_integral_float_max_tokens_is_taken_as_an_int() -> None:
-    request = body(max_tokens=1024.0)
+def test_integral_floats_in_integer_fields_are_taken_as_ints() -> None:
+    request = body(
+        max_tokens=1024.0, top_k=5.0, thinking={"type": "enabled", "budget_tokens": 201.0}
+    )
     validate(request)
     assert request["max_tokens"] == 1024 and type(request["max_tokens"]) is int
+    assert type(request["top_k"]) is int and type(request["thinking"]["budget_tokens"]) is int
     assert type(to_chat(request)["max_tokens"]) is int
 
 
