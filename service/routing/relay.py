@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 
@@ -46,25 +46,54 @@ class Relay(Protocol):
     def rest(self, deadline: float) -> AsyncIterator[bytes]: ...
 
 
-class StreamRelay:
-    """Reads an upstream SSE stream and turns it into frames for the client."""
+Event = TypeVar("Event")
+
+
+class _Decoder(Protocol[Event]):
+    def feed(self, chunk: bytes) -> list[Event]: ...
+
+    def flush(self) -> list[Event]: ...
+
+
+class UpstreamEvents(Generic[Event]):
+    """What every relay holds (the state ``Relay`` names), and its reading: the upstream's
+    chunks through ``decoder``, the events of one read at a time.  A subclass relays them."""
 
     response_id: str | None = None
+
+    def __init__(self, upstream: UpstreamStream, decoder: _Decoder[Event]) -> None:
+        self.upstream = upstream
+        self._decoder = decoder
+        self._chunks = upstream.chunks().__aiter__()
+        self.usage: Any = None
+        self.failure: UpstreamFailure | None = None
+        self.finish_reasons: list[str] = []  # one per choice that finished (traces)
+        self.done = False
+
+    async def _next_events(self) -> list[Event] | None:
+        """The events of the next upstream read(s); None when the stream has ended."""
+        while True:
+            try:
+                chunk = await self._chunks.__anext__()
+            except StopAsyncIteration:
+                rest = self._decoder.flush()
+                return rest or None
+            events = self._decoder.feed(chunk)
+            if events:
+                return events
+
+
+class StreamRelay(UpstreamEvents[bytes]):
+    """Reads an upstream SSE stream and turns it into frames for the client."""
 
     def __init__(
         self, upstream: UpstreamStream, client_wants_usage: bool, api: str = Api.CHAT
     ) -> None:
-        self.upstream = upstream
+        super().__init__(upstream, SSEDecoder())
         self._client_wants_usage = client_wants_usage
         self._api = api
-        self._decoder = SSEDecoder()
-        self._chunks = upstream.chunks().__aiter__()
-        self.usage: Any = None
-        self.failure: UpstreamFailure | None = None
-        self.done = False
         self.finished = False  # saw a finish_reason
         self.has_choices = False  # saw a chunk with choices: the answer has begun
-        self.finish_reasons: list[str] = []
 
     async def first_frames(self) -> list[bytes]:
         """Frames up to the end of the upstream read holding the first chunk with choices
@@ -75,7 +104,7 @@ class StreamRelay:
         # made only of them is empty and fails over like an empty JSON body.
         frames: list[bytes] = []
         while not self.has_choices:
-            payloads = await self._next_payloads()
+            payloads = await self._next_events()
             if payloads is None:
                 raise UpstreamFailure(BAD_BODY, "upstream stream ended before any content")
             for payload in payloads:
@@ -126,18 +155,6 @@ class StreamRelay:
         frames.append(DONE_FRAME)
         return frames
 
-    async def _next_payloads(self) -> list[bytes] | None:
-        """The events of the next upstream read(s); None when the stream has ended."""
-        while True:
-            try:
-                chunk = await self._chunks.__anext__()
-            except StopAsyncIteration:
-                rest = self._decoder.flush()
-                return rest or None
-            payloads = self._decoder.feed(chunk)
-            if payloads:
-                return payloads
-
     def _handle(self, payload: bytes) -> bytes | None:
         """The frame to forward for one upstream event, or None; raises on an error event."""
         if payload == DONE:
@@ -187,7 +204,7 @@ class StreamRelay:
             while not self.done:
                 if time.monotonic() > deadline:
                     raise UpstreamFailure(TIMEOUT, "the request deadline passed mid-stream")
-                payloads = await self._next_payloads()
+                payloads = await self._next_events()
                 if payloads is None:
                     if self.finished:
                         break  # some providers end without [DONE]; the answer is complete

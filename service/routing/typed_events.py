@@ -1,6 +1,7 @@
 """Relaying a stream of typed SSE events (``event: T`` / ``data: {...}``) as the provider sent
-them: the reading and batching that the Responses API's relay (``events.py``) and Anthropic's
-native Messages relay (``anthropic_events.py``) share.
+them: the batching that the Responses API's relay (``events.py``) and Anthropic's native
+Messages relay (``anthropic_events.py``) share; the reading, one upstream read's events at a
+time, is every relay's (``relay.UpstreamEvents``).
 
 Before the first piece is sent, a failure raises ``UpstreamFailure`` (the router fails over);
 after it, a stream that breaks or ends before its terminal event raises what ``_broken``
@@ -11,30 +12,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 from service.errors import StreamFailed
+from service.routing.relay import UpstreamEvents
 from service.upstream.client import UpstreamStream
 from service.upstream.errors import BAD_BODY, STREAM_BROKEN, TIMEOUT, UpstreamFailure
 from service.upstream.sse import EventDecoder
 
 
-class TypedEventRelay:
+class TypedEventRelay(UpstreamEvents[tuple[bytes, bytes | None]]):
     """Reads an upstream stream of typed events; a subclass says what each event is
     (``_handle``), which failure ends a broken stream (``_broken``), and how a plain JSON
     answer to the stream request is told as events (``_from_json``)."""
 
     incomplete = "upstream stream ended before its last event"  # a subclass names it
-    response_id: str | None = None
 
     def __init__(self, upstream: UpstreamStream) -> None:
-        self.upstream = upstream
-        self._decoder = EventDecoder()
-        self._chunks = upstream.chunks().__aiter__()
-        self.usage: Any = None
-        self.failure: UpstreamFailure | None = None
-        self.finish_reasons: list[str] = []  # how the answer ended (traces)
-        self.done = False
+        super().__init__(upstream, EventDecoder())
 
     async def first_frames(self) -> list[bytes]:
         """The events of the upstream read(s) holding the first event; raises
@@ -79,18 +73,6 @@ class TypedEventRelay:
             if batch:
                 yield b"".join(batch)
             raise self._broken(failure) from None
-
-    async def _next_events(self) -> list[tuple[bytes, bytes | None]] | None:
-        """The events of the next upstream read(s); None when the stream has ended."""
-        while True:
-            try:
-                chunk = await self._chunks.__anext__()
-            except StopAsyncIteration:
-                rest = self._decoder.flush()
-                return rest or None
-            events = self._decoder.feed(chunk)
-            if events:
-                return events
 
     def _handle(self, block: bytes, data: bytes | None, opening: bool) -> bytes | None:
         """The block to forward for one event (None: nothing); raises UpstreamFailure."""
