@@ -36,6 +36,8 @@ STAGES = (SERVER, AUTH, BODY, ADMISSION, UPSTREAM, ROUTING, METRICS, SETTLEMENT,
 _FUNCTION_RULES: dict[tuple[str, str], str] = {
     ("service/api/http.py", "parse_json"): BODY,
     ("service/api/chat.py", "validate_chat"): BODY,
+    ("service/api/calls.py", "model_field"): BODY,
+    ("service/api/calls.py", "stream_field"): BODY,
     ("service/api/calls.py", "int_field"): BODY,
     ("service/api/calls.py", "stream_options"): BODY,
     ("service/quotas/admission.py", "Quotas.authenticate"): AUTH,

@@ -16,6 +16,26 @@ from service.routing.router import Call, Completion
 from service.routing.table import Candidate
 
 
+def model_field(body: dict[str, Any]) -> str:
+    """``body["model"]``, stripped: absent or null is "", anything but a string a 400."""
+    model = body.get("model")
+    if model is None:
+        return ""
+    if not isinstance(model, str):
+        raise errors.bad_request("'model' must be a string.", param="model")
+    return model.strip()
+
+
+def stream_field(body: dict[str, Any]) -> bool:
+    """``body["stream"]``: absent or null is False, anything but a boolean a 400."""
+    stream = body.get("stream")
+    if stream is None:
+        return False
+    if not isinstance(stream, bool):
+        raise errors.bad_request("'stream' must be a boolean.", param="stream")
+    return stream
+
+
 def int_field(body: dict[str, Any], name: str) -> bool:
     """``body[name]`` is absent, null or an integer in 0..MAX_INT.  JSON does not tell 2 from
     2.0 (JSON Schema's integer is either): an integral float is taken, and sent on as an int.

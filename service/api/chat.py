@@ -18,9 +18,11 @@ from service.api.calls import (
     Checked,
     finish_failed,
     int_field,
+    model_field,
     open_call,
     relayed,
     served_headers,
+    stream_field,
     stream_options,
 )
 from service.api.http import SSE_HEADERS, Request, Response, StreamResponse, parse_json
@@ -35,11 +37,7 @@ def validate_chat(body: Any) -> Checked:
     """Checks the gateway can make."""
     if not isinstance(body, dict):
         raise errors.bad_request("Request body must be a JSON object.")
-    model = body.get("model", "")
-    if model is None:
-        model = ""
-    if not isinstance(model, str):
-        raise errors.bad_request("'model' must be a string.", param="model")
+    model = model_field(body)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise errors.bad_request("'messages' must be a non-empty array.", param="messages")
@@ -47,13 +45,9 @@ def validate_chat(body: Any) -> Checked:
         raise errors.bad_request(
             "Each entry of 'messages' must be an object with a string 'role'.", param="messages"
         )
-    stream = body.get("stream", False)
-    if stream is None:
-        stream = False
-    if not isinstance(stream, bool):
-        raise errors.bad_request("'stream' must be a boolean.", param="stream")
+    stream = stream_field(body)
     rewritten = int_field(body, "max_tokens") | int_field(body, "max_completion_tokens")
-    return Checked(model.strip(), stream, stream_options(body), rewritten)
+    return Checked(model, stream, stream_options(body), rewritten)
 
 
 def validate_embeddings(body: Any) -> str:

@@ -13,9 +13,11 @@ from service.api.calls import (
     Checked,
     finish_failed,
     int_field,
+    model_field,
     open_call,
     relayed,
     served_headers,
+    stream_field,
     stream_options,
 )
 from service.api.http import SSE_HEADERS, Request, Response, StreamResponse, parse_json
@@ -60,24 +62,16 @@ def validate_completion(body: Any) -> Checked:
     """Checks the gateway can make."""
     if not isinstance(body, dict):
         raise errors.bad_request("Request body must be a JSON object.")
-    model = body.get("model")
-    if model is None:
-        model = ""
-    if not isinstance(model, str):
-        raise errors.bad_request("'model' must be a string.", param="model")
+    model = model_field(body)
     if not _is_prompt(body.get("prompt")):
         raise errors.bad_request(
             "'prompt' must be a string, or a non-empty array of strings, of token ids, or of "
             "non-empty arrays of token ids.",
             param="prompt",
         )
-    stream = body.get("stream")
-    if stream is None:
-        stream = False
-    if not isinstance(stream, bool):
-        raise errors.bad_request("'stream' must be a boolean.", param="stream")
+    stream = stream_field(body)
     rewritten = int_field(body, "max_tokens")
-    return Checked(model.strip(), stream, stream_options(body), rewritten)
+    return Checked(model, stream, stream_options(body), rewritten)
 
 
 async def completions(gw: Gateway, request: Request) -> Response | StreamResponse:

@@ -18,7 +18,15 @@ from fastapi.responses import Response as FastAPIResponse
 
 from service import errors
 from service.api.auth import require_token
-from service.api.calls import finish_failed, int_field, open_call, relayed, served_headers
+from service.api.calls import (
+    finish_failed,
+    int_field,
+    model_field,
+    open_call,
+    relayed,
+    served_headers,
+    stream_field,
+)
 from service.api.dependencies import GatewayDep, token_caller
 from service.api.errors import responses_error_event
 from service.api.http import SSE_HEADERS, Request, Response, StreamResponse, parse_json
@@ -44,11 +52,7 @@ def validate_response(body: Any) -> tuple[str, bool, str | None]:
     """Checks the gateway can make; returns (model, stream, previous_response_id)."""
     if not isinstance(body, dict):
         raise errors.bad_request("Request body must be a JSON object.")
-    model = body.get("model")
-    if model is None:
-        model = ""
-    if not isinstance(model, str):
-        raise errors.bad_request("'model' must be a string.", param="model")
+    model = model_field(body)
     previous = body.get("previous_response_id")
     if previous is not None and (not isinstance(previous, str) or not previous.strip()):
         raise errors.bad_request(
@@ -70,13 +74,9 @@ def validate_response(body: Any) -> tuple[str, bool, str | None]:
         raise errors.bad_request(
             "'input' must be a string or an array of input items.", param="input"
         )
-    stream = body.get("stream")
-    if stream is None:
-        stream = False
-    if not isinstance(stream, bool):
-        raise errors.bad_request("'stream' must be a boolean.", param="stream")
+    stream = stream_field(body)
     int_field(body, "max_output_tokens")
-    return model.strip(), stream, previous.strip() if previous is not None else None
+    return model, stream, previous.strip() if previous is not None else None
 
 
 async def create_response(gw: Gateway, request: Request) -> Response | StreamResponse:
