@@ -9,18 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import RedisServer
 from tests.inprocess import client, inprocess_settings, running_app
 
 GOOD = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-
-
-@pytest.fixture(params=["embedded", "redis"])
-def store_url(request: pytest.FixtureRequest) -> str | None:
-    if request.param == "embedded":
-        return None
-    server: RedisServer = request.getfixturevalue("redis_server")
-    return server.url
 
 
 @pytest.mark.slow  # about a second per store

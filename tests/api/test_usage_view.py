@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import RedisServer
 from tests.inprocess import ADMIN_TOKEN, client, inprocess_settings, running_app
 
 GOOD = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -25,14 +24,6 @@ ABUSE: list[tuple[bytes, dict[str, str]]] = [
     (b"\xff\xfe\x00garbage", {}),
     (b"", {}),
 ]
-
-
-@pytest.fixture(params=["embedded", "redis"])
-def store_url(request: pytest.FixtureRequest) -> str | None:
-    if request.param == "embedded":
-        return None
-    server: RedisServer = request.getfixturevalue("redis_server")
-    return server.url
 
 
 @pytest.mark.slow  # waits a second after the round
