@@ -263,7 +263,16 @@ def run_all(settings: Settings, workdir: Path) -> dict[str, object]:
                 "chat",
             ),
         ]
-        for name, label, store_url, traces_to, identity, api in gateways:
+
+        def gateway_row(
+            root: Path,
+            name: str,
+            label: str,
+            store_url: str | None,
+            traces_to: str | None = None,
+            identity: bool = False,
+            api: str = "chat",
+        ) -> None:
             start = functools.partial(
                 start_gateway,
                 workdir / name,
@@ -271,12 +280,15 @@ def run_all(settings: Settings, workdir: Path) -> dict[str, object]:
                 store_url,
                 name,
                 label,
-                root=settings.gateway_root,
+                root=root,
                 otlp_endpoint=traces_to,
                 identity=identity,
                 api=api,
             )
             results.append(_measure_started(name, label, start, settings, scripts))
+
+        for row in gateways:
+            gateway_row(settings.gateway_root, *row)
 
         if settings.baseline_root is not None:
             # The same two rows of an older checkout, against the same upstream and Redis.
@@ -285,16 +297,7 @@ def run_all(settings: Settings, workdir: Path) -> dict[str, object]:
                 (BASELINE + "embedded", f"BEST at {base}, embedded store", None),
                 (BASELINE + "redis", f"BEST at {base}, Redis store", redis_url),
             ):
-                start = functools.partial(
-                    start_gateway,
-                    workdir / name,
-                    upstream_port,
-                    store_url,
-                    name,
-                    label,
-                    root=settings.baseline_root,
-                )
-                results.append(_measure_started(name, label, start, settings, scripts))
+                gateway_row(settings.baseline_root, name, label, store_url)
 
         if not settings.litellm:
             results.append(TargetResult("litellm", "LiteLLM proxy", "skipped", "--skip-litellm"))
