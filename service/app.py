@@ -37,7 +37,7 @@ from service.apis import Api
 from service.errors import GatewayError
 from service.gateway import Gateway
 from service.settings import Settings, settings_from_env
-from service.types import DISCONNECT, Disconnect, Message, Receive, Scope, Send
+from service.types import DISCONNECT, RESPOND, Disconnect, Message, Receive, Scope, Send
 
 log = logging.getLogger("best.http")
 
@@ -192,7 +192,8 @@ class App:
                 else:
                     if watch is not None:
                         watch.stop()
-                    await send_response(send, response, extra)
+                    respond = scope.get("extensions", _NONE).get(RESPOND)
+                    await send_response(send, response, extra, respond)
             finally:
                 if response.call is not None:
                     response.call.finish()  # settles quotas if nothing did (no-op otherwise)

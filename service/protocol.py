@@ -10,9 +10,15 @@ import asyncio
 from typing import Any, cast
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
-from service.types import DISCONNECT, Disconnect
+from service.types import DISCONNECT, RESPOND, Disconnect, Headers, Send
 
 
 class ServerConfig(uvicorn.Config):
@@ -62,6 +68,14 @@ class HeadHeldTransport:
             self._held = None
             self._transport.write(held)
 
+    def write_whole(self, data: bytes) -> None:
+        """A whole response, head and body: written now."""
+        held = self._held
+        if held is not None:
+            self._held = None
+            data = held + data
+        self._transport.write(data)
+
     def close(self) -> None:
         self._flush()
         self._transport.close()
@@ -94,8 +108,8 @@ class GatewayProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        # An ASGI extension of this server's own (uvicorn sets no other).
-        extensions: dict[str, Any] = {DISCONNECT: Disconnect()}
+        # The ASGI extensions of this server's own (uvicorn sets no other).
+        extensions: dict[str, Any] = {DISCONNECT: Disconnect(), RESPOND: respond}
         self.scope["extensions"] = cast(dict[str, dict[object, object]], extensions)
         self._reading = True
         self._since = self.loop.time()
@@ -152,3 +166,62 @@ class GatewayProtocol(HttpToolsProtocol):
             self.transport.close()
         else:  # the request is in, its answer not begun: the app's timeouts bound it
             self._watch_in(self._read_timeout_s)
+
+
+# Headers the app leaves to ``respond`` (their framing is its own), or that uvicorn's own
+# ``send`` must see.
+_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection"))
+
+
+def respond(send: Send, status: int, headers: Headers, body: bytes) -> bool:
+    """The whole response in one write, as uvicorn's ``send`` (a request's cycle's own) writes
+    a start and a last body message, without their two calls, two messages and per-header
+    work: the headers are checked in one pass each for names and values.  False (nothing
+    done) where ``send`` must do it: a ``send`` of something else (a middleware's), a response
+    begun, a client not reading, an access log, a status without a body, or a framing
+    header."""
+    cycle = getattr(send, "__self__", None)
+    if (
+        cycle.__class__ is not RequestResponseCycle
+        or cycle.response_started
+        or cycle.flow.write_paused
+        or cycle.access_log
+        or not 200 <= status < 600
+        or status in (204, 304)
+    ):
+        return False
+    names = [name for name, _ in headers]
+    if not _FRAMING.isdisjoint(names):
+        return False
+    cycle.response_started = True
+    cycle.waiting_for_100_continue = False
+    if cycle.disconnected:
+        return True  # as ``send``: nobody to write to
+    # Names hold no separator, values no tab-free control character: joined, each is one
+    # search (a tab is allowed in a value).
+    if HEADER_RE.search(b"".join(names)) or HEADER_VALUE_RE.search(
+        b"\t".join([value for _, value in headers])
+    ):
+        raise RuntimeError("Invalid HTTP header.")
+    lines = [STATUS_LINE[status]]
+    for name, value in cycle.default_headers:
+        lines += (name, b": ", value, b"\r\n")
+    for name, value in headers:
+        lines += (name, b": ", value, b"\r\n")
+    lines.append(b"content-length: %d\r\n" % len(body))
+    if not cycle.keep_alive:
+        lines.append(b"connection: close\r\n")
+    lines.append(b"\r\n")
+    if cycle.scope["method"] != "HEAD":
+        lines.append(body)
+    cycle.response_complete = True
+    transport = cycle.transport
+    if isinstance(transport, HeadHeldTransport):
+        transport.write_whole(b"".join(lines))
+    else:
+        transport.write(b"".join(lines))
+    cycle.message_event.set()
+    if not cycle.keep_alive:
+        transport.close()
+    cycle.on_response()
+    return True

@@ -17,6 +17,12 @@ Headers = list[tuple[bytes, bytes]]
 # ``extensions``: a ``Disconnect`` that the server fires when the client's connection is lost
 # before the response is complete.
 DISCONNECT = "best.disconnect"
+# Another: a ``Respond`` under ``RESPOND`` writes a whole response at once (the request's
+# ``send``, the status, headers without a length, the body), or answers False when it cannot
+# (the app then sends through ``send``).  One function for every request: nothing of a
+# request's is kept in its scope (no reference cycle for the collector).
+RESPOND = "best.respond"
+Respond = Callable[[Send, int, Headers, bytes], bool]
 
 
 class Disconnect:

@@ -23,7 +23,7 @@ from service.api.errors import (
 )
 from service.errors import BadRequest, GatewayError, payload_too_large
 from service.observability.tracing import RequestTrace
-from service.types import Headers, Receive, Scope, Send
+from service.types import Headers, Receive, Respond, Scope, Send
 
 JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
 SSE_HEADERS: Headers = [
@@ -177,8 +177,14 @@ def anthropic_error_response(error: GatewayError) -> Response:
     )
 
 
-async def send_response(send: Send, response: Response, extra: Headers) -> None:
+async def send_response(
+    send: Send, response: Response, extra: Headers, respond: Respond | None = None
+) -> None:
+    """``response`` with the ``extra`` headers: in one write through the server's ``respond``
+    when it offers one and can, else as two ASGI messages."""
     headers = response.headers + extra if extra else response.headers[:]
+    if respond is not None and respond(send, response.status, headers, response.body):
+        return
     headers.append((b"content-length", b"%d" % len(response.body)))  # no chunked framing
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": response.body})
