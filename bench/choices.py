@@ -17,6 +17,9 @@ from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry, Histogram
+from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE
+
+from service.protocol import HEADER_NAME_BYTES, HEADER_VALUE_BYTES
 
 N = 50_000
 REPEATS = 5
@@ -61,6 +64,30 @@ CODING_TURN: dict[str, Any] = {
         for i in range(120)
     ],
 }
+# A Messages answer's headers (each name and value as the gateway sends them).
+MESSAGES_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"x-best-provider", b"json"),
+    (b"x-best-model", b"bench-model"),
+    *(
+        (b"x-ratelimit-%s-%s" % (what, kind), value)
+        for kind in (b"requests", b"tokens")
+        for what, value in ((b"limit", b"1000000000"), (b"remaining", b"999999997"))
+    ),
+    (b"x-ratelimit-reset-requests", b"60s"),
+    (b"x-ratelimit-reset-tokens", b"60s"),
+    *(
+        (b"anthropic-ratelimit-%s-%s" % (kind, what), value)
+        for kind in (b"requests", b"tokens")
+        for what, value in (
+            (b"limit", b"1000000000"),
+            (b"remaining", b"999999997"),
+            (b"reset", b"2026-12-08T02:22:22Z"),
+        )
+    ),
+    (b"x-request-id", b"f4f9c6e92bb8-6"),
+    (b"request-id", b"f4f9c6e92bb8-6"),
+]
 HEADERS = {"Authorization": "Bearer sk-bench-key", "Content-Type": "application/json"}
 
 
@@ -195,6 +222,21 @@ def main() -> int:
             lambda b=body: orjson.dumps({**b, "model": "m"}),
         )
         _loop(rows, "... sent as the client's bytes", lambda r=raw: r)
+
+    names = b"".join(name for name, _ in MESSAGES_HEADERS)
+    values = b"\t".join(value for _, value in MESSAGES_HEADERS)
+    _loop(
+        rows,
+        f"a Messages answer's {len(MESSAGES_HEADERS)} headers checked by uvicorn's regexes",
+        lambda: HEADER_RE.search(names) or HEADER_VALUE_RE.search(values),
+    )
+    _loop(
+        rows,
+        "... by bytes.translate with the bytes they allow",
+        lambda: (
+            names.translate(None, HEADER_NAME_BYTES) or values.translate(None, HEADER_VALUE_BYTES)
+        ),
+    )
 
     turn = orjson.dumps(CODING_TURN)
     containers = turn.count(b"[") + turn.count(b"{")

@@ -168,6 +168,11 @@ class GatewayProtocol(HttpToolsProtocol):
             self._watch_in(self._read_timeout_s)
 
 
+# The bytes uvicorn's checks allow in a header's name and value (its regexes find nothing in
+# them), for ``bytes.translate``: a fraction of the regexes' time on a response's headers
+# (``uv run python -m bench.choices``).
+HEADER_NAME_BYTES = bytes(c for c in range(256) if not HEADER_RE.search(bytes((c,))))
+HEADER_VALUE_BYTES = bytes(c for c in range(256) if not HEADER_VALUE_RE.search(bytes((c,))))
 # Headers the app leaves to ``respond`` (their framing is its own), or that uvicorn's own
 # ``send`` must see.
 _FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection"))
@@ -197,11 +202,11 @@ def respond(send: Send, status: int, headers: Headers, body: bytes) -> bool:
     cycle.waiting_for_100_continue = False
     if cycle.disconnected:
         return True  # as ``send``: nobody to write to
-    # Names hold no separator, values no tab-free control character: joined, each is one
-    # search (a tab is allowed in a value).
-    if HEADER_RE.search(b"".join(names)) or HEADER_VALUE_RE.search(
-        b"\t".join([value for _, value in headers])
-    ):
+    # uvicorn's checks, in one C pass over the names joined and one over the values joined
+    # with a tab (allowed in a value): what is left after deleting the allowed bytes.
+    if b"".join(names).translate(None, HEADER_NAME_BYTES) or b"\t".join(
+        [value for _, value in headers]
+    ).translate(None, HEADER_VALUE_BYTES):
         raise RuntimeError("Invalid HTTP header.")
     lines = [STATUS_LINE[status]]
     for name, value in cycle.default_headers:

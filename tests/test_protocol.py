@@ -43,6 +43,7 @@ WHOLE_HEADERS = {
     "whole": [(b"content-type", b"text/plain"), (b"x-a", b"1")],
     "framed": [(b"content-length", b"5")],  # left to uvicorn's send
     "split": [(b"x-a", b"1\r\nx-injected: 1")],
+    "spaced": [(b"x-injected: 1\r\nx-a", b"1")],
 }
 
 
@@ -193,10 +194,11 @@ def test_a_response_written_whole_is_framed_like_uvicorns() -> None:
     _serve(test, _whole_app)
 
 
-def test_a_header_that_would_split_the_response_is_never_written() -> None:
+@pytest.mark.parametrize("kind", ["split", "spaced"])
+def test_a_header_that_would_split_the_response_is_never_written(kind: str) -> None:
     async def test(port: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET /split HTTP/1.1\r\nHost: t\r\n\r\n")
+        writer.write(b"GET /%s HTTP/1.1\r\nHost: t\r\n\r\n" % kind.encode())
         assert b"x-injected" not in await asyncio.wait_for(reader.read(), 10)
         writer.close()
 
