@@ -37,7 +37,16 @@ from service.apis import Api
 from service.errors import GatewayError
 from service.gateway import Gateway
 from service.settings import Settings, settings_from_env
-from service.types import DISCONNECT, RESPOND, Disconnect, Message, Receive, Scope, Send
+from service.types import (
+    DISCONNECT,
+    RESPOND,
+    Disconnect,
+    Message,
+    Receive,
+    Respond,
+    Scope,
+    Send,
+)
 
 log = logging.getLogger("best.http")
 
@@ -187,12 +196,12 @@ class App:
                 else [(b"x-request-id", rid)]
             )
             try:
+                respond = scope.get("extensions", _NONE).get(RESPOND)
                 if isinstance(response, StreamResponse):
-                    await self._stream(response, send, extra, started, watch, route)
+                    await self._stream(response, send, respond, extra, started, watch, route)
                 else:
                     if watch is not None:
                         watch.stop()
-                    respond = scope.get("extensions", _NONE).get(RESPOND)
                     await send_response(send, response, extra, respond)
             finally:
                 if response.call is not None:
@@ -261,6 +270,7 @@ class App:
         self,
         response: StreamResponse,
         send: Send,
+        respond: Respond | None,
         extra: list[tuple[bytes, bytes]],
         started: float,
         watch: _DisconnectWatch | None,
@@ -268,13 +278,11 @@ class App:
     ) -> None:
         """Send SSE pieces as they come.  A client that leaves cancels the upstream at once;
         a stream cut by the shutdown's grace period ends with an error event."""
-        await send(
-            {
-                "type": "http.response.start",
-                "status": response.status,
-                "headers": response.headers + extra,
-            }
-        )
+        headers = response.headers + extra
+        if respond is None or not respond(send, response.status, headers, None):
+            await send(
+                {"type": "http.response.start", "status": response.status, "headers": headers}
+            )
         first = True
         finished = False
         final = response.final

@@ -178,13 +178,14 @@ HEADER_VALUE_BYTES = bytes(c for c in range(256) if not HEADER_VALUE_RE.search(b
 _FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 
 
-def respond(send: Send, status: int, headers: Headers, body: bytes) -> bool:
+def respond(send: Send, status: int, headers: Headers, body: bytes | None) -> bool:
     """The whole response in one write, as uvicorn's ``send`` (a request's cycle's own) writes
     a start and a last body message, without their two calls, two messages and per-header
-    work: the headers are checked in one pass each for names and values.  False (nothing
-    done) where ``send`` must do it: a ``send`` of something else (a middleware's), a response
-    begun, a client not reading, an access log, a status without a body, or a framing
-    header."""
+    work: the headers are checked in one pass each for names and values.  With a body of
+    None, the head of a chunked stream, as ``send`` writes a start (held until the first
+    piece, which ``send`` frames).  False (nothing done) where ``send`` must do it: a
+    ``send`` of something else (a middleware's), a response begun, a client not reading, an
+    access log, a status without a body, a stream's HEAD, or a framing header."""
     cycle = getattr(send, "__self__", None)
     if (
         cycle.__class__ is not RequestResponseCycle
@@ -196,7 +197,8 @@ def respond(send: Send, status: int, headers: Headers, body: bytes) -> bool:
     ):
         return False
     names = [name for name, _ in headers]
-    if not _FRAMING.isdisjoint(names):
+    head_only = cycle.scope["method"] == "HEAD"
+    if not _FRAMING.isdisjoint(names) or (body is None and head_only):
         return False
     cycle.response_started = True
     cycle.waiting_for_100_continue = False
@@ -213,11 +215,18 @@ def respond(send: Send, status: int, headers: Headers, body: bytes) -> bool:
         lines += (name, b": ", value, b"\r\n")
     for name, value in headers:
         lines += (name, b": ", value, b"\r\n")
-    lines.append(b"content-length: %d\r\n" % len(body))
+    if body is None:
+        lines.append(b"transfer-encoding: chunked\r\n")
+    else:
+        lines.append(b"content-length: %d\r\n" % len(body))
     if not cycle.keep_alive:
         lines.append(b"connection: close\r\n")
     lines.append(b"\r\n")
-    if cycle.scope["method"] != "HEAD":
+    if body is None:
+        cycle.chunked_encoding = True
+        cycle.transport.write(b"".join(lines))  # held for the first piece
+        return True
+    if not head_only:
         lines.append(body)
     cycle.response_complete = True
     transport = cycle.transport

@@ -18,11 +18,12 @@ Headers = list[tuple[bytes, bytes]]
 # before the response is complete.
 DISCONNECT = "best.disconnect"
 # Another: a ``Respond`` under ``RESPOND`` writes a whole response at once (the request's
-# ``send``, the status, headers without a length, the body), or answers False when it cannot
-# (the app then sends through ``send``).  One function for every request: nothing of a
+# ``send``, the status, headers without a length, the body), or with a body of None the head
+# of a stream whose pieces then go through ``send``; it answers False when it cannot (the app
+# then sends through ``send`` alone).  One function for every request: nothing of a
 # request's is kept in its scope (no reference cycle for the collector).
 RESPOND = "best.respond"
-Respond = Callable[[Send, int, Headers, bytes], bool]
+Respond = Callable[[Send, int, Headers, bytes | None], bool]
 
 
 class Disconnect:

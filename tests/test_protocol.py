@@ -44,6 +44,7 @@ WHOLE_HEADERS = {
     "framed": [(b"content-length", b"5")],  # left to uvicorn's send
     "split": [(b"x-a", b"1\r\nx-injected: 1")],
     "spaced": [(b"x-injected: 1\r\nx-a", b"1")],
+    "stream": [(b"content-type", b"text/event-stream")],  # a head, then pieces through send
 }
 
 
@@ -54,6 +55,11 @@ async def _whole_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     kind = scope["path"].strip("/")
     headers = WHOLE_HEADERS[kind]
+    if kind == "stream":
+        RESPONDED.append((kind, scope["extensions"][RESPOND](send, 200, headers, None)))
+        for piece, more in ((b"hel", True), (b"lo", True), (b"", False)):
+            await send({"type": "http.response.body", "body": piece, "more_body": more})
+        return
     done = scope["extensions"][RESPOND](send, 200, headers, b"hello")
     RESPONDED.append((kind, done))
     if not done:
@@ -185,11 +191,19 @@ def test_a_response_written_whole_is_framed_like_uvicorns() -> None:
         head = await _head(reader)
         assert head[0] == b"HTTP/1.1 200 OK" and b"content-length: 5" in head
         assert await reader.readexactly(5) == b"hello"
+        writer.write(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
+        head = await _head(reader)
+        assert b"transfer-encoding: chunked" in head and b"content-length: 5" not in head
+        assert await reader.readuntil(b"0\r\n\r\n") == b"3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n"
         writer.write(b"GET /whole HTTP/1.0\r\n\r\n")  # no keep-alive: closed after
         assert b"connection: close" in await _head(reader)
         assert await reader.read() == b"hello"
         writer.close()
-        assert RESPONDED == [("whole", True)] * 3 + [("framed", False), ("whole", True)]
+        assert RESPONDED == [("whole", True)] * 3 + [
+            ("framed", False),
+            ("stream", True),
+            ("whole", True),
+        ]
 
     _serve(test, _whole_app)
 
