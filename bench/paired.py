@@ -11,7 +11,9 @@ feature costs 5% more per request), beside the median req/s of each side.
 
 Pairs: the Messages API (translated to the same chat upstream) against chat; tracing on
 (every request sampled, exported to nginx's OTLP endpoint) against off; a JWT identity
-against a static token; a response cache hit against a miss (one gateway, two scripts).
+against a static token; a response cache hit against a miss (one gateway, two scripts); with
+``--baseline-root PATH``, another checkout's gateway against this one's (the commit before a
+change, or 9292063).
 
 It writes ``bench/results/paired.json``; ``python -m bench --report-only`` (or the next full
 run) puts it on the performance page.
@@ -37,6 +39,8 @@ from bench.upstream import start_nginx
 
 RESULTS = Path(__file__).resolve().parent / "results" / "paired.json"
 CONNECTIONS = 32
+# A pair's two sides, made when the pair is measured: (gateway, kind), plain side first.
+Sides = Callable[[], tuple[tuple[Target, str], tuple[Target, str]]]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -46,6 +50,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quiet-wait", type=float, default=10.0, help="see python -m bench")
     parser.add_argument(
         "--only", default="", help="measure only the pairs whose name contains this text"
+    )
+    parser.add_argument(
+        "--baseline-root",
+        type=Path,
+        help="another checkout (with its own .venv): adds its gateway against this one's, "
+        "JSON and SSE (the share is its CPU per request over this checkout's)",
     )
     return parser.parse_args(argv)
 
@@ -113,12 +123,23 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         started.append(target)
         return target
 
+    def baseline_pairs(chat: Target) -> list[tuple[str, Sides]]:
+        root: Path | None = args.baseline_root
+        if root is None:
+            return []
+        before = gateway("baseline", root=root.resolve())
+        name = f"this checkout against {git_commit(root)}"
+        return [
+            (f"{name}, JSON", lambda: ((before, "json"), (chat, "json"))),
+            (f"{name}, SSE", lambda: ((before, "sse"), (chat, "sse"))),
+        ]
+
     try:
         chat = gateway("chat")
         messages = gateway("messages", api="messages")
         traced = gateway("traced", otlp_endpoint=f"http://127.0.0.1:{port}")
         jwt = gateway("jwt", identity=True)
-        pairs: list[tuple[str, Callable[[], tuple[tuple[Target, str], tuple[Target, str]]]]] = [
+        pairs: list[tuple[str, Sides]] = [
             ("Messages API against chat, JSON", lambda: ((chat, "json"), (messages, "json"))),
             ("Messages API against chat, SSE", lambda: ((chat, "sse"), (messages, "sse"))),
             ("tracing on against off, JSON", lambda: ((chat, "json"), (traced, "json"))),
@@ -126,6 +147,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             ("JWT identity against static token, JSON", lambda: ((chat, "json"), (jwt, "json"))),
             ("JWT identity against static token, SSE", lambda: ((chat, "sse"), (jwt, "sse"))),
             ("response cache hit against miss, JSON", lambda: ((chat, "miss"), (chat, "hit"))),
+            *baseline_pairs(chat),
         ]
         rows = [
             _pair(name, sides(), workdir, args)
