@@ -348,6 +348,7 @@ def test_random_bodies_never_yield_a_500(
 def test_a_wrong_token_is_401_whatever_the_body_says(
     fleet: Fleet, path: str, body: bytes, what: str
 ) -> None:
+    fleet.reset()  # an earlier test's served request is not this one's
     headers = {"Authorization": "Bearer sk-wrong", "Content-Type": "application/json"}
     with fleet.http(token=None) as anonymous:
         response = anonymous.post(path, content=body, headers=headers)
