@@ -168,11 +168,12 @@ class App:
         gauge = self._in_flight.get(route)
         if gauge is not None:
             gauge.inc()
+        extensions = scope.get("extensions", _NONE)  # the server's own (service/protocol.py)
         watch: _DisconnectWatch | None = None
         if route in _UPSTREAM_ROUTES:
             # Once the body is in, a client that leaves cancels the work at once, upstream
             # call included: before the answer, and for a stream until its end.
-            watch = _DisconnectWatch(receive, scope.get("extensions", _NONE).get(DISCONNECT))
+            watch = _DisconnectWatch(receive, extensions.get(DISCONNECT))
             request.on_body_read = watch.start
         try:
             try:
@@ -196,7 +197,7 @@ class App:
                 else [(b"x-request-id", rid)]
             )
             try:
-                respond = scope.get("extensions", _NONE).get(RESPOND)
+                respond = extensions.get(RESPOND)
                 if isinstance(response, StreamResponse):
                     await self._stream(response, send, respond, extra, started, watch, route)
                 else:
